@@ -1,0 +1,269 @@
+"""Block kinds and sufficient statistics of the blocked system [Z X y]ᵀ W [Z X y].
+
+The random-effects columns are grouped by term (terms in lme4's order) and, within a term, by level. The
+symbolic analysis here, done once in NumPy, decides how each term's block is stored and eliminated:
+
+* **prefix terms** (block-diagonal): the first term always; a later term joins the prefix while every level of
+  every earlier prefix term sits inside exactly one of its levels (nesting, or the same grouping factor).
+  Eliminating a prefix level then creates no fill between levels of a later prefix term, so each prefix term
+  keeps a block-diagonal diagonal block (l levels of q×q) and a one-to-one "parent" map to each later prefix
+  term. Its coupling to the rest of the system is stored as sparse *entries* (level, tail row).
+* **tail** (dense): the first term that is crossed with the prefix, all terms after it, and the fixed-effects
+  columns F (X and the response, or PIRLS's working response). The tail's Schur complement is a dense matrix;
+  eliminating a prefix term updates it through precomputed pairs of entries that share a level.
+
+Because every row carries a level of every term, the fill pattern of the prefix equals its direct pattern, so no
+fill entries are needed. The statistics are segment sums over rows, written in JAX so that PIRLS can recompute
+them with new working weights inside jit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["Structure", "RowData", "Blocks", "build_structure", "row_data", "cross_products"]
+
+
+class Structure(eqx.Module):
+    """Symbolic layout: sizes are static, index arrays are leaves (so one compile serves any data of a shape)."""
+
+    qs: tuple[int, ...] = eqx.field(static=True)
+    n_levels: tuple[int, ...] = eqx.field(static=True)
+    n_prefix: int = eqx.field(static=True)
+    tail_offsets: tuple[int, ...] = eqx.field(static=True)  # column offset of each tail term in the tail Z block
+    m_z: int = eqx.field(static=True)  # number of tail random-effect columns
+    # parents[t][i]: level of prefix term t+1+i containing each level of prefix term t
+    parents: tuple[tuple[jax.Array, ...], ...]
+    # per prefix term: its sparse coupling to the tail Z columns
+    entry_level: tuple[jax.Array, ...]
+    entry_row: tuple[jax.Array, ...]
+    # entry_map[t][i]: for each entry of prefix term t, the entry of prefix term t+1+i with the parent level, same row
+    entry_map: tuple[tuple[jax.Array, ...], ...]
+    # pairs of entries of prefix term t that share a level, lower triangle of the tail: (a, b, flat target)
+    pair_a: tuple[jax.Array, ...]
+    pair_b: tuple[jax.Array, ...]
+    pair_target: tuple[jax.Array, ...]
+
+    @property
+    def n_terms(self) -> int:
+        return len(self.qs)
+
+    @property
+    def n_theta(self) -> int:
+        return sum(q * (q + 1) // 2 for q in self.qs)
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(int(p.shape[0]) for p in self.pair_a)
+
+
+class RowData(eqx.Module):
+    """Per-row data the statistics are summed from."""
+
+    codes: tuple[jax.Array, ...]  # per term (n,) int32
+    z: tuple[jax.Array, ...]  # per term (n, q)
+    tail_row: tuple[jax.Array, ...]  # per tail term (n,): first tail column of the row's level
+    # row_entry[t][j]: per prefix term t and tail term j, the index of the row's first scalar entry in E_t
+    row_entry: tuple[tuple[jax.Array, ...], ...]
+
+
+class Blocks(eqx.Module):
+    """Values of the blocked system (before scaling by Λθ). F holds the columns after Z: [X, y] or [working y]."""
+
+    diag: tuple[jax.Array, ...]  # prefix t: (l_t, q_t, q_t)
+    offdiag: tuple[tuple[jax.Array, ...], ...]  # [t][i]: prefix t+1+i against t: (l_t, q_{t+1+i}, q_t)
+    fixed: tuple[jax.Array, ...]  # prefix t: (l_t, f, q_t)
+    entries: tuple[jax.Array, ...]  # prefix t: (nnz_t, q_t)
+    tail_zz: jax.Array  # (m_z, m_z)
+    tail_fz: jax.Array  # (f, m_z)
+    tail_ff: jax.Array  # (f, f)
+
+
+def _is_function(codes_from: np.ndarray, codes_to: np.ndarray, n_from: int, n_to: int) -> np.ndarray | None:
+    """If each level of `from` co-occurs with exactly one level of `to`, that map; else None."""
+    key = np.unique(codes_from.astype(np.int64) * n_to + codes_to)
+    src = key // n_to
+    if len(src) != n_from or np.any(np.diff(src) == 0):
+        return None
+    return (key % n_to).astype(np.int32)
+
+
+def _pairs_within_levels(levels: np.ndarray, rows: np.ndarray, m_z: int):
+    """All (a, b) entry pairs with the same level and rows[a] >= rows[b]; target a flat index into m_z × m_z."""
+    order = np.lexsort((rows, levels))
+    lv = levels[order]
+    counts = np.bincount(lv, minlength=int(lv.max()) + 1 if lv.size else 0)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    # for the k-th entry within its level (sorted by row), partners are the first k+1 entries of that level
+    pos_in_level = np.arange(len(order)) - starts[lv]
+    reps = pos_in_level + 1
+    a_sorted = np.repeat(np.arange(len(order)), reps)
+    offsets = np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
+    b_sorted = np.repeat(starts[lv], reps) + offsets
+    a = order[a_sorted]
+    b = order[b_sorted]
+    target = rows[a].astype(np.int64) * m_z + rows[b]
+    return a.astype(np.int32), b.astype(np.int32), target
+
+
+def build_structure(codes: list[np.ndarray], qs: list[int], n_levels: list[int]):
+    """Symbolic analysis: block kinds, parent maps, entries, pairs. Returns (Structure, RowData index parts)."""
+    n_terms = len(codes)
+    n_prefix = 1
+    parent_maps: dict[tuple[int, int], np.ndarray] = {}
+    for k in range(1, n_terms):
+        maps = {}
+        for t in range(n_prefix):
+            m = _is_function(codes[t], codes[k], n_levels[t], n_levels[k])
+            if m is None:
+                break
+            maps[(t, k)] = m
+        else:
+            if n_prefix == k:
+                parent_maps.update(maps)
+                n_prefix += 1
+                continue
+        break
+
+    tail_terms = list(range(n_prefix, n_terms))
+    tail_offsets = []
+    m_z = 0
+    for k in tail_terms:
+        tail_offsets.append(m_z)
+        m_z += n_levels[k] * qs[k]
+    tail_row = [(tail_offsets[i] + codes[k].astype(np.int64) * qs[k]).astype(np.int32) for i, k in enumerate(tail_terms)]
+
+    entry_level, entry_row, row_entry, entry_keys = [], [], [], []
+    for t in range(n_prefix):
+        levels_t, rows_t, row_entry_t = [], [], []
+        base = 0
+        for i, k in enumerate(tail_terms):
+            key = codes[t].astype(np.int64) * n_levels[k] + codes[k]
+            uniq, inv = np.unique(key, return_inverse=True)
+            lev = (uniq // n_levels[k]).astype(np.int32)
+            a = (uniq % n_levels[k]).astype(np.int64)
+            q = qs[k]
+            levels_t.append(np.repeat(lev, q))
+            rows_t.append((tail_offsets[i] + (a * q)[:, None] + np.arange(q)[None, :]).ravel())
+            row_entry_t.append((base + inv * q).astype(np.int32))
+            base += len(uniq) * q
+        lv = np.concatenate(levels_t) if levels_t else np.zeros(0, np.int32)
+        rw = np.concatenate(rows_t) if rows_t else np.zeros(0, np.int64)
+        entry_level.append(lv.astype(np.int32))
+        entry_row.append(rw.astype(np.int32))
+        row_entry.append(row_entry_t)
+        entry_keys.append(lv.astype(np.int64) * max(m_z, 1) + rw)
+
+    parents = []
+    entry_map = []
+    for t in range(n_prefix):
+        par_t, emap_t = [], []
+        for k in range(t + 1, n_prefix):
+            par = parent_maps[(t, k)]
+            par_t.append(par)
+            keys_k = entry_keys[k]  # sorted by construction? sort to be safe
+            order = np.argsort(keys_k, kind="stable")
+            want = par[entry_level[t]].astype(np.int64) * max(m_z, 1) + entry_row[t]
+            pos = np.searchsorted(keys_k[order], want)
+            emap_t.append(order[np.clip(pos, 0, max(len(order) - 1, 0))].astype(np.int32) if len(order) else pos.astype(np.int32))
+        parents.append(tuple(jnp.asarray(p) for p in par_t))
+        entry_map.append(tuple(jnp.asarray(e) for e in emap_t))
+
+    pa, pb, pt = [], [], []
+    for t in range(n_prefix):
+        a, b, target = _pairs_within_levels(entry_level[t], entry_row[t], max(m_z, 1))
+        pa.append(jnp.asarray(a))
+        pb.append(jnp.asarray(b))
+        pt.append(jnp.asarray(target.astype(np.int64 if m_z * m_z > 2**31 - 1 else np.int32)))
+
+    structure = Structure(
+        qs=tuple(int(q) for q in qs),
+        n_levels=tuple(int(l) for l in n_levels),
+        n_prefix=n_prefix,
+        tail_offsets=tuple(tail_offsets),
+        m_z=m_z,
+        parents=tuple(parents),
+        entry_level=tuple(jnp.asarray(e) for e in entry_level),
+        entry_row=tuple(jnp.asarray(e) for e in entry_row),
+        entry_map=tuple(entry_map),
+        pair_a=tuple(pa),
+        pair_b=tuple(pb),
+        pair_target=tuple(pt),
+    )
+    index_parts = dict(tail_row=tail_row, row_entry=row_entry)
+    return structure, index_parts
+
+
+def row_data(codes: list[np.ndarray], zs: list[np.ndarray], index_parts: dict) -> RowData:
+    return RowData(
+        codes=tuple(jnp.asarray(c, dtype=jnp.int32) for c in codes),
+        z=tuple(jnp.asarray(z) for z in zs),
+        tail_row=tuple(jnp.asarray(r) for r in index_parts["tail_row"]),
+        row_entry=tuple(tuple(jnp.asarray(r) for r in re_t) for re_t in index_parts["row_entry"]),
+    )
+
+
+def _segsum(values, ids, n):
+    return jax.ops.segment_sum(values, ids, num_segments=n)
+
+
+def cross_products(structure: Structure, rows: RowData, weights: jax.Array, F: jax.Array) -> Blocks:
+    """One pass of segment sums over the rows: every block of [Z F]ᵀ W [Z F]. Pure JAX (usable inside jit)."""
+    D = structure.n_prefix
+    qs, nl = structure.qs, structure.n_levels
+    w = weights
+    f = F.shape[1]
+    wF = F * w[:, None]
+    diag, offdiag, fixed, entries = [], [], [], []
+    for t in range(D):
+        zt = rows.z[t]
+        ct = rows.codes[t]
+        wz = zt * w[:, None]
+        diag.append(_segsum(wz[:, :, None] * zt[:, None, :], ct, nl[t]))
+        offdiag.append(
+            tuple(_segsum(rows.z[k][:, :, None] * wz[:, None, :], ct, nl[t]) for k in range(t + 1, D))
+        )
+        fixed.append(_segsum(F[:, :, None] * wz[:, None, :], ct, nl[t]))
+        parts = []
+        nnz = int(structure.entry_level[t].shape[0])
+        vals = jnp.zeros((nnz, qs[t]), dtype=F.dtype)
+        for i, k in enumerate(range(D, structure.n_terms)):
+            qk = qs[k]
+            ids = rows.row_entry[t][i][:, None] + jnp.arange(qk, dtype=jnp.int32)[None, :]
+            contrib = rows.z[k][:, :, None] * wz[:, None, :]  # (n, qk, qt)
+            vals = vals + _segsum(contrib.reshape(-1, qs[t]), ids.reshape(-1), nnz)
+        entries.append(vals)
+        del parts
+    m_z = structure.m_z
+    tail_zz = jnp.zeros((m_z, m_z), dtype=F.dtype)
+    tail_fz = jnp.zeros((f, m_z), dtype=F.dtype)
+    tail_idx = []
+    for i, k in enumerate(range(D, structure.n_terms)):
+        tail_idx.append(rows.tail_row[i][:, None] + jnp.arange(qs[k], dtype=jnp.int32)[None, :])  # (n, qk)
+    if m_z:
+        flat = jnp.zeros((m_z * m_z,), dtype=F.dtype)
+        for i, k in enumerate(range(D, structure.n_terms)):
+            wzk = rows.z[k] * w[:, None]
+            for j, k2 in enumerate(range(D, structure.n_terms)):
+                target = tail_idx[i][:, :, None].astype(jnp.int64 if m_z * m_z > 2**31 - 1 else jnp.int32) * m_z + tail_idx[j][:, None, :]
+                vals = wzk[:, :, None] * rows.z[k2][:, None, :]
+                flat = flat + _segsum(vals.reshape(-1), target.reshape(-1), m_z * m_z)
+        tail_zz = flat.reshape(m_z, m_z)
+        for i, k in enumerate(range(D, structure.n_terms)):
+            vals = wF[:, None, :] * rows.z[k][:, :, None]  # (n, qk, f)
+            tail_fz = tail_fz + _segsum(vals.reshape(-1, f), tail_idx[i].reshape(-1), m_z).T
+    tail_ff = F.T @ wF
+    return Blocks(
+        diag=tuple(diag),
+        offdiag=tuple(offdiag),
+        fixed=tuple(fixed),
+        entries=tuple(entries),
+        tail_zz=tail_zz,
+        tail_fz=tail_fz,
+        tail_ff=tail_ff,
+    )

@@ -1,0 +1,413 @@
+"""Data + parsed formula → the model's design (NumPy, outside jit).
+
+The design holds everything that depends on the data but not on the parameters: the fixed-effects matrix X,
+the response, prior weights and offset, and for each random-effects term its grouping codes, level labels and
+model-matrix columns z. Terms are ordered as lme4 orders them (decreasing number of levels, ties in formula
+order), which fixes θ's layout and the elimination order of the blocked Cholesky.
+
+All input checks live here, so that a bad model fails with a message naming the column or term before any
+JAX code is traced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import warnings
+from typing import Any
+
+import formulaic
+import numpy as np
+import pandas as pd
+
+from ._errors import (
+    DataError,
+    DataTypeError,
+    FormulaError,
+    MissingValuesWarning,
+    RankDeficiencyWarning,
+)
+from ._terms import ParsedFormula, RandomTerm, expression_names
+
+__all__ = ["TermData", "Design", "build_design", "to_pandas", "lme4_column_name"]
+
+
+@dataclasses.dataclass
+class TermData:
+    """One random-effects term, evaluated on the data."""
+
+    term: RandomTerm
+    group_name: str  # name as lme4 prints it ("Subject", "cask:batch"); made unique later for display
+    column_names: list[str]  # names of its z columns, lme4 style ("(Intercept)", "Days")
+    levels: pd.Index  # level labels, in order of codes
+    codes: np.ndarray  # (n,) int32 level of each row
+    z: np.ndarray  # (n, q) float64
+    z_spec: Any  # formulaic ModelSpec to rebuild z on new data
+    formula_position: int  # position in the formula (for tie-breaking and display)
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    @property
+    def q(self) -> int:
+        return self.z.shape[1]
+
+
+@dataclasses.dataclass
+class Design:
+    """Everything a fit needs from the data, with terms in lme4's order."""
+
+    formula: ParsedFormula
+    X: np.ndarray  # (n, p) after dropping rank-deficient columns
+    x_names: list[str]  # kept columns
+    x_names_all: list[str]  # all columns before dropping (fixef shows NaN for the dropped)
+    x_spec: Any  # formulaic ModelSpec for X on new data
+    y: np.ndarray  # (n,) response (for binomial: proportion of successes)
+    weights: np.ndarray  # (n,) prior weights (for binomial: trials × user weights)
+    offset: np.ndarray  # (n,)
+    terms: list[TermData]
+    n_dropped: int  # rows dropped for missing values
+    row_index: pd.Index  # index labels of the rows used
+    has_user_weights: bool
+    response_name: str
+    extra: dict = dataclasses.field(default_factory=dict)  # family-specific response details (e.g. trials)
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def p(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def group_names(self) -> list[str]:
+        """Display names per term, made unique as lme4 does ('Subject', 'Subject.1')."""
+        seen: dict[str, int] = {}
+        out = []
+        for t in self.terms:
+            k = seen.get(t.group_name, 0)
+            out.append(t.group_name if k == 0 else f"{t.group_name}.{k}")
+            seen[t.group_name] = k + 1
+        return out
+
+    @property
+    def ngroups(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.terms:
+            out.setdefault(t.group_name, t.n_levels)
+        return out
+
+
+def to_pandas(data: Any) -> pd.DataFrame:
+    """Accept pandas or polars (or anything with to_pandas / a dict of columns)."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    mod = type(data).__module__
+    if mod.startswith("polars"):
+        return data.to_pandas()
+    if hasattr(data, "to_pandas"):
+        return data.to_pandas()
+    if isinstance(data, dict):
+        return pd.DataFrame(data)
+    raise DataTypeError(f"data must be a pandas or polars DataFrame, got {type(data).__name__}")
+
+
+_T_LEVEL = re.compile(r"([^\[\]:]+)\[T\.([^\]]+)\]")
+
+
+def lme4_column_name(name: str) -> str:
+    """formulaic's 'f[T.b]:x' → lme4's 'fb:x'; 'Intercept' → '(Intercept)'."""
+    if name == "Intercept":
+        return "(Intercept)"
+    return _T_LEVEL.sub(lambda m: m.group(1) + m.group(2), name)
+
+
+def _check_columns(names: set[str], frame: pd.DataFrame, where: str) -> None:
+    for name in sorted(names):
+        if name not in frame.columns:
+            close = difflib.get_close_matches(name, [str(c) for c in frame.columns], n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise FormulaError(f"{where} uses {name!r}, which is not a column of the data{hint}")
+
+
+def _grouping_codes(frame: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray, pd.Index]:
+    """Codes and labels of the (interaction of) grouping factors; unused levels dropped, as R's factor() does."""
+    codes_list = []
+    labels_list = []
+    for name in factors:
+        col = frame[name]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            codes = col.cat.codes.to_numpy()
+            used = np.unique(codes)
+            remap = np.full(len(col.cat.categories), -1, dtype=np.int64)
+            remap[used] = np.arange(len(used))
+            codes = remap[codes]
+            labels = [str(col.cat.categories[u]) for u in used]
+        else:
+            codes, uniques = pd.factorize(col, sort=True)
+            labels = [str(u) for u in uniques]
+        codes_list.append(codes.astype(np.int64))
+        labels_list.append(labels)
+    if len(factors) == 1:
+        return codes_list[0].astype(np.int32), pd.Index(labels_list[0], name=factors[0])
+    combined = np.zeros(len(frame), dtype=np.int64)
+    for codes, labels in zip(codes_list, labels_list):
+        combined = combined * len(labels) + codes
+    used, codes = np.unique(combined, return_inverse=True)  # first factor varies slowest, as R's a:b
+    parts = []
+    rem = used.copy()
+    for labels in reversed(labels_list):
+        parts.append(np.asarray(labels, dtype=object)[rem % len(labels)])
+        rem //= len(labels)
+    parts.reverse()
+    labels = [":".join(str(x) for x in row) for row in zip(*parts)]
+    return codes.astype(np.int32), pd.Index(labels, name=":".join(factors))
+
+
+def _model_matrix(spec_text: str, frame: pd.DataFrame, where: str):
+    try:
+        mm = formulaic.model_matrix(spec_text, frame, na_action="ignore", output="pandas")
+    except Exception as exc:  # formulaic's messages are good; add where it happened
+        raise FormulaError(f"cannot build the model matrix for {where} ({spec_text!r}): {exc}") from None
+    if len(mm) != len(frame):
+        raise DataError(f"the model matrix for {where} lost rows; check the expression {spec_text!r}")
+    return mm
+
+
+def _evaluate(expr: str, frame: pd.DataFrame, where: str) -> np.ndarray:
+    """Numeric value of an expression such as 'log(expected)' or 'size - incidence'."""
+    if expr in frame.columns:
+        return frame[expr].to_numpy()
+    mm = _model_matrix(f"0 + I({expr})", frame, where)
+    if mm.shape[1] != 1:
+        raise FormulaError(f"{where} {expr!r} must evaluate to one numeric column")
+    return mm.to_numpy()[:, 0]
+
+
+def _as_float(values: Any, what: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype == bool:
+        return arr.astype(np.float64)
+    if not np.issubdtype(arr.dtype, np.number):
+        raise DataTypeError(f"{what} must be numeric, got values of type {arr.dtype}")
+    return arr.astype(np.float64)
+
+
+def _drop_rank_deficient(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Drop linearly dependent columns as lme4 does (pivoted QR, tolerance 1e-7), warning with lme4's message."""
+    if X.shape[1] == 0:
+        return X, names
+    import scipy.linalg
+
+    scale = np.sqrt((X**2).sum(axis=0))
+    scale[scale == 0] = 1.0
+    _, r, piv = scipy.linalg.qr(X / scale, mode="economic", pivoting=True)
+    diag = np.abs(np.diag(r))
+    rank = int((diag > 1e-7 * diag.max()).sum()) if diag.size else 0
+    if rank == X.shape[1]:
+        return X, names
+    keep = np.sort(piv[:rank])
+    dropped = X.shape[1] - rank
+    warnings.warn(
+        f"fixed-effect model matrix is rank deficient so dropping {dropped} column{'s' if dropped > 1 else ''} / "
+        f"coefficient{'s' if dropped > 1 else ''} ({', '.join(names[i] for i in sorted(set(range(X.shape[1])) - set(keep)))})",
+        RankDeficiencyWarning,
+        stacklevel=4,
+    )
+    return X[:, keep], [names[i] for i in keep]
+
+
+def _vector_argument(value: Any, frame: pd.DataFrame, n_rows: int, what: str) -> np.ndarray | None:
+    """weights= / offset= given as a column name or an array of the data's length."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in frame.columns:
+            raise FormulaError(f"{what}={value!r} is not a column of the data")
+        value = frame[value].to_numpy()
+    arr = np.asarray(value)
+    if arr.ndim != 1 or arr.shape[0] != n_rows:
+        raise DataError(f"{what} must have one value per row of the data ({n_rows}), got shape {arr.shape}")
+    if arr.dtype.kind not in "biuf":
+        raise DataTypeError(f"{what} must be numeric, got values of type {arr.dtype}")
+    return arr.astype(np.float64)
+
+
+def build_design(
+    parsed: ParsedFormula,
+    data: Any,
+    *,
+    family: Any,
+    weights: Any = None,
+    offset: Any = None,
+    na_action: str = "omit",
+    check_levels: bool = True,
+) -> Design:
+    """Evaluate the parsed formula on the data. Raises before any JAX code runs."""
+    if na_action not in ("omit", "drop", "raise", "fail"):
+        raise ValueError(f"na_action must be 'omit' or 'raise', got {na_action!r}")
+    frame = to_pandas(data)
+    if frame.shape[0] == 0:
+        raise DataError("data has no rows")
+    if not parsed.random:
+        raise FormulaError(
+            f"formula {parsed.text!r} has no random-effects term such as (1 | group); "
+            "for a model without random effects use an ordinary regression"
+        )
+
+    # --- every name the formula uses must be a column ---------------------------------------------------------
+    _check_columns(set().union(*(expression_names(p) for p in parsed.response_parts)), frame, "the response")
+    _check_columns(expression_names(parsed.fixed), frame, "the fixed-effects part")
+    for term in parsed.random:
+        _check_columns(expression_names(term.lhs), frame, f"random-effects term {term.text}")
+        _check_columns(set(term.factors), frame, f"random-effects term {term.text}")
+        lhs_vars = expression_names(term.lhs)
+        same = lhs_vars & set(term.factors)
+        if same:
+            raise FormulaError(
+                f"random-effects term {term.text} uses {sorted(same)[0]!r} both as a slope and as its grouping "
+                "factor"
+            )
+    for o in parsed.offsets:
+        _check_columns(expression_names(o), frame, "offset()")
+
+    n_rows = frame.shape[0]
+    w_arg = _vector_argument(weights, frame, n_rows, "weights")
+    o_arg = _vector_argument(offset, frame, n_rows, "offset")
+
+    # --- missing values: drop (and say how many) or refuse ---------------------------------------------------
+    used: set[str] = set()
+    for p in parsed.response_parts:
+        used |= expression_names(p)
+    used |= expression_names(parsed.fixed)
+    for term in parsed.random:
+        used |= expression_names(term.lhs) | set(term.factors)
+    for o in parsed.offsets:
+        used |= expression_names(o)
+    used_cols = [c for c in frame.columns if c in used]
+    missing = frame[used_cols].isna().any(axis=1).to_numpy()
+    for arr in (w_arg, o_arg):
+        if arr is not None:
+            missing |= np.isnan(arr)
+    n_missing = int(missing.sum())
+    if n_missing:
+        bad_cols = [c for c in used_cols if frame[c].isna().any()]
+        if na_action in ("raise", "fail"):
+            raise DataError(
+                f"{n_missing} row{'s' if n_missing > 1 else ''} with missing values (in {', '.join(map(repr, bad_cols)) or 'weights/offset'}); "
+                "na_action='raise' refuses them (the default 'omit' drops them)"
+            )
+        warnings.warn(f"{n_missing} row(s) with missing values dropped", MissingValuesWarning, stacklevel=3)
+        keep = ~missing
+        frame = frame.loc[keep]
+        w_arg = None if w_arg is None else w_arg[keep]
+        o_arg = None if o_arg is None else o_arg[keep]
+        if frame.shape[0] == 0:
+            raise DataError("no rows left after dropping rows with missing values")
+    n = frame.shape[0]
+
+    # --- numeric columns used must be finite -------------------------------------------------------------------
+    for c in used_cols:
+        col = frame[c]
+        if col.dtype.kind == "f" and not np.isfinite(col.to_numpy()).all():
+            raise DataError(f"column {c!r} has non-finite values (inf); remove or recode them")
+
+    # --- response -------------------------------------------------------------------------------------------------
+    raw_parts = [_evaluate(p, frame, "response") if p not in frame.columns else frame[p] for p in parsed.response_parts]
+    prior_w = np.ones(n) if w_arg is None else w_arg
+    if w_arg is not None:
+        if not np.isfinite(w_arg).all():
+            raise DataError("weights must be finite")
+        if (w_arg < 0).any():
+            raise DataError("weights must be non-negative (lme4: 'negative weights not allowed')")
+    y, prior_w, extra = family.prepare_response(raw_parts, parsed, prior_w)
+    y = np.asarray(y, dtype=np.float64)
+    if not np.isfinite(y).all():
+        raise DataError(f"response {parsed.response!r} has non-finite values")
+
+    # --- fixed effects --------------------------------------------------------------------------------------------
+    mm = _model_matrix(parsed.fixed, frame, "the fixed-effects part")
+    renames = dict(parsed.renames)
+    x_names_all = [lme4_column_name(renames.get(str(c), str(c))) for c in mm.columns]
+    X_all = mm.to_numpy(dtype=np.float64)
+    if not np.isfinite(X_all).all():
+        bad = [x_names_all[j] for j in range(X_all.shape[1]) if not np.isfinite(X_all[:, j]).all()]
+        raise DataError(f"fixed-effects column {bad[0]!r} has non-finite values")
+    X, x_names = _drop_rank_deficient(X_all, x_names_all)
+
+    # --- offset ---------------------------------------------------------------------------------------------------
+    off = np.zeros(n) if o_arg is None else o_arg.copy()
+    for expr in parsed.offsets:
+        off = off + _as_float(_evaluate(expr, frame, "offset()"), f"offset({expr})")
+    if not np.isfinite(off).all():
+        raise DataError("offset has non-finite values")
+
+    # --- random-effects terms ---------------------------------------------------------------------------------------
+    terms: list[TermData] = []
+    for pos, term in enumerate(parsed.random):
+        zmm = _model_matrix(term.lhs, frame, f"random-effects term {term.text}")
+        z = zmm.to_numpy(dtype=np.float64)
+        if z.shape[1] == 0:
+            raise FormulaError(f"random-effects term {term.text} has no columns")
+        if not np.isfinite(z).all():
+            raise DataError(f"random-effects term {term.text} has non-finite values")
+        codes, levels = _grouping_codes(frame, term.factors)
+        if check_levels and len(levels) < 2:
+            raise DataError(
+                f"grouping factor {term.group_name!r} in {term.text} has {len(levels)} level; "
+                "grouping factors must have > 1 sampled level"
+            )
+        terms.append(
+            TermData(
+                term=term,
+                group_name=term.group_name,
+                column_names=[lme4_column_name(str(c)) for c in zmm.columns],
+                levels=levels,
+                codes=codes,
+                z=z,
+                z_spec=zmm.model_spec,
+                formula_position=pos,
+            )
+        )
+    # lme4's order: decreasing number of levels, ties kept in formula order
+    terms.sort(key=lambda t: (-t.n_levels, t.formula_position))
+
+    return Design(
+        formula=parsed,
+        X=X,
+        x_names=x_names,
+        x_names_all=x_names_all,
+        x_spec=mm.model_spec,
+        y=y,
+        weights=np.asarray(prior_w, dtype=np.float64),
+        offset=off,
+        terms=terms,
+        n_dropped=n_missing,
+        row_index=frame.index,
+        has_user_weights=w_arg is not None,
+        response_name=parsed.response,
+        extra=extra,
+    )
+
+
+def check_linear_model(design: Design) -> None:
+    """lme4's checks for linear mixed models: levels vs observations, constant response."""
+    n = design.n
+    for t in design.terms:
+        if t.n_levels >= n:
+            raise DataError(
+                f"number of levels of grouping factor {t.group_name!r} ({t.n_levels}) must be < number of "
+                f"observations ({n}); the random effects would be confounded with the residual"
+            )
+    n_re = sum(t.n_levels * t.q for t in design.terms)
+    if n_re >= n and len(design.terms) == 1 and design.terms[0].q > 1:
+        raise DataError(
+            f"number of observations (={n}) <= number of random effects (={n_re}) for term "
+            f"{design.terms[0].term.text}; the random-effects parameters and the residual variance are "
+            "probably unidentifiable"
+        )
+    if np.ptp(design.y) == 0:
+        raise DataError(f"response {design.response_name!r} is constant; there is nothing to model")

@@ -1,0 +1,67 @@
+"""Response families. The Gaussian family lives here; ``_glm_families.py`` adds the GLMM families.
+
+A family turns the evaluated response (one or two columns, for ``cbind``) and the prior weights into the
+numeric response the engine fits, checking that the values fit the family.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from ._errors import DataTypeError, FamilyError, FormulaError
+
+__all__ = ["Gaussian", "get_family"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Gaussian:
+    name: str = "gaussian"
+    link: str = "identity"
+
+    def prepare_response(self, parts, parsed, prior_weights):
+        if len(parts) != 1:
+            raise FormulaError("cbind() responses are for the binomial family")
+        values = parts[0]
+        if isinstance(values, pd.Series):
+            if isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object or values.dtype.kind in "OSU":
+                raise DataTypeError(
+                    f"response {parsed.response!r} must be numeric for a linear mixed model, got {values.dtype}"
+                )
+            values = values.to_numpy()
+        arr = np.asarray(values)
+        if arr.dtype == bool:
+            arr = arr.astype(np.float64)
+        if not np.issubdtype(arr.dtype, np.number):
+            raise DataTypeError(f"response {parsed.response!r} must be numeric, got values of type {arr.dtype}")
+        return arr.astype(np.float64), prior_weights, {}
+
+
+_REGISTRY: dict[str, type] = {"gaussian": Gaussian}
+
+
+def register_family(name: str, cls: type) -> None:
+    _REGISTRY[name] = cls
+
+
+def get_family(family, link: str | None = None):
+    """'gaussian' | 'binomial' | 'poisson' (or a family object) → family object, checking the link."""
+    if not isinstance(family, str):
+        if hasattr(family, "prepare_response"):
+            return family
+        raise FamilyError(f"family must be a name such as 'binomial', got {type(family).__name__}")
+    key = family.lower()
+    if key not in _REGISTRY:
+        # the GLMM families register themselves on import
+        from . import _glm_families  # noqa: F401
+    if key not in _REGISTRY:
+        raise FamilyError(f"unknown family {family!r}; known: {', '.join(sorted(_REGISTRY))}")
+    cls = _REGISTRY[key]
+    if link is None:
+        return cls()
+    try:
+        return cls(link=link)
+    except (TypeError, ValueError) as exc:
+        raise FamilyError(f"family {family!r} does not support link {link!r}: {exc}") from None

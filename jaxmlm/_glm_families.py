@@ -1,0 +1,1 @@
+"""GLMM families (binomial, Poisson) register here; filled in with the generalized models."""

@@ -1,0 +1,243 @@
+"""Blocked Cholesky factor of Λθᵀ[Z F]ᵀW[Z F]Λθ + diag(I, 0), and the solves that use it.
+
+For θ, each term's relative covariance factor T_k (lower triangular, q×q) scales its columns. The prefix terms are
+eliminated level by level in a batch (small unrolled Choleskys and triangular solves, vectorized over levels),
+pushing their updates into later prefix terms through the parent maps and into the dense tail through the entry
+pairs. The tail (crossed terms, then F) is factored densely.
+
+The tail is updated in *unscaled* coordinates (its Λ is applied after the prefix is eliminated), which is exact
+because Λ is block diagonal: S_tail = Λ_tailᵀ (A_tail − A_tp Λ_p M_pp⁻¹ Λ_pᵀ A_pt) Λ_tail + I.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._blocks import Blocks, Structure
+
+__all__ = ["Factor", "theta_to_factors", "factorize", "solve_coefficients", "small_cholesky"]
+
+_UNROLL_MAX = 6  # unrolled Choleskys up to this size are faster than LAPACK calls per level on CPU
+
+
+def theta_to_factors(theta: jax.Array, qs: tuple[int, ...]) -> list[jax.Array]:
+    """θ (per term, lower triangle column-major, lme4's layout) → list of q×q lower-triangular T_k."""
+    out = []
+    pos = 0
+    for q in qs:
+        rows, cols = [], []
+        for c in range(q):
+            for r in range(c, q):
+                rows.append(r)
+                cols.append(c)
+        k = len(rows)
+        T = jnp.zeros((q, q), dtype=theta.dtype).at[jnp.array(rows), jnp.array(cols)].set(theta[pos : pos + k])
+        out.append(T)
+        pos += k
+    return out
+
+
+def small_cholesky(A: jax.Array) -> jax.Array:
+    """Cholesky of a batch (..., q, q); unrolled arithmetic for small q (vectorizes over the batch)."""
+    q = A.shape[-1]
+    if q == 1:
+        return jnp.sqrt(A)
+    if q > _UNROLL_MAX:
+        return jnp.linalg.cholesky(A)
+    L = [[None] * q for _ in range(q)]
+    for i in range(q):
+        for j in range(i + 1):
+            s = A[..., i, j]
+            for k in range(j):
+                s = s - L[i][k] * L[j][k]
+            L[i][j] = jnp.sqrt(s) if i == j else s / L[j][j]
+    zero = jnp.zeros_like(A[..., 0, 0])
+    return jnp.stack([jnp.stack([L[i][j] if j <= i else zero for j in range(q)], axis=-1) for i in range(q)], axis=-2)
+
+
+def solve_right_lower_t(M: jax.Array, L: jax.Array) -> jax.Array:
+    """X with X Lᵀ = M, batched: M (..., r, q), L (..., q, q) lower triangular."""
+    q = L.shape[-1]
+    if q == 1:
+        return M / L[..., None, :, 0]
+    if q > _UNROLL_MAX:
+        return jax.lax.linalg.triangular_solve(L, M, left_side=False, lower=True, transpose_a=True)
+    cols = []
+    for j in range(q):
+        s = M[..., :, j]
+        for k in range(j):
+            s = s - cols[k] * L[..., None, j, k]
+        cols.append(s / L[..., None, j, j])
+    return jnp.stack(cols, axis=-1)
+
+
+def solve_left_lower_t(L: jax.Array, v: jax.Array) -> jax.Array:
+    """x with Lᵀ x = v, batched: L (..., q, q) lower, v (..., q)."""
+    q = L.shape[-1]
+    if q == 1:
+        return v / L[..., 0, 0][..., None]
+    xs = [None] * q
+    for j in reversed(range(q)):
+        s = v[..., j]
+        for k in range(j + 1, q):
+            s = s - L[..., k, j] * xs[k]
+        xs[j] = s / L[..., j, j]
+    return jnp.stack(xs, axis=-1)
+
+
+class Factor(eqx.Module):
+    """The blocked factor L (prefix blocks, their couplings, and the dense tail)."""
+
+    diag: tuple[jax.Array, ...]  # prefix t: (l_t, q_t, q_t) lower-triangular blocks of L
+    offdiag: tuple[tuple[jax.Array, ...], ...]  # L blocks of later prefix terms against t: (l_t, q', q_t)
+    fixed: tuple[jax.Array, ...]  # L blocks of F rows against prefix t: (l_t, f, q_t)
+    entries: tuple[jax.Array, ...]  # L entries of tail rows against prefix t (tail side unscaled): (nnz, q_t)
+    tail: jax.Array  # (m_z + f, m_z + f) Cholesky factor of the tail
+    factors: tuple[jax.Array, ...]  # the T_k used
+
+    def logdet_z(self, m_z: int) -> jax.Array:
+        """log det(ΛᵀZᵀWZΛ + I) = 2 Σ log diag of the Z part of L."""
+        total = jnp.zeros((), dtype=self.tail.dtype)
+        for L in self.diag:
+            total = total + 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)))
+        if m_z:
+            total = total + 2.0 * jnp.sum(jnp.log(jnp.diagonal(self.tail)[:m_z]))
+        return total
+
+
+def _scale_tail_columns(M: jax.Array, structure: Structure, factors) -> jax.Array:
+    """M Λ_tail for the tail Z columns of M (last axis, size m_z)."""
+    D = structure.n_prefix
+    pieces = []
+    for i, k in enumerate(range(D, structure.n_terms)):
+        q, l = structure.qs[k], structure.n_levels[k]
+        off = structure.tail_offsets[i]
+        block = M[..., off : off + l * q].reshape(M.shape[:-1] + (l, q))
+        pieces.append((block @ factors[k]).reshape(M.shape[:-1] + (l * q,)))
+    return jnp.concatenate(pieces, axis=-1) if pieces else M
+
+
+def factorize(theta: jax.Array, blocks: Blocks, structure: Structure) -> Factor:
+    """L for the given θ. Pure JAX; differentiable; shapes fixed by `structure`."""
+    D = structure.n_prefix
+    qs, nl = structure.qs, structure.n_levels
+    factors = theta_to_factors(theta, qs)
+    f = blocks.tail_ff.shape[0]
+    m_z = structure.m_z
+
+    # scale the prefix blocks by Λ (tail side of entries stays unscaled, see module docstring)
+    diag = []
+    for t in range(D):
+        T = factors[t]
+        eye = jnp.eye(qs[t], dtype=theta.dtype)
+        diag.append(jnp.einsum("ji,ljk,km->lim", T, blocks.diag[t], T) + eye)
+    offdiag = [
+        [jnp.einsum("ji,ljk,km->lim", factors[t + 1 + i], B, factors[t]) for i, B in enumerate(blocks.offdiag[t])]
+        for t in range(D)
+    ]
+    fixed = [blocks.fixed[t] @ factors[t] for t in range(D)]
+    entries = [blocks.entries[t] @ factors[t] for t in range(D)]
+
+    upd_zz = jnp.zeros((m_z * m_z,), dtype=theta.dtype) if m_z else None
+    upd_fz = jnp.zeros((m_z, f), dtype=theta.dtype) if m_z else None
+    upd_ff = jnp.zeros((f, f), dtype=theta.dtype)
+
+    L_diag, L_off, L_fixed, L_entries = [], [], [], []
+    for t in range(D):
+        L_t = small_cholesky(diag[t])
+        Lb = [solve_right_lower_t(B, L_t) for B in offdiag[t]]
+        Lf = solve_right_lower_t(fixed[t], L_t)
+        lev = structure.entry_level[t]
+        if entries[t].shape[0]:
+            Le = solve_right_lower_t(entries[t][:, None, :], L_t[lev])[:, 0, :]
+        else:
+            Le = entries[t]
+        L_diag.append(L_t)
+        L_off.append(tuple(Lb))
+        L_fixed.append(Lf)
+        L_entries.append(Le)
+        # push the Schur updates into later prefix terms
+        for i, k in enumerate(range(t + 1, D)):
+            par = structure.parents[t][i]
+            diag[k] = diag[k] - jax.ops.segment_sum(Lb[i] @ jnp.swapaxes(Lb[i], -1, -2), par, nl[k])
+            for i2, k2 in enumerate(range(k + 1, D)):
+                j2 = k2 - t - 1  # index of k2 among t's later terms
+                offdiag[k][i2] = offdiag[k][i2] - jax.ops.segment_sum(
+                    Lb[j2] @ jnp.swapaxes(Lb[i], -1, -2), par, nl[k]
+                )
+            fixed[k] = fixed[k] - jax.ops.segment_sum(Lf @ jnp.swapaxes(Lb[i], -1, -2), par, nl[k])
+            if Le.shape[0]:
+                emap = structure.entry_map[t][i]
+                contrib = jnp.einsum("eq,erq->er", Le, Lb[i][lev])
+                entries[k] = entries[k] - jax.ops.segment_sum(contrib, emap, entries[k].shape[0])
+        # and into the dense tail
+        upd_ff = upd_ff + jnp.einsum("lfq,lgq->fg", Lf, Lf)
+        if m_z and Le.shape[0]:
+            a, b = structure.pair_a[t], structure.pair_b[t]
+            upd_zz = upd_zz + jax.ops.segment_sum(
+                jnp.sum(Le[a] * Le[b], axis=-1), structure.pair_target[t], m_z * m_z
+            )
+            upd_fz = upd_fz + jax.ops.segment_sum(
+                jnp.einsum("efq,eq->ef", Lf[lev], Le), structure.entry_row[t], m_z
+            )
+
+    # the tail: Schur complement, then its own Λ and identity, then a dense Cholesky
+    S_ff = blocks.tail_ff - upd_ff
+    if m_z:
+        U = upd_zz.reshape(m_z, m_z)
+        U = U + U.T - jnp.diag(jnp.diagonal(U))
+        S_zz = blocks.tail_zz - U
+        S_fz = blocks.tail_fz - upd_fz.T
+        S_zz = _scale_tail_columns(S_zz, structure, factors)
+        S_zz = _scale_tail_columns(S_zz.T, structure, factors) + jnp.eye(m_z, dtype=theta.dtype)
+        S_fz = _scale_tail_columns(S_fz, structure, factors)
+        S = jnp.block([[S_zz, S_fz.T], [S_fz, S_ff]])
+    else:
+        S = S_ff
+    tail = jnp.linalg.cholesky(S)
+    return Factor(
+        diag=tuple(L_diag),
+        offdiag=tuple(L_off),
+        fixed=tuple(L_fixed),
+        entries=tuple(L_entries),
+        tail=tail,
+        factors=tuple(factors),
+    )
+
+
+def solve_coefficients(factor: Factor, structure: Structure, n_fixed: int):
+    """Back substitution for [u; β] given that the last F column is the response.
+
+    Returns (beta (p,), u per term (l_k, q_k) spherical, b per term (l_k, q_k) = T_k u).
+    """
+    D = structure.n_prefix
+    m_z = structure.m_z
+    tail = factor.tail
+    top = tail[:-1, :-1]
+    rhs = tail[-1, :-1]
+    x_tail = jax.scipy.linalg.solve_triangular(top, rhs, lower=True, trans="T")
+    beta = x_tail[m_z : m_z + n_fixed]
+    u_terms: list = [None] * structure.n_terms
+    b_terms: list = [None] * structure.n_terms
+    for i, k in enumerate(range(D, structure.n_terms)):
+        q, l = structure.qs[k], structure.n_levels[k]
+        off = structure.tail_offsets[i]
+        u_k = x_tail[off : off + l * q].reshape(l, q)
+        u_terms[k] = u_k
+        b_terms[k] = u_k @ factor.factors[k].T
+    b_tail = jnp.concatenate([b_terms[k].reshape(-1) for k in range(D, structure.n_terms)]) if m_z else None
+    for t in reversed(range(D)):
+        Lf = factor.fixed[t]  # (l, f, q)
+        r = Lf[:, -1, :] - jnp.einsum("lpq,p->lq", Lf[:, :n_fixed, :], beta)
+        for i, k in enumerate(range(t + 1, D)):
+            par = structure.parents[t][i]
+            r = r - jnp.einsum("lrq,lr->lq", factor.offdiag[t][i], u_terms[k][par])
+        if m_z and factor.entries[t].shape[0]:
+            contrib = factor.entries[t] * b_tail[structure.entry_row[t]][:, None]
+            r = r - jax.ops.segment_sum(contrib, structure.entry_level[t], structure.n_levels[t])
+        u_t = solve_left_lower_t(factor.diag[t], r)
+        u_terms[t] = u_t
+        b_terms[t] = u_t @ factor.factors[t].T
+    return beta, tuple(u_terms), tuple(b_terms)
