@@ -1,0 +1,48 @@
+"""jaxmlm: multilevel (mixed-effects) models in JAX, with lme4's formulas and numbers.
+
+>>> import jaxmlm as jm
+>>> fit = jm.lmer("Reaction ~ Days + (Days | Subject)", jm.datasets.load("sleepstudy"))
+>>> print(fit.summary())
+"""
+
+from . import _config  # noqa: F401  (float64 and the compilation cache, before anything is traced)
+from . import datasets
+from ._errors import (
+    ConvergenceWarning,
+    DataError,
+    DataTypeError,
+    FamilyError,
+    FormulaError,
+    JaxmlmError,
+    MissingValuesWarning,
+    NewLevelError,
+    RankDeficiencyWarning,
+    ResponseError,
+    SingularFitWarning,
+)
+from ._model import Model, glmer, lmer
+from ._results import MixedModelResult, OptimizerInfo
+from ._terms import parse_formula
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Model",
+    "lmer",
+    "glmer",
+    "MixedModelResult",
+    "OptimizerInfo",
+    "parse_formula",
+    "datasets",
+    "JaxmlmError",
+    "FormulaError",
+    "DataError",
+    "DataTypeError",
+    "ResponseError",
+    "FamilyError",
+    "NewLevelError",
+    "ConvergenceWarning",
+    "SingularFitWarning",
+    "RankDeficiencyWarning",
+    "MissingValuesWarning",
+]

@@ -23,7 +23,14 @@ from ._blocks import Blocks, RowData, Structure, cross_products
 from ._linalg import Factor, factorize, solve_coefficients
 from ._optimize import OptimResult, lbfgs_minimize
 
-__all__ = ["LinearProblem", "make_linear_problem", "profiled_deviance", "fit_linear", "linear_estimates"]
+__all__ = [
+    "LinearProblem",
+    "make_linear_problem",
+    "profiled_deviance",
+    "fit_linear",
+    "linear_estimates",
+    "linear_diagnostics",
+]
 
 _LOG_2PI = float(np.log(2 * np.pi))
 
@@ -81,6 +88,14 @@ def fit_linear(theta0: jax.Array, problem: LinearProblem, reml: bool, max_iter: 
 @functools.partial(jax.jit, static_argnames=("reml",))
 def deviance_value(theta, problem, reml):
     return profiled_deviance(theta, problem, reml)
+
+
+@functools.partial(jax.jit, static_argnames=("reml", "with_hessian"))
+def linear_diagnostics(theta: jax.Array, problem: LinearProblem, reml: bool, with_hessian: bool):
+    """Gradient (and exact Hessian) of the objective at θ, for lme4's convergence checks."""
+    grad = jax.grad(profiled_deviance)(theta, problem, reml)
+    hess = jax.hessian(profiled_deviance)(theta, problem, reml) if with_hessian else None
+    return grad, hess
 
 
 @functools.partial(jax.jit, static_argnames=("reml",))

@@ -45,4 +45,5 @@ def load(name: str) -> pd.DataFrame:
             frame[col] = frame[col].astype("int64")
         elif kind == "numeric":
             frame[col] = frame[col].astype("float64")
+    frame.attrs["name"] = key  # shown as "Data:" in summaries
     return frame

@@ -1,0 +1,175 @@
+"""Text output laid out as lme4's print(summary(fit))."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = ["Summary", "short_text"]
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "NA"
+    return f"{x:.{digits}g}" if abs(x) < 1e-3 or abs(x) >= 1e6 else f"{x:.{max(digits - 1 - int(math.floor(math.log10(abs(x)))) if x else digits, 0)}f}"
+
+
+def _table(frame: pd.DataFrame, index_name: str = "") -> str:
+    cols = [str(c) for c in frame.columns]
+    idx = [str(i) for i in frame.index]
+    cells = [[str(v) for v in row] for row in frame.to_numpy()]
+    wi = max([len(index_name)] + [len(i) for i in idx])
+    widths = [max([len(c)] + [len(r[j]) for r in cells]) for j, c in enumerate(cols)]
+    lines = [index_name.ljust(wi) + " " + " ".join(c.rjust(w) for c, w in zip(cols, widths))]
+    for i, row in zip(idx, cells):
+        lines.append(i.ljust(wi) + " " + " ".join(v.rjust(w) for v, w in zip(row, widths)))
+    return "\n".join(lines)
+
+
+def _title(fit) -> str:
+    if fit.is_linear:
+        how = "REML" if fit.reml else "maximum likelihood "
+        return f"Linear mixed model fit by {how} ['lmerMod']"
+    approx = "Laplace Approximation" if fit.method == "laplace" else f"Adaptive Gauss-Hermite Quadrature, nAGQ = {fit.extra.get('nagq', '?')}"
+    fam = fit.family
+    return (
+        f"Generalized linear mixed model fit by maximum likelihood ({approx}) ['glmerMod']\n"
+        f" Family: {fam.name}  ( {fam.link} )"
+    )
+
+
+def _fit_criteria(fit) -> str:
+    if fit.reml:
+        return f"REML criterion at convergence: {fit.objective:.1f}"
+    df_resid = fit.nobs - fit.n_params
+    frame = pd.DataFrame(
+        [[f"{fit.aic:.1f}", f"{fit.bic:.1f}", f"{fit.loglik:.1f}", f"{fit.deviance:.1f}", str(df_resid)]],
+        columns=["AIC", "BIC", "logLik", "deviance", "df.resid"],
+        index=[""],
+    )
+    return _table(frame)
+
+
+def _random_effects(fit) -> str:
+    vc = fit.varcorr()
+    lines = []
+    max_q = max(t.q for t in fit.design.terms)
+    header = [" Groups", "Name", "Variance", "Std.Dev."] + (["Corr"] if max_q > 1 else [])
+    rows = []
+    for grp, sub in vc.groupby("grp", sort=False):
+        variances = sub[sub["var2"].isna()]
+        names = list(variances["var1"]) if grp != "Residual" else [""]
+        cors = sub[sub["var2"].notna()]
+        for i, (_, r) in enumerate(variances.iterrows()):
+            cells = [(" " + grp) if i == 0 else "", "" if grp == "Residual" else str(r["var1"]),
+                     _fmt(r["vcov"], 5), _fmt(r["sdcor"], 5)]
+            if max_q > 1:
+                corr = []
+                for j in range(i):
+                    m = cors[(cors["var1"] == names[j]) & (cors["var2"] == names[i])]
+                    corr.append(f"{float(m['sdcor'].iloc[0]):.2f}" if len(m) else "")
+                cells.append(" ".join(corr))
+            rows.append(cells)
+    widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(header)]
+    lines.append(" ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        lines.append(" ".join(c.ljust(w) for c, w in zip(r, widths)))
+    groups = ", ".join(f"{g}, {n}" for g, n in fit.ngroups.items())
+    lines.append(f"Number of obs: {fit.nobs}, groups:  {groups}")
+    return "Random effects:\n" + "\n".join(lines)
+
+
+def _stars(p: float) -> str:
+    return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else "." if p < 0.1 else ""
+
+
+def _fixed_effects(fit) -> str:
+    fe, se = fit.fixef, fit.se
+    stat = fe / se
+    cols = {"Estimate": [_fmt(v, 5) for v in fe], "Std. Error": [_fmt(v, 4) for v in se]}
+    if fit.is_linear:
+        cols["t value"] = [f"{v:.2f}" if np.isfinite(v) else "NA" for v in stat]
+        frame = pd.DataFrame(cols, index=fe.index)
+        text = _table(frame)
+    else:
+        p = 2 * stats.norm.sf(np.abs(stat.to_numpy()))
+        cols["z value"] = [f"{v:.3f}" if np.isfinite(v) else "NA" for v in stat]
+        cols["Pr(>|z|)"] = [f"{v:.3g}" if np.isfinite(v) else "NA" for v in p]
+        cols[""] = [_stars(v) for v in p]
+        text = _table(pd.DataFrame(cols, index=fe.index))
+        text += "\n---\nSignif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"
+    dropped = [n for n in fit.design.x_names_all if n not in fit.design.x_names]
+    if dropped:
+        text = f"fit warning: fixed-effect model matrix is rank deficient; dropped {', '.join(dropped)}\n" + text
+    return "Fixed effects:\n" + text
+
+
+def _correlation(fit) -> str:
+    v = fit.vcov.to_numpy()
+    if v.shape[0] < 2:
+        return ""
+    sd = np.sqrt(np.diag(v))
+    cor = v / np.outer(sd, sd)
+    names = list(fit.vcov.index)
+    abbrev = [n if len(n) <= 6 else n[:6] for n in names]
+    abbrev = ["(Intr)" if n == "(Intercept)" else a for n, a in zip(names, abbrev)]
+    rows = []
+    for i in range(1, len(names)):
+        rows.append([f"{cor[i, j]:.3f}" for j in range(i)] + [""] * (len(names) - 1 - i))
+    frame = pd.DataFrame(rows, index=names[1:], columns=abbrev[:-1])
+    return "Correlation of Fixed Effects:\n" + _table(frame)
+
+
+class Summary:
+    """lme4-style summary; print() it or use str()."""
+
+    def __init__(self, fit):
+        self.fit = fit
+
+    def __str__(self) -> str:
+        fit = self.fit
+        d = fit.design
+        res = fit.residuals(type="pearson", scaled=True).to_numpy()
+        q = np.quantile(res, [0, 0.25, 0.5, 0.75, 1.0])
+        resid = _table(pd.DataFrame([[f"{v:.4f}" for v in q]], columns=["Min", "1Q", "Median", "3Q", "Max"], index=[""]))
+        parts = [
+            _title(fit),
+            f"Formula: {d.formula.text}",
+            f"   Data: {fit.model.data_name}" if fit.model.data_name else None,
+            "",
+            _fit_criteria(fit),
+            "",
+            "Scaled residuals: \n" + resid,
+            "",
+            _random_effects(fit),
+            "",
+            _fixed_effects(fit),
+        ]
+        if d.n_dropped:
+            parts.insert(3, f"   ({d.n_dropped} observation{'s' if d.n_dropped > 1 else ''} deleted due to missingness)")
+        corr = _correlation(fit)
+        if corr:
+            parts += ["", corr]
+        notes = []
+        if fit.is_singular:
+            notes.append("boundary (singular) fit: see help('isSingular')")
+        if not fit.converged:
+            notes.append(f"convergence: the optimizer stopped with max|grad| = {fit.optinfo.grad_max:.3g}")
+        notes.extend(fit.optinfo.messages)
+        if notes:
+            parts += ["optimizer (L-BFGS) convergence code: 0 (OK)" if fit.converged else "", *notes]
+        return "\n".join(p for p in parts if p is not None)
+
+    __repr__ = __str__
+
+    def _repr_pretty_(self, p, cycle):  # IPython
+        p.text(str(self))
+
+
+def short_text(fit) -> str:
+    kind = "lmer" if fit.is_linear else "glmer"
+    crit = f"REML criterion {fit.objective:.4f}" if fit.reml else f"logLik {fit.loglik:.4f}"
+    return f"<jaxmlm {kind} fit: {fit.design.formula.text}; {crit}; nobs {fit.nobs}>"

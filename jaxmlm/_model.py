@@ -1,0 +1,346 @@
+"""The Model driver: structure built once from formula and data, then fitted (and refitted) many ways.
+
+`Model` parses, builds the design and the block structure (NumPy, outside jit) and keeps them; `fit` runs the
+compiled objective and optimizer and returns a `MixedModelResult`. `lmer` and `glmer` are lme4's entry points.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from . import _config  # noqa: F401  (float64, compilation cache)
+from ._blocks import build_structure, row_data
+from ._covariance import canonical_theta, theta_diagonal_mask, theta_start, theta_to_matrices
+from ._design import build_design, check_linear_model, to_pandas
+from ._errors import ConvergenceWarning, NewLevelError, SingularFitWarning
+from ._family import get_family
+from ._lmm import deviance_value, fit_linear, linear_diagnostics, linear_estimates, make_linear_problem
+from ._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
+from ._terms import parse_formula
+
+__all__ = ["Model", "lmer", "glmer"]
+
+_METHODS = ("reml", "ml", "laplace", "agq")
+_HESSIAN_MAX_PARAMS = 60  # exact Hessian diagnostics for models up to this many θ
+
+
+class Model:
+    """A mixed model's structure: formula + data → design, block kinds and statistics, built once.
+
+    >>> model = jm.Model("Reaction ~ Days + (Days | Subject)", jm.datasets.load("sleepstudy"))
+    >>> fit = model.fit(method="reml")
+    """
+
+    def __init__(
+        self,
+        formula: str,
+        data: Any,
+        family: Any = "gaussian",
+        weights: Any = None,
+        offset: Any = None,
+        *,
+        link: str | None = None,
+        na_action: str = "omit",
+        data_name: str | None = None,
+    ):
+        self.formula = formula
+        self.family = get_family(family, link)
+        self.parsed = parse_formula(formula)
+        self.design = build_design(
+            self.parsed, data, family=self.family, weights=weights, offset=offset, na_action=na_action
+        )
+        if self.is_gaussian:
+            check_linear_model(self.design)
+        d = self.design
+        codes = [t.codes for t in d.terms]
+        self.structure, index_parts = build_structure(codes, [t.q for t in d.terms], [t.n_levels for t in d.terms])
+        self.rows = row_data(codes, [t.z for t in d.terms], index_parts)
+        self.data_name = data_name
+        self._linear_problem = None
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def is_gaussian(self) -> bool:
+        return getattr(self.family, "name", "gaussian") == "gaussian"
+
+    @property
+    def qs(self) -> tuple[int, ...]:
+        return tuple(t.q for t in self.design.terms)
+
+    @property
+    def n_theta(self) -> int:
+        return self.structure.n_theta
+
+    def theta_start(self) -> np.ndarray:
+        return theta_start(self.qs)
+
+    @property
+    def linear_problem(self):
+        """The Gaussian objective's statistics [Z X y]ᵀW[Z X y], formed once on first use."""
+        if self._linear_problem is None:
+            d = self.design
+            self._linear_problem = make_linear_problem(self.structure, self.rows, d.weights, d.X, d.y - d.offset)
+        return self._linear_problem
+
+    def deviance(self, theta, reml: bool = False) -> float:
+        """Profiled deviance (ML) or REML criterion at θ, as lme4's devfun."""
+        self._require_gaussian("deviance")
+        return float(deviance_value(jnp.asarray(theta, dtype=jnp.float64), self.linear_problem, reml))
+
+    def _require_gaussian(self, what: str) -> None:
+        if not self.is_gaussian:
+            raise ValueError(f"{what} is for linear mixed models; this model's family is {self.family.name!r}")
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, method: str | None = None, *, start=None, max_iter: int = 1000, nagq: int | None = None,
+            warn: bool = True) -> MixedModelResult:
+        """Fit by 'reml' or 'ml' (Gaussian), or 'laplace' / 'agq' (binomial, Poisson)."""
+        if method is None:
+            method = "reml" if self.is_gaussian else ("agq" if nagq and nagq > 1 else "laplace")
+        method = method.lower()
+        if method not in _METHODS:
+            raise ValueError(f"method must be one of {', '.join(_METHODS)}; got {method!r}")
+        if method in ("reml", "ml"):
+            self._require_gaussian(f"method={method!r}")
+            return self._fit_linear(method == "reml", start=start, max_iter=max_iter, warn=warn)
+        if self.is_gaussian:
+            raise ValueError(f"method={method!r} is for binomial and Poisson models; use 'reml' or 'ml'")
+        from ._glmm import fit_glmm
+
+        return fit_glmm(self, method=method, nagq=nagq, start=start, max_iter=max_iter, warn=warn)
+
+    def _fit_linear(self, reml: bool, *, start=None, max_iter: int = 1000, warn: bool = True) -> MixedModelResult:
+        problem = self.linear_problem
+        theta0 = self.theta_start() if start is None else np.asarray(start, dtype=np.float64)
+        if theta0.shape != (self.n_theta,):
+            raise ValueError(f"start must have {self.n_theta} values (θ in lme4's layout), got shape {theta0.shape}")
+        res = fit_linear(jnp.asarray(theta0), problem, reml, max_iter=max_iter)
+        messages = []
+        if not np.isfinite(float(res.value)):
+            # an evaluation went non-finite: restart from a smaller start (as lme4's users do by hand)
+            for scale in (0.5, 0.1):
+                res = fit_linear(jnp.asarray(theta0 * scale), problem, reml, max_iter=max_iter)
+                if np.isfinite(float(res.value)):
+                    messages.append(f"restarted from θ start × {scale} after a non-finite evaluation")
+                    break
+            else:
+                raise FloatingPointError("the deviance is not finite at any start; check the data's scale")
+        theta = canonical_theta(np.asarray(res.x), self.qs)
+        theta = self._snap_to_boundary(theta, lambda th: self.deviance(th, reml))
+        est = linear_estimates(jnp.asarray(theta), problem, reml)
+        objective = float(est["objective"])
+        with_hessian = theta.size <= _HESSIAN_MAX_PARAMS
+        grad, hess = linear_diagnostics(jnp.asarray(theta), problem, reml, with_hessian)
+        optinfo = self._diagnose(
+            "L-BFGS",
+            theta,
+            np.asarray(grad),
+            None if hess is None else np.asarray(hess),
+            bool(res.converged),
+            int(res.n_iter),
+            int(res.n_eval),
+            messages,
+        )
+        loglik = -objective / 2.0  # lme4's logLik: of the REML criterion for REML fits
+        fit = MixedModelResult(
+            self,
+            method="reml" if reml else "ml",
+            theta=theta,
+            beta=np.asarray(est["beta"]),
+            vcov=np.asarray(est["vcov"]),
+            sigma=float(est["sigma"]),
+            b=[np.asarray(x) for x in est["b"]],
+            objective=objective,
+            loglik=loglik,
+            optinfo=optinfo,
+        )
+        if warn:
+            self._warn(fit)
+        return fit
+
+    def _snap_to_boundary(self, theta: np.ndarray, objective) -> np.ndarray:
+        """lme4 keeps diagonal θ ≥ 0 and often lands exactly on 0; we optimize unconstrained, so a variance that
+        belongs at the boundary ends near 1e-6. Set such tiny diagonals to 0 when that does not raise the objective."""
+        tiny = theta_diagonal_mask(self.qs) & (np.abs(theta) < SINGULAR_TOL) & (theta != 0)
+        if not tiny.any():
+            return theta
+        snapped = theta.copy()
+        snapped[tiny] = 0.0
+        f_here, f_snapped = objective(theta), objective(snapped)
+        if np.isfinite(f_snapped) and f_snapped <= f_here + 1e-10 * abs(f_here):
+            return snapped
+        return theta
+
+    def _diagnose(self, method, theta, grad, hessian, converged, n_iter, n_eval, messages) -> OptimizerInfo:
+        """lme4's convergence checks: gradient at the optimum and the Hessian's eigenvalues (interior θ only)."""
+        eig = None
+        grad_max = float(np.max(np.abs(grad))) if grad.size else 0.0
+        mask = theta_diagonal_mask(self.qs)
+        interior = ~(mask & (theta < SINGULAR_TOL))
+        if hessian is not None:
+            H = hessian[np.ix_(interior, interior)]
+            if H.size:
+                eig = np.linalg.eigvalsh(0.5 * (H + H.T))
+                if np.all(np.isfinite(eig)):
+                    if eig.min() < -1e-6 * max(1.0, abs(eig.max())):
+                        messages.append("Model failed to converge: degenerate Hessian with negative eigenvalues")
+                    elif eig.max() > 0 and eig.min() / eig.max() < 1e-12:
+                        messages.append("Model is nearly unidentifiable: very large eigenvalue ratio")
+                    # lme4 scales the gradient by the Hessian: relative gradient = H⁻¹g, tolerance 0.002
+                    try:
+                        rel = np.linalg.solve(H, grad[interior])
+                        if np.max(np.abs(rel)) > 2e-3:
+                            converged = False
+                            messages.append(
+                                f"Model failed to converge with max|grad| = {grad_max:.3g} (scaled {np.max(np.abs(rel)):.3g}, tol = 0.002)"
+                            )
+                    except np.linalg.LinAlgError:
+                        pass
+        return OptimizerInfo(
+            method=method,
+            converged=bool(converged),
+            n_iter=n_iter,
+            n_eval=n_eval,
+            grad_max=grad_max,
+            hessian_eigenvalues=eig,
+            messages=tuple(messages),
+        )
+
+    @staticmethod
+    def _warn(fit: MixedModelResult) -> None:
+        if fit.is_singular:
+            warnings.warn("boundary (singular) fit: see help('isSingular')", SingularFitWarning, stacklevel=3)
+        if not fit.converged:
+            warnings.warn(
+                "; ".join(fit.optinfo.messages) or f"optimizer did not converge (max|grad| = {fit.optinfo.grad_max:.3g})",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        else:
+            for m in fit.optinfo.messages:
+                warnings.warn(m, ConvergenceWarning, stacklevel=3)
+
+    # ------------------------------------------------------------------ conditional variances of b
+    def _conditional_variances(self, theta, sigma, extra) -> list[np.ndarray] | None:
+        """Var(b | y) per term: σ² T (L_Z L_Zᵀ)⁻¹ Tᵀ blocks, from the Z part of the factor (as lme4's condVar).
+
+        One term: each level's block is L_j⁻ᵀ L_j⁻¹, exact and O(levels). Several terms: the dense inverse of
+        ΛᵀZᵀWZΛ + I, for up to 6000 random effects.
+        """
+        d = self.design
+        w = extra.get("working_weights", d.weights) if extra else d.weights
+        T = theta_to_matrices(theta, self.qs)
+        scale = 1.0 if sigma is None else sigma**2
+        if len(d.terms) == 1:
+            t = d.terms[0]
+            A = np.zeros((t.n_levels, t.q, t.q))
+            np.add.at(A, t.codes, w[:, None, None] * t.z[:, :, None] * t.z[:, None, :])
+            M = np.einsum("ji,ljk,km->lim", T[0], A, T[0]) + np.eye(t.q)
+            C = np.linalg.inv(M)
+            return [scale * np.einsum("ij,ljk,mk->lim", T[0], C, T[0])]
+        total = sum(t.n_levels * t.q for t in d.terms)
+        if total > 6000:
+            warnings.warn(
+                f"conditional variances need the inverse of a {total}×{total} system; skipped above 6000",
+                UserWarning,
+                stacklevel=3,
+            )
+            return None
+        import scipy.sparse as sp
+
+        cols, offsets, off = [], [], 0
+        for k, t in enumerate(d.terms):
+            zl = t.z @ T[k]  # rows of ZΛ for this term
+            r = np.repeat(np.arange(d.n), t.q)
+            c = off + (t.codes[:, None] * t.q + np.arange(t.q)[None, :]).ravel()
+            cols.append(sp.csr_matrix((zl.ravel(), (r, c)), shape=(d.n, total)))
+            offsets.append(off)
+            off += t.n_levels * t.q
+        ZL = sum(cols[1:], cols[0])
+        M = (ZL.T @ sp.diags(w) @ ZL).toarray() + np.eye(total)
+        C = np.linalg.inv(M)
+        out = []
+        for k, t in enumerate(d.terms):
+            idx = offsets[k] + np.arange(t.n_levels * t.q).reshape(t.n_levels, t.q)
+            blocks = C[idx[:, :, None], idx[:, None, :]]
+            out.append(scale * np.einsum("ij,ljk,mk->lim", T[k], blocks, T[k]))
+        return out
+
+    # ------------------------------------------------------------------ new data (predict)
+    def _new_rows(self, newdata, used_terms, allow_new_levels):
+        frame = to_pandas(newdata)
+        d = self.design
+        try:
+            X_all = d.x_spec.get_model_matrix(frame, output="pandas")
+        except Exception as exc:
+            raise ValueError(f"cannot evaluate the fixed-effects part on newdata: {exc}") from None
+        X_all.columns = d.x_names_all
+        X = X_all[d.x_names].to_numpy(dtype=np.float64)
+        offset = np.zeros(len(frame))
+        from ._design import _evaluate
+
+        for expr in d.formula.offsets:
+            offset = offset + np.asarray(_evaluate(expr, frame, "offset()"), dtype=np.float64)
+        zs, codes = [], []
+        for k, t in enumerate(d.terms):
+            if k not in used_terms:
+                zs.append(None)
+                codes.append(None)
+                continue
+            zs.append(t.z_spec.get_model_matrix(frame, output="pandas").to_numpy(dtype=np.float64))
+            for name in t.term.factors:
+                if name not in frame.columns:
+                    raise ValueError(f"newdata lacks grouping column {name!r} needed by {t.term.text}")
+            labels = frame[list(t.term.factors)].astype(str).agg(":".join, axis=1)
+            lookup = pd.Index(t.levels.astype(str))
+            idx = lookup.get_indexer(labels)
+            if (idx < 0).any() and not allow_new_levels:
+                new = sorted(set(labels[idx < 0]))[:5]
+                raise NewLevelError(
+                    f"new level(s) {', '.join(map(repr, new))} of grouping factor {t.group_name!r} in newdata; "
+                    "use allow_new_levels=True to predict them at the population level"
+                )
+            codes.append(idx)
+        return X, zs, codes, offset, frame.index
+
+    # ------------------------------------------------------------------ other drivers
+    def sample(self, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: int = 0, **kwargs):
+        """Posterior draws by NUTS (NumPyro)."""
+        from ._bayes import sample
+
+        return sample(self, chains=chains, draws=draws, warmup=warmup, seed=seed, **kwargs)
+
+    def fit_batch(self, Y, **kwargs):
+        """Fit every column of Y (n × m) on this design in one vectorized call."""
+        from ._batch import fit_batch
+
+        return fit_batch(self, Y, **kwargs)
+
+
+def _data_name(data) -> str | None:
+    return getattr(data, "attrs", {}).get("name") if hasattr(data, "attrs") else None
+
+
+def lmer(formula: str, data: Any, reml: bool = True, weights: Any = None, offset: Any = None, *,
+         na_action: str = "omit", start=None, **kwargs) -> MixedModelResult:
+    """Fit a linear mixed model as lme4's lmer()."""
+    model = Model(formula, data, family="gaussian", weights=weights, offset=offset, na_action=na_action,
+                  data_name=kwargs.pop("data_name", _data_name(data)))
+    return model.fit(method="reml" if reml else "ml", start=start, **kwargs)
+
+
+def glmer(formula: str, data: Any, family: Any = "binomial", nagq: int = 1, weights: Any = None,
+          offset: Any = None, *, link: str | None = None, na_action: str = "omit", start=None,
+          **kwargs) -> MixedModelResult:
+    """Fit a generalized linear mixed model as lme4's glmer(); nagq=1 is Laplace, nagq>1 adaptive Gauss–Hermite."""
+    model = Model(formula, data, family=family, weights=weights, offset=offset, link=link, na_action=na_action,
+                  data_name=kwargs.pop("data_name", _data_name(data)))
+    if model.is_gaussian:
+        return model.fit(method="ml" if kwargs.pop("reml", False) is False else "reml", start=start, **kwargs)
+    return model.fit(method="agq" if nagq > 1 else "laplace", nagq=nagq, start=start, **kwargs)

@@ -1,0 +1,384 @@
+"""Fitted-model results: lme4's accessors (fixef, VarCorr, ranef, coef, predict, simulate, summary) and tidy().
+
+A result holds plain NumPy numbers and a reference to its Model (design and structure); nothing here is traced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._covariance import term_covariances, theta_diagonal_mask, theta_to_matrices, varcorr_frame
+from ._errors import NewLevelError
+
+__all__ = ["OptimizerInfo", "MixedModelResult"]
+
+SINGULAR_TOL = 1e-4  # lme4's isSingular() tolerance on diagonal θ
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerInfo:
+    """How the optimizer ended: lme4 reports the same things in its 'optinfo'."""
+
+    method: str
+    converged: bool
+    n_iter: int
+    n_eval: int
+    grad_max: float  # max |∂objective/∂parameter| at the optimum
+    hessian_eigenvalues: np.ndarray | None = None
+    messages: tuple[str, ...] = ()
+
+
+class MixedModelResult:
+    """A fitted linear or generalized linear mixed model."""
+
+    def __init__(
+        self,
+        model,
+        *,
+        method: str,
+        theta: np.ndarray,
+        beta: np.ndarray,
+        vcov: np.ndarray,
+        sigma: float | None,
+        b: list[np.ndarray],
+        objective: float,
+        loglik: float,
+        optinfo: OptimizerInfo,
+        condvar: list[np.ndarray] | None = None,
+        extra: dict | None = None,
+    ):
+        self.model = model
+        self.method = method
+        self._theta = np.asarray(theta, dtype=np.float64)
+        self._beta = np.asarray(beta, dtype=np.float64)
+        self._vcov = np.asarray(vcov, dtype=np.float64)
+        self._sigma = None if sigma is None else float(sigma)
+        self._b = [np.asarray(x) for x in b]
+        self._objective = float(objective)
+        self._loglik = float(loglik)
+        self.optinfo = optinfo
+        self._condvar = condvar
+        self.extra = extra or {}
+
+    # ------------------------------------------------------------------ basic numbers
+    @property
+    def design(self):
+        return self.model.design
+
+    @property
+    def family(self):
+        return self.model.family
+
+    @property
+    def reml(self) -> bool:
+        return self.method == "reml"
+
+    @property
+    def is_linear(self) -> bool:
+        return self.method in ("reml", "ml")
+
+    @property
+    def fixef(self) -> pd.Series:
+        """Fixed-effects estimates; columns dropped for rank deficiency show NaN, as in lme4's fixef(add.dropped=TRUE)."""
+        d = self.design
+        values = dict(zip(d.x_names, self._beta))
+        return pd.Series([values.get(n, np.nan) for n in d.x_names_all], index=d.x_names_all, name="Estimate")
+
+    @property
+    def se(self) -> pd.Series:
+        d = self.design
+        values = dict(zip(d.x_names, np.sqrt(np.diag(self._vcov))))
+        return pd.Series([values.get(n, np.nan) for n in d.x_names_all], index=d.x_names_all, name="Std. Error")
+
+    @property
+    def vcov(self) -> pd.DataFrame:
+        names = self.design.x_names
+        return pd.DataFrame(self._vcov, index=names, columns=names)
+
+    @property
+    def theta(self) -> np.ndarray:
+        return self._theta.copy()
+
+    @property
+    def sigma(self) -> float | None:
+        return self._sigma
+
+    @property
+    def loglik(self) -> float:
+        return self._loglik
+
+    @property
+    def deviance(self) -> float:
+        return -2.0 * self._loglik
+
+    @property
+    def objective(self) -> float:
+        return self._objective
+
+    @property
+    def n_params(self) -> int:
+        """Parameters counted by AIC/BIC: β, θ, and σ for the Gaussian family."""
+        return len(self._beta) + len(self._theta) + (1 if self._sigma is not None else 0)
+
+    @property
+    def aic(self) -> float:
+        return -2.0 * self._loglik + 2.0 * self.n_params
+
+    @property
+    def bic(self) -> float:
+        return -2.0 * self._loglik + np.log(self.nobs) * self.n_params
+
+    @property
+    def nobs(self) -> int:
+        return int(self.design.n)
+
+    @property
+    def ngroups(self) -> dict[str, int]:
+        return dict(self.design.ngroups)
+
+    @property
+    def is_singular(self) -> bool:
+        mask = theta_diagonal_mask(self.model.qs)
+        return bool(np.any(self._theta[mask] < SINGULAR_TOL))
+
+    @property
+    def converged(self) -> bool:
+        return bool(self.optinfo.converged)
+
+    # ------------------------------------------------------------------ variance components
+    def _covariances(self) -> list[np.ndarray]:
+        return term_covariances(self._theta, self.model.qs, self._sigma)
+
+    def varcorr(self) -> pd.DataFrame:
+        d = self.design
+        return varcorr_frame(d.group_names, [t.column_names for t in d.terms], self._covariances(), self._sigma)
+
+    # ------------------------------------------------------------------ random effects
+    def _grouped_terms(self) -> dict[str, list[int]]:
+        """Terms by grouping factor (terms sharing a factor, e.g. from '||', are shown together as in lme4)."""
+        out: dict[str, list[int]] = {}
+        for k, t in enumerate(self.design.terms):
+            out.setdefault(t.group_name, []).append(k)
+        return out
+
+    def ranef(self, condvar: bool = True, long: bool = False):
+        """Conditional modes of the random effects, one DataFrame per grouping factor (levels × columns).
+
+        With condvar=True each frame carries `attrs['condvar']`: the conditional covariance blocks (levels × q × q).
+        long=True returns lme4's as.data.frame(ranef(fit, condVar=TRUE)): grpvar, term, grp, condval, condsd.
+        """
+        d = self.design
+        cv = self.condvar() if condvar else None
+        frames = {}
+        for grp, ks in self._grouped_terms().items():
+            cols, vals, names = [], [], []
+            for k in ks:
+                for c, name in enumerate(d.terms[k].column_names):
+                    names.append(name)
+                    vals.append(self._b[k][:, c])
+                    cols.append((k, c))
+            frame = pd.DataFrame(np.column_stack(vals), index=d.terms[ks[0]].levels.astype(str), columns=names)
+            if cv is not None:
+                q = len(cols)
+                blocks = np.zeros((frame.shape[0], q, q))
+                pos = 0
+                for k in ks:
+                    qk = d.terms[k].q
+                    blocks[:, pos : pos + qk, pos : pos + qk] = cv[k]
+                    pos += qk
+                frame.attrs["condvar"] = blocks
+            frames[grp] = frame
+        if not long:
+            return frames
+        rows = []
+        for grp, frame in frames.items():
+            blocks = frame.attrs.get("condvar")
+            for c, term in enumerate(frame.columns):
+                sd = np.sqrt(blocks[:, c, c]) if blocks is not None else np.full(frame.shape[0], np.nan)
+                rows.append(
+                    pd.DataFrame(
+                        dict(grpvar=grp, term=term, grp=frame.index, condval=frame[term].to_numpy(), condsd=sd)
+                    )
+                )
+        return pd.concat(rows, ignore_index=True)
+
+    def condvar(self) -> list[np.ndarray] | None:
+        """Conditional covariance of b per term (levels × q × q), computed on first use."""
+        if self._condvar is None:
+            self._condvar = self.model._conditional_variances(self._theta, self._sigma, self.extra)
+        return self._condvar
+
+    def coef(self) -> dict[str, pd.DataFrame]:
+        """Per-level coefficients: fixed effects plus the level's random effects (lme4's coef())."""
+        fe = self.fixef
+        out = {}
+        for grp, frame in self.ranef(condvar=False).items():
+            table = pd.DataFrame(np.tile(fe.to_numpy(), (frame.shape[0], 1)), index=frame.index, columns=fe.index)
+            for col in frame.columns:
+                if col in table.columns:
+                    table[col] = table[col] + frame[col]
+                else:
+                    table[col] = frame[col]
+            out[grp] = table
+        return out
+
+    # ------------------------------------------------------------------ fitted values and prediction
+    def _linear_predictor(self, X, zs, codes, offset, terms_used) -> np.ndarray:
+        eta = X @ self._beta + offset
+        for k in terms_used:
+            idx = codes[k]
+            known = idx >= 0
+            contrib = np.zeros(X.shape[0])
+            contrib[known] = np.sum(zs[k][known] * self._b[k][idx[known]], axis=1)
+            eta = eta + contrib
+        return eta
+
+    def _inverse_link(self, eta: np.ndarray) -> np.ndarray:
+        fam = self.family
+        return np.asarray(fam.linkinv(eta)) if hasattr(fam, "linkinv") else eta
+
+    def linear_predictor(self) -> np.ndarray:
+        d = self.design
+        return self._linear_predictor(
+            d.X, [t.z for t in d.terms], [t.codes for t in d.terms], d.offset, range(len(d.terms))
+        )
+
+    def fitted(self) -> pd.Series:
+        """Fitted values on the response scale (conditional on the random effects)."""
+        return pd.Series(self._inverse_link(self.linear_predictor()), index=self.design.row_index, name="fitted")
+
+    def residuals(self, type: str = "response", scaled: bool = False) -> pd.Series:
+        """Residuals: 'response' (y − fitted), 'pearson', or 'deviance' (GLMMs); scaled divides by σ."""
+        d = self.design
+        mu = self._inverse_link(self.linear_predictor())
+        r = d.y - mu
+        if type == "pearson":
+            var = np.asarray(self.family.variance(mu)) if hasattr(self.family, "variance") else 1.0
+            r = r * np.sqrt(d.weights / var)
+        elif type == "deviance":
+            if hasattr(self.family, "deviance_residuals"):
+                r = np.asarray(self.family.deviance_residuals(d.y, mu, d.weights))
+            else:
+                r = r * np.sqrt(d.weights)
+        elif type != "response":
+            raise ValueError(f"type must be 'response', 'pearson' or 'deviance', got {type!r}")
+        if scaled and self._sigma is not None:
+            r = r / self._sigma
+        return pd.Series(r, index=d.row_index, name="residuals")
+
+    def _terms_for(self, re_form) -> list[int]:
+        d = self.design
+        if re_form is None:
+            return list(range(len(d.terms)))
+        if re_form is False or (isinstance(re_form, float) and np.isnan(re_form)):
+            return []
+        if isinstance(re_form, str):
+            text = re_form.replace(" ", "")
+            if text in ("~0", "0", "NA", "~NA", ""):
+                return []
+            from ._terms import parse_formula
+
+            parsed = parse_formula("y " + (re_form if re_form.strip().startswith("~") else "~" + re_form))
+            wanted = {(t.lhs.replace(" ", ""), t.group_name) for t in parsed.random}
+            chosen = [k for k, t in enumerate(d.terms) if (t.term.lhs.replace(" ", ""), t.group_name) in wanted]
+            if len(chosen) != len(wanted):
+                raise ValueError(f"re_form {re_form!r} names random-effects terms that are not in the model")
+            return chosen
+        raise ValueError(f"re_form must be None, '~0'/NA, or a formula of the model's random terms; got {re_form!r}")
+
+    def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False, type: str = "response"):
+        """Predictions as lme4's predict.merMod: re_form=None uses all random effects, '~0' (or NA) none.
+
+        New levels of a grouping factor get zero random effects with allow_new_levels=True, else raise.
+        type is 'response' or 'link'.
+        """
+        if type not in ("response", "link"):
+            raise ValueError(f"type must be 'response' or 'link', got {type!r}")
+        d = self.design
+        used = self._terms_for(re_form)
+        if newdata is None:
+            X, zs, codes, offset = d.X, [t.z for t in d.terms], [t.codes for t in d.terms], d.offset
+            index = d.row_index
+        else:
+            X, zs, codes, offset, index = self.model._new_rows(newdata, used, allow_new_levels)
+        eta = self._linear_predictor(X, zs, codes, offset, used)
+        out = eta if type == "link" else self._inverse_link(eta)
+        return pd.Series(out, index=index, name="predicted")
+
+    def simulate(self, n: int = 1, seed: int = 0, use_u: bool = False) -> pd.DataFrame:
+        """n responses simulated from the fitted model (new random effects unless use_u=True), as lme4's simulate."""
+        rng = np.random.default_rng(seed)
+        d = self.design
+        T = theta_to_matrices(self._theta, self.model.qs)
+        sims = np.empty((d.n, n))
+        base = d.X @ self._beta + d.offset
+        scale = 1.0 if self._sigma is None else self._sigma
+        for i in range(n):
+            eta = base.copy()
+            for k, t in enumerate(d.terms):
+                if use_u:
+                    b = self._b[k]
+                else:
+                    b = scale * rng.standard_normal((t.n_levels, t.q)) @ T[k].T
+                eta += np.sum(t.z * b[t.codes], axis=1)
+            if hasattr(self.family, "simulate"):
+                sims[:, i] = self.family.simulate(rng, self._inverse_link(eta), d.weights, d.extra)
+            else:
+                w = np.where(d.weights > 0, d.weights, np.inf)
+                sims[:, i] = eta + scale * rng.standard_normal(d.n) / np.sqrt(w)
+        return pd.DataFrame(sims, index=d.row_index, columns=[f"sim_{i + 1}" for i in range(n)])
+
+    # ------------------------------------------------------------------ display
+    def summary(self):
+        from ._display import Summary
+
+        return Summary(self)
+
+    def __repr__(self) -> str:
+        from ._display import short_text
+
+        return short_text(self)
+
+    def tidy(self) -> pd.DataFrame:
+        """One row per parameter, with broom.mixed's columns: effect, group, term, estimate, std.error, statistic."""
+        fe, se = self.fixef, self.se
+        rows = [
+            dict(effect="fixed", group=None, term=name, estimate=fe[name], **{"std.error": se[name]},
+                 statistic=fe[name] / se[name])
+            for name in fe.index
+        ]
+        for _, r in self.varcorr().iterrows():
+            if r["grp"] == "Residual":
+                rows.append(dict(effect="ran_pars", group="Residual", term="sd__Observation", estimate=r["sdcor"]))
+            elif pd.isna(r["var2"]):
+                rows.append(dict(effect="ran_pars", group=r["grp"], term=f"sd__{r['var1']}", estimate=r["sdcor"]))
+            else:
+                rows.append(
+                    dict(effect="ran_pars", group=r["grp"], term=f"cor__{r['var1']}.{r['var2']}", estimate=r["sdcor"])
+                )
+        return pd.DataFrame(rows, columns=["effect", "group", "term", "estimate", "std.error", "statistic"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain numbers, for JSON output."""
+        return dict(
+            formula=self.design.formula.text,
+            method=self.method,
+            family=getattr(self.family, "name", "gaussian"),
+            nobs=self.nobs,
+            ngroups=self.ngroups,
+            objective=self.objective,
+            loglik=self.loglik,
+            aic=self.aic,
+            bic=self.bic,
+            theta=self._theta.tolist(),
+            fixef={k: (None if np.isnan(v) else float(v)) for k, v in self.fixef.items()},
+            se={k: (None if np.isnan(v) else float(v)) for k, v in self.se.items()},
+            sigma=self._sigma,
+            varcorr=self.varcorr().replace({np.nan: None}).to_dict(orient="records"),
+            singular=self.is_singular,
+            converged=self.converged,
+        )

@@ -1,0 +1,57 @@
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+import jaxmlm as jm
+
+REFERENCE_DIR = pathlib.Path(__file__).parent / "reference"
+
+
+@pytest.fixture(scope="session")
+def lme4_reference():
+    return json.loads((REFERENCE_DIR / "lme4_public.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def lme4_confint():
+    return json.loads((REFERENCE_DIR / "lme4_confint.json").read_text())
+
+
+def check_against_lme4(fit, ref, *, objective_rtol=1e-6):
+    """The tolerances of the reference README."""
+    obj = fit.objective
+    assert obj <= ref["objective"] * (1 + objective_rtol) + 1e-9, (obj, ref["objective"])
+    assert obj >= ref["objective"] * (1 - 1e-4), "objective far below lme4's: a different model?"
+    theta_ref = np.atleast_1d(np.asarray(ref["theta"], dtype=float))
+    np.testing.assert_allclose(fit.theta, theta_ref, atol=1e-3, rtol=0)
+    for name, value in ref["fixef"].items():
+        got = fit.fixef[name]
+        if abs(value) < 1e-6:
+            assert abs(got - value) < 1e-6
+        else:
+            assert abs(got - value) <= 1e-4 * abs(value), (name, got, value)
+    for name, value in ref["se"].items():
+        assert abs(fit.se[name] - value) <= 1e-3 * abs(value), (name, fit.se[name], value)
+    if ref.get("sigma") is not None:
+        assert abs(fit.sigma - ref["sigma"]) <= 1e-4 * ref["sigma"]
+    vc = fit.varcorr()
+    assert len(vc) == len(ref["varcorr"])
+    for got, want in zip(vc.to_dict(orient="records"), ref["varcorr"]):
+        assert got["grp"] == want["grp"]
+        assert (got["var1"] if isinstance(got["var1"], str) else None) == want["var1"]
+        assert (got["var2"] if isinstance(got["var2"], str) else None) == want["var2"]
+        if want["var2"] is None:  # standard deviations: 1e-3 relative (absolute near 0)
+            assert abs(got["sdcor"] - want["sdcor"]) <= 1e-3 * max(abs(want["sdcor"]), 1e-3)
+        else:  # correlations are on [-1, 1]
+            assert abs(got["sdcor"] - want["sdcor"]) <= 2e-3
+    assert fit.nobs == ref["nobs"]
+    assert fit.ngroups == ref["ngrps"]
+    assert fit.is_singular == ref["singular"]
+    if ref["nagq"] in (None, 1):
+        assert abs(fit.loglik - ref["loglik"]) <= 1e-6 * abs(ref["loglik"]) + 1e-6 or fit.loglik > ref["loglik"]
+        n_par = ref["aic"] - ref["objective"] if ref["family"] != "gaussian" or not ref["reml"] else None
+        assert abs(fit.aic - ref["aic"]) <= 1e-6 * abs(ref["aic"]) + 1e-6 or fit.aic < ref["aic"]
+        assert abs(fit.bic - ref["bic"]) <= 1e-6 * abs(ref["bic"]) + 1e-6 or fit.bic < ref["bic"]
+        del n_par
