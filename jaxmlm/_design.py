@@ -25,6 +25,7 @@ from ._errors import (
     DataError,
     DataTypeError,
     FormulaError,
+    JaxmlmError,
     MissingValuesWarning,
     RankDeficiencyWarning,
 )
@@ -248,7 +249,7 @@ def build_design(
 ) -> Design:
     """Evaluate the parsed formula on the data. Raises before any JAX code runs."""
     if na_action not in ("omit", "drop", "raise", "fail"):
-        raise ValueError(f"na_action must be 'omit' or 'raise', got {na_action!r}")
+        raise JaxmlmError(f"na_action must be 'omit' or 'raise', got {na_action!r}")
     frame = to_pandas(data)
     if frame.shape[0] == 0:
         raise DataError("data has no rows")
@@ -288,7 +289,7 @@ def build_design(
     for o in parsed.offsets:
         used |= expression_names(o)
     used_cols = [c for c in frame.columns if c in used]
-    missing = frame[used_cols].isna().any(axis=1).to_numpy()
+    missing = frame[used_cols].isna().any(axis=1).to_numpy().copy()  # writable (pandas may hand out a view)
     for arr in (w_arg, o_arg):
         if arr is not None:
             missing |= np.isnan(arr)

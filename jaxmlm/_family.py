@@ -21,6 +21,10 @@ class Gaussian:
     name: str = "gaussian"
     link: str = "identity"
 
+    def __post_init__(self):
+        if self.link != "identity":  # lme4 hands a non-identity Gaussian link to glmer's GLMM engine; we do not
+            raise FamilyError(f"the gaussian family supports only the identity link, got link={self.link!r}")
+
     def prepare_response(self, parts, parsed, prior_weights):
         if len(parts) != 1:
             raise FormulaError("cbind() responses are for the binomial family")
