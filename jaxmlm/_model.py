@@ -341,6 +341,12 @@ def glmer(formula: str, data: Any, family: Any = "binomial", nagq: int = 1, weig
     """Fit a generalized linear mixed model as lme4's glmer(); nagq=1 is Laplace, nagq>1 adaptive Gauss–Hermite."""
     model = Model(formula, data, family=family, weights=weights, offset=offset, link=link, na_action=na_action,
                   data_name=kwargs.pop("data_name", _data_name(data)))
-    if model.is_gaussian:
-        return model.fit(method="ml" if kwargs.pop("reml", False) is False else "reml", start=start, **kwargs)
+    if model.is_gaussian:  # lme4's glmer hands gaussian (identity) to lmer, REML by default, with a warning
+        warnings.warn(
+            "calling glmer() with family=gaussian (identity link) as a shortcut to lmer() is deprecated; "
+            "please call lmer() directly",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return model.fit(method="reml" if kwargs.pop("reml", True) else "ml", start=start, **kwargs)
     return model.fit(method="agq" if nagq > 1 else "laplace", nagq=nagq, start=start, **kwargs)
