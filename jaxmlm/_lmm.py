@@ -40,7 +40,7 @@ class LinearProblem(eqx.Module):
 
     structure: Structure
     blocks: Blocks
-    n: int = eqx.field(static=True)
+    n: jax.Array  # rows with positive weight: a leaf, so batches may differ per response (missing values)
     p: int = eqx.field(static=True)
     sum_log_w: jax.Array
 
@@ -58,7 +58,7 @@ def make_linear_problem(structure: Structure, rows: RowData, weights, X, y) -> L
     positive = weights > 0
     sum_log_w = jnp.sum(jnp.where(positive, jnp.log(jnp.where(positive, weights, 1.0)), 0.0))
     n_eff = int(np.sum(np.asarray(weights) > 0))
-    return LinearProblem(structure=structure, blocks=blocks, n=n_eff, p=int(X.shape[1]), sum_log_w=sum_log_w)
+    return LinearProblem(structure=structure, blocks=blocks, n=jnp.asarray(n_eff, dtype=jnp.float64), p=int(X.shape[1]), sum_log_w=sum_log_w)
 
 
 def deviance_from_factor(factor: Factor, problem: LinearProblem, reml: bool) -> jax.Array:

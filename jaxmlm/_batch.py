@@ -1,0 +1,319 @@
+"""Many responses on one design: every column of Y fitted by one vectorized (vmapped) optimizer.
+
+Only the response enters the statistics [Z X y]ᵀW[Z X y] through its y-parts: the y column of each prefix block
+(Zₜᵀ W y, per level), of the tail (Z_tailᵀ W y), and Xᵀ W y, yᵀ W y. So the Z and X blocks are formed once and
+each response adds a few segment sums over the rows. A response with missing values gets zero weight on those
+rows; that changes its Z and X blocks too, so such columns get the full statistics of their own weights (and their
+own effective n). The L-BFGS loop of `_optimize` runs vmapped over a chunk of responses at a time, so memory stays
+bounded by the chunk size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from ._blocks import Blocks, RowData, Structure, cross_products
+from ._covariance import canonical_theta, theta_diagonal_mask, theta_names
+from ._errors import DataError, DataTypeError
+from ._linalg import factorize, solve_coefficients
+from ._lmm import LinearProblem, deviance_from_factor, fit_linear, profiled_deviance
+from ._results import SINGULAR_TOL
+
+__all__ = ["BatchResult", "fit_batch"]
+
+_CHUNK_BYTES = 256 * 2**20  # working memory aimed at per chunk (statistics and optimizer state)
+
+
+@dataclasses.dataclass
+class BatchResult:
+    """Fits of many responses on one design. Arrays have one entry (row) per response column."""
+
+    model: object
+    method: str
+    columns: pd.Index
+    theta: np.ndarray  # (m, k), lme4's layout and canonical sign
+    beta: np.ndarray  # (m, p)
+    se_beta: np.ndarray  # (m, p)
+    sigma: np.ndarray  # (m,)
+    objective: np.ndarray  # (m,): REML criterion for REML fits, else -2 log-likelihood
+    converged: np.ndarray  # (m,) bool
+    nobs: np.ndarray  # (m,) rows used per response (missing values excluded)
+    n_iter: np.ndarray  # (m,)
+    seconds: float = float("nan")
+
+    @property
+    def fixef(self) -> pd.DataFrame:
+        return pd.DataFrame(self.beta, index=self.columns, columns=self.model.design.x_names)
+
+    @property
+    def se(self) -> pd.DataFrame:
+        return pd.DataFrame(self.se_beta, index=self.columns, columns=self.model.design.x_names)
+
+    @property
+    def theta_frame(self) -> pd.DataFrame:
+        d = self.model.design
+        return pd.DataFrame(
+            self.theta, index=self.columns, columns=theta_names(d.group_names, [t.column_names for t in d.terms])
+        )
+
+    @property
+    def is_singular(self) -> np.ndarray:
+        mask = theta_diagonal_mask(self.model.qs)
+        return np.any(self.theta[:, mask] < SINGULAR_TOL, axis=1)
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchResult({len(self)} responses, method={self.method!r}, "
+            f"{int(self.converged.sum())} converged, {self.seconds:.3g} s)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def _response_parts(structure: Structure, rows: RowData, weights, X, y):
+    """The y-dependent pieces of [Z X y]ᵀW[Z X y]: per prefix term Σ w y z by level, the tail's Zᵀ W y,
+    Xᵀ W y and yᵀ W y. Same segment sums as `cross_products`, with F = y only."""
+    wy = weights * y
+    fixed_y = tuple(
+        jax.ops.segment_sum(wy[:, None] * rows.z[t], rows.codes[t], structure.n_levels[t])
+        for t in range(structure.n_prefix)
+    )
+    tail_zy = jnp.zeros((structure.m_z,), dtype=y.dtype)
+    for i, k in enumerate(range(structure.n_prefix, structure.n_terms)):
+        q = structure.qs[k]
+        idx = rows.tail_row[i][:, None] + jnp.arange(q, dtype=jnp.int32)[None, :]
+        tail_zy = tail_zy + jax.ops.segment_sum((wy[:, None] * rows.z[k]).reshape(-1), idx.reshape(-1), structure.m_z)
+    return fixed_y, tail_zy, X.T @ wy, jnp.dot(y, wy)
+
+
+def _with_response(base: Blocks, parts) -> Blocks:
+    """Blocks of [Z X y] from the response-free blocks of [Z X] (F = X) and one response's y-parts."""
+    fixed_y, tail_zy, xy, yy = parts
+    fixed = tuple(jnp.concatenate([f, fy[:, None, :]], axis=1) for f, fy in zip(base.fixed, fixed_y))
+    tail_fz = jnp.concatenate([base.tail_fz, tail_zy[None, :]], axis=0)
+    tail_ff = jnp.block([[base.tail_ff, xy[:, None]], [xy[None, :], yy[None, None]]])
+    return Blocks(diag=base.diag, offdiag=base.offdiag, fixed=fixed, entries=base.entries, tail_zz=base.tail_zz,
+                  tail_fz=tail_fz, tail_ff=tail_ff)
+
+
+def _sum_log_w(weights):
+    positive = weights > 0
+    return jnp.sum(jnp.where(positive, jnp.log(jnp.where(positive, weights, 1.0)), 0.0))
+
+
+@jax.jit
+def _base_blocks(structure: Structure, rows: RowData, weights, X) -> Blocks:
+    return cross_products(structure, rows, weights, X)
+
+
+def _estimates(theta, problem: LinearProblem, reml: bool):
+    """β, its standard errors, σ and the objective at θ (as `_lmm.linear_estimates`, without the factor)."""
+    factor = factorize(theta, problem.blocks, problem.structure)
+    m_z, p = problem.structure.m_z, problem.p
+    beta, _, _ = solve_coefficients(factor, problem.structure, p)
+    r2 = factor.tail[-1, -1] ** 2
+    sigma = jnp.sqrt(r2 / (problem.n - p if reml else problem.n))
+    L_xx = factor.tail[m_z : m_z + p, m_z : m_z + p]
+    inv_lxx = jax.scipy.linalg.solve_triangular(L_xx, jnp.eye(p, dtype=L_xx.dtype), lower=True)
+    se = sigma * jnp.sqrt(jnp.sum(inv_lxx**2, axis=0))
+    return beta, se, sigma, deviance_from_factor(factor, problem, reml)
+
+
+@functools.partial(jax.jit, static_argnames=("reml", "max_iter", "complete"))
+def _fit_chunk(structure, rows, base, X, weights, Y, theta0, diag_mask, reml: bool, max_iter: int, complete: bool):
+    """Fit the columns of Y (n × c) at once.
+
+    complete=True: no missing values, so the Z/X blocks are shared and each column adds its y-parts. Otherwise
+    each column's statistics come from its own weights (missing rows weighted 0) and its own effective n.
+    As a single fit does, a diagonal θ that ends below lme4's singularity tolerance is set to 0 when that does not
+    raise the objective (the optimizer is unconstrained, so a variance that belongs at 0 ends near 1e-6)."""
+    p = X.shape[1]
+
+    def problem_for(y):
+        if complete:
+            blocks = _with_response(base, _response_parts(structure, rows, weights, X, y))
+            return LinearProblem(structure=structure, blocks=blocks, n=jnp.sum(weights > 0).astype(jnp.float64),
+                                 p=p, sum_log_w=_sum_log_w(weights))
+        observed = ~jnp.isnan(y)
+        w = jnp.where(observed, weights, 0.0)
+        F = jnp.concatenate([X, jnp.where(observed, y, 0.0)[:, None]], axis=1)
+        return LinearProblem(structure=structure, blocks=cross_products(structure, rows, w, F),
+                             n=jnp.sum(w > 0).astype(jnp.float64), p=p, sum_log_w=_sum_log_w(w))
+
+    def one(y):
+        problem = problem_for(y)
+        res = fit_linear(theta0, problem, reml, max_iter=max_iter)
+        snapped = jnp.where(diag_mask & (jnp.abs(res.x) < SINGULAR_TOL), 0.0, res.x)
+        f_snapped = profiled_deviance(snapped, problem, reml)
+        keep = jnp.isfinite(f_snapped) & (f_snapped <= res.value + 1e-10 * jnp.abs(res.value))
+        theta = jnp.where(keep, snapped, res.x)
+        beta, se, sigma, objective = _estimates(theta, problem, reml)
+        return dict(theta=theta, beta=beta, se=se, sigma=sigma, objective=objective, converged=res.converged,
+                    n_iter=res.n_iter, nobs=problem.n)
+
+    return jax.vmap(one, in_axes=1)(Y)
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def _as_matrix(model, Y) -> tuple[np.ndarray, pd.Index]:
+    """Y as an (n × m) float array in the model's rows; a DataFrame indexed like the data is aligned by index."""
+    d = model.design
+    if hasattr(Y, "to_pandas") and not isinstance(Y, (pd.DataFrame, pd.Series)):
+        Y = Y.to_pandas()
+    if isinstance(Y, pd.Series):
+        Y = Y.to_frame()
+    if isinstance(Y, pd.DataFrame):
+        columns = pd.Index(Y.columns)
+        if len(Y) != d.n and d.row_index.isin(Y.index).all():
+            Y = Y.loc[d.row_index]
+        try:
+            values = Y.to_numpy(dtype=np.float64, na_value=np.nan)
+        except (TypeError, ValueError):
+            bad = [c for c in Y.columns if not pd.api.types.is_numeric_dtype(Y[c])]
+            raise DataTypeError(f"responses must be numeric; column(s) {bad[:5]} are not") from None
+    else:
+        try:
+            values = np.asarray(Y, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DataTypeError("responses must be numeric (an n × m array or DataFrame)") from None
+        if values.ndim == 1:
+            values = values[:, None]
+        columns = pd.RangeIndex(values.shape[1]) if values.ndim == 2 else None
+    if values.ndim != 2:
+        raise DataError(f"Y must be 2-dimensional (n × m), got shape {values.shape}")
+    if values.shape[0] != d.n:
+        raise DataError(
+            f"Y has {values.shape[0]} rows but the model uses {d.n} rows of its data (after dropping rows with "
+            "missing values); give one row per model row, or a DataFrame indexed like the data"
+        )
+    if np.isinf(values).any():
+        raise DataError("Y contains infinite values")
+    return values, columns
+
+
+def _default_chunk(model, complete: bool) -> int:
+    """Columns per vmapped chunk so that the statistics, intermediates and optimizer state stay near _CHUNK_BYTES."""
+    s, d = model.structure, model.design
+    p = d.X.shape[1]
+    block_floats = sum(l * q * (q + p + 1) for l, q in zip(s.n_levels[: s.n_prefix], s.qs[: s.n_prefix]))
+    block_floats += sum(int(e.shape[0]) * q for e, q in zip(s.entry_level, s.qs)) + (s.m_z + p + 1) ** 2
+    row_floats = d.n * (2 + sum(q * q for q in s.qs))
+    per_column = 8 * 6 * (block_floats + s.n_pairs + (0 if complete else row_floats + s.m_z**2)) + 8 * 60 * s.n_theta
+    return int(max(1, min(4096, _CHUNK_BYTES // per_column)))
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.done, self.enabled, self.bar = total, 0, enabled, None
+        self.start = time.perf_counter()
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, unit="fit", desc="fit_batch")
+            except ImportError:
+                pass
+
+    def update(self, k: int) -> None:
+        self.done += k
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(k)
+        else:
+            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+            sys.stderr.write(f"\rfit_batch: {self.done}/{self.total} responses ({rate:.0f}/s)")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            sys.stderr.write("\n")
+
+
+def fit_batch(model, Y, method: str = "reml", *, chunk_size: int | None = None, progress: bool | None = None,
+              start=None, max_iter: int = 1000) -> BatchResult:
+    """Fit every column of Y on the model's design (see `Model.fit_batch`).
+
+    Y: n × m (NumPy array or DataFrame), one row per row of the model's data after rows with missing values in
+    the formula's variables were dropped (`model.design.row_index`; a DataFrame indexed like the original data is
+    aligned on it). NaN in a column drops those rows for that response only. The model's weights and offset apply
+    to every column. method: 'reml' or 'ml'. chunk_size: responses per vectorized step (default from the design's
+    size, to bound memory). progress: show progress (tqdm when installed); None shows it for multi-chunk batches.
+    """
+    t0 = time.perf_counter()
+    method = method.lower()
+    if method not in ("reml", "ml"):
+        raise ValueError(f"fit_batch method must be 'reml' or 'ml', got {method!r}")
+    if not model.is_gaussian:
+        raise NotImplementedError(
+            f"fit_batch supports linear mixed models (family 'gaussian'); this model's family is "
+            f"{model.family.name!r} and batched GLMM fits are not available yet"
+        )
+    if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    values, columns = _as_matrix(model, Y)
+    d, reml = model.design, method == "reml"
+    values = values - d.offset[:, None]
+    m, p = values.shape[1], d.X.shape[1]
+    theta0 = model.theta_start() if start is None else np.asarray(start, dtype=np.float64)
+    if theta0.shape != (model.n_theta,):
+        raise ValueError(f"start must have {model.n_theta} values (θ in lme4's layout), got shape {theta0.shape}")
+
+    n_obs = np.sum(~np.isnan(values), axis=0)
+    too_few = n_obs <= p + (1 if reml else 0)
+    missing = np.isnan(values).any(axis=0)
+    groups = [(np.flatnonzero(~missing & ~too_few), True), (np.flatnonzero(missing & ~too_few), False)]
+
+    out = dict(theta=np.full((m, model.n_theta), np.nan), beta=np.full((m, p), np.nan), se=np.full((m, p), np.nan),
+               sigma=np.full(m, np.nan), objective=np.full(m, np.nan), converged=np.zeros(m, bool),
+               n_iter=np.zeros(m, np.int64), nobs=n_obs.astype(np.float64))
+    X, weights = jnp.asarray(d.X), jnp.asarray(d.weights)
+    base = _base_blocks(model.structure, model.rows, weights, X)
+    mask = jnp.asarray(theta_diagonal_mask(model.qs))
+    chunks = []
+    for idx, complete in groups:
+        if idx.size:
+            size = chunk_size or min(_default_chunk(model, complete), 1 << int(np.ceil(np.log2(idx.size))))
+            chunks += [(idx[i : i + size], complete, size) for i in range(0, idx.size, size)]
+    bar = _Progress(m, enabled=(len(chunks) > 1) if progress is None else bool(progress))
+
+    def run(cols, complete, size, start_theta):
+        Yc = values[:, cols]
+        if len(cols) < size:  # pad with copies of the first column: one compiled program per chunk size
+            Yc = np.concatenate([Yc, np.repeat(Yc[:, :1], size - len(cols), axis=1)], axis=1)
+        res = _fit_chunk(model.structure, model.rows, base, X, weights, jnp.asarray(Yc), jnp.asarray(start_theta),
+                         mask, reml=reml, max_iter=max_iter, complete=complete)
+        return {k: np.asarray(v)[: len(cols)] for k, v in res.items()}
+
+    for cols, complete, size in chunks:
+        res = run(cols, complete, size, theta0)
+        bad = ~np.isfinite(res["objective"])
+        for scale in (0.5, 0.1):  # a non-finite evaluation: restart from a smaller start, as a single fit does
+            if not bad.any():
+                break
+            retry = run(cols[bad], complete, size, theta0 * scale)
+            for k in res:
+                res[k][bad] = retry[k]
+            bad = ~np.isfinite(res["objective"])
+        res["converged"] = res["converged"] & np.isfinite(res["objective"])
+        for k in out:
+            out[k][cols] = res[k]
+        bar.update(len(cols))
+    bar.close()
+    theta = np.array([canonical_theta(t, model.qs) if np.isfinite(t).all() else t for t in out["theta"]])
+    return BatchResult(model=model, method=method, columns=columns, theta=theta.reshape(m, model.n_theta),
+                       beta=out["beta"], se_beta=out["se"], sigma=out["sigma"], objective=out["objective"],
+                       converged=out["converged"], nobs=out["nobs"].astype(np.int64), n_iter=out["n_iter"],
+                       seconds=time.perf_counter() - t0)
