@@ -1,0 +1,365 @@
+"""Bayesian multilevel models by NUTS (NumPyro), on the same design and blocked factor as the fits.
+
+Gaussian models are sampled *collapsed*: the random effects are integrated out, using the factor L of
+Λᵀ[Z X y]ᵀW[Z X y]Λ + diag(I, 0, 0) that the LMM uses (``_linalg.factorize``). Writing L_F for the lower-right
+(p+1)×(p+1) block of L (the X and y rows after eliminating Z), the penalized residual sum of squares at β is
+
+    r²(β) = min_u ‖W^½(y − Xβ − ZΛu)‖² + ‖u‖² = ‖L_Fᵀ [−β; 1]‖² = r²_min + ‖L_XXᵀ(β − β̂)‖²,
+
+and the marginal log-likelihood of y ~ N(Xβ, σ²(ZΛΛᵀZᵀ + W⁻¹)) is
+
+    log p(y | β, θ, σ) = −½ [n log(2πσ²) − Σ log w + log|L_Z|² + r²(β)/σ²].
+
+NUTS samples (β, per-term standard deviations and LKJ correlation factors, σ), and u is drawn afterwards from its
+Gaussian conditional u | y, β, θ, σ ~ N(û(β), σ²(L_Z L_Zᵀ)⁻¹) by one back substitution, vectorized over draws.
+
+Binomial and Poisson models are sampled with non-centered random effects: u_k ~ N(0, I), b_k = u_k (diag(sd_k) Ω_k)ᵀ.
+
+Priors (all scaled to the data, in the spirit of rstanarm; every sampled coordinate is standardized so that NUTS
+sees unit scales):
+* β_j ~ N(0, (2.5 s_y / sd(x_j))²) for non-constant columns of X; an intercept column gets N(ȳ, s₀²) with
+  s₀² = (2.5 s_y)² + Σ_j (x̄_j · 2.5 s_y / sd(x_j))², the prior that a N(ȳ, (2.5 s_y)²) intercept on centered
+  predictors implies for the uncentered one. s_y = sd(y) for Gaussian models, 1 (the link scale) otherwise, and
+  ȳ = 0 for non-Gaussian models.
+* the standard deviation of each random-effect column: half-normal with scale s_y / sd(z_j) (s_y for constant z).
+* correlations: LKJ(η = 1, uniform) on each term's correlation matrix, through its Cholesky factor.
+* σ (Gaussian): half-normal with scale s_y.
+``priors=dict(beta_loc=..., beta_scale=..., sd_scale=..., sigma_scale=..., lkj_eta=...)`` overrides them (scalars
+or arrays; ``sd_scale`` may also be a dict keyed by group name).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._errors import FamilyError
+from ._linalg import Factor, factorize, solve_left_lower_t
+
+__all__ = ["sample", "gaussian_log_likelihood", "conditional_u", "Hyper"]
+
+_LOG_2PI = float(np.log(2 * np.pi))
+_LINKS = ("logit", "probit", "cloglog", "log", "identity")
+
+
+class Hyper(eqx.Module):
+    """Prior hyperparameters (leaves, so that new data of the same shape reuse the compiled sampler)."""
+
+    beta_loc: jax.Array  # (p,)
+    beta_scale: jax.Array  # (p,)
+    sd_scale: tuple[jax.Array, ...]  # per term (q_k,)
+    sigma_scale: jax.Array  # ()
+    lkj_eta: float = eqx.field(static=True)
+
+
+class GlmmData(eqx.Module):
+    """Rows for the non-centered GLMM likelihood."""
+
+    X: jax.Array
+    y: jax.Array
+    weights: jax.Array
+    offset: jax.Array
+    codes: tuple[jax.Array, ...]
+    z: tuple[jax.Array, ...]
+    n_levels: tuple[int, ...] = eqx.field(static=True)
+
+
+# ---------------------------------------------------------------------------------------------- the mathematics
+def tril_columnwise(T: jax.Array) -> jax.Array:
+    """Lower triangle of T, column-major: θ's layout."""
+    q = T.shape[-1]
+    rows = [r for c in range(q) for r in range(c, q)]
+    cols = [c for c in range(q) for r in range(c, q)]
+    return T[..., jnp.array(rows), jnp.array(cols)]
+
+
+def gaussian_log_likelihood(beta, theta, sigma, problem) -> jax.Array:
+    """log p(y | β, θ, σ) with u integrated out, from the blocked factor (see the module docstring)."""
+    factor = factorize(theta, problem.blocks, problem.structure)
+    m_z = problem.structure.m_z
+    L_F = factor.tail[m_z:, m_z:]
+    v = L_F.T @ jnp.concatenate([-beta, jnp.ones((1,), dtype=beta.dtype)])
+    r2 = jnp.sum(v**2)
+    logdet = factor.logdet_z(m_z)
+    n = problem.n
+    return -0.5 * (n * (_LOG_2PI + 2.0 * jnp.log(sigma)) - problem.sum_log_w + logdet + r2 / sigma**2)
+
+
+def conditional_u(factor: Factor, structure, n_fixed: int, beta, noise):
+    """u solving L_Zᵀ u = l_yZ − L_XZᵀ β + noise (noise per term (l_k, q_k)); returns (u, b) per term.
+
+    noise = 0 gives the conditional mode û(β); noise = σ·N(0, I) gives a draw from u | y, β, θ, σ, whose
+    covariance is σ²(L_Z L_Zᵀ)⁻¹. Same back substitution as ``_linalg.solve_coefficients``, with β given.
+    """
+    D, m_z = structure.n_prefix, structure.m_z
+    tail = factor.tail
+    n_terms = structure.n_terms
+    u_terms: list = [None] * n_terms
+    b_terms: list = [None] * n_terms
+    b_tail = None
+    if m_z:
+        rhs = tail[-1, :m_z] - tail[m_z : m_z + n_fixed, :m_z].T @ beta
+        rhs = rhs + jnp.concatenate([noise[k].reshape(-1) for k in range(D, n_terms)])
+        x = jax.scipy.linalg.solve_triangular(tail[:m_z, :m_z], rhs, lower=True, trans="T")
+        for i, k in enumerate(range(D, n_terms)):
+            q, l = structure.qs[k], structure.n_levels[k]
+            off = structure.tail_offsets[i]
+            u_terms[k] = x[off : off + l * q].reshape(l, q)
+            b_terms[k] = u_terms[k] @ factor.factors[k].T
+        b_tail = jnp.concatenate([b_terms[k].reshape(-1) for k in range(D, n_terms)])
+    for t in reversed(range(D)):
+        Lf = factor.fixed[t]
+        r = Lf[:, -1, :] - jnp.einsum("lpq,p->lq", Lf[:, :n_fixed, :], beta) + noise[t]
+        for i, k in enumerate(range(t + 1, D)):
+            r = r - jnp.einsum("lrq,lr->lq", factor.offdiag[t][i], u_terms[k][structure.parents[t][i]])
+        if m_z and factor.entries[t].shape[0]:
+            contrib = factor.entries[t] * b_tail[structure.entry_row[t]][:, None]
+            r = r - jax.ops.segment_sum(contrib, structure.entry_level[t], structure.n_levels[t])
+        u_terms[t] = solve_left_lower_t(factor.diag[t], r)
+        b_terms[t] = u_terms[t] @ factor.factors[t].T
+    return tuple(u_terms), tuple(b_terms)
+
+
+@jax.jit
+def _draw_b(key, beta, theta, sigma, problem):
+    """Random effects b for each posterior draw (leading axis), from their Gaussian conditional."""
+    structure = problem.structure
+
+    def one(key, beta, theta, sigma):
+        factor = factorize(theta, problem.blocks, structure)
+        keys = jax.random.split(key, structure.n_terms)
+        noise = tuple(
+            sigma * jax.random.normal(keys[k], (structure.n_levels[k], structure.qs[k]), dtype=beta.dtype)
+            for k in range(structure.n_terms)
+        )
+        return conditional_u(factor, structure, problem.p, beta, noise)[1]
+
+    keys = jax.random.split(key, beta.shape[0])
+    return jax.vmap(one)(keys, beta, theta, sigma)
+
+
+def inverse_link(eta, link: str):
+    if link == "logit":
+        return jax.nn.sigmoid(eta)
+    if link == "probit":
+        return jax.scipy.stats.norm.cdf(eta)
+    if link == "cloglog":
+        return -jnp.expm1(-jnp.exp(eta))
+    if link == "log":
+        return jnp.exp(eta)
+    return eta
+
+
+def _glm_log_likelihood(eta, data: GlmmData, family: str, link: str):
+    """Σ w × (log-likelihood of y given η), without the constants that do not depend on η."""
+    y, w = data.y, data.weights
+    if family == "binomial":
+        if link == "logit":
+            log_mu, log_1m = jax.nn.log_sigmoid(eta), jax.nn.log_sigmoid(-eta)
+        elif link == "probit":
+            log_mu, log_1m = jax.scipy.stats.norm.logcdf(eta), jax.scipy.stats.norm.logcdf(-eta)
+        else:  # cloglog: μ = 1 − exp(−exp η)
+            log_1m = -jnp.exp(eta)
+            log_mu = jnp.log(-jnp.expm1(log_1m))
+        return jnp.sum(w * (y * log_mu + (1.0 - y) * log_1m))
+    mu = inverse_link(eta, link)
+    log_mu = eta if link == "log" else jnp.log(mu)
+    return jnp.sum(w * (y * log_mu - mu))
+
+
+# ---------------------------------------------------------------------------------------------- NumPyro models
+def _scales(qs, hyper: Hyper, sigma):
+    """Sample per-term sd (standardized half-normal) and LKJ Cholesky factors → relative factors T_k (cov σ²TTᵀ)."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    factors = []
+    for k, q in enumerate(qs):
+        sd_z = numpyro.sample(f"sd_z_{k}", dist.HalfNormal(jnp.ones(q)).to_event(1))
+        sd = numpyro.deterministic(f"sd_{k}", sd_z * hyper.sd_scale[k])
+        if q > 1:
+            L = numpyro.sample(f"L_{k}", dist.LKJCholesky(q, concentration=hyper.lkj_eta))
+        else:
+            L = jnp.ones((1, 1), dtype=sd.dtype)
+        factors.append(sd[:, None] * L / sigma)
+    return factors
+
+
+def _fixed(hyper: Hyper, p: int):
+    import numpyro
+    import numpyro.distributions as dist
+
+    beta_z = numpyro.sample("beta_z", dist.Normal(jnp.zeros(p), 1.0).to_event(1))
+    return numpyro.deterministic("beta", hyper.beta_loc + hyper.beta_scale * beta_z)
+
+
+def _gaussian_model(problem, hyper: Hyper, qs):
+    import numpyro
+    import numpyro.distributions as dist
+
+    beta = _fixed(hyper, problem.p)
+    sigma = numpyro.deterministic("sigma", hyper.sigma_scale * numpyro.sample("sigma_z", dist.HalfNormal(1.0)))
+    factors = _scales(qs, hyper, sigma)
+    theta = numpyro.deterministic("theta", jnp.concatenate([tril_columnwise(T) for T in factors]))
+    numpyro.factor("loglik", gaussian_log_likelihood(beta, theta, sigma, problem))
+
+
+def _glmm_model(data: GlmmData, hyper: Hyper, qs, family: str, link: str):
+    import numpyro
+    import numpyro.distributions as dist
+
+    beta = _fixed(hyper, data.X.shape[1])
+    factors = _scales(qs, hyper, 1.0)
+    numpyro.deterministic("theta", jnp.concatenate([tril_columnwise(T) for T in factors]))
+    eta = data.X @ beta + data.offset
+    for k, q in enumerate(qs):
+        u = numpyro.sample(f"u_{k}", dist.Normal(jnp.zeros((data.n_levels[k], q)), 1.0).to_event(2))
+        b = numpyro.deterministic(f"b_{k}", u @ factors[k].T)
+        eta = eta + jnp.sum(data.z[k] * b[data.codes[k]], axis=-1)
+    numpyro.factor("loglik", _glm_log_likelihood(eta, data, family, link))
+
+
+# ---------------------------------------------------------------------------------------------- priors
+def default_hyper(model, priors: dict | None = None) -> Hyper:
+    d = model.design
+    priors = dict(priors or {})
+    unknown = set(priors) - {"beta_loc", "beta_scale", "sd_scale", "sigma_scale", "lkj_eta"}
+    if unknown:
+        raise ValueError(f"unknown prior setting(s) {sorted(unknown)}; known: beta_loc, beta_scale, sd_scale, "
+                         "sigma_scale, lkj_eta")
+    keep = d.weights > 0
+    gaussian = model.is_gaussian
+    y = (d.y - d.offset)[keep]
+    s_y = float(np.std(y)) if gaussian else 1.0
+    if not np.isfinite(s_y) or s_y <= 0:
+        s_y = 1.0
+    y_bar = float(np.mean(y)) if gaussian else 0.0
+    X = d.X[keep]
+    x_mean, x_sd = X.mean(axis=0), X.std(axis=0)
+    const = x_sd <= 1e-12 * np.maximum(1.0, np.abs(x_mean))
+    loc = np.zeros(d.p)
+    scale = np.where(const, 1.0, 2.5 * s_y / np.where(const, 1.0, x_sd))
+    intercepts = np.flatnonzero(const & (np.abs(x_mean) > 0))
+    if intercepts.size:
+        j = intercepts[0]
+        c = x_mean[j]
+        implied = (2.5 * s_y) ** 2 + np.sum((x_mean[~const] * scale[~const]) ** 2)
+        loc[j], scale[j] = y_bar / c, np.sqrt(implied) / abs(c)
+    sd_scale = []
+    for t in d.terms:
+        zs = t.z[keep].std(axis=0)
+        zm = np.abs(t.z[keep].mean(axis=0))
+        sd_scale.append(np.where(zs > 1e-12 * np.maximum(1.0, zm), s_y / np.maximum(zs, 1e-300),
+                                 s_y / np.where(zm > 0, zm, 1.0)))
+    if "beta_loc" in priors:
+        loc = np.broadcast_to(np.asarray(priors["beta_loc"], dtype=np.float64), (d.p,)).copy()
+    if "beta_scale" in priors:
+        scale = np.broadcast_to(np.asarray(priors["beta_scale"], dtype=np.float64), (d.p,)).copy()
+    if "sd_scale" in priors:
+        given = priors["sd_scale"]
+        names = d.group_names
+        for k, t in enumerate(d.terms):
+            value = given.get(names[k], given.get(t.group_name)) if isinstance(given, dict) else given
+            if value is not None:
+                sd_scale[k] = np.broadcast_to(np.asarray(value, dtype=np.float64), (t.q,)).copy()
+    sigma_scale = float(priors.get("sigma_scale", s_y))
+    eta = float(priors.get("lkj_eta", 1.0))
+    for name, arr in [("beta_scale", scale), ("sigma_scale", np.asarray(sigma_scale))] + [
+        ("sd_scale", s) for s in sd_scale
+    ]:
+        if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+            raise ValueError(f"prior {name} must be positive and finite")
+    if not eta > 0:
+        raise ValueError("prior lkj_eta must be positive")
+    return Hyper(
+        beta_loc=jnp.asarray(loc),
+        beta_scale=jnp.asarray(scale),
+        sd_scale=tuple(jnp.asarray(s) for s in sd_scale),
+        sigma_scale=jnp.asarray(sigma_scale),
+        lkj_eta=eta,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def _glmm_spec(model):
+    fam = model.family
+    name = getattr(fam, "name", None)
+    link = getattr(fam, "link", None)
+    link = getattr(link, "name", link)
+    if name not in ("binomial", "poisson") or link not in _LINKS:
+        raise FamilyError(f"sampling supports gaussian, binomial and poisson families; got {name!r} ({link!r} link)")
+    if name == "binomial" and link not in ("logit", "probit", "cloglog"):
+        raise FamilyError(f"binomial sampling supports logit, probit and cloglog links, got {link!r}")
+    if name == "poisson" and link != "log":
+        raise FamilyError(f"poisson sampling supports the log link, got {link!r}")
+    return name, link
+
+
+def sample(model, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: int = 0, *,
+           priors: dict | None = None, target_accept: float = 0.8, max_tree_depth: int = 10,
+           chain_method: str = "vectorized", dense_mass: bool | None = None, progress_bar: bool = False):
+    """Posterior draws by NUTS. Returns a ``Posterior`` (see ``_posterior.py``)."""
+    for name, value, low in (("chains", chains, 1), ("draws", draws, 1), ("warmup", warmup, 0)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
+    if chain_method not in ("vectorized", "sequential", "parallel"):
+        raise ValueError(f"chain_method must be 'vectorized', 'sequential' or 'parallel', got {chain_method!r}")
+    if not 0 < target_accept < 1:
+        raise ValueError(f"target_accept must lie in (0, 1), got {target_accept!r}")
+    try:
+        import numpyro
+        from numpyro.infer import MCMC, NUTS
+    except ImportError as exc:  # pragma: no cover - numpyro is a dependency
+        raise ImportError("model.sample needs numpyro (pip install numpyro)") from exc
+    from ._posterior import Posterior
+
+    hyper = default_hyper(model, priors)
+    qs = model.qs
+    if model.is_gaussian:
+        problem = model.linear_problem
+        kernel_model = functools.partial(_gaussian_model, qs=qs)
+        args = (problem, hyper)
+        family, link = "gaussian", "identity"
+        n_params = problem.p + 1 + sum(q * (q + 1) // 2 for q in qs)
+    else:
+        family, link = _glmm_spec(model)
+        d = model.design
+        data = GlmmData(
+            X=jnp.asarray(d.X), y=jnp.asarray(d.y), weights=jnp.asarray(d.weights), offset=jnp.asarray(d.offset),
+            codes=tuple(jnp.asarray(t.codes) for t in d.terms), z=tuple(jnp.asarray(t.z) for t in d.terms),
+            n_levels=tuple(t.n_levels for t in d.terms),
+        )
+        kernel_model = functools.partial(_glmm_model, qs=qs, family=family, link=link)
+        args = (data, hyper)
+        n_params = d.p + sum(q * (q + 1) // 2 + t.n_levels * q for q, t in zip(qs, d.terms))
+    if dense_mass is None:
+        dense_mass = n_params <= 60  # a dense metric absorbs the β–intercept correlations of uncentered X
+    kernel = NUTS(kernel_model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
+                  dense_mass=dense_mass)
+    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method=chain_method,
+                progress_bar=progress_bar, jit_model_args=True)
+    key = jax.random.PRNGKey(seed)
+    key_mcmc, key_b = jax.random.split(key)
+    del numpyro
+    mcmc.run(key_mcmc, *args, extra_fields=("diverging",))
+    samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+    diverging = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["diverging"])
+    beta, theta = samples["beta"], samples["theta"]
+    if model.is_gaussian:
+        sigma = samples["sigma"]
+        flat = (chains * draws,)
+        b_flat = _draw_b(key_b, jnp.asarray(beta.reshape(flat + beta.shape[2:])),
+                         jnp.asarray(theta.reshape(flat + theta.shape[2:])), jnp.asarray(sigma.reshape(flat)), problem)
+        b = [np.asarray(x).reshape((chains, draws) + x.shape[1:]) for x in b_flat]
+    else:
+        sigma = None
+        b = [samples[f"b_{k}"] for k in range(len(qs))]
+    sd = [samples[f"sd_{k}"] for k in range(len(qs))]
+    cor = [np.einsum("...ij,...kj->...ik", samples[f"L_{k}"], samples[f"L_{k}"]) if q > 1 else None
+           for k, q in enumerate(qs)]
+    return Posterior(model, beta=beta, theta=theta, sigma=sigma, sd=sd, cor=cor, b=b, diverging=diverging,
+                     family=family, link=link, hyper=hyper, mcmc=mcmc)
