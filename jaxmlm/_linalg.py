@@ -11,13 +11,15 @@ because Λ is block diagonal: S_tail = Λ_tailᵀ (A_tail − A_tp Λ_p M_pp⁻�
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from ._blocks import Blocks, Structure
 
-__all__ = ["Factor", "theta_to_factors", "factorize", "solve_coefficients", "small_cholesky"]
+__all__ = ["Factor", "theta_to_factors", "factorize", "eliminate_prefix", "tail_log_terms", "solve_coefficients", "small_cholesky"]
 
 _UNROLL_MAX = 6  # unrolled Choleskys up to this size are faster than LAPACK calls per level on CPU
 
@@ -97,6 +99,16 @@ class Factor(eqx.Module):
     tail: jax.Array  # (m_z + f, m_z + f) Cholesky factor of the tail
     factors: tuple[jax.Array, ...]  # the T_k used
 
+    def _replace_tail(self, tail: jax.Array) -> "Factor":
+        return eqx.tree_at(lambda f: f.tail, self, tail)
+
+    def logdet_prefix(self) -> jax.Array:
+        """2 Σ log diag of the prefix blocks of L."""
+        total = jnp.zeros((), dtype=self.diag[0].dtype)
+        for L in self.diag:
+            total = total + 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)))
+        return total
+
     def logdet_z(self, m_z: int) -> jax.Array:
         """log det(ΛᵀZᵀWZΛ + I) = 2 Σ log diag of the Z part of L."""
         total = jnp.zeros((), dtype=self.tail.dtype)
@@ -121,6 +133,13 @@ def _scale_tail_columns(M: jax.Array, structure: Structure, factors) -> jax.Arra
 
 def factorize(theta: jax.Array, blocks: Blocks, structure: Structure) -> Factor:
     """L for the given θ. Pure JAX; differentiable; shapes fixed by `structure`."""
+    prefix, S = eliminate_prefix(theta, blocks, structure)
+    return prefix._replace_tail(jnp.linalg.cholesky(S))
+
+
+def eliminate_prefix(theta: jax.Array, blocks: Blocks, structure: Structure):
+    """The prefix blocks of L and the tail's matrix S (before its dense Cholesky), as (Factor with an empty
+    tail, S). The objective differentiates the tail through `tail_log_terms`, not through a generic Cholesky."""
     D = structure.n_prefix
     qs, nl = structure.qs, structure.n_levels
     factors = theta_to_factors(theta, qs)
@@ -196,15 +215,53 @@ def factorize(theta: jax.Array, blocks: Blocks, structure: Structure) -> Factor:
         S = jnp.block([[S_zz, S_fz.T], [S_fz, S_ff]])
     else:
         S = S_ff
-    tail = jnp.linalg.cholesky(S)
-    return Factor(
+    prefix = Factor(
         diag=tuple(L_diag),
         offdiag=tuple(L_off),
         fixed=tuple(L_fixed),
         entries=tuple(L_entries),
-        tail=tail,
+        tail=jnp.zeros((0, 0), dtype=S.dtype),
         factors=tuple(factors),
     )
+    return prefix, S
+
+
+def _tail_values(L: jax.Array, m_z: int, p: int) -> jax.Array:
+    d = jnp.log(jnp.diagonal(L))
+    return jnp.stack([2.0 * jnp.sum(d[:m_z]), 2.0 * jnp.sum(d[m_z : m_z + p]), 2.0 * d[-1]])
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def tail_log_terms(S: jax.Array, m_z: int, p: int) -> jax.Array:
+    """[log det S_zz, log det of the X block's Schur complement (2 Σ log diag L_xx), log r² (r = L_yy)] of the
+    tail matrix S = [[S_zz, ·, ·], [·, S_xx, ·], [·, ·, S_yy]], through its Cholesky factor L.
+
+    Differentiating a generic Cholesky costs several dense solves and products; these three scalars have
+    closed-form derivatives: ∂ log det S_zz/∂S = S_zz⁻¹, ∂ log det S_[zx]/∂S = S_[zx]⁻¹ (so the X term's is
+    S_[zx]⁻¹ − S_zz⁻¹ = BᵀB for the X rows B of L_[zx]⁻¹), ∂ log r²/∂S = u uᵀ with u = L⁻ᵀ e_last. One
+    triangular inverse and one product give all three (custom JVP, so grad, jacfwd and hessian all work)."""
+    return _tail_values(jnp.linalg.cholesky(S), m_z, p)
+
+
+@tail_log_terms.defjvp
+def _tail_log_terms_jvp(m_z, p, primals, tangents):
+    (S,), (dS,) = primals, tangents
+    S = 0.5 * (S + S.T)
+    dS = 0.5 * (dS + dS.T)
+    L = jnp.linalg.cholesky(S)
+    values = _tail_values(L, m_z, p)
+    m = S.shape[0]
+    Lb = L[: m - 1, : m - 1]
+    Linv = jax.lax.linalg.triangular_solve(Lb, jnp.eye(m - 1, dtype=S.dtype), left_side=True, lower=True)
+    A = Linv[:m_z, :m_z]
+    B = Linv[m_z:, :]
+    G_z = A.T @ A
+    G_x = B.T @ B
+    u = jnp.concatenate([-(Linv.T @ L[-1, : m - 1]), jnp.ones((1,), S.dtype)]) / L[-1, -1]
+    t_z = jnp.sum(G_z * dS[:m_z, :m_z])
+    t_x = jnp.sum(G_x * dS[: m - 1, : m - 1])
+    t_r = u @ dS @ u
+    return values, jnp.stack([t_z, t_x, t_r])
 
 
 def solve_coefficients(factor: Factor, structure: Structure, n_fixed: int):

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._blocks import Blocks, RowData, Structure, cross_products
-from ._linalg import Factor, factorize, solve_coefficients
+from ._linalg import Factor, eliminate_prefix, factorize, solve_coefficients, tail_log_terms
 from ._optimize import OptimResult, lbfgs_minimize
 
 __all__ = [
@@ -75,8 +75,17 @@ def deviance_from_factor(factor: Factor, problem: LinearProblem, reml: bool) -> 
 
 def profiled_deviance(theta: jax.Array, problem: LinearProblem, reml: bool = False) -> jax.Array:
     """-2 × profiled log-likelihood (ML) or the REML criterion at θ. Pure; jit/grad/vmap-able."""
-    factor = factorize(theta, problem.blocks, problem.structure)
-    return deviance_from_factor(factor, problem, reml)
+    prefix, S = eliminate_prefix(theta, problem.blocks, problem.structure)
+    logdet_z, logdet_x, log_r2 = tail_log_terms(S, problem.structure.m_z, problem.p)
+    return _deviance(prefix.logdet_prefix() + logdet_z, logdet_x, log_r2, problem, reml)
+
+
+def _deviance(logdet, logdet_x, log_r2, problem: LinearProblem, reml: bool) -> jax.Array:
+    n, p = problem.n, problem.p
+    if reml:
+        nmp = n - p
+        return logdet + logdet_x + nmp * (1.0 + _LOG_2PI + log_r2 - jnp.log(nmp)) - problem.sum_log_w
+    return logdet + n * (1.0 + _LOG_2PI + log_r2 - jnp.log(n)) - problem.sum_log_w
 
 
 @functools.partial(jax.jit, static_argnames=("reml", "max_iter"))
