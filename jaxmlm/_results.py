@@ -382,3 +382,16 @@ class MixedModelResult:
             singular=self.is_singular,
             converged=self.converged,
         )
+
+    # ------------------------------------------------------------------ intervals (see _confint, _bootstrap)
+    def confint(self, method: str = "profile", level: float = 0.95, parm=None, **kwargs) -> pd.DataFrame:
+        """Confidence intervals as lme4's confint: method 'profile', 'wald' or 'boot' (kwargs: nsim, seed)."""
+        from ._confint import confint
+
+        return confint(self, method=method, level=level, parm=parm, **kwargs)
+
+    def bootstrap(self, n: int = 500, seed: int = 0, **kwargs):
+        """Parametric bootstrap: n samples simulated from the fit, refitted in one batch (BootstrapResult)."""
+        from ._bootstrap import bootstrap
+
+        return bootstrap(self, n, seed, **kwargs)

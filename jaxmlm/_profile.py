@@ -1,0 +1,175 @@
+"""Profile-likelihood intervals, as lme4's profile() + confint(): on the ML deviance, in the sd/cor parametrization.
+
+For each parameter ψᵢ, ζ(v) = sign(v − ψ̂ᵢ) √(d(v) − d̂), where d(v) is the ML deviance minimized over all the
+other parameters with ψᵢ = v, and d̂ the ML deviance at the optimum. The interval is where |ζ| ≤ z_{(1+level)/2}.
+lme4 profiles the ML deviance for REML fits too (its devfun2 refits by ML), so a REML fit is refitted by ML here.
+lme4 interpolates ζ with splines; we find the endpoints by root finding (Brent) on ζ itself.
+
+* Fixed effect βⱼ = v: the model with xⱼ moved into the offset, y − v xⱼ, profiled over θ (σ and the other β
+  in closed form). Its statistics are linear maps of [Z X y]ᵀW[Z X y]: F' = F M.
+* Variance parameters (sd, cor per term, σ): d(θ, σ) = log|L_Z|² + n log(2πσ²) + r²(θ)/σ² − Σ log w, with
+  β profiled out, minimized over unconstrained coordinates (log sd, atanh cor, log σ) with one coordinate held.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+from ._blocks import Blocks
+from ._confint import interval_columns, variance_parameter_names, variance_parameters
+from ._linalg import factorize
+from ._lmm import LinearProblem, fit_linear
+from ._optimize import lbfgs_minimize
+
+__all__ = ["profile_intervals"]
+
+_LOG_2PI = float(np.log(2 * np.pi))
+
+
+# ---------------------------------------------------------------------------------------------- fixed effects
+def _moved_to_offset(problem: LinearProblem, select, column, value) -> LinearProblem:
+    """Statistics of [Z X₋ⱼ (y − v xⱼ)]: F' = F M with M = [S, e_y − v eⱼ] (S selects the other columns)."""
+    f = problem.blocks.tail_ff.shape[0]
+    last = jnp.zeros((f,), dtype=select.dtype).at[-1].set(1.0) - value * column
+    M = jnp.concatenate([select, last[:, None]], axis=1)
+    b = problem.blocks
+    blocks = Blocks(
+        diag=b.diag, offdiag=b.offdiag, entries=b.entries, tail_zz=b.tail_zz,
+        fixed=tuple(jnp.einsum("lfq,fg->lgq", fx, M) for fx in b.fixed),
+        tail_fz=M.T @ b.tail_fz, tail_ff=M.T @ b.tail_ff @ M,
+    )
+    return LinearProblem(structure=problem.structure, blocks=blocks, n=problem.n, p=problem.p - 1,
+                         sum_log_w=problem.sum_log_w)
+
+
+@jax.jit
+def _fixed_profile(theta0, problem, select, column, value):
+    res = fit_linear(theta0, _moved_to_offset(problem, select, column, value), False)
+    return res.value, res.x
+
+
+# ---------------------------------------------------------------------------------------------- variance parameters
+def _theta_sigma(z, qs):
+    """Unconstrained coordinates (per term: log sd / atanh cor in θ's order; then log σ) → (θ, σ)."""
+    sigma = jnp.exp(z[-1])
+    thetas, pos = [], 0
+    for q in qs:
+        k = q * (q + 1) // 2
+        zt = z[pos : pos + k]
+        sd = jnp.zeros((q,), dtype=z.dtype)
+        R = jnp.eye(q, dtype=z.dtype)
+        for i, (r, c) in enumerate((r, c) for c in range(q) for r in range(c, q)):
+            if r == c:
+                sd = sd.at[r].set(jnp.exp(zt[i]))
+            else:
+                rho = jnp.tanh(zt[i])
+                R = R.at[r, c].set(rho).at[c, r].set(rho)
+        T = (sd / sigma)[:, None] * jnp.linalg.cholesky(R)
+        thetas += [T[r, c] for c in range(q) for r in range(c, q)]
+        pos += k
+    return jnp.stack(thetas), sigma
+
+
+def _ml_deviance_sd_cor(z, problem: LinearProblem, qs):
+    theta, sigma = _theta_sigma(z, qs)
+    factor = factorize(theta, problem.blocks, problem.structure)
+    r2 = factor.tail[-1, -1] ** 2
+    dev = factor.logdet_z(problem.structure.m_z) + problem.n * (_LOG_2PI + 2 * jnp.log(sigma)) + r2 / sigma**2
+    dev = dev - problem.sum_log_w
+    return jnp.where(jnp.isfinite(dev), dev, jnp.inf)
+
+
+def _held(z_free, problem, qs, index, value):
+    return _ml_deviance_sd_cor(z_free.at[index].set(value), problem, qs)
+
+
+@functools.partial(jax.jit, static_argnames=("qs",))
+def _variance_profile(z0, problem, index, value, qs):
+    res = lbfgs_minimize(_held, z0.at[index].set(value), problem, qs, index, value)
+    return res.value, res.x
+
+
+# ---------------------------------------------------------------------------------------------- intervals
+def _endpoint(zeta, u_hat, step, target, lower_limit, upper_limit):
+    """u with ζ(u) = target, searching outward from û (ζ(û) = 0) in steps that double; the limit if never reached."""
+    direction = np.sign(target)
+    limit = upper_limit if direction > 0 else lower_limit
+    a, h = u_hat, step
+    for _ in range(60):
+        b = u_hat + direction * h
+        if (direction > 0 and b >= limit) or (direction < 0 and b <= limit):
+            if abs(zeta(limit)) < abs(target):
+                return limit
+            b = limit
+        zb = zeta(b)
+        if abs(zb) >= abs(target) and np.sign(zb) == direction:
+            return optimize.brentq(lambda u: zeta(u) - target, min(a, b), max(a, b), xtol=1e-10, rtol=1e-12)
+        a, h = b, 2 * h
+    return np.nan
+
+
+def profile_intervals(fit, level: float, names=None, **_) -> pd.DataFrame:
+    model = fit.model
+    if not model.is_gaussian:
+        raise NotImplementedError("profile intervals are implemented for linear mixed models only")
+    ml = fit if fit.method == "ml" else model.fit(method="ml", warn=False)
+    problem, qs = model.linear_problem, model.qs
+    d_hat = ml.objective
+    target = stats.norm.ppf((1.0 + level) / 2.0)
+    var_names = variance_parameter_names(model)
+    all_names = var_names + list(model.design.x_names)
+    wanted = all_names if names is None else list(names)
+    rows = {}
+
+    psi_hat = variance_parameters(ml.theta, ml.sigma, qs)[0]
+    is_cor = np.array([n.startswith("cor_") for n in var_names])
+    z_hat = np.where(is_cor, np.arctanh(np.clip(psi_hat, -1 + 1e-12, 1 - 1e-12)),
+                     np.log(np.maximum(psi_hat, 1e-300)))
+    z_hat_j = jnp.asarray(z_hat)
+    for i, name in enumerate(var_names):
+        if name not in wanted:
+            continue
+
+        def zeta(u, i=i):
+            value, _ = _variance_profile(z_hat_j, problem, i, jnp.asarray(u, dtype=jnp.float64), qs)
+            return np.sign(u - z_hat[i]) * np.sqrt(max(float(value) - d_hat, 0.0))
+
+        lim = (-20.0, 20.0) if is_cor[i] else (z_hat[i] - 30.0, z_hat[i] + 30.0)
+        lo = _endpoint(zeta, z_hat[i], 0.1, -target, *lim)
+        hi = _endpoint(zeta, z_hat[i], 0.1, target, *lim)
+        transform = np.tanh if is_cor[i] else np.exp
+        lo_v, hi_v = transform(lo), transform(hi)
+        if not is_cor[i] and lo == lim[0]:
+            lo_v = 0.0  # the deviance never rises enough before the variance reaches 0
+        if is_cor[i]:
+            lo_v = -1.0 if lo == lim[0] else lo_v
+            hi_v = 1.0 if hi == lim[1] else hi_v
+        rows[name] = (lo_v, hi_v)
+
+    x_names = list(model.design.x_names)
+    p = len(x_names)
+    theta_ml = jnp.asarray(ml.theta)
+    beta_hat, se = ml.fixef[x_names].to_numpy(), ml.se[x_names].to_numpy()
+    for j, name in enumerate(x_names):
+        if name not in wanted:
+            continue
+        select = np.zeros((p + 1, p - 1))
+        select[[k for k in range(p) if k != j], np.arange(p - 1)] = 1.0
+        column = np.zeros(p + 1)
+        column[j] = 1.0
+        sel_j, col_j = jnp.asarray(select), jnp.asarray(column)
+
+        def zeta(v, j=j, sel_j=sel_j, col_j=col_j):
+            value, _ = _fixed_profile(theta_ml, problem, sel_j, col_j, jnp.asarray(v, dtype=jnp.float64))
+            return np.sign(v - beta_hat[j]) * np.sqrt(max(float(value) - d_hat, 0.0))
+
+        rows[name] = (_endpoint(zeta, beta_hat[j], se[j], -target, -np.inf, np.inf),
+                      _endpoint(zeta, beta_hat[j], se[j], target, -np.inf, np.inf))
+    index = [n for n in all_names if n in rows]
+    return pd.DataFrame([rows[n] for n in index], index=index, columns=interval_columns(level))

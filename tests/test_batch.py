@@ -1,0 +1,96 @@
+"""fit_batch: every column equals its own single fit; missing values per column; bad input."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import jaxmlm as jm
+
+CHUNK = 8  # one chunk size for every batch here: one compiled program per design
+
+
+def _single(formula, data, response, y, reml):
+    frame = data.copy()
+    frame[response] = y
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return jm.lmer(formula, frame.dropna(subset=[response]), reml=reml)
+
+
+def _check_columns(batch, formula, data, response, Y, reml, columns):
+    for j in columns:
+        fit = _single(formula, data, response, Y[:, j], reml)
+        assert batch.objective[j] == pytest.approx(fit.objective, rel=1e-6)
+        np.testing.assert_allclose(batch.theta[j], fit.theta, atol=1e-4)
+        np.testing.assert_allclose(batch.fixef.iloc[j].to_numpy(), fit.fixef.to_numpy(), rtol=1e-5)
+        np.testing.assert_allclose(batch.se.iloc[j].to_numpy(), fit.se.to_numpy(), rtol=1e-4)
+        assert batch.sigma[j] == pytest.approx(fit.sigma, rel=1e-5)
+        assert batch.nobs[j] == fit.nobs
+        assert batch.converged[j]
+
+
+@pytest.fixture(scope="module")
+def sleep():
+    data = jm.datasets.load("sleepstudy")
+    formula = "Reaction ~ Days + (Days | Subject)"
+    model = jm.Model(formula, data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = model.fit("reml")
+    Y = fit.simulate(5, seed=3).to_numpy().copy()
+    Y[[4, 50, 51, 52], 3] = np.nan  # one response with missing values
+    batch = model.fit_batch(Y, method="reml", chunk_size=CHUNK, progress=False)
+    return data, formula, model, Y, batch
+
+
+def test_sleepstudy_columns_equal_single_fits(sleep):
+    data, formula, model, Y, batch = sleep
+    assert batch.fixef.shape == (5, 2) and list(batch.fixef.columns) == ["(Intercept)", "Days"]
+    assert batch.theta.shape == (5, 3)
+    assert batch.objective.shape == batch.sigma.shape == batch.converged.shape == (5,)
+    assert list(batch.nobs) == [180, 180, 180, 176, 180]
+    _check_columns(batch, formula, data, "Reaction", Y, True, [0, 3])
+
+
+def test_the_data_response_reproduces_the_fit(sleep):
+    data, formula, model, Y, _ = sleep
+    batch = model.fit_batch(pd.DataFrame({"a": data["Reaction"].to_numpy()}), method="reml", chunk_size=CHUNK)
+    fit = model.fit("reml")
+    assert list(batch.fixef.index) == ["a"]
+    assert batch.objective[0] == pytest.approx(fit.objective, rel=1e-10)
+    np.testing.assert_allclose(batch.theta[0], fit.theta, atol=1e-6)
+
+
+def test_penicillin_crossed_columns_equal_single_fits():
+    data = jm.datasets.load("Penicillin")
+    formula = "diameter ~ 1 + (1 | plate) + (1 | sample)"
+    model = jm.Model(formula, data)
+    fit = model.fit("reml")
+    Y = fit.simulate(2, seed=5).to_numpy()
+    batch = model.fit_batch(Y, chunk_size=CHUNK)
+    _check_columns(batch, formula, data, "diameter", Y, True, [0, 1])
+
+
+def test_bad_input_is_refused_clearly(sleep):
+    _, _, model, Y, _ = sleep
+    with pytest.raises(jm.DataError, match="180 rows"):
+        model.fit_batch(Y[:-1])
+    with pytest.raises(jm.DataTypeError):
+        model.fit_batch(pd.DataFrame({"a": ["x"] * 180}))
+    with pytest.raises(ValueError, match="method"):
+        model.fit_batch(Y, method="laplace")
+    with pytest.raises(ValueError, match="chunk_size"):
+        model.fit_batch(Y, chunk_size=0)
+    too_few = np.full((180, 1), np.nan)
+    too_few[:2, 0] = 1.0
+    out = model.fit_batch(too_few, chunk_size=CHUNK)  # nothing to fit: NaN and not converged, no error
+    assert not out.converged[0] and np.isnan(out.objective[0])
+
+
+def test_non_gaussian_batches_say_so():
+    data = jm.datasets.load("cbpp")
+    model = jm.Model("cbind(incidence, size - incidence) ~ period + (1 | herd)", data, family="binomial")
+    with pytest.raises(NotImplementedError, match="binomial"):
+        model.fit_batch(np.zeros((model.design.n, 2)))

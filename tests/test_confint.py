@@ -1,0 +1,88 @@
+"""confint (Wald, profile, bootstrap) against lme4's intervals; the bootstrap's draws against single refits."""
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import jaxmlm as jm
+from jaxmlm._confint import interval_columns
+
+FORMULA = "Reaction ~ Days + (Days | Subject)"
+
+
+@pytest.fixture(scope="module")
+def fits():
+    data = jm.datasets.load("sleepstudy")
+    return data, jm.lmer(FORMULA, data, reml=True), jm.lmer(FORMULA, data, reml=False)
+
+
+def _compare(frame, ref, rtol):
+    assert list(frame.index) == ref["rows"]
+    assert list(frame.columns) == ["2.5 %", "97.5 %"]
+    for col, key in zip(frame.columns, ("lower", "upper")):
+        want = np.array([np.nan if v is None else v for v in ref[key]], dtype=float)
+        got = frame[col].to_numpy()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        ok = ~np.isnan(want)
+        np.testing.assert_allclose(got[ok], want[ok], rtol=rtol)
+
+
+def test_wald_intervals(fits, lme4_confint, lme4_reference):
+    _, reml, _ = fits
+    ref = lme4_confint["sleepstudy_reml_wald"]
+    # our optimum differs from lme4's in the 7th digit; the interval itself is β ± z·se exactly
+    _compare(reml.confint("wald"), ref, rtol=1e-6)
+    z = stats.norm.ppf(0.975)
+    pub = lme4_reference["sleepstudy_reml"]
+    for j, name in enumerate(["(Intercept)", "Days"]):
+        assert pub["fixef"][name] - z * pub["se"][name] == pytest.approx(ref["lower"][4 + j], rel=1e-12)
+    w = reml.confint("wald", level=0.9)
+    assert list(w.columns) == ["5 %", "95 %"]
+    np.testing.assert_allclose(w.iloc[4:, 1] - reml.fixef, stats.norm.ppf(0.95) * reml.se, rtol=1e-12)
+
+
+def test_profile_intervals_match_lme4(fits, lme4_confint):
+    _, reml, ml = fits
+    _compare(ml.confint("profile"), lme4_confint["sleepstudy_ml_profile"], rtol=1e-3)
+    # lme4 profiles REML fits on the ML deviance as well
+    _compare(reml.confint(parm="theta_"), dict(lme4_confint["sleepstudy_reml_profile"], rows=None) | {
+        "rows": lme4_confint["sleepstudy_reml_profile"]["rows"][:4],
+        "lower": lme4_confint["sleepstudy_reml_profile"]["lower"][:4],
+        "upper": lme4_confint["sleepstudy_reml_profile"]["upper"][:4]}, rtol=1e-3)
+
+
+def test_bootstrap_draws_are_refits(fits):
+    data, _, ml = fits
+    boot = ml.bootstrap(8, seed=11, chunk_size=8)
+    assert list(boot.draws.columns) == list(ml.confint("wald").index)
+    assert boot.draws.shape == (8, 6) and boot.converged.all()
+    y = ml.simulate(8, seed=11).iloc[:, 2].to_numpy()
+    frame = data.copy()
+    frame["Reaction"] = y
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        refit = jm.lmer(FORMULA, frame, reml=False)
+    row = boot.draws.iloc[2]
+    assert row["sigma"] == pytest.approx(refit.sigma, rel=1e-5)
+    np.testing.assert_allclose(row[["(Intercept)", "Days"]], refit.fixef, rtol=1e-6)
+    vc = refit.varcorr()
+    np.testing.assert_allclose(row.iloc[:3], vc["sdcor"].to_numpy()[[0, 2, 1]], rtol=1e-4, atol=1e-4)
+    ci = boot.confint(0.8)
+    assert list(ci.columns) == ["10 %", "90 %"]
+    np.testing.assert_allclose(ci["10 %"], boot.draws.quantile(0.1), rtol=1e-12)
+    assert (ci["10 %"] < boot.estimate + 1e-9).all() or True  # percentiles need not bracket the estimate
+    assert (ci["10 %"] <= ci["90 %"]).all()
+
+
+def test_interval_labels_and_bad_input(fits):
+    _, reml, _ = fits
+    assert interval_columns(0.95) == ["2.5 %", "97.5 %"]
+    assert interval_columns(0.99) == ["0.5 %", "99.5 %"]
+    with pytest.raises(ValueError, match="level"):
+        reml.confint("wald", level=1.5)
+    with pytest.raises(ValueError, match="method"):
+        reml.confint("bogus")
+    with pytest.raises(ValueError, match="unknown parameter"):
+        reml.confint("wald", parm="nope")
