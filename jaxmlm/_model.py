@@ -18,7 +18,7 @@ from . import _config  # noqa: F401  (float64, compilation cache)
 from ._blocks import build_structure, row_data
 from ._covariance import canonical_theta, theta_diagonal_mask, theta_start, theta_to_matrices
 from ._design import build_design, check_linear_model, to_pandas
-from ._errors import ConvergenceWarning, NewLevelError, SingularFitWarning
+from ._errors import ConvergenceWarning, DataError, NewLevelError, SingularFitWarning
 from ._family import get_family
 from ._lmm import deviance_value, fit_linear, linear_diagnostics, linear_estimates, make_linear_problem
 from ._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
@@ -120,19 +120,10 @@ class Model:
         theta0 = self.theta_start() if start is None else np.asarray(start, dtype=np.float64)
         if theta0.shape != (self.n_theta,):
             raise ValueError(f"start must have {self.n_theta} values (θ in lme4's layout), got shape {theta0.shape}")
-        res = fit_linear(jnp.asarray(theta0), problem, reml, max_iter=max_iter)
-        messages = []
-        if not np.isfinite(float(res.value)):
-            # an evaluation went non-finite: restart from a smaller start (as lme4's users do by hand)
-            for scale in (0.5, 0.1):
-                res = fit_linear(jnp.asarray(theta0 * scale), problem, reml, max_iter=max_iter)
-                if np.isfinite(float(res.value)):
-                    messages.append(f"restarted from θ start × {scale} after a non-finite evaluation")
-                    break
-            else:
-                raise FloatingPointError("the deviance is not finite at any start; check the data's scale")
+        res, messages = self._minimize_with_restarts(theta0, start is not None, reml, max_iter)
         theta = canonical_theta(np.asarray(res.x), self.qs)
         theta = self._snap_to_boundary(theta, lambda th: self.deviance(th, reml))
+        theta, res = self._leave_boundary_saddle(theta, res, reml, max_iter, messages)
         est = linear_estimates(jnp.asarray(theta), problem, reml)
         objective = float(est["objective"])
         with_hessian = theta.size <= _HESSIAN_MAX_PARAMS
@@ -163,6 +154,49 @@ class Model:
         if warn:
             self._warn(fit)
         return fit
+
+    def _minimize_with_restarts(self, theta0, user_start: bool, reml: bool, max_iter: int):
+        """Fit from θ0; when an evaluation goes non-finite, restart from scaled starts (and from lme4's start when
+        the user gave their own) instead of returning NaN."""
+        res = fit_linear(jnp.asarray(theta0), self.linear_problem, reml, max_iter=max_iter)
+        if np.isfinite(float(res.value)) and np.isfinite(np.asarray(res.x)).all():
+            return res, []
+        candidates = [("θ start × 0.5", theta0 * 0.5), ("θ start × 0.1", theta0 * 0.1)]
+        if user_start:
+            default = self.theta_start()
+            candidates += [("lme4's default start", default), ("lme4's default start × 0.1", default * 0.1)]
+        for label, th in candidates:
+            res = fit_linear(jnp.asarray(th), self.linear_problem, reml, max_iter=max_iter)
+            if np.isfinite(float(res.value)) and np.isfinite(np.asarray(res.x)).all():
+                return res, [f"restarted from {label} after a non-finite evaluation"]
+        raise DataError(
+            "the deviance is not finite at any start (the response or weights may be too large or too small "
+            "for double precision; rescale them)"
+        )
+
+    def _leave_boundary_saddle(self, theta, res, reml: bool, max_iter: int, messages: list):
+        """The deviance is even in the sign of each column of T, so a zero column is a stationary point whatever
+        the data: an unconstrained optimizer that starts or lands there stays, even where it is a saddle (lme4's
+        bounded optimizer steps off it). Probe just off each zero diagonal; if the objective drops, go on from there."""
+        zero = np.flatnonzero(theta_diagonal_mask(self.qs) & (theta == 0))
+        if zero.size == 0:
+            return theta, res
+        f0 = self.deviance(theta, reml)
+        best, best_value = None, f0 - 1e-9 * (1.0 + abs(f0))
+        for idx in [[i] for i in zero] + ([list(zero)] if zero.size > 1 else []):
+            probe = theta.copy()
+            probe[idx] = 0.01
+            value = self.deviance(probe, reml)
+            if value < best_value:
+                best, best_value = probe, value
+        if best is None:
+            return theta, res
+        res2, _ = self._minimize_with_restarts(best, True, reml, max_iter)
+        theta2 = self._snap_to_boundary(canonical_theta(np.asarray(res2.x), self.qs), lambda th: self.deviance(th, reml))
+        if not self.deviance(theta2, reml) < f0:
+            return theta, res
+        messages.append("the optimizer stopped at a saddle point on the boundary (a zero variance); restarted from there")
+        return theta2, res2
 
     def _snap_to_boundary(self, theta: np.ndarray, objective) -> np.ndarray:
         """lme4 keeps diagonal θ ≥ 0 and often lands exactly on 0; we optimize unconstrained, so a variance that
