@@ -52,6 +52,10 @@ def test_sleepstudy_columns_equal_single_fits(sleep):
     assert batch.objective.shape == batch.sigma.shape == batch.converged.shape == (5,)
     assert list(batch.nobs) == [180, 180, 180, 176, 180]
     _check_columns(batch, formula, data, "Reaction", Y, True, [0, 3])
+    too_few = np.full((180, 1), np.nan)
+    too_few[:2, 0] = 1.0
+    out = model.fit_batch(too_few, chunk_size=CHUNK)  # nothing to fit: NaN and not converged, no error
+    assert not out.converged[0] and np.isnan(out.objective[0])
 
 
 def test_the_data_response_reproduces_the_fit(sleep):
@@ -73,8 +77,9 @@ def test_penicillin_crossed_columns_equal_single_fits():
     _check_columns(batch, formula, data, "diameter", Y, True, [0, 1])
 
 
-def test_bad_input_is_refused_clearly(sleep):
-    _, _, model, Y, _ = sleep
+def test_bad_input_is_refused_clearly():
+    model = jm.Model("Reaction ~ Days + (Days | Subject)", jm.datasets.load("sleepstudy"))
+    Y = np.zeros((180, 2))
     with pytest.raises(jm.DataError, match="180 rows"):
         model.fit_batch(Y[:-1])
     with pytest.raises(jm.DataTypeError):
@@ -83,10 +88,6 @@ def test_bad_input_is_refused_clearly(sleep):
         model.fit_batch(Y, method="laplace")
     with pytest.raises(ValueError, match="chunk_size"):
         model.fit_batch(Y, chunk_size=0)
-    too_few = np.full((180, 1), np.nan)
-    too_few[:2, 0] = 1.0
-    out = model.fit_batch(too_few, chunk_size=CHUNK)  # nothing to fit: NaN and not converged, no error
-    assert not out.converged[0] and np.isnan(out.objective[0])
 
 
 def test_non_gaussian_batches_say_so():

@@ -54,7 +54,7 @@ def test_profile_intervals_match_lme4(fits, lme4_confint):
 
 
 def test_bootstrap_draws_are_refits(fits):
-    data, _, ml = fits
+    data, ml, _ = fits  # the REML fit: the batch program the batch tests compile too
     boot = ml.bootstrap(8, seed=11, chunk_size=8)
     assert list(boot.draws.columns) == list(ml.confint("wald").index)
     assert boot.draws.shape == (8, 6) and boot.converged.all()
@@ -63,7 +63,7 @@ def test_bootstrap_draws_are_refits(fits):
     frame["Reaction"] = y
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        refit = jm.lmer(FORMULA, frame, reml=False)
+        refit = jm.lmer(FORMULA, frame, reml=True)
     row = boot.draws.iloc[2]
     assert row["sigma"] == pytest.approx(refit.sigma, rel=1e-5)
     np.testing.assert_allclose(row[["(Intercept)", "Days"]], refit.fixef, rtol=1e-6)
@@ -72,7 +72,6 @@ def test_bootstrap_draws_are_refits(fits):
     ci = boot.confint(0.8)
     assert list(ci.columns) == ["10 %", "90 %"]
     np.testing.assert_allclose(ci["10 %"], boot.draws.quantile(0.1), rtol=1e-12)
-    assert (ci["10 %"] < boot.estimate + 1e-9).all() or True  # percentiles need not bracket the estimate
     assert (ci["10 %"] <= ci["90 %"]).all()
 
 
