@@ -22,6 +22,8 @@ from ._errors import (
 )
 from ._model import Model, glmer, lmer
 from ._results import MixedModelResult, OptimizerInfo
+from ._batch import BatchResult
+from ._bootstrap import BootstrapResult
 from ._terms import parse_formula
 
 __version__ = "0.1.0"
@@ -32,6 +34,8 @@ __all__ = [
     "glmer",
     "MixedModelResult",
     "OptimizerInfo",
+    "BatchResult",
+    "BootstrapResult",
     "parse_formula",
     "datasets",
     "JaxmlmError",
