@@ -221,6 +221,18 @@ def _drop_rank_deficient(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, l
     return X[:, keep], [names[i] for i in keep]
 
 
+def _user_spelling(column: str, renames) -> str:
+    """Name a column as the user wrote it: formulaic prints I(Days**2) as 'I(Days ** 2)'; the user wrote I(Days^2)."""
+    for translated, original in renames:
+        try:
+            parsed_term = formulaic.Formula(translated)
+            printed = str(list(getattr(parsed_term, "rhs", parsed_term))[-1])
+        except Exception:  # naming only: fall back to the text as written
+            printed = translated
+        column = column.replace(printed, original).replace(translated, original)
+    return column
+
+
 def _vector_argument(value: Any, frame: pd.DataFrame, n_rows: int, what: str) -> np.ndarray | None:
     """weights= / offset= given as a column name or an array of the data's length."""
     if value is None:
@@ -331,8 +343,7 @@ def build_design(
 
     # --- fixed effects --------------------------------------------------------------------------------------------
     mm = _model_matrix(parsed.fixed, frame, "the fixed-effects part")
-    renames = dict(parsed.renames)
-    x_names_all = [lme4_column_name(renames.get(str(c), str(c))) for c in mm.columns]
+    x_names_all = [lme4_column_name(_user_spelling(str(c), parsed.renames)) for c in mm.columns]
     X_all = mm.to_numpy(dtype=np.float64)
     if not np.isfinite(X_all).all():
         bad = [x_names_all[j] for j in range(X_all.shape[1]) if not np.isfinite(X_all[:, j]).all()]
