@@ -25,11 +25,15 @@ from ._results import MixedModelResult, OptimizerInfo
 from ._batch import BatchResult
 from ._bootstrap import BootstrapResult
 from ._terms import parse_formula
+from ._mrp import poststratify
+from ._posterior import Posterior
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Model",
+    "Posterior",
+    "poststratify",
     "lmer",
     "glmer",
     "MixedModelResult",

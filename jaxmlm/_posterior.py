@@ -198,7 +198,12 @@ class Posterior:
                 b = self._b[k].reshape((c * s,) + self._b[k].shape[2:])[sl]
                 block[:, known] += np.einsum("snq,nq->sn", b[:, codes[k][known], :], zs[k][known])
             eta[sl] = block
-        out = eta if type == "link" else _inverse_link(eta, self.link)
+        if type == "link":
+            out = eta
+        elif hasattr(self.model.family, "linkinv"):  # the family's own inverse link (R's clamps)
+            out = np.asarray(self.model.family.linkinv(eta))
+        else:
+            out = _inverse_link(eta, self.link)
         return out.reshape(c, s, X.shape[0])
 
     # ------------------------------------------------------------------ ArviZ
