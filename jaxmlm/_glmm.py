@@ -1,0 +1,301 @@
+"""Fitting generalized linear mixed models: Laplace (nAGQ = 1) and adaptive Gauss–Hermite quadrature (nAGQ > 1).
+
+The route follows lme4's glmer:
+1. β start: PIRLS over (u, β) together at the θ start (lme4's nAGQ = 0 step, with R's glm starting values).
+2. Laplace: L-BFGS over (θ, β) jointly on the Laplace deviance, with exact gradients (`_pirls`).
+3. AGQ: from the Laplace optimum, L-BFGS over (θ, β) on the quadrature deviance (`_agq`).
+4. Standard errors from the exact autodiff Hessian H of the same deviance in (θ, β): vcov(β) = the β block of
+   2 H⁻¹ (lme4's use.hessian=TRUE); when H is not positive definite, lme4's fallback from the PIRLS factor, with a
+   warning.
+The log-likelihood for nAGQ = 1 is lme4's (family constants included). For nAGQ > 1 `objective` is lme4's
+quadrature deviance, which leaves the family constant c(y) out, while `loglik` adds it back, so that it is a
+log-likelihood comparable with the Laplace fit's (AIC/BIC use it).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._agq import MAX_NAGQ, agq_deviance, gauss_hermite
+from ._blocks import cross_products
+from ._covariance import canonical_theta, theta_diagonal_mask
+from ._errors import ConvergenceWarning
+from ._linalg import factorize
+from ._optimize import lbfgs_minimize
+from ._pirls import GlmmProblem, laplace_deviance, laplace_parts, pirls
+from ._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
+
+__all__ = ["fit_glmm", "glmm_problem"]
+
+
+def glmm_problem(model) -> GlmmProblem:
+    """The model's GLMM problem, built once and kept on the model."""
+    problem = getattr(model, "_glmm_problem", None)
+    if problem is None:
+        d, fam = model.design, model.family
+        problem = GlmmProblem(
+            structure=model.structure,
+            rows=model.rows,
+            X=jnp.asarray(d.X),
+            y=jnp.asarray(d.y),
+            weights=jnp.asarray(d.weights),
+            offset=jnp.asarray(d.offset),
+            constant=jnp.asarray(fam.log_constant(d.y, d.weights, d.extra)),
+            family=fam,
+        )
+        model._glmm_problem = problem
+    return problem
+
+
+# ---------------------------------------------------------------------------------------------- compiled pieces
+@jax.jit
+def _start_beta(theta, problem):
+    beta, _, pdev, ok, _ = pirls(theta, jnp.zeros(problem.p, dtype=theta.dtype), problem, joint=True)
+    return beta, pdev, ok
+
+
+def _objective(x, problem, nodes, weights):
+    if nodes is None:
+        return laplace_deviance(x, problem)
+    return agq_deviance(x, problem, nodes, weights)
+
+
+@functools.partial(jax.jit, static_argnames=("max_iter",))
+def _minimize(x0, problem, nodes, weights, max_iter):
+    return lbfgs_minimize(_objective, x0, problem, nodes, weights, max_iter=max_iter, gtol=1e-8)
+
+
+@jax.jit
+def _value(x, problem, nodes, weights):
+    return _objective(x, problem, nodes, weights)
+
+
+@jax.jit
+def _at_optimum(x, problem, nodes, weights):
+    """Everything the result needs at the optimum, in one compiled program: the objective, its exact gradient
+    and Hessian in (θ, β), the modes, Fisher weights, PIRLS status and lme4's RX fallback vcov."""
+    value, grad = jax.value_and_grad(_objective)(x, problem, nodes, weights)
+    hess = jax.hessian(_objective)(x, problem, nodes, weights)
+    nt = problem.structure.n_theta
+    theta, beta = x[:nt], x[nt:]
+    dev, pen, logdet, u, w, ok = laplace_parts(theta, beta, problem)
+    _, _, _, _, iters = pirls(theta, beta, problem)
+    F = jnp.concatenate([problem.X, jnp.ones((problem.X.shape[0], 1), dtype=x.dtype)], axis=1)
+    factor = factorize(theta, cross_products(problem.structure, problem.rows, w, F), problem.structure)
+    m_z, p = problem.structure.m_z, problem.p
+    L_xx = factor.tail[m_z : m_z + p, m_z : m_z + p]
+    inv = jax.scipy.linalg.solve_triangular(L_xx, jnp.eye(p, dtype=x.dtype), lower=True)
+    return dict(value=value, grad=grad, hess=hess, u=u, w=w, ok=ok, iters=iters, vcov_rx=inv.T @ inv,
+                factors=factor.factors)
+
+
+# ---------------------------------------------------------------------------------------------- the driver
+def _check_method(model, method: str, nagq):
+    if method == "laplace":
+        if nagq not in (None, 1):
+            raise ValueError(f"method='laplace' is nAGQ = 1; got nagq={nagq} (use method='agq' for more nodes)")
+        return "laplace", 1
+    if nagq is None:
+        raise ValueError(f"method='agq' needs the number of quadrature nodes: nagq between 2 and {MAX_NAGQ}")
+    if not isinstance(nagq, (int, np.integer)) or isinstance(nagq, bool) or nagq < 1:
+        raise ValueError(f"nagq must be a positive integer, got {nagq!r}")
+    if nagq == 1:
+        return "laplace", 1
+    if nagq > MAX_NAGQ:
+        raise ValueError(f"nagq must be at most {MAX_NAGQ} (lme4's limit for adaptive Gauss-Hermite quadrature)")
+    terms = model.design.terms
+    if len(terms) != 1 or terms[0].q != 1:
+        raise ValueError(
+            "nAGQ > 1 is only available for models with a single, scalar random-effects term "
+            f"(this model has {', '.join(t.term.text for t in terms)}); use nagq=1 (Laplace)"
+        )
+    return "agq", int(nagq)
+
+
+def _start(model, problem, start) -> np.ndarray:
+    nt, p = model.n_theta, problem.p
+    theta0, beta0 = model.theta_start(), None
+    if start is not None:
+        if isinstance(start, dict):
+            theta0 = np.asarray(start.get("theta", theta0), dtype=np.float64)
+            b = start.get("beta", start.get("fixef"))
+            beta0 = None if b is None else np.asarray(b, dtype=np.float64)
+        else:
+            s = np.asarray(start, dtype=np.float64).ravel()
+            if s.size not in (nt, nt + p):
+                raise ValueError(f"start must hold θ ({nt} values) or (θ, β) ({nt + p} values); got {s.size}")
+            theta0, beta0 = s[:nt], (s[nt:] if s.size == nt + p else None)
+        if theta0.shape != (nt,) or (beta0 is not None and beta0.shape != (p,)):
+            raise ValueError(f"start needs θ of length {nt} and β of length {p}")
+    if beta0 is None:
+        beta, _, ok = _start_beta(jnp.asarray(theta0), problem)
+        beta0 = np.asarray(beta)
+        if not bool(ok) or not np.all(np.isfinite(beta0)):
+            beta, _, _ = _start_beta(jnp.zeros_like(jnp.asarray(theta0)), problem)  # plain GLM
+            beta0 = np.where(np.isfinite(np.asarray(beta)), np.asarray(beta), 0.0)
+    return np.concatenate([theta0, beta0])
+
+
+def _run(x0, problem, nodes, weights, max_iter):
+    res = _minimize(jnp.asarray(x0), problem, nodes, weights, max_iter)
+    messages = []
+    if not np.isfinite(float(res.value)):
+        nt = problem.structure.n_theta
+        for scale in (0.5, 0.1):
+            x1 = np.array(x0, dtype=np.float64)
+            x1[:nt] *= scale
+            res = _minimize(jnp.asarray(x1), problem, nodes, weights, max_iter)
+            if np.isfinite(float(res.value)):
+                messages.append(f"restarted from θ start × {scale} after a non-finite evaluation")
+                break
+        else:
+            raise FloatingPointError(
+                "the GLMM deviance is not finite at any start; check the response, offset and the predictors' scale"
+            )
+    return res, messages
+
+
+def _diagnose(model, x, grad, hess, converged, n_iter, n_eval, messages) -> OptimizerInfo:
+    """lme4's checks on (θ, β): the Hessian-scaled gradient (tolerance 0.002) and the Hessian's eigenvalues."""
+    nt = model.n_theta
+    mask = np.concatenate([theta_diagonal_mask(model.qs), np.zeros(x.size - nt, bool)])
+    interior = ~(mask & (np.abs(x) < SINGULAR_TOL))
+    H = 0.5 * (hess + hess.T)[np.ix_(interior, interior)]
+    eig = None
+    grad_max = float(np.max(np.abs(grad))) if grad.size else 0.0
+    if H.size and np.all(np.isfinite(H)):
+        eig = np.linalg.eigvalsh(H)
+        if eig.min() < -1e-6 * max(1.0, abs(eig.max())):
+            messages.append("Model failed to converge: degenerate Hessian with negative eigenvalues")
+        elif eig.max() > 0 and eig.min() / eig.max() < 1e-12:
+            messages.append("Model is nearly unidentifiable: very large eigenvalue ratio")
+        else:
+            rel = np.linalg.solve(H, grad[interior])
+            if np.max(np.abs(rel)) > 2e-3:
+                converged = False
+                messages.append(
+                    f"Model failed to converge with max|grad| = {grad_max:.3g} (scaled {np.max(np.abs(rel)):.3g}, tol = 0.002)"
+                )
+    elif H.size:
+        messages.append("the Hessian of the deviance is not finite at the optimum; standard errors are unavailable")
+    return OptimizerInfo(method="L-BFGS", converged=bool(converged), n_iter=n_iter, n_eval=n_eval,
+                         grad_max=grad_max, hessian_eigenvalues=eig, messages=tuple(messages))
+
+
+def _newton_polish(x, state, problem, nodes, weights, steps: int = 3):
+    """Finish with Newton steps on (θ, β) using the exact Hessian we need anyway for the standard errors.
+    L-BFGS stops once the gradient is small relative to the deviance; along flat directions (a predictor and its
+    square, say) that can leave fixed effects off in the fourth digit. Each step is kept only if it lowers the
+    deviance; boundary fits (a θ near 0) are left as they are."""
+    nt = problem.structure.n_theta
+    if np.any(np.abs(x[:nt]) < SINGULAR_TOL):
+        return x, state
+    for _ in range(steps):
+        grad, hess = np.asarray(state["grad"]), np.asarray(state["hess"])
+        try:
+            np.linalg.cholesky(0.5 * (hess + hess.T))
+            step = np.linalg.solve(hess, grad)
+        except np.linalg.LinAlgError:
+            break
+        if not np.all(np.isfinite(step)) or np.max(np.abs(step)) < 1e-12:
+            break
+        x_new = x - step
+        trial = _at_optimum(jnp.asarray(x_new), problem, nodes, weights)
+        if not float(trial["value"]) <= float(state["value"]) + 1e-12 * abs(float(state["value"])):
+            break
+        x, state = x_new, trial
+    return x, state
+
+
+def _vcov(hess, nt, vcov_rx, messages) -> np.ndarray:
+    """β block of 2 H⁻¹ (lme4's use.hessian); lme4's RX fallback when H is not positive definite."""
+    H = 0.5 * (hess + hess.T)
+    try:
+        if not np.all(np.isfinite(H)):
+            raise np.linalg.LinAlgError
+        np.linalg.cholesky(H)
+        V = 2.0 * np.linalg.inv(H)[nt:, nt:]
+        if np.all(np.isfinite(V)) and np.all(np.diag(V) > 0):
+            return V
+    except np.linalg.LinAlgError:
+        pass
+    messages.append(
+        "variance-covariance matrix computed from the Hessian is not positive definite or contains NA values: "
+        "falling back to var-cov estimated from RX"
+    )
+    return vcov_rx
+
+
+def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000, warn: bool = True):
+    """Fit model (binomial or Poisson family) by Laplace or AGQ; returns a `MixedModelResult`."""
+    method, nagq = _check_method(model, method, nagq)
+    problem = glmm_problem(model)
+    nt = model.n_theta
+    x0 = _start(model, problem, start)
+
+    res, messages = _run(x0, problem, None, None, max_iter)
+    nodes = weights = None
+    if method == "agq":
+        z, w = gauss_hermite(nagq)
+        nodes, weights = jnp.asarray(z), jnp.asarray(w)
+        res, more = _run(np.asarray(res.x), problem, nodes, weights, max_iter)
+        messages += more
+
+    x = np.asarray(res.x, dtype=np.float64).copy()
+    x[:nt] = canonical_theta(x[:nt], model.qs)
+
+    def objective_in_theta(theta):
+        return float(_value(jnp.asarray(np.concatenate([theta, x[nt:]])), problem, nodes, weights))
+
+    x[:nt] = model._snap_to_boundary(x[:nt], objective_in_theta)
+    state = _at_optimum(jnp.asarray(x), problem, nodes, weights)
+    x, state = _newton_polish(x, state, problem, nodes, weights)
+    objective = float(state["value"])
+    grad, hess = np.asarray(state["grad"]), np.asarray(state["hess"])
+    if not bool(state["ok"]):
+        messages.append(f"PIRLS did not converge at the optimum (after {int(state['iters'])} iterations)")
+    vcov_messages: list[str] = []
+    vcov = _vcov(hess, nt, np.asarray(state["vcov_rx"]), vcov_messages)
+    optinfo = _diagnose(model, x, grad, hess, bool(res.converged), int(res.n_iter), int(res.n_eval),
+                        messages + vcov_messages)
+
+    factors = [np.asarray(T) for T in state["factors"]]
+    b = [np.asarray(u) @ T.T for u, T in zip(state["u"], factors)]
+    constant = float(problem.constant)
+    loglik = -objective / 2.0 if method == "laplace" else -(objective + constant) / 2.0
+    fit = MixedModelResult(
+        model,
+        method=method,
+        theta=x[:nt],
+        beta=x[nt:],
+        vcov=vcov,
+        sigma=None,
+        b=b,
+        objective=objective,
+        loglik=loglik,
+        optinfo=optinfo,
+        extra={"nagq": nagq, "working_weights": np.asarray(state["w"])},
+    )
+    if warn:
+        _warn_separation(fit)
+        model._warn(fit)
+    return fit
+
+
+def _warn_separation(fit) -> None:
+    """glm's warning for (quasi-)complete separation: fitted probabilities at 0 or 1."""
+    if fit.family.name != "binomial":
+        return
+    mu = np.asarray(fit.fitted())
+    if np.any((mu < 1e-8) | (mu > 1 - 1e-8)):
+        warnings.warn(
+            "fitted probabilities numerically 0 or 1 occurred: the fixed effects may be (quasi-)completely "
+            "separated, so their estimates and standard errors are unreliable",
+            ConvergenceWarning,
+            stacklevel=4,
+        )
