@@ -1,0 +1,154 @@
+"""The ``jaxmlm`` command line.
+
+    jaxmlm fit FORMULA DATA.csv|DATA.parquet [--family F] [--link L] [--ml] [--method nuts] [--json OUT]
+    jaxmlm fit FORMULA --data sleepstudy          (a bundled dataset)
+    jaxmlm datasets                               (list the bundled datasets)
+
+``fit`` prints lme4's summary for a fit, or the posterior summary table with ``--method nuts``; ``--json OUT``
+also writes the numbers (``-`` for standard output). Errors print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import warnings
+
+__all__ = ["main"]
+
+EXIT_ERROR = 2
+
+
+class _CliError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxmlm", description="Multilevel (mixed-effects) models in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fit = sub.add_parser("fit", help="fit a model and print its summary")
+    fit.add_argument("formula", help="lme4 formula, e.g. 'Reaction ~ Days + (Days | Subject)'")
+    fit.add_argument("path", nargs="?", help="data file: .csv, .csv.gz, .tsv or .parquet")
+    fit.add_argument("--data", dest="dataset", help="a bundled dataset by name instead of a file")
+    fit.add_argument("--family", default="gaussian", help="gaussian (default), binomial or poisson")
+    fit.add_argument("--link", default=None, help="link function (binomial: logit, probit, cloglog)")
+    fit.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML (Gaussian)")
+    fit.add_argument("--nagq", type=int, default=1, help="adaptive Gauss-Hermite points (GLMM; 1 = Laplace)")
+    fit.add_argument("--method", default=None, help="reml, ml, laplace, agq, or nuts (Bayesian)")
+    fit.add_argument("--chains", type=int, default=4)
+    fit.add_argument("--draws", type=int, default=1000)
+    fit.add_argument("--warmup", type=int, default=1000)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--json", dest="json_out", help="write the numbers as JSON to this file ('-': stdout)")
+    sub.add_parser("datasets", help="list the bundled datasets")
+    return parser
+
+
+def _read_data(args):
+    import pandas as pd
+
+    from . import datasets
+
+    if args.dataset and args.path:
+        raise _CliError("give a data file or --data NAME, not both")
+    if args.dataset:
+        return datasets.load(args.dataset), args.dataset
+    if not args.path:
+        raise _CliError("no data: give a CSV or Parquet file, or --data NAME for a bundled dataset")
+    path = args.path
+    if not os.path.exists(path):
+        if path.lower() in {n.lower() for n in datasets.names()}:
+            return datasets.load(path), path
+        raise _CliError(f"data file {path!r} not found")
+    lower = path.lower()
+    try:
+        if lower.endswith(".parquet") or lower.endswith(".pq"):
+            frame = pd.read_parquet(path)
+        elif lower.endswith((".tsv", ".tsv.gz", ".tab")):
+            frame = pd.read_csv(path, sep="\t")
+        else:
+            frame = pd.read_csv(path)
+    except ImportError as exc:
+        raise _CliError(f"cannot read {path!r}: {exc}") from None
+    except Exception as exc:
+        raise _CliError(f"cannot read {path!r}: {exc}") from None
+    return frame, os.path.basename(path)
+
+
+def _clean(value):
+    """JSON-safe numbers (NaN and infinities become null)."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            value = value.item()
+        except (ValueError, AttributeError):
+            pass
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _fit(args) -> int:
+    from ._model import Model
+
+    frame, name = _read_data(args)
+    method = (args.method or "").lower() or None
+    model = Model(args.formula, frame, family=args.family, link=args.link, data_name=name)
+    if method == "nuts":
+        result = model.sample(chains=args.chains, draws=args.draws, warmup=args.warmup, seed=args.seed)
+        text = repr(result)
+    else:
+        if method is None:
+            if model.is_gaussian:
+                method = "ml" if args.ml else "reml"
+            else:
+                method = "agq" if args.nagq > 1 else "laplace"
+        elif args.ml and method != "ml":
+            raise _CliError(f"--ml conflicts with --method {method}")
+        result = model.fit(method=method, nagq=args.nagq if method == "agq" else None)
+        text = str(result.summary())
+    if args.json_out != "-":
+        print(text)
+    if args.json_out:
+        payload = json.dumps(_clean(result.to_dict()), indent=2)
+        if args.json_out == "-":
+            print(payload)
+        else:
+            with open(args.json_out, "w") as fh:
+                fh.write(payload + "\n")
+    return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``jaxmlm`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)  # argparse itself exits with status 2 on bad usage
+    warnings.showwarning = _show_warning
+    try:
+        if args.command == "datasets":
+            from . import datasets
+
+            for n in datasets.names():
+                print(n)
+            return 0
+        return _fit(args)
+    except KeyboardInterrupt:
+        print("jaxmlm: interrupted", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # one line, no traceback
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"jaxmlm: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
