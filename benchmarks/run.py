@@ -133,12 +133,17 @@ def machine() -> dict:
 
 
 def agreement(rows: list[dict]) -> None:
+    import math
+
     by = {}
     for r in rows:
-        if "objective" in r:
+        if "objective" in r and not math.isfinite(r["objective"]):
+            r["note"] = (r.get("note", "") + " non-finite objective (failed fit)").strip()
+            r.pop("rel_to_best", None)
+        elif "objective" in r:
             by.setdefault(r["workload"], []).append(r["objective"])
     for r in rows:
-        if "objective" in r:
+        if "objective" in r and r["workload"] in by and math.isfinite(r["objective"]):
             best = min(by[r["workload"]])
             r["rel_to_best"] = (r["objective"] - best) / abs(best)
 
@@ -191,10 +196,18 @@ def main(argv=None) -> None:
     ap.add_argument("--timeout", type=float, default=None, help="seconds per engine and workload")
     ap.add_argument("--out", default=RESULTS_DIR, help="folder for RESULTS.md and results.json")
     ap.add_argument("--no-extra", action="store_true", help="skip benchmarks/bench_*.py")
+    ap.add_argument("--render", action="store_true", help="rewrite RESULTS.md from results.json in --out")
     ap.add_argument("--child", nargs=2, metavar=("ENGINE", "WORKLOAD"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         return child(args.child[0], args.child[1], args.out)
+    if args.render:
+        with open(os.path.join(args.out, "results.json")) as fh:
+            saved = json.load(fh)
+        agreement(saved["results"])
+        with open(os.path.join(args.out, "RESULTS.md"), "w") as fh:
+            fh.write(markdown(saved["results"], saved["notes"], saved["machine"], saved["extra"]))
+        return None
 
     import jax
 
