@@ -46,6 +46,9 @@ def _with(**cols):
     return DF.assign(**cols)
 
 
+COUNTS = DF.assign(n=np.arange(N) % 4 + 1)
+
+
 def _first_inf(col):
     v = DF[col].to_numpy().copy()
     v[0] = np.inf
@@ -115,6 +118,22 @@ CATALOGUE = {
     "unknown family": ("y ~ x + (1 | g)", DF, {"family": "gamma-ish"}, jm.FamilyError, ["'gamma-ish'"]),
     "family of the wrong type": ("y ~ x + (1 | g)", DF, {"family": 3.0}, jm.FamilyError, ["family"]),
     "unknown link": ("y ~ x + (1 | g)", DF, {"family": "gaussian", "link": "probit"}, jm.FamilyError, ["'probit'"]),
+    "link the family lacks": ("n ~ x + (1 | g)", COUNTS, {"family": "poisson", "link": "logit"}, jm.FamilyError,
+                              ["poisson", "'logit'"]),
+    # family-specific responses
+    "binomial response outside [0, 1]": (
+        "n ~ x + (1 | g)", COUNTS, {"family": "binomial"}, jm.ResponseError, ["'n'", "[0, 1]"]),
+    "more successes than trials": (
+        "cbind(n, size - n) ~ x + (1 | g)", COUNTS.assign(size=COUNTS["n"] - 1), {"family": "binomial"},
+        jm.ResponseError, ["'size - n'", "negative"]),
+    "negative Poisson count": (
+        "n ~ x + (1 | g)", COUNTS.assign(n=-COUNTS["n"]), {"family": "poisson"}, jm.ResponseError,
+        ["'n'", "non-negative"]),
+    "non-integer Poisson count": (
+        "n ~ x + (1 | g)", COUNTS.assign(n=COUNTS["n"] + 0.5), {"family": "poisson"}, jm.ResponseError,
+        ["'n'", "whole"]),
+    "cbind response for a linear model": (
+        "cbind(n, size - n) ~ x + (1 | g)", COUNTS.assign(size=COUNTS["n"] + 2), {}, jm.FormulaError, ["cbind"]),
 }
 
 
