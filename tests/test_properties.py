@@ -82,8 +82,9 @@ def test_deviance_equals_dense_likelihood(kind, seed, effect, use_weights, reml,
     assert got == pytest.approx(want, rel=1e-9, abs=1e-9)
 
 
-# one criterion per shape: each (shape, criterion) pair is a separate compile of the whole fit
-@pytest.mark.parametrize("kind,reml", [("crossed", True), ("nested_slope", False), ("slope", True)])
+# one criterion per shape: each (shape, criterion) pair is a separate compile of the whole fit, so the fit is
+# checked on two shapes (crossed; nested with a correlated slope), the deviance above on all three
+@pytest.mark.parametrize("kind,reml", [("crossed", True), ("nested_slope", False)])
 @PROPERTY_SETTINGS
 @given(**design_args)
 def test_optimum_is_never_worse_than_dense_optimization(kind, reml, seed, effect, use_weights):
