@@ -132,7 +132,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv=None) -> int:
     """Entry point of the ``jaxmlm`` console script; returns the exit status."""
     args = _parser().parse_args(argv)  # argparse itself exits with status 2 on bad usage
-    warnings.showwarning = _show_warning
+    previous, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         if args.command == "datasets":
             from . import datasets
@@ -148,6 +148,8 @@ def main(argv=None) -> int:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"jaxmlm: error: {message}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":  # pragma: no cover
