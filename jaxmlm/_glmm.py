@@ -255,6 +255,10 @@ def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000,
     x[:nt] = model._snap_to_boundary(x[:nt], objective_in_theta)
     state = _at_optimum(jnp.asarray(x), problem, nodes, weights)
     x, state = _newton_polish(x, state, problem, nodes, weights)
+    canonical = canonical_theta(x[:nt], model.qs)
+    if not np.array_equal(canonical, x[:nt]):  # a Newton step may have flipped a column's sign
+        x[:nt] = canonical
+        state = _at_optimum(jnp.asarray(x), problem, nodes, weights)
     objective = float(state["value"])
     grad, hess = np.asarray(state["grad"]), np.asarray(state["hess"])
     if not bool(state["ok"]):

@@ -152,3 +152,11 @@ def test_predict_simulate_summary():
     assert "Laplace Approximation" in text and "Family: binomial  ( logit )" in text and "z value" in text
     assert "Pr(>|z|)" in text and "AIC" in text
     assert fit.aic == pytest.approx(-2 * fit.loglik + 2 * 5)
+
+
+def test_complete_separation_warns_without_crashing(crossed):
+    separated = crossed.assign(y=(crossed.x > 0).astype(int))
+    with pytest.warns(jm.ConvergenceWarning, match="separated"):
+        fit = jm.glmer("y ~ x + (1 | subj) + (1 | item)", separated)
+    assert np.all(np.isfinite(fit.fixef)) and np.isfinite(fit.objective)
+    assert np.all(fit.theta >= 0)
