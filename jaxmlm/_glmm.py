@@ -23,6 +23,7 @@ import numpy as np
 
 from ._agq import MAX_NAGQ, agq_deviance, gauss_hermite
 from ._blocks import cross_products
+from ._convergence import check_convergence
 from ._covariance import canonical_theta, theta_diagonal_mask
 from ._errors import ConvergenceWarning
 from ._linalg import factorize
@@ -165,24 +166,10 @@ def _diagnose(model, x, grad, hess, converged, n_iter, n_eval, messages) -> Opti
     nt = model.n_theta
     mask = np.concatenate([theta_diagonal_mask(model.qs), np.zeros(x.size - nt, bool)])
     interior = ~(mask & (np.abs(x) < SINGULAR_TOL))
-    H = 0.5 * (hess + hess.T)[np.ix_(interior, interior)]
-    eig = None
     grad_max = float(np.max(np.abs(grad))) if grad.size else 0.0
-    if H.size and np.all(np.isfinite(H)):
-        eig = np.linalg.eigvalsh(H)
-        if eig.min() < -1e-6 * max(1.0, abs(eig.max())):
-            messages.append("Model failed to converge: degenerate Hessian with negative eigenvalues")
-        elif eig.max() > 0 and eig.min() / eig.max() < 1e-12:
-            messages.append("Model is nearly unidentifiable: very large eigenvalue ratio")
-        else:
-            rel = np.linalg.solve(H, grad[interior])
-            if np.max(np.abs(rel)) > 2e-3:
-                converged = False
-                messages.append(
-                    f"Model failed to converge with max|grad| = {grad_max:.3g} (scaled {np.max(np.abs(rel)):.3g}, tol = 0.002)"
-                )
-    elif H.size:
-        messages.append("the Hessian of the deviance is not finite at the optimum; standard errors are unavailable")
+    ok, eig, found = check_convergence(grad, hess, interior)
+    converged = converged and ok
+    messages = list(messages) + found
     return OptimizerInfo(method="L-BFGS", converged=bool(converged), n_iter=n_iter, n_eval=n_eval,
                          grad_max=grad_max, hessian_eigenvalues=eig, messages=tuple(messages))
 

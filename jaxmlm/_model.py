@@ -16,6 +16,7 @@ import pandas as pd
 
 from . import _config  # noqa: F401  (float64, compilation cache)
 from ._blocks import build_structure, row_data
+from ._convergence import check_convergence
 from ._covariance import canonical_theta, theta_diagonal_mask, theta_start, theta_to_matrices
 from ._design import build_design, check_linear_model, to_pandas
 from ._errors import ConvergenceWarning, DataError, NewLevelError, SingularFitWarning
@@ -213,29 +214,11 @@ class Model:
 
     def _diagnose(self, method, theta, grad, hessian, converged, n_iter, n_eval, messages) -> OptimizerInfo:
         """lme4's convergence checks: gradient at the optimum and the Hessian's eigenvalues (interior θ only)."""
-        eig = None
         grad_max = float(np.max(np.abs(grad))) if grad.size else 0.0
-        mask = theta_diagonal_mask(self.qs)
-        interior = ~(mask & (theta < SINGULAR_TOL))
-        if hessian is not None:
-            H = hessian[np.ix_(interior, interior)]
-            if H.size:
-                eig = np.linalg.eigvalsh(0.5 * (H + H.T))
-                if np.all(np.isfinite(eig)):
-                    if eig.min() < -1e-6 * max(1.0, abs(eig.max())):
-                        messages.append("Model failed to converge: degenerate Hessian with negative eigenvalues")
-                    elif eig.max() > 0 and eig.min() / eig.max() < 1e-12:
-                        messages.append("Model is nearly unidentifiable: very large eigenvalue ratio")
-                    # lme4 scales the gradient by the Hessian: relative gradient = H⁻¹g, tolerance 0.002
-                    try:
-                        rel = np.linalg.solve(H, grad[interior])
-                        if np.max(np.abs(rel)) > 2e-3:
-                            converged = False
-                            messages.append(
-                                f"Model failed to converge with max|grad| = {grad_max:.3g} (scaled {np.max(np.abs(rel)):.3g}, tol = 0.002)"
-                            )
-                    except np.linalg.LinAlgError:
-                        pass
+        interior = ~(theta_diagonal_mask(self.qs) & (theta < SINGULAR_TOL))
+        ok, eig, found = check_convergence(grad, hessian, interior)
+        converged = converged and ok
+        messages = list(messages) + found
         return OptimizerInfo(
             method=method,
             converged=bool(converged),
