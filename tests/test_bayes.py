@@ -71,12 +71,18 @@ def test_collapsed_density_and_conditional_mode_match_dense(which, request):
         np.testing.assert_allclose(np.concatenate([np.asarray(x).ravel() for x in u]), u_dense, rtol=1e-8, atol=1e-8)
 
 
-@pytest.fixture(scope="module")
-def sleep_posterior(sleep_model):
-    return sleep_model.sample(chains=2, draws=300, warmup=300, seed=1)
+def test_sleepstudy_posterior(sleep_model):
+    """One short NUTS run (compiling the sampler dominates), checked from several sides; kept in one test so
+    that parallel test workers do not each compile it."""
+    post = sleep_model.sample(chains=2, draws=300, warmup=300, seed=1)
+    check_posterior_means_near_lme4(post)
+    check_summary_layout_and_draws(post)
+    check_random_effect_draws_near_conditional_modes(post, sleep_model)
+    check_predict_shapes_and_population_level(post)
+    check_to_arviz_or_clear_import_error(post)
 
 
-def test_posterior_means_near_lme4(sleep_posterior):
+def check_posterior_means_near_lme4(sleep_posterior):
     for name, value in LME4_FIXEF.items():
         assert abs(sleep_posterior.fixef[name] - value) < 1.5 * LME4_SE[name], name
     table = sleep_posterior.summary()
@@ -89,7 +95,7 @@ def test_posterior_means_near_lme4(sleep_posterior):
     assert sleep_posterior.divergences < 10
 
 
-def test_summary_layout_and_draws(sleep_posterior):
+def check_summary_layout_and_draws(sleep_posterior):
     table = sleep_posterior.summary()
     assert list(table.columns) == ["mean", "sd", "q2.5", "q97.5", "r_hat", "ess_bulk"]
     assert list(table.index) == ["(Intercept)", "Days", "sd_(Intercept)|Subject", "sd_Days|Subject",
@@ -108,9 +114,12 @@ def test_summary_layout_and_draws(sleep_posterior):
     np.testing.assert_allclose(np.abs(T11), draws["sd_(Intercept)|Subject"], rtol=1e-10)
     assert isinstance(sleep_posterior.divergences, int)
     assert "sd_Days|Subject" in repr(sleep_posterior)
+    numbers = sleep_posterior.to_dict()  # what `jaxmlm fit ... --method nuts --json` writes
+    assert numbers["method"] == "nuts" and list(numbers["summary"]) == list(table.index)
+    assert numbers["fixef"]["Days"] == pytest.approx(table.loc["Days", "mean"])
 
 
-def test_random_effect_draws_near_conditional_modes(sleep_posterior, sleep_model):
+def check_random_effect_draws_near_conditional_modes(sleep_posterior, sleep_model):
     fit = sleep_model.fit()
     b_mean = sleep_posterior.draws["b_Subject"].mean(axis=(0, 1))
     cv = fit.condvar()[0]
@@ -118,7 +127,7 @@ def test_random_effect_draws_near_conditional_modes(sleep_posterior, sleep_model
     assert np.all(np.abs(b_mean - fit.ranef()["Subject"].to_numpy()) < 1.0 * sd + 1.0)
 
 
-def test_predict_shapes_and_population_level(sleep_posterior):
+def check_predict_shapes_and_population_level(sleep_posterior):
     data = jm.datasets.load("sleepstudy").head(7)
     pred = sleep_posterior.predict(data)
     assert pred.shape == (2, 300, 7)
@@ -132,7 +141,7 @@ def test_predict_shapes_and_population_level(sleep_posterior):
     np.testing.assert_allclose(sleep_posterior.predict(new, allow_new_levels=True), want, rtol=1e-12)
 
 
-def test_to_arviz_or_clear_import_error(sleep_posterior):
+def check_to_arviz_or_clear_import_error(sleep_posterior):
     try:
         import arviz  # noqa: F401
     except ImportError:
