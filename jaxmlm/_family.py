@@ -16,6 +16,20 @@ from ._errors import DataTypeError, FamilyError, FormulaError
 __all__ = ["Gaussian", "get_family"]
 
 
+def numeric_response(values, what: str, family: str) -> np.ndarray:
+    """A response column as float64; booleans count as 0/1, strings and categoricals are refused."""
+    if isinstance(values, pd.Series):
+        if isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object or values.dtype.kind in "OSU":
+            raise DataTypeError(f"{what} must be numeric for the {family} family, got {values.dtype}")
+        values = values.to_numpy()
+    arr = np.asarray(values)
+    if arr.dtype == bool:
+        return arr.astype(np.float64)
+    if not np.issubdtype(arr.dtype, np.number):
+        raise DataTypeError(f"{what} must be numeric for the {family} family, got values of type {arr.dtype}")
+    return arr.astype(np.float64)
+
+
 @dataclasses.dataclass(frozen=True)
 class Gaussian:
     name: str = "gaussian"
@@ -28,19 +42,7 @@ class Gaussian:
     def prepare_response(self, parts, parsed, prior_weights):
         if len(parts) != 1:
             raise FormulaError("cbind() responses are for the binomial family")
-        values = parts[0]
-        if isinstance(values, pd.Series):
-            if isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object or values.dtype.kind in "OSU":
-                raise DataTypeError(
-                    f"response {parsed.response!r} must be numeric for a linear mixed model, got {values.dtype}"
-                )
-            values = values.to_numpy()
-        arr = np.asarray(values)
-        if arr.dtype == bool:
-            arr = arr.astype(np.float64)
-        if not np.issubdtype(arr.dtype, np.number):
-            raise DataTypeError(f"response {parsed.response!r} must be numeric, got values of type {arr.dtype}")
-        return arr.astype(np.float64), prior_weights, {}
+        return numeric_response(parts[0], f"response {parsed.response!r}", "gaussian"), prior_weights, {}
 
 
 _REGISTRY: dict[str, type] = {"gaussian": Gaussian}

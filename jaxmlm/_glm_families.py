@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from ._errors import DataTypeError, FamilyError, FormulaError, ResponseError
-from ._family import register_family
+from ._errors import FamilyError, FormulaError, ResponseError
+from ._family import numeric_response, register_family
 
 __all__ = ["Link", "Binomial", "Poisson", "LINKS"]
 
@@ -76,19 +76,6 @@ def _xlogx(x):
     return np.where(x > 0, x * np.log(np.where(x > 0, x, 1.0)), 0.0)
 
 
-def _numeric(values, what: str, family: str) -> np.ndarray:
-    if isinstance(values, pd.Series):
-        if isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object:
-            raise DataTypeError(f"{what} must be numeric for the {family} family, got {values.dtype}")
-        values = values.to_numpy()
-    arr = np.asarray(values)
-    if arr.dtype == bool:
-        return arr.astype(np.float64)
-    if not np.issubdtype(arr.dtype, np.number):
-        raise DataTypeError(f"{what} must be numeric for the {family} family, got values of type {arr.dtype}")
-    return arr.astype(np.float64)
-
-
 @dataclasses.dataclass(frozen=True)
 class _GlmFamily:
     link: str = ""
@@ -128,8 +115,8 @@ class Binomial(_GlmFamily):
         prior_weights = np.asarray(prior_weights, dtype=np.float64)
         if len(parts) == 2:
             names = parsed.response_parts
-            s = _numeric(parts[0], f"successes {names[0]!r}", "binomial")
-            f = _numeric(parts[1], f"failures {names[1]!r}", "binomial")
+            s = numeric_response(parts[0], f"successes {names[0]!r}", "binomial")
+            f = numeric_response(parts[1], f"failures {names[1]!r}", "binomial")
             for arr, name in ((s, names[0]), (f, names[1])):
                 if (arr < 0).any():
                     raise ResponseError(
@@ -152,7 +139,7 @@ class Binomial(_GlmFamily):
             cat = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")
             y = (cat.cat.codes.to_numpy() > 0).astype(np.float64)
         else:
-            y = _numeric(values, f"response {name!r}", "binomial")
+            y = numeric_response(values, f"response {name!r}", "binomial")
             if ((y < 0) | (y > 1)).any():
                 bad = y[(y < 0) | (y > 1)][0]
                 raise ResponseError(
@@ -207,7 +194,7 @@ class Poisson(_GlmFamily):
         if len(parts) != 1:
             raise FormulaError("cbind() responses are for the binomial family")
         name = parsed.response
-        y = _numeric(parts[0], f"response {name!r}", "poisson")
+        y = numeric_response(parts[0], f"response {name!r}", "poisson")
         if (y < 0).any():
             raise ResponseError(f"poisson response {name!r} must be non-negative counts, found {y[y < 0][0]:g}")
         if np.any(np.abs(y - np.round(y)) > 1e-8):

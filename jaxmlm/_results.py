@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 
 from ._covariance import term_covariances, theta_diagonal_mask, theta_to_matrices, varcorr_frame
-from ._errors import NewLevelError
 
 __all__ = ["OptimizerInfo", "MixedModelResult"]
 
