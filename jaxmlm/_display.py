@@ -107,6 +107,19 @@ def _fixed_effects(fit) -> str:
     return "Fixed effects:\n" + text
 
 
+def _abbreviate(name: str, width: int = 6) -> str:
+    """R's abbreviate(): drop lower-case vowels from the right (never the first letter), then truncate."""
+    if name == "(Intercept)":
+        return "(Intr)"
+    chars = list(name)
+    i = len(chars) - 1
+    while len(chars) > width and i > 0:
+        if chars[i] in "aeiou":
+            del chars[i]
+        i -= 1
+    return "".join(chars[:width])
+
+
 def _correlation(fit) -> str:
     v = fit.vcov.to_numpy()
     if v.shape[0] < 2:
@@ -114,8 +127,7 @@ def _correlation(fit) -> str:
     sd = np.sqrt(np.diag(v))
     cor = v / np.outer(sd, sd)
     names = list(fit.vcov.index)
-    abbrev = [n if len(n) <= 6 else n[:6] for n in names]
-    abbrev = ["(Intr)" if n == "(Intercept)" else a for n, a in zip(names, abbrev)]
+    abbrev = [_abbreviate(n) for n in names]
     rows = []
     for i in range(1, len(names)):
         rows.append([f"{cor[i, j]:.3f}" for j in range(i)] + [""] * (len(names) - 1 - i))
