@@ -247,28 +247,29 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def fit_batch(model, Y, method: str = "reml", *, chunk_size: int | None = None, progress: bool | None = None,
-              start=None, max_iter: int = 1000) -> BatchResult:
+def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = None, progress: bool | None = None,
+              start=None, max_iter: int = 1000, nagq: int | None = None) -> BatchResult:
     """Fit every column of Y on the model's design (see `Model.fit_batch`).
 
     Y: n × m (NumPy array or DataFrame), one row per row of the model's data after rows with missing values in
     the formula's variables were dropped (`model.design.row_index`; a DataFrame indexed like the original data is
     aligned on it). NaN in a column drops those rows for that response only. The model's weights and offset apply
-    to every column. method: 'reml' or 'ml'. chunk_size: responses per vectorized step (default from the design's
+    to every column. method: 'reml' or 'ml' (Gaussian; default 'reml'), 'laplace' or 'agq' with nagq (binomial and
+    Poisson; default 'laplace', columns on the model's response scale: 0/1 or proportions, counts). chunk_size: responses per vectorized step (default from the design's
     size, to bound memory). progress: show progress (tqdm when installed); None shows it for multi-chunk batches.
     """
     t0 = time.perf_counter()
+    if method is None:
+        method = "reml" if model.is_gaussian else ("agq" if nagq and nagq > 1 else "laplace")
     method = method.lower()
-    if method not in ("reml", "ml"):
-        raise ValueError(f"fit_batch method must be 'reml' or 'ml', got {method!r}")
-    if not model.is_gaussian:
-        raise NotImplementedError(
-            f"fit_batch supports linear mixed models (family 'gaussian'); this model's family is "
-            f"{model.family.name!r} and batched GLMM fits are not available yet"
-        )
+    allowed = ("reml", "ml") if model.is_gaussian else ("laplace", "agq")
+    if method not in allowed:
+        raise ValueError(f"fit_batch method for the {model.family.name} family must be one of {allowed}, got {method!r}")
     if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     values, columns = _as_matrix(model, Y)
+    if not model.is_gaussian:
+        return _fit_glmm_batch(model, values, columns, method, nagq, chunk_size, max_iter, progress, t0)
     d, reml = model.design, method == "reml"
     values = values - d.offset[:, None]
     m, p = values.shape[1], d.X.shape[1]
@@ -329,3 +330,17 @@ def fit_batch(model, Y, method: str = "reml", *, chunk_size: int | None = None, 
                        beta=out["beta"], se_beta=out["se"], sigma=out["sigma"], objective=out["objective"],
                        converged=out["converged"], nobs=out["nobs"].astype(np.int64), n_iter=out["n_iter"],
                        seconds=time.perf_counter() - t0)
+
+
+def _fit_glmm_batch(model, values, columns, method, nagq, chunk_size, max_iter, progress, t0) -> BatchResult:
+    from ._batch_glmm import fit_glmm_batch
+
+    m = values.shape[1]
+    bar = _Progress(m, enabled=(m > 64) if progress is None else bool(progress))
+    res = fit_glmm_batch(model, values, columns, method=method, nagq=nagq, chunk_size=chunk_size,
+                         max_iter=max_iter, bar=bar)
+    bar.close()
+    return BatchResult(model=model, method=res["method"], columns=columns, theta=res["theta"], beta=res["beta"],
+                       se_beta=res["se"], sigma=np.full(m, np.nan), objective=res["objective"],
+                       converged=res["converged"] & np.isfinite(res["objective"]), nobs=res["nobs"].astype(np.int64),
+                       n_iter=res["n_iter"], seconds=time.perf_counter() - t0)
