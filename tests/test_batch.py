@@ -90,8 +90,8 @@ def test_bad_input_is_refused_clearly():
         model.fit_batch(Y, chunk_size=0)
 
 
-def test_non_gaussian_batches_say_so():
+def test_cbind_batches_ask_for_proportions():
     data = jm.datasets.load("cbpp")
     model = jm.Model("cbind(incidence, size - incidence) ~ period + (1 | herd)", data, family="binomial")
-    with pytest.raises(NotImplementedError, match="binomial"):
+    with pytest.raises(jm.DataError, match="proportions"):
         model.fit_batch(np.zeros((model.design.n, 2)))
