@@ -329,7 +329,7 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
                 out[k][cols] = res[k]
             bar.update(len(cols))
     bar.close()
-    theta = np.array([canonical_theta(t, model.qs) if np.isfinite(t).all() else t for t in out["theta"]])
+    theta = canonical_theta(out["theta"], model.qs)
     return BatchResult(model=model, method=method, columns=columns, theta=theta.reshape(m, model.n_theta),
                        beta=out["beta"], se_beta=out["se"], sigma=out["sigma"], objective=out["objective"],
                        converged=out["converged"], nobs=out["nobs"].astype(np.int64), n_iter=out["n_iter"],

@@ -97,7 +97,7 @@ def fit_glmm_batch(model, values, columns, *, method: str, nagq, chunk_size, max
             out.setdefault(k, []).append(np.asarray(v)[: len(cols)])
         bar.update(len(cols))
     res = {k: np.concatenate(v) for k, v in out.items()}
-    res["theta"] = np.array([canonical_theta(t, model.qs) for t in res["theta"]]).reshape(m, model.n_theta)
+    res["theta"] = canonical_theta(res["theta"], model.qs)
     # lme4's loglik scale: Laplace objective is −2 log L; AGQ's leaves the constants out (kept as a single fit does)
     res["loglik"] = -res["objective"] / 2.0 if method == "laplace" else -(res["objective"] + constants) / 2.0
     res["method"] = method

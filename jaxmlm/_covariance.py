@@ -48,13 +48,18 @@ def theta_to_matrices(theta, qs) -> list[np.ndarray]:
 
 
 def canonical_theta(theta, qs) -> np.ndarray:
-    """Flip column signs so that every diagonal of T is non-negative (TTᵀ, hence the fit, is unchanged)."""
-    out = []
-    for T in theta_to_matrices(theta, qs):
-        signs = np.where(np.diag(T) < 0, -1.0, 1.0)
-        T = T * signs[None, :]
-        out.extend(T[r, c] for r, c in _tril_positions(T.shape[0]))
-    return np.asarray(out, dtype=np.float64)
+    """Flip column signs so that every diagonal of T is non-negative (TTᵀ, hence the fit, is unchanged).
+    theta may be one θ (k,) or a batch (m, k)."""
+    out = np.array(theta, dtype=np.float64, copy=True)
+    pos = 0
+    for q in qs:
+        positions = _tril_positions(q)
+        for c in range(q):
+            column = [pos + i for i, (r, cc) in enumerate(positions) if cc == c]
+            sign = np.where(out[..., column[0]] < 0, -1.0, 1.0)  # the first element of a column is its diagonal
+            out[..., column] *= sign[..., None]
+        pos += len(positions)
+    return out
 
 
 def term_covariances(theta, qs, sigma: float | None) -> list[np.ndarray]:
