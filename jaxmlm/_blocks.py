@@ -19,7 +19,6 @@ them with new working weights inside jit.
 
 from __future__ import annotations
 
-import dataclasses
 
 import equinox as eqx
 import jax
@@ -229,7 +228,6 @@ def cross_products(structure: Structure, rows: RowData, weights: jax.Array, F: j
             tuple(_segsum(rows.z[k][:, :, None] * wz[:, None, :], ct, nl[t]) for k in range(t + 1, D))
         )
         fixed.append(_segsum(F[:, :, None] * wz[:, None, :], ct, nl[t]))
-        parts = []
         nnz = int(structure.entry_level[t].shape[0])
         vals = jnp.zeros((nnz, qs[t]), dtype=F.dtype)
         for i, k in enumerate(range(D, structure.n_terms)):
@@ -238,7 +236,6 @@ def cross_products(structure: Structure, rows: RowData, weights: jax.Array, F: j
             contrib = rows.z[k][:, :, None] * wz[:, None, :]  # (n, qk, qt)
             vals = vals + _segsum(contrib.reshape(-1, qs[t]), ids.reshape(-1), nnz)
         entries.append(vals)
-        del parts
     m_z = structure.m_z
     tail_zz = jnp.zeros((m_z, m_z), dtype=F.dtype)
     tail_fz = jnp.zeros((f, m_z), dtype=F.dtype)
