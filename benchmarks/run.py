@@ -249,7 +249,7 @@ def main(argv=None) -> None:
             if os.path.exists(os.path.join(HERE, mod + ".py")):
                 try:
                     __import__(f"benchmarks.{mod}", fromlist=["run"]).run(extra)
-                except Exception as exc:  # a colleague's benchmark failing must not lose ours
+                except Exception as exc:  # one benchmark module failing must not lose the others' rows
                     notes.append(f"benchmarks/{mod}.py failed: {type(exc).__name__}: {exc}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as fh:
