@@ -29,6 +29,7 @@ from ._errors import (
     MissingValuesWarning,
     RankDeficiencyWarning,
 )
+from ._family import numeric_response
 from ._terms import ParsedFormula, RandomTerm, expression_names
 
 __all__ = ["TermData", "Design", "build_design", "to_pandas", "lme4_column_name"]
@@ -188,15 +189,6 @@ def _evaluate(expr: str, frame: pd.DataFrame, where: str) -> np.ndarray:
     return mm.to_numpy()[:, 0]
 
 
-def _as_float(values: Any, what: str) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.dtype == bool:
-        return arr.astype(np.float64)
-    if not np.issubdtype(arr.dtype, np.number):
-        raise DataTypeError(f"{what} must be numeric, got values of type {arr.dtype}")
-    return arr.astype(np.float64)
-
-
 def _drop_rank_deficient(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]]:
     """Drop linearly dependent columns as lme4 does (pivoted QR, tolerance 1e-7), warning with lme4's message."""
     if X.shape[1] == 0:
@@ -353,7 +345,7 @@ def build_design(
     # --- offset ---------------------------------------------------------------------------------------------------
     off = np.zeros(n) if o_arg is None else o_arg.copy()
     for expr in parsed.offsets:
-        off = off + _as_float(_evaluate(expr, frame, "offset()"), f"offset({expr})")
+        off = off + numeric_response(_evaluate(expr, frame, "offset()"), f"offset({expr})")
     if not np.isfinite(off).all():
         raise DataError("offset has non-finite values")
 

@@ -16,17 +16,19 @@ from ._errors import DataTypeError, FamilyError, FormulaError
 __all__ = ["Gaussian", "get_family"]
 
 
-def numeric_response(values, what: str, family: str) -> np.ndarray:
-    """A response column as float64; booleans count as 0/1, strings and categoricals are refused."""
+def numeric_response(values, what: str, family: str | None = None) -> np.ndarray:
+    """A numeric column (a response, an offset) as float64; booleans count as 0/1, strings and categoricals are
+    refused."""
+    context = f" for the {family} family" if family else ""
     if isinstance(values, pd.Series):
         if isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object or values.dtype.kind in "OSU":
-            raise DataTypeError(f"{what} must be numeric for the {family} family, got {values.dtype}")
+            raise DataTypeError(f"{what} must be numeric{context}, got {values.dtype}")
         values = values.to_numpy()
     arr = np.asarray(values)
     if arr.dtype == bool:
         return arr.astype(np.float64)
     if not np.issubdtype(arr.dtype, np.number):
-        raise DataTypeError(f"{what} must be numeric for the {family} family, got values of type {arr.dtype}")
+        raise DataTypeError(f"{what} must be numeric{context}, got values of type {arr.dtype}")
     return arr.astype(np.float64)
 
 
