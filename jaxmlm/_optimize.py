@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 import optax.tree_utils as otu
 
-__all__ = ["OptimResult", "lbfgs_minimize"]
+__all__ = ["OptimResult", "bfgs_minimize", "lbfgs_minimize"]
 
 
 class OptimResult(NamedTuple):
@@ -72,3 +72,89 @@ def lbfgs_minimize(
     x, state, it, n_eval, stall, value, grad = jax.lax.while_loop(cond, body, init)
     converged = grad_small(value, grad) | ((stall >= 3) & (jnp.max(jnp.abs(grad)) <= 1e-4 * (1.0 + jnp.abs(value))))
     return OptimResult(x=x, value=value, grad=grad, n_iter=it, n_eval=n_eval, converged=converged)
+
+
+class _BfgsState(NamedTuple):
+    x: jax.Array  # accepted point
+    value: jax.Array
+    grad: jax.Array
+    inv_hess: jax.Array  # (k, k) BFGS approximation of the inverse Hessian
+    direction: jax.Array
+    step: jax.Array  # trial step length along `direction`
+    it: jax.Array  # accepted iterations
+    n_eval: jax.Array
+    stall: jax.Array
+    scaled: jax.Array  # whether inv_hess has had its first (Shanno–Phua) scaling
+
+
+def bfgs_minimize(
+    fun: Callable,
+    x0: jax.Array,
+    *args,
+    max_iter: int = 1000,
+    gtol: float = 1e-9,
+    ftol: float = 1e-13,
+    first_step: float = 0.25,
+) -> OptimResult:
+    """Minimize fun(x, *args) from x0 by dense BFGS with a backtracking (Armijo) line search, for few parameters.
+
+    Every pass of the loop costs exactly one value-and-gradient evaluation: a pass either accepts its trial point
+    (BFGS update, new direction, unit step) or shrinks the step by quadratic interpolation for the next pass.
+    There is no nested line-search loop, so under vmap every problem of a batch advances by one evaluation per
+    pass and none waits for another's line search: this is the batch optimizer (`_batch`), where optax's zoom
+    line search spent several evaluations' worth of bookkeeping per iteration. The first direction is the
+    gradient scaled to a largest component of `first_step`; after the first accepted step the inverse Hessian
+    is scaled by sᵀy/yᵀy (Nocedal & Wright 6.20). Convergence as in `lbfgs_minimize`; max_iter bounds the passes.
+    """
+    k = x0.shape[0]
+    eye = jnp.eye(k, dtype=x0.dtype)
+    value_and_grad = jax.value_and_grad(lambda x: fun(x, *args))
+
+    def grad_small(value, grad):
+        return jnp.max(jnp.abs(grad)) <= gtol * (1.0 + jnp.abs(value))
+
+    v0, g0 = value_and_grad(x0)
+    d0 = -g0 * (first_step / jnp.maximum(jnp.max(jnp.abs(g0)), 1e-300))
+    init = _BfgsState(x=x0, value=v0, grad=g0, inv_hess=eye, direction=d0, step=jnp.asarray(1.0, x0.dtype),
+                      it=jnp.asarray(0), n_eval=jnp.asarray(1), stall=jnp.asarray(0), scaled=jnp.asarray(False))
+
+    def cond(s):
+        done = grad_small(s.value, s.grad) | (s.stall >= 3) | ~jnp.isfinite(s.value) | (s.step < 1e-12)
+        return (s.n_eval < max_iter) & ~done
+
+    def body(s):
+        x_try = s.x + s.step * s.direction
+        v_try, g_try = value_and_grad(x_try)
+        slope = jnp.dot(s.grad, s.direction)  # < 0 along a descent direction
+        ok = jnp.isfinite(v_try) & jnp.all(jnp.isfinite(g_try)) & (v_try <= s.value + 1e-4 * s.step * slope)
+        # rejected: minimizer of the quadratic through f(0), f'(0) and f(step), kept within [0.1, 0.5]·step
+        excess = jnp.where(jnp.isfinite(v_try), v_try - s.value - slope * s.step, jnp.inf)
+        t_quad = -slope * s.step**2 / (2.0 * jnp.maximum(excess, 1e-300))
+        t_back = jnp.clip(t_quad, 0.1 * s.step, 0.5 * s.step)
+        # accepted: BFGS update of the inverse Hessian, skipped when the curvature sᵀy is not safely positive
+        sv, yv = x_try - s.x, g_try - s.grad
+        sy = jnp.dot(sv, yv)
+        curvature_ok = sy > 1e-10 * jnp.linalg.norm(sv) * jnp.linalg.norm(yv)
+        H0 = jnp.where(s.scaled, s.inv_hess, eye * (sy / jnp.maximum(jnp.dot(yv, yv), 1e-300)))
+        rho = 1.0 / jnp.where(curvature_ok, sy, 1.0)
+        V = eye - rho * jnp.outer(sv, yv)
+        H_new = jnp.where(curvature_ok, V @ H0 @ V.T + rho * jnp.outer(sv, sv), s.inv_hess)
+        d_new = -H_new @ g_try
+        # a BFGS matrix that lost positive definiteness numerically: fall back to a scaled gradient step
+        bad_dir = ~(jnp.dot(d_new, g_try) < 0)
+        d_new = jnp.where(bad_dir, -g_try * (first_step / jnp.maximum(jnp.max(jnp.abs(g_try)), 1e-300)), d_new)
+        H_new = jnp.where(bad_dir, eye, H_new)
+        rel = (s.value - v_try) / (1.0 + jnp.abs(s.value))
+        return _BfgsState(
+            x=jnp.where(ok, x_try, s.x), value=jnp.where(ok, v_try, s.value), grad=jnp.where(ok, g_try, s.grad),
+            inv_hess=jnp.where(ok, H_new, s.inv_hess), direction=jnp.where(ok, d_new, s.direction),
+            step=jnp.where(ok, 1.0, t_back), it=s.it + ok.astype(s.it.dtype), n_eval=s.n_eval + 1,
+            stall=jnp.where(ok, jnp.where(rel < ftol, s.stall + 1, 0), s.stall),
+            scaled=s.scaled | (ok & curvature_ok & ~bad_dir),
+        )
+
+    s = jax.lax.while_loop(cond, body, init)
+    converged = grad_small(s.value, s.grad) | (
+        ((s.stall >= 3) | (s.step < 1e-12)) & (jnp.max(jnp.abs(s.grad)) <= 1e-4 * (1.0 + jnp.abs(s.value)))
+    )
+    return OptimResult(x=s.x, value=s.value, grad=s.grad, n_iter=s.it, n_eval=s.n_eval, converged=converged)
