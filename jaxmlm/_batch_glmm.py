@@ -21,7 +21,7 @@ import pandas as pd
 from ._covariance import canonical_theta
 from ._errors import DataError
 from ._glmm import _objective, glmm_problem
-from ._optimize import lbfgs_minimize
+from ._optimize import bfgs_minimize
 from ._pirls import pirls
 
 __all__ = ["glmm_columns", "fit_glmm_chunk"]
@@ -59,9 +59,9 @@ def fit_glmm_chunk(problem, Y, W, constants, theta0, nodes, node_weights, max_it
         beta0, _, _, _, _ = pirls(theta0, jnp.zeros(prob.p, dtype=theta0.dtype), prob, joint=True)
         beta0 = jnp.where(jnp.isfinite(beta0), beta0, 0.0)
         x0 = jnp.concatenate([theta0, beta0])
-        res = lbfgs_minimize(_objective, x0, prob, None, None, max_iter=max_iter, gtol=1e-8)
+        res = bfgs_minimize(_objective, x0, prob, None, None, max_iter=max_iter, gtol=1e-8)
         if nodes is not None:  # AGQ continues from the Laplace optimum, as a single fit does
-            res = lbfgs_minimize(_objective, res.x, prob, nodes, node_weights, max_iter=max_iter, gtol=1e-8)
+            res = bfgs_minimize(_objective, res.x, prob, nodes, node_weights, max_iter=max_iter, gtol=1e-8)
         hess = jax.hessian(_objective)(res.x, prob, nodes, node_weights)
         cov = 2.0 * jnp.linalg.inv(hess)
         se = jnp.sqrt(jnp.diagonal(cov)[nt:])
