@@ -2,9 +2,11 @@
 
 The GLMM problem differs between columns only in its response, its prior weights (a missing value gets weight 0)
 and the family's normalizing constant, so one compiled program fits a whole chunk: the starting β comes from a
-joint PIRLS at θ = lme4's start, then L-BFGS runs on (θ, β) exactly as a single fit's first stage does. Standard
-errors come from the exact Hessian of each column's deviance, as in a single fit. (A single fit also tries a few
-Newton steps at the end; the batch stops at L-BFGS's tolerance, which keeps objectives within 1e-6 relative.)
+joint PIRLS at θ = lme4's start, then a quasi-Newton fit on (θ, β) as a single fit's first stage does, by the
+batch optimizer (`bfgs_minimize`: one evaluation per loop pass, so vmapped columns never wait on one another's line
+searches). Standard errors come from the exact Hessian of each column's deviance, as in a single fit. (A single fit
+also tries a few Newton steps at the end; the batch stops at the gradient tolerance, which keeps objectives within
+1e-6 relative.)
 """
 
 from __future__ import annotations
