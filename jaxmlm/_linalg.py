@@ -16,12 +16,20 @@ import functools
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
 
 from ._blocks import Blocks, Structure
 
-__all__ = ["Factor", "theta_to_factors", "factorize", "eliminate_prefix", "tail_log_terms", "solve_coefficients", "small_cholesky"]
+__all__ = ["Factor", "theta_to_factors", "factorize", "eliminate_prefix", "tail_log_terms", "solve_coefficients",
+           "small_cholesky", "dense_cholesky", "inverse_from_cholesky"]
 
 _UNROLL_MAX = 6  # unrolled Choleskys up to this size are faster than LAPACK calls per level on CPU
+# Dense tails at least this large are factored on the CPU by LAPACK directly (potrf, potri) through a host
+# callback. At n = 1146 (InstEval's tail) XLA's Cholesky took 21-27 ms against potrf's 12-16 ms, and the inverse
+# S_zz⁻¹ that the gradient needs cost 75-100 ms as a triangular solve against I plus a product, against 15-20 ms
+# for potri, which exploits the triangular shapes. Smaller tails stay in XLA: a callback costs ~0.1 ms.
+_HOST_LAPACK_MIN = 192
 
 
 def theta_to_factors(theta: jax.Array, qs: tuple[int, ...]) -> list[jax.Array]:
@@ -131,10 +139,70 @@ def _scale_tail_columns(M: jax.Array, structure: Structure, factors) -> jax.Arra
     return jnp.concatenate(pieces, axis=-1) if pieces else M
 
 
+# ---------------------------------------------------------------------------------------------- dense kernels
+def _host_lapack(n: int) -> bool:
+    return n >= _HOST_LAPACK_MIN and jax.default_backend() == "cpu"
+
+
+def _potrf(S) -> np.ndarray:
+    S = np.asarray(S)
+    (potrf,) = scipy.linalg.get_lapack_funcs(("potrf",), (S,))
+    L, info = potrf(S, lower=True, clean=True, overwrite_a=False)
+    return L if info == 0 else np.full_like(S, np.nan)  # as XLA's Cholesky: NaN when S is not positive definite
+
+
+def _potri(L) -> np.ndarray:
+    L = np.asarray(L)
+    (potri,) = scipy.linalg.get_lapack_funcs(("potri",), (L,))
+    inv, info = potri(L, lower=True, overwrite_c=False)
+    if info != 0:
+        return np.full_like(L, np.nan)
+    return np.tril(inv) + np.tril(inv, -1).T  # potri fills the lower triangle only
+
+
+@jax.custom_jvp
+def dense_cholesky(S: jax.Array) -> jax.Array:
+    """Lower Cholesky factor of a symmetric positive-definite S (NaN when it is not). Large matrices on the CPU
+    go to LAPACK's potrf on the host; the derivative is the usual dL = L Φ(L⁻¹ dS L⁻ᵀ) either way."""
+    if _host_lapack(S.shape[-1]):
+        return jax.pure_callback(_potrf, jax.ShapeDtypeStruct(S.shape, S.dtype), S, vmap_method="sequential")
+    return jnp.linalg.cholesky(S)
+
+
+@dense_cholesky.defjvp
+def _dense_cholesky_jvp(primals, tangents):
+    (S,), (dS,) = primals, tangents
+    L = dense_cholesky(S)
+    dS = 0.5 * (dS + dS.T)
+    tri = functools.partial(jax.lax.linalg.triangular_solve, lower=True)
+    inner = tri(L, tri(L, dS, left_side=True), left_side=False, transpose_a=True)  # L⁻¹ dS L⁻ᵀ
+    phi = jnp.tril(inner) - 0.5 * jnp.diag(jnp.diagonal(inner))
+    return L, L @ phi
+
+
+@jax.custom_jvp
+def inverse_from_cholesky(L: jax.Array) -> jax.Array:
+    """(L Lᵀ)⁻¹ from the lower factor L: LAPACK's potri on the CPU host for large matrices (n³/3 + n³/3 flops
+    with the triangular shapes used), else a triangular solve against I and a product."""
+    n = L.shape[-1]
+    if _host_lapack(n):
+        return jax.pure_callback(_potri, jax.ShapeDtypeStruct(L.shape, L.dtype), L, vmap_method="sequential")
+    Linv = jax.lax.linalg.triangular_solve(L, jnp.eye(n, dtype=L.dtype), left_side=True, lower=True)
+    return Linv.T @ Linv
+
+
+@inverse_from_cholesky.defjvp
+def _inverse_from_cholesky_jvp(primals, tangents):
+    (L,), (dL,) = primals, tangents
+    G = inverse_from_cholesky(L)
+    dS = dL @ L.T + L @ dL.T
+    return G, -(G @ dS @ G)
+
+
 def factorize(theta: jax.Array, blocks: Blocks, structure: Structure) -> Factor:
     """L for the given θ. Pure JAX; differentiable; shapes fixed by `structure`."""
     prefix, S = eliminate_prefix(theta, blocks, structure)
-    return prefix._replace_tail(jnp.linalg.cholesky(S))
+    return prefix._replace_tail(dense_cholesky(S))
 
 
 def eliminate_prefix(theta: jax.Array, blocks: Blocks, structure: Structure):
@@ -239,8 +307,9 @@ def tail_log_terms(S: jax.Array, m_z: int, p: int) -> jax.Array:
     Differentiating a generic Cholesky costs several dense solves and products; these three scalars have
     closed-form derivatives: ∂ log det S_zz/∂S = S_zz⁻¹, ∂ log det S_[zx]/∂S = S_[zx]⁻¹ (so the X term's is
     S_[zx]⁻¹ − S_zz⁻¹ = BᵀB for the X rows B of L_[zx]⁻¹), ∂ log r²/∂S = u uᵀ with u = L⁻ᵀ e_last. One
-    triangular inverse and one product give all three (custom JVP, so grad, jacfwd and hessian all work)."""
-    return _tail_values(jnp.linalg.cholesky(S), m_z, p)
+    factor inverse (`inverse_from_cholesky` of the Z block) and two thin triangular solves give all three (custom
+    JVP, so grad, jacfwd and hessian all work)."""
+    return _tail_values(dense_cholesky(S), m_z, p)
 
 
 @tail_log_terms.defjvp
@@ -248,16 +317,18 @@ def _tail_log_terms_jvp(m_z, p, primals, tangents):
     (S,), (dS,) = primals, tangents
     S = 0.5 * (S + S.T)
     dS = 0.5 * (dS + dS.T)
-    L = jnp.linalg.cholesky(S)
+    L = dense_cholesky(S)
     values = _tail_values(L, m_z, p)
     m = S.shape[0]
     Lb = L[: m - 1, : m - 1]
-    Linv = jax.lax.linalg.triangular_solve(Lb, jnp.eye(m - 1, dtype=S.dtype), left_side=True, lower=True)
-    A = Linv[:m_z, :m_z]
-    B = Linv[m_z:, :]
-    G_z = A.T @ A
-    G_x = B.T @ B
-    u = jnp.concatenate([-(Linv.T @ L[-1, : m - 1]), jnp.ones((1,), S.dtype)]) / L[-1, -1]
+    G_z = inverse_from_cholesky(L[:m_z, :m_z]) if m_z else jnp.zeros((0, 0), S.dtype)
+    # Bᵀ = L_b⁻ᵀ E_x: the X rows of L_b⁻¹, by one triangular solve with p right-hand sides
+    E_x = jnp.eye(m - 1, dtype=S.dtype)[:, m_z:]
+    Bt = jax.lax.linalg.triangular_solve(Lb, E_x, left_side=True, lower=True, transpose_a=True)
+    G_x = Bt @ Bt.T
+    u_head = -jax.lax.linalg.triangular_solve(Lb, L[-1, : m - 1][:, None], left_side=True, lower=True,
+                                              transpose_a=True)[:, 0]
+    u = jnp.concatenate([u_head, jnp.ones((1,), S.dtype)]) / L[-1, -1]
     t_z = jnp.sum(G_z * dS[:m_z, :m_z])
     t_x = jnp.sum(G_x * dS[: m - 1, : m - 1])
     t_r = u @ dS @ u

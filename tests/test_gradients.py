@@ -54,3 +54,26 @@ def test_gradient_vanishes_at_the_fit():
     grad = np.asarray(_grad(jax.numpy.asarray(fit.theta), model.linear_problem, True))
     assert np.max(np.abs(grad)) < 1e-4
     assert fit.optinfo.grad_max < 1e-4
+
+
+def test_host_lapack_tail_matches_xla(monkeypatch):
+    """Large dense tails are factored by LAPACK on the CPU host (potrf/potri callbacks). Forcing that path on a
+    small crossed model gives the XLA path's value, gradient and Hessian, and a non-positive-definite matrix
+    gives NaN, as XLA's Cholesky does."""
+    from jaxmlm import _linalg
+
+    model = jm.Model("diameter ~ 1 + (1 | plate) + (1 | sample)", jm.datasets.load("Penicillin"))
+    theta = jax.numpy.asarray([1.1, 2.3])
+
+    def derivatives():
+        f = functools.partial(profiled_deviance, problem=model.linear_problem, reml=True)
+        return [np.asarray(v) for v in jax.jit(lambda t: (f(t), jax.grad(f)(t), jax.hessian(f)(t)))(theta)]
+
+    xla = derivatives()
+    monkeypatch.setattr(_linalg, "_HOST_LAPACK_MIN", 1)
+    assert _linalg._host_lapack(2)
+    host = derivatives()
+    for a, b in zip(host, xla):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+    not_pd = jax.numpy.asarray([[1.0, 2.0], [2.0, 1.0]])
+    assert np.all(np.isnan(np.asarray(jax.jit(_linalg.dense_cholesky)(not_pd))))
