@@ -254,7 +254,9 @@ def cross_products(structure: Structure, rows: RowData, weights: jax.Array, F: j
         for i, k in enumerate(range(D, structure.n_terms)):
             vals = wF[:, None, :] * rows.z[k][:, :, None]  # (n, qk, f)
             tail_fz = tail_fz + _segsum(vals.reshape(-1, f), tail_idx[i].reshape(-1), m_z).T
-    tail_ff = F.T @ wF
+    # Σ_rows F Fᵀ w as a fused elementwise product and reduction: XLA's CPU dot for this (f × n)·(n × f) shape
+    # with n in the millions was 2-3x slower (14 ms against 5-10 ms at n = 1M, f = 3)
+    tail_ff = jnp.sum(F[:, :, None] * wF[:, None, :], axis=0)
     return Blocks(
         diag=tuple(diag),
         offdiag=tuple(offdiag),

@@ -142,12 +142,13 @@ def _grouping_codes(frame: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.n
     for name in factors:
         col = frame[name]
         if isinstance(col.dtype, pd.CategoricalDtype):
+            categories = col.cat.categories
             codes = col.cat.codes.to_numpy()
-            used = np.unique(codes)
-            remap = np.full(len(col.cat.categories), -1, dtype=np.int64)
+            used = np.flatnonzero(np.bincount(codes[codes >= 0], minlength=len(categories)))  # O(n), no sort
+            remap = np.full(len(categories), -1, dtype=np.int64)
             remap[used] = np.arange(len(used))
             codes = remap[codes]
-            labels = [str(col.cat.categories[u]) for u in used]
+            labels = [str(c) for c in categories[used]]
         else:
             codes, uniques = pd.factorize(col, sort=True)
             labels = [str(u) for u in uniques]

@@ -45,20 +45,20 @@ class LinearProblem(eqx.Module):
     sum_log_w: jax.Array
 
 
-@jax.jit
-def _linear_blocks(structure: Structure, rows: RowData, weights, X, y):
+@functools.partial(jax.jit, static_argnames=("p",))
+def _linear_statistics(structure: Structure, rows: RowData, weights, X, y, p: int) -> LinearProblem:
+    """The statistics and the weights' summaries in one compiled pass (eager ops on million-row arrays each cost
+    a dispatch and a pass over memory)."""
     F = jnp.concatenate([X, y[:, None]], axis=1)
-    return cross_products(structure, rows, weights, F)
+    positive = weights > 0
+    sum_log_w = jnp.sum(jnp.where(positive, jnp.log(jnp.where(positive, weights, 1.0)), 0.0))
+    return LinearProblem(structure=structure, blocks=cross_products(structure, rows, weights, F),
+                         n=jnp.sum(positive).astype(F.dtype), p=p, sum_log_w=sum_log_w)
 
 
 def make_linear_problem(structure: Structure, rows: RowData, weights, X, y) -> LinearProblem:
     """Form the statistics once (one pass over the rows)."""
-    weights = jnp.asarray(weights)
-    blocks = _linear_blocks(structure, rows, weights, jnp.asarray(X), jnp.asarray(y))
-    positive = weights > 0
-    sum_log_w = jnp.sum(jnp.where(positive, jnp.log(jnp.where(positive, weights, 1.0)), 0.0))
-    n_eff = int(np.sum(np.asarray(weights) > 0))
-    return LinearProblem(structure=structure, blocks=blocks, n=jnp.asarray(n_eff, dtype=jnp.float64), p=int(X.shape[1]), sum_log_w=sum_log_w)
+    return _linear_statistics(structure, rows, weights, X, y, p=int(X.shape[1]))
 
 
 def deviance_from_factor(factor: Factor, problem: LinearProblem, reml: bool) -> jax.Array:
