@@ -106,6 +106,12 @@ def _pairs_within_levels(levels: np.ndarray, rows: np.ndarray, m_z: int):
     b_sorted = np.repeat(starts[lv], reps) + offsets
     a = order[a_sorted]
     b = order[b_sorted]
+    # order the pairs by their target's row, so the scatter into the m_z × m_z tail walks it row by row: at
+    # InstEval's 1.8M pairs the scatter took 3 ms instead of 15 ms in random order (the sort is a radix sort on
+    # 16-bit keys, ~12 ms once)
+    key = rows[a]
+    by_row = np.argsort(key.astype(np.int16) if m_z < 2**15 else key, kind="stable")
+    a, b = a[by_row], b[by_row]
     target = rows[a].astype(np.int64) * m_z + rows[b]
     return a.astype(np.int32), b.astype(np.int32), target
 

@@ -10,10 +10,11 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import optax.tree_utils as otu
 
-__all__ = ["OptimResult", "bfgs_minimize", "lbfgs_minimize"]
+__all__ = ["OptimResult", "bfgs_minimize", "cobyqa_minimize", "lbfgs_minimize"]
 
 
 class OptimResult(NamedTuple):
@@ -158,3 +159,24 @@ def bfgs_minimize(
         ((s.stall >= 3) | (s.step < 1e-12)) & (jnp.max(jnp.abs(s.grad)) <= 1e-4 * (1.0 + jnp.abs(s.value)))
     )
     return OptimResult(x=s.x, value=s.value, grad=s.grad, n_iter=s.it, n_eval=s.n_eval, converged=converged)
+
+
+def cobyqa_minimize(fun: Callable[[np.ndarray], float], x0, lower, *, max_eval: int = 1000,
+                    final_radius: float = 1e-6) -> OptimResult:
+    """Minimize a scalar function of few parameters without derivatives, by COBYQA (Powell's successor to the
+    BOBYQA that lme4 uses; scipy.optimize), with lower bounds. A host loop around one compiled value function:
+    worth it only where an evaluation costs milliseconds and its gradient several times more (large dense
+    tails, see `_model`). Non-finite values reach COBYQA as NaN, which it treats as a barrier. Returns an
+    `OptimResult` of NumPy values; `grad` is NaN (the caller computes its own diagnostics)."""
+    from scipy.optimize import Bounds, minimize
+
+    def f(x):
+        value = float(fun(x))
+        return value if np.isfinite(value) else np.nan
+
+    x0 = np.asarray(x0, dtype=np.float64)
+    lower = np.asarray(lower, dtype=np.float64)
+    res = minimize(f, np.maximum(x0, lower), method="COBYQA", bounds=Bounds(lower, np.full_like(lower, np.inf)),
+                   options=dict(maxfev=max_eval, final_tr_radius=final_radius))
+    return OptimResult(x=np.asarray(res.x), value=np.asarray(res.fun), grad=np.full_like(x0, np.nan),
+                       n_iter=np.asarray(res.nit), n_eval=np.asarray(res.nfev), converged=np.asarray(bool(res.success)))

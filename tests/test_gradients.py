@@ -77,3 +77,30 @@ def test_host_lapack_tail_matches_xla(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
     not_pd = jax.numpy.asarray([[1.0, 2.0], [2.0, 1.0]])
     assert np.all(np.isnan(np.asarray(jax.jit(_linalg.dense_cholesky)(not_pd))))
+
+
+def test_derivative_free_path_matches_lbfgs(monkeypatch):
+    """Large dense tails are fitted by COBYQA and checked with lme4's finite-difference stencil. Forced on small
+    crossed models, the path reaches the L-BFGS optimum, and the stencil's gradient and Hessian agree with
+    autodiff's."""
+    from jaxmlm import _model
+    from jaxmlm._lmm import linear_diagnostics
+
+    for dataset, formula in [("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)"),
+                             ("sleepstudy", "Reaction ~ Days + (Days | Subject)")]:
+        data = jm.datasets.load(dataset)
+        reference = jm.Model(formula, data).fit(method="ml")
+        monkeypatch.setattr(_model, "_DERIVATIVE_FREE_TAIL", 0)
+        model = jm.Model(formula, data)
+        assert model._derivative_free
+        fit = model.fit(method="ml")
+        monkeypatch.undo()
+        assert fit.optinfo.method == "COBYQA" and fit.converged
+        assert fit.objective == pytest.approx(reference.objective, rel=1e-9, abs=1e-7)
+        np.testing.assert_allclose(fit.theta, reference.theta, rtol=1e-3, atol=1e-4)
+        theta = np.asarray(fit.theta) + 0.05  # away from the optimum, so the gradient is not ~0
+        grad, hess = _model._finite_difference_derivatives(lambda th: model.deviance(th, False), theta,
+                                                          model.deviance(theta, False))
+        auto_grad, auto_hess = linear_diagnostics(jax.numpy.asarray(theta), model.linear_problem, False, True)
+        np.testing.assert_allclose(grad, np.asarray(auto_grad), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(hess, np.asarray(auto_hess), rtol=1e-3, atol=1e-3)
