@@ -90,7 +90,11 @@ def _deviance(logdet, logdet_x, log_r2, problem: LinearProblem, reml: bool) -> j
 
 @functools.partial(jax.jit, static_argnames=("reml", "max_iter"))
 def fit_linear(theta0: jax.Array, problem: LinearProblem, reml: bool, max_iter: int = 1000) -> OptimResult:
-    """Minimize the profiled deviance over θ (unconstrained: the deviance depends on T only through TTᵀ)."""
+    """Minimize the profiled deviance over θ (unconstrained: the deviance depends on T only through TTᵀ).
+    In float32 the tolerances follow the precision: relative gradient 1e-6 and stall 1e-9, where float64 uses
+    1e-9 and 1e-13 (below float32's resolution, they would only be met by stalling)."""
+    if theta0.dtype == jnp.float32:
+        return lbfgs_minimize(profiled_deviance, theta0, problem, reml, max_iter=max_iter, gtol=1e-6, ftol=1e-9)
     return lbfgs_minimize(profiled_deviance, theta0, problem, reml, max_iter=max_iter)
 
 

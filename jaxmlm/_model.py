@@ -107,8 +107,17 @@ class Model:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, method: str | None = None, *, start=None, max_iter: int = 1000, nagq: int | None = None,
-            warn: bool = True) -> MixedModelResult:
-        """Fit by 'reml' or 'ml' (Gaussian), or 'laplace' / 'agq' (binomial, Poisson)."""
+            warn: bool = True, dtype: str = "float64") -> MixedModelResult:
+        """Fit by 'reml' or 'ml' (Gaussian), or 'laplace' / 'agq' (binomial, Poisson).
+
+        dtype='float32' (linear models): the optimizer's search runs in single precision on statistics formed in
+        double precision, then a double-precision polish starts from its optimum (a few evaluations), and the
+        estimates, objective and convergence checks are evaluated in double precision. Single precision cannot
+        resolve the deviance of large data to lme4's gradient tolerance (at n = 1M the deviance is ~3e6 and
+        float32's spacing there is 0.25), so the polish is what makes the answer float64's. Measured accuracy and
+        cost against float64: docs/scale.md."""
+        if dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
         if method is None:
             method = "reml" if self.is_gaussian else ("agq" if nagq and nagq > 1 else "laplace")
         method = method.lower()
@@ -116,20 +125,32 @@ class Model:
             raise ValueError(f"method must be one of {', '.join(_METHODS)}; got {method!r}")
         if method in ("reml", "ml"):
             self._require_gaussian(f"method={method!r}")
-            return self._fit_linear(method == "reml", start=start, max_iter=max_iter, warn=warn)
+            return self._fit_linear(method == "reml", start=start, max_iter=max_iter, warn=warn, dtype=dtype)
+        if dtype != "float64":
+            raise ValueError("dtype='float32' is offered for linear mixed models ('reml', 'ml') only")
         if self.is_gaussian:
             raise ValueError(f"method={method!r} is for binomial and Poisson models; use 'reml' or 'ml'")
         from ._glmm import fit_glmm
 
         return fit_glmm(self, method=method, nagq=nagq, start=start, max_iter=max_iter, warn=warn)
 
-    def _fit_linear(self, reml: bool, *, start=None, max_iter: int = 1000, warn: bool = True) -> MixedModelResult:
+    def _fit_linear(self, reml: bool, *, start=None, max_iter: int = 1000, warn: bool = True,
+                    dtype: str = "float64") -> MixedModelResult:
         problem = self.linear_problem
+        search = problem if dtype == "float64" else _cast_problem(problem, jnp.dtype(dtype))
         theta0 = self.theta_start() if start is None else np.asarray(start, dtype=np.float64)
         if theta0.shape != (self.n_theta,):
             raise ValueError(f"start must have {self.n_theta} values (θ in lme4's layout), got shape {theta0.shape}")
-        res, messages = self._minimize_with_restarts(theta0, start is not None, reml, max_iter)
-        theta = canonical_theta(np.asarray(res.x), self.qs)
+        res, messages = self._minimize_with_restarts(theta0, start is not None, reml, max_iter, search)
+        if search is not problem:  # polish the single-precision optimum in double precision (a few evaluations)
+            found = canonical_theta(np.asarray(res.x, dtype=np.float64), self.qs)
+            res32 = res
+            res = self._minimize(found, reml, max_iter, problem, initial_radius=1e-3)
+            if not np.isfinite(float(res.value)):
+                res = res32
+            else:
+                res = res._replace(n_eval=res.n_eval + res32.n_eval, n_iter=res.n_iter + res32.n_iter)
+        theta = canonical_theta(np.asarray(res.x, dtype=np.float64), self.qs)
         theta = self._snap_to_boundary(theta, lambda th: self.deviance(th, reml))
         theta, res = self._leave_boundary_saddle(theta, res, reml, max_iter, messages)
         est = linear_estimates(jnp.asarray(theta), problem, reml)
@@ -170,19 +191,22 @@ class Model:
     def _derivative_free(self) -> bool:
         return self.structure.m_z >= _DERIVATIVE_FREE_TAIL
 
-    def _minimize(self, theta0, reml: bool, max_iter: int):
-        """One optimizer run from θ0: the compiled L-BFGS loop, or COBYQA for large dense tails (lower bounds 0 on
-        the diagonal of each T_k, as lme4)."""
+    def _minimize(self, theta0, reml: bool, max_iter: int, problem=None, initial_radius: float = 1.0):
+        """One optimizer run from θ0 on `problem` (default: the float64 statistics): the compiled L-BFGS loop, or
+        COBYQA for large dense tails (lower bounds 0 on the diagonal of each T_k, as lme4)."""
+        problem = self.linear_problem if problem is None else problem
+        dtype = problem.blocks.tail_ff.dtype
         if not self._derivative_free:
-            return fit_linear(jnp.asarray(theta0), self.linear_problem, reml, max_iter=max_iter)
+            return fit_linear(jnp.asarray(theta0, dtype=dtype), problem, reml, max_iter=max_iter)
         lower = np.where(theta_diagonal_mask(self.qs), 0.0, -np.inf)
         start = canonical_theta(np.asarray(theta0, dtype=np.float64), self.qs)  # same TTᵀ, diagonal ≥ 0
-        return cobyqa_minimize(lambda th: self.deviance(th, reml), start, lower, max_eval=max_iter)
+        return cobyqa_minimize(lambda th: float(deviance_value(jnp.asarray(th, dtype=dtype), problem, reml)), start,
+                               lower, max_eval=max_iter, initial_radius=initial_radius)
 
-    def _minimize_with_restarts(self, theta0, user_start: bool, reml: bool, max_iter: int):
+    def _minimize_with_restarts(self, theta0, user_start: bool, reml: bool, max_iter: int, problem=None):
         """Fit from θ0; when an evaluation goes non-finite, restart from scaled starts (and from lme4's start when
         the user gave their own) instead of returning NaN."""
-        res = self._minimize(theta0, reml, max_iter)
+        res = self._minimize(theta0, reml, max_iter, problem)
         if np.isfinite(float(res.value)) and np.isfinite(np.asarray(res.x)).all():
             return res, []
         candidates = [("θ start × 0.5", theta0 * 0.5), ("θ start × 0.1", theta0 * 0.1)]
@@ -190,7 +214,7 @@ class Model:
             default = self.theta_start()
             candidates += [("lme4's default start", default), ("lme4's default start × 0.1", default * 0.1)]
         for label, th in candidates:
-            res = self._minimize(th, reml, max_iter)
+            res = self._minimize(th, reml, max_iter, problem)
             if np.isfinite(float(res.value)) and np.isfinite(np.asarray(res.x)).all():
                 return res, [f"restarted from {label} after a non-finite evaluation"]
         raise DataError(
@@ -414,3 +438,10 @@ def _finite_difference_derivatives(objective, theta: np.ndarray, f0: float, delt
                 f((j, 1), (i, 1)) - f((j, 1), (i, -1)) - f((j, -1), (i, 1)) + f((j, -1), (i, -1))
             ) / (4 * delta**2)
     return grad, hess
+
+
+def _cast_problem(problem, dtype):
+    """The statistics (formed in float64) in another floating dtype, for a lower-precision search."""
+    import jax
+
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, problem)

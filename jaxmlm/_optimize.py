@@ -162,7 +162,7 @@ def bfgs_minimize(
 
 
 def cobyqa_minimize(fun: Callable[[np.ndarray], float], x0, lower, *, max_eval: int = 1000,
-                    final_radius: float = 1e-6) -> OptimResult:
+                    initial_radius: float = 1.0, final_radius: float = 1e-6) -> OptimResult:
     """Minimize a scalar function of few parameters without derivatives, by COBYQA (Powell's successor to the
     BOBYQA that lme4 uses; scipy.optimize), with lower bounds. A host loop around one compiled value function:
     worth it only where an evaluation costs milliseconds and its gradient several times more (large dense
@@ -177,6 +177,7 @@ def cobyqa_minimize(fun: Callable[[np.ndarray], float], x0, lower, *, max_eval: 
     x0 = np.asarray(x0, dtype=np.float64)
     lower = np.asarray(lower, dtype=np.float64)
     res = minimize(f, np.maximum(x0, lower), method="COBYQA", bounds=Bounds(lower, np.full_like(lower, np.inf)),
-                   options=dict(maxfev=max_eval, final_tr_radius=final_radius))
+                   options=dict(maxfev=max_eval, initial_tr_radius=initial_radius,
+                                final_tr_radius=min(final_radius, initial_radius)))
     return OptimResult(x=np.asarray(res.x), value=np.asarray(res.fun), grad=np.full_like(x0, np.nan),
                        n_iter=np.asarray(res.nit), n_eval=np.asarray(res.nfev), converged=np.asarray(bool(res.success)))
