@@ -29,6 +29,7 @@ __all__ = [
     "profiled_deviance",
     "fit_linear",
     "linear_estimates",
+    "gradients_at_points",
     "linear_diagnostics",
 ]
 
@@ -101,6 +102,12 @@ def fit_linear(theta0: jax.Array, problem: LinearProblem, reml: bool, max_iter: 
 @functools.partial(jax.jit, static_argnames=("reml",))
 def deviance_value(theta, problem, reml):
     return profiled_deviance(theta, problem, reml)
+
+
+@functools.partial(jax.jit, static_argnames=("reml", "batch_size"))
+def gradients_at_points(points: jax.Array, problem: LinearProblem, reml: bool, batch_size: int) -> jax.Array:
+    """The objective's gradient at each row of `points` (P × k), vectorized `batch_size` points at a time."""
+    return jax.lax.map(lambda t: jax.grad(profiled_deviance)(t, problem, reml), points, batch_size=batch_size)
 
 
 @functools.partial(jax.jit, static_argnames=("reml", "with_hessian"))

@@ -82,7 +82,7 @@ def test_host_lapack_tail_matches_xla(monkeypatch):
 def test_derivative_free_path_matches_lbfgs(monkeypatch):
     """Large dense tails are fitted by COBYQA and checked with lme4's finite-difference stencil. Forced on small
     crossed models, the path reaches the L-BFGS optimum, and the stencil's gradient and Hessian agree with
-    autodiff's."""
+    autodiff's, as do the gradient differences that fits with up to 10 θ use for lme4's checks."""
     from jaxmlm import _model
     from jaxmlm._lmm import linear_diagnostics
 
@@ -101,6 +101,9 @@ def test_derivative_free_path_matches_lbfgs(monkeypatch):
         theta = np.asarray(fit.theta) + 0.05  # away from the optimum, so the gradient is not ~0
         grad, hess = _model._finite_difference_derivatives(lambda th: model.deviance(th, False), theta,
                                                           model.deviance(theta, False))
+        grad2, hess2 = model._stencil_derivatives(theta, False)
         auto_grad, auto_hess = linear_diagnostics(jax.numpy.asarray(theta), model.linear_problem, False, True)
         np.testing.assert_allclose(grad, np.asarray(auto_grad), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(hess, np.asarray(auto_hess), rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(grad2, np.asarray(auto_grad), rtol=1e-12, atol=1e-10)
+        np.testing.assert_allclose(hess2, np.asarray(auto_hess), rtol=1e-6, atol=1e-6)
