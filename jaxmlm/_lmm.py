@@ -57,9 +57,34 @@ def _linear_statistics(structure: Structure, rows: RowData, weights, X, y, p: in
                          n=jnp.sum(positive).astype(F.dtype), p=p, sum_log_w=sum_log_w)
 
 
+# Rows per compiled pass when forming the statistics: the pass's temporaries (per-row products such as the
+# (n, q, q) outer products) stay bounded however many rows there are; the statistics of a union of row sets are
+# the sums of their statistics. Every chunk has this shape (the last is padded with weight-0 rows), so one program.
+STATISTICS_CHUNK_ROWS = 1 << 21
+
+
 def make_linear_problem(structure: Structure, rows: RowData, weights, X, y) -> LinearProblem:
-    """Form the statistics once (one pass over the rows)."""
-    return _linear_statistics(structure, rows, weights, X, y, p=int(X.shape[1]))
+    """Form the statistics once: one pass over the rows, in chunks of STATISTICS_CHUNK_ROWS."""
+    p, n = int(X.shape[1]), int(X.shape[0])
+    if n <= STATISTICS_CHUNK_ROWS:
+        return _linear_statistics(structure, rows, weights, X, y, p=p)
+    from ._shard import pad_rows
+
+    total = None
+    for start in range(0, n, STATISTICS_CHUNK_ROWS):
+        stop = min(start + STATISTICS_CHUNK_ROWS, n)
+        chunk_rows = jax.tree.map(lambda a: a[start:stop], rows)
+        F = np.concatenate([np.asarray(X[start:stop]), np.asarray(y[start:stop])[:, None]], axis=1)
+        chunk_rows, w, F = pad_rows(chunk_rows, np.asarray(weights[start:stop]), F, 1, n_pad_to=STATISTICS_CHUNK_ROWS)
+        part = _linear_statistics(structure, chunk_rows, w, F[:, :p], F[:, p], p=p)
+        total = part if total is None else _add_statistics(total, part)
+    return total
+
+
+@jax.jit
+def _add_statistics(a: LinearProblem, b: LinearProblem) -> LinearProblem:
+    return LinearProblem(structure=a.structure, blocks=jax.tree.map(jnp.add, a.blocks, b.blocks), n=a.n + b.n, p=a.p,
+                         sum_log_w=a.sum_log_w + b.sum_log_w)
 
 
 def deviance_from_factor(factor: Factor, problem: LinearProblem, reml: bool) -> jax.Array:

@@ -78,3 +78,20 @@ def test_benchmark_workloads_are_deterministic_and_fit():
     assert str(a["g"].dtype) == "category" and len(a) == 2000
     for w in WORKLOADS.values():
         assert "|" in w.formula and w.method in ("ml", "reml", "laplace")
+
+
+@pytest.mark.parametrize("dataset,formula", [("sleepstudy", "Reaction ~ Days + (Days | Subject)"),
+                                             ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)")])
+def test_statistics_in_row_chunks_equal_one_pass(monkeypatch, dataset, formula):
+    """Large data form the statistics in fixed-size row chunks (bounded temporaries) and add them up; forced to
+    chunks of 50 rows (the last padded with weight-0 rows) on small data, the sums are the one-pass sums."""
+    from jaxmlm import _lmm
+
+    data = jm.datasets.load(dataset)
+    model = jm.Model(formula, data, weights=np.linspace(0.5, 2.0, len(data)))
+    d = model.design
+    whole = _lmm.make_linear_problem(model.structure, model.rows, d.weights, d.X, d.y)
+    monkeypatch.setattr(_lmm, "STATISTICS_CHUNK_ROWS", 50)
+    chunked = _lmm.make_linear_problem(model.structure, model.rows, d.weights, d.X, d.y)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(chunked)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-9)
