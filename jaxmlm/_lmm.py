@@ -68,17 +68,24 @@ def make_linear_problem(structure: Structure, rows: RowData, weights, X, y) -> L
     p, n = int(X.shape[1]), int(X.shape[0])
     if n <= STATISTICS_CHUNK_ROWS:
         return _linear_statistics(structure, rows, weights, X, y, p=p)
-    from ._shard import pad_rows
-
+    weights, X, y = jnp.asarray(weights), jnp.asarray(X), jnp.asarray(y)
     total = None
     for start in range(0, n, STATISTICS_CHUNK_ROWS):
-        stop = min(start + STATISTICS_CHUNK_ROWS, n)
-        chunk_rows = jax.tree.map(lambda a: a[start:stop], rows)
-        F = np.concatenate([np.asarray(X[start:stop]), np.asarray(y[start:stop])[:, None]], axis=1)
-        chunk_rows, w, F = pad_rows(chunk_rows, np.asarray(weights[start:stop]), F, 1, n_pad_to=STATISTICS_CHUNK_ROWS)
-        part = _linear_statistics(structure, chunk_rows, w, F[:, :p], F[:, p], p=p)
+        part = _chunk_statistics(structure, rows, weights, X, y, start, p=p, size=STATISTICS_CHUNK_ROWS)
         total = part if total is None else _add_statistics(total, part)
     return total
+
+
+@functools.partial(jax.jit, static_argnames=("p", "size"))
+def _chunk_statistics(structure: Structure, rows: RowData, weights, X, y, start, p: int, size: int) -> LinearProblem:
+    """Statistics of rows [start, start + size). The last chunk's slice is shifted back to stay in range and the
+    rows before `start` get weight 0, so every chunk has one shape and no row counts twice."""
+    n = weights.shape[0]
+    first = jnp.minimum(start, n - size)
+    take = lambda a: jax.lax.dynamic_slice_in_dim(a, first, size, axis=0)  # noqa: E731
+    fresh = (first + jnp.arange(size)) >= start
+    return _linear_statistics(structure, jax.tree.map(take, rows), jnp.where(fresh, take(weights), 0.0), take(X),
+                              take(y), p=p)
 
 
 @jax.jit
