@@ -26,6 +26,7 @@ from ._batch import BatchResult
 from ._bootstrap import BootstrapResult
 from ._terms import parse_formula
 from ._mrp import poststratify
+from ._ingest import read_data
 from ._posterior import Posterior
 
 __version__ = "0.1.0"
@@ -34,6 +35,7 @@ __all__ = [
     "Model",
     "Posterior",
     "poststratify",
+    "read_data",
     "lmer",
     "glmer",
     "MixedModelResult",

@@ -30,6 +30,7 @@ from ._errors import (
     RankDeficiencyWarning,
 )
 from ._family import numeric_response
+from ._ingest import column_names, is_arrow_source, read_frame
 from ._terms import ParsedFormula, RandomTerm, expression_names
 
 __all__ = ["TermData", "Design", "build_design", "to_pandas", "lme4_column_name"]
@@ -103,10 +104,14 @@ class Design:
         return out
 
 
-def to_pandas(data: Any) -> pd.DataFrame:
-    """Accept pandas or polars (or anything with to_pandas / a dict of columns)."""
+def to_pandas(data: Any, columns: Any = None) -> pd.DataFrame:
+    """Accept pandas, polars, Arrow-family sources and parquet / IPC paths (see _ingest), anything with to_pandas,
+    or a dict of columns. With ``columns``, Arrow-family sources and polars frames read only those of them they hold
+    (the caller reports the others)."""
     if isinstance(data, pd.DataFrame):
         return data
+    if is_arrow_source(data) or (columns is not None and column_names(data) is not None):
+        return read_frame(data, columns, missing="ignore")
     mod = type(data).__module__
     if mod.startswith("polars"):
         return data.to_pandas()
@@ -252,29 +257,8 @@ def _vector_argument(value: Any, frame: pd.DataFrame, n_rows: int, what: str) ->
     return arr.astype(np.float64)
 
 
-def build_design(
-    parsed: ParsedFormula,
-    data: Any,
-    *,
-    family: Any,
-    weights: Any = None,
-    offset: Any = None,
-    na_action: str = "omit",
-    check_levels: bool = True,
-) -> Design:
-    """Evaluate the parsed formula on the data. Raises before any JAX code runs."""
-    if na_action not in ("omit", "drop", "raise", "fail"):
-        raise JaxmlmError(f"na_action must be 'omit' or 'raise', got {na_action!r}")
-    frame = to_pandas(data)
-    if frame.shape[0] == 0:
-        raise DataError("data has no rows")
-    if not parsed.random:
-        raise FormulaError(
-            f"formula {parsed.text!r} has no random-effects term such as (1 | group); "
-            "for a model without random effects use an ordinary regression"
-        )
-
-    # --- every name the formula uses must be a column ---------------------------------------------------------
+def _check_formula_columns(parsed: ParsedFormula, frame: pd.DataFrame) -> None:
+    """Every name the formula uses must be a column (the frame may be an empty one with the source's columns)."""
     _check_columns(set().union(*(expression_names(p) for p in parsed.response_parts)), frame, "the response")
     _check_columns(expression_names(parsed.fixed), frame, "the fixed-effects part")
     for term in parsed.random:
@@ -289,6 +273,47 @@ def build_design(
             )
     for o in parsed.offsets:
         _check_columns(expression_names(o), frame, "offset()")
+
+
+def _formula_columns(parsed: ParsedFormula, weights: Any, offset: Any) -> list[str]:
+    """The columns a model reads: the formula's variables and weights= / offset= given as column names."""
+    used: set[str] = set()
+    for p in parsed.response_parts:
+        used |= expression_names(p)
+    used |= expression_names(parsed.fixed)
+    for term in parsed.random:
+        used |= expression_names(term.lhs) | set(term.factors)
+    for o in parsed.offsets:
+        used |= expression_names(o)
+    used |= {v for v in (weights, offset) if isinstance(v, str)}
+    return sorted(used)
+
+
+def build_design(
+    parsed: ParsedFormula,
+    data: Any,
+    *,
+    family: Any,
+    weights: Any = None,
+    offset: Any = None,
+    na_action: str = "omit",
+    check_levels: bool = True,
+) -> Design:
+    """Evaluate the parsed formula on the data. Raises before any JAX code runs."""
+    if na_action not in ("omit", "drop", "raise", "fail"):
+        raise JaxmlmError(f"na_action must be 'omit' or 'raise', got {na_action!r}")
+    source_names = column_names(data)  # Arrow-family sources and polars: check the formula before reading rows
+    if source_names is not None and parsed.random:
+        _check_formula_columns(parsed, pd.DataFrame(columns=source_names))
+    frame = to_pandas(data, None if source_names is None else _formula_columns(parsed, weights, offset))
+    if frame.shape[0] == 0:
+        raise DataError("data has no rows")
+    if not parsed.random:
+        raise FormulaError(
+            f"formula {parsed.text!r} has no random-effects term such as (1 | group); "
+            "for a model without random effects use an ordinary regression"
+        )
+    _check_formula_columns(parsed, frame)
 
     n_rows = frame.shape[0]
     w_arg = _vector_argument(weights, frame, n_rows, "weights")
@@ -319,6 +344,8 @@ def build_design(
         warnings.warn(f"{n_missing} row(s) with missing values dropped", MissingValuesWarning, stacklevel=3)
         keep = ~missing
         frame = frame.loc[keep]
+        for c in frame.attrs.get("string_columns", ()):  # read from Arrow strings: levels are the strings left
+            frame[c] = frame[c].cat.remove_unused_categories()
         w_arg = None if w_arg is None else w_arg[keep]
         o_arg = None if o_arg is None else o_arg[keep]
         if frame.shape[0] == 0:
