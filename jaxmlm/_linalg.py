@@ -180,6 +180,19 @@ def _dense_cholesky_jvp(primals, tangents):
     return L, L @ phi
 
 
+def _potrf_diagonal(S) -> np.ndarray:
+    return np.ascontiguousarray(np.diagonal(_potrf(S)))
+
+
+def cholesky_diagonal(S: jax.Array) -> jax.Array:
+    """diag(L) of S = L Lᵀ, for values only (not differentiated: `tail_log_terms` has its own JVP). On the host
+    path only the diagonal comes back, not the n × n factor."""
+    if _host_lapack(S.shape[-1]):
+        return jax.pure_callback(_potrf_diagonal, jax.ShapeDtypeStruct(S.shape[-1:], S.dtype), S,
+                                 vmap_method="sequential")
+    return jnp.diagonal(jnp.linalg.cholesky(S))
+
+
 @jax.custom_jvp
 def inverse_from_cholesky(L: jax.Array) -> jax.Array:
     """(L Lᵀ)⁻¹ from the lower factor L: LAPACK's potri on the CPU host for large matrices (n³/3 + n³/3 flops
@@ -294,8 +307,8 @@ def eliminate_prefix(theta: jax.Array, blocks: Blocks, structure: Structure):
     return prefix, S
 
 
-def _tail_values(L: jax.Array, m_z: int, p: int) -> jax.Array:
-    d = jnp.log(jnp.diagonal(L))
+def _tail_values(diag_L: jax.Array, m_z: int, p: int) -> jax.Array:
+    d = jnp.log(diag_L)
     return jnp.stack([2.0 * jnp.sum(d[:m_z]), 2.0 * jnp.sum(d[m_z : m_z + p]), 2.0 * d[-1]])
 
 
@@ -309,7 +322,7 @@ def tail_log_terms(S: jax.Array, m_z: int, p: int) -> jax.Array:
     S_[zx]⁻¹ − S_zz⁻¹ = BᵀB for the X rows B of L_[zx]⁻¹), ∂ log r²/∂S = u uᵀ with u = L⁻ᵀ e_last. One
     factor inverse (`inverse_from_cholesky` of the Z block) and two thin triangular solves give all three (custom
     JVP, so grad, jacfwd and hessian all work)."""
-    return _tail_values(dense_cholesky(S), m_z, p)
+    return _tail_values(cholesky_diagonal(S), m_z, p)
 
 
 @tail_log_terms.defjvp
@@ -318,7 +331,7 @@ def _tail_log_terms_jvp(m_z, p, primals, tangents):
     S = 0.5 * (S + S.T)
     dS = 0.5 * (dS + dS.T)
     L = dense_cholesky(S)
-    values = _tail_values(L, m_z, p)
+    values = _tail_values(jnp.diagonal(L), m_z, p)
     m = S.shape[0]
     Lb = L[: m - 1, : m - 1]
     G_z = inverse_from_cholesky(L[:m_z, :m_z]) if m_z else jnp.zeros((0, 0), S.dtype)
