@@ -9,7 +9,7 @@ What each Arrow type becomes, chosen so that a model fitted from it equals the m
 in pandas:
 - strings → `pd.Categorical` with sorted levels (R's factor(); pandas' factorize(sort=True) and formulaic sort
   string levels the same way). Each batch is dictionary-encoded and the batch dictionaries are unified, so a
-  string exists once per level, never once per row; parquet string columns are even read as dictionary indices.
+  string exists once per level and once per row of the batch in flight, never once per row of the data.
 - dictionary-typed columns (a pandas categorical or polars Categorical written to Arrow) → `pd.Categorical` in the
   dictionary's own order, unused entries kept, as pyarrow's to_pandas gives them.
 - floating point → float64; integers keep their type, or float64 with NaN where nulls occur; booleans stay bool,
@@ -115,10 +115,9 @@ def _open(source: Any):
     )
 
 
-def _batches(source: Any, fmt: str | None, names: list[str], string_names: list[str], batch_rows: int):
+def _batches(source: Any, fmt: str | None, names: list[str], batch_rows: int):
     """(iterator of RecordBatches of the named columns, total rows or None when only reading tells)."""
     pa = _pyarrow()
-    ds = pa.dataset
     if fmt == "polars":
         table = source.select(names).to_arrow()  # polars → Arrow is zero-copy for numbers
         return iter(table.to_batches(max_chunksize=batch_rows)), table.num_rows
@@ -133,11 +132,6 @@ def _batches(source: Any, fmt: str | None, names: list[str], string_names: list[
                     yield batch.slice(start, batch_rows)
 
         return sliced(), None
-    if fmt == "parquet" and string_names:
-        # parquet keeps string columns as dictionary pages: read the indices, not one string per row
-        options = ds.ParquetReadOptions(dictionary_columns=string_names)
-        source = ds.dataset(source.files, filesystem=source.filesystem,
-                            format=ds.ParquetFileFormat(read_options=options))
     try:
         n_rows = source.count_rows()  # parquet / IPC metadata: no rows read
     except Exception:  # a dataset that cannot count cheaply: collect batch by batch instead
@@ -307,8 +301,7 @@ def read_frame(source: Any, columns: Iterable[str] | None = None, *, batch_rows:
         fmt = None
         schema = opened.schema
     fields = [schema.field(c) for c in names]
-    string_names = [f.name for f in fields if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-    batches, n_rows = _batches(opened, fmt, names, string_names, int(batch_rows))
+    batches, n_rows = _batches(opened, fmt, names, int(batch_rows))
     readers = {f.name: _column_reader(f, n_rows) for f in fields}
     others: dict[str, list] = {name: [] for name, r in readers.items() if r is None}
     start = 0
