@@ -31,8 +31,11 @@ from ._errors import DataError, DataTypeError
 __all__ = ["read_data", "read_frame", "is_arrow_source", "column_names"]
 
 BATCH_ROWS = 1 << 20  # rows per batch: ~8 MiB per float64 column in flight, large enough to amortize per-batch work
-_FLUSH_ROWS = 1 << 22  # unify pending batch dictionaries at least this often (4 bytes of pending indices per row)
+# when the batches waiting to join a categorical column's running dictionary are coded (see _Categories)
+_FLUSH_ROWS = 1 << 22
+_FLUSH_BYTES = 1 << 28
 _FLUSH_LEVELS = 1 << 16
+_LEVEL_RATIO = 4
 _PARQUET_MAGIC = b"PAR1"
 _IPC_MAGIC = b"ARROW1"
 _IPC_SUFFIXES = (".arrow", ".feather", ".ipc")
@@ -183,55 +186,66 @@ class _Values:
 
 
 class _Categories:
-    """String or dictionary column → pd.Categorical, from per-batch dictionaries unified as they come.
+    """String or dictionary column → pd.Categorical, with one running dictionary grown as batches come.
 
-    Batch dictionaries wait until they hold as many entries as the running dictionary, then are unified into it
-    in one C++ pass (pyarrow's unify_dictionaries keeps the running dictionary's positions and appends new
-    values): each string is hashed O(1) times amortized and at most ~2 copies of the level strings exist."""
+    Strings: pending batches are dictionary-encoded in one pass together with the running dictionary (put first,
+    so its codes stay 0..k-1), once they hold 4× as many rows as it has levels (or _FLUSH_ROWS, _FLUSH_BYTES): each
+    string is hashed ~1.3 times, and at most a few batches of raw strings wait beside the level strings.
+    Dictionary-typed batches: their dictionaries are unified into the running one (pyarrow's unify_dictionaries
+    keeps its positions and appends new values) once they hold as many entries as it."""
 
     def __init__(self, n_rows: int | None, value_type, sort_levels: bool, ordered: bool):
         self.codes = None if n_rows is None else np.empty(n_rows, dtype=np.int32)
         self.parts: list[np.ndarray] = []
         self.value_type = value_type
-        self.sort_levels = sort_levels
+        self.sort_levels = sort_levels  # strings (sorted levels) rather than a dictionary column (its own order)
         self.ordered = ordered
         self.levels = None  # running dictionary (Arrow array)
         self.pending: list[tuple[int, Any]] = []
         self.pending_levels = 0
         self.pending_rows = 0
+        self.pending_bytes = 0
 
     def add(self, start: int, chunk) -> None:
         pa = _pyarrow()
-        if not pa.types.is_dictionary(chunk.type):
-            if chunk.type != self.value_type:
-                chunk = chunk.cast(self.value_type)
-            chunk = pa.compute.dictionary_encode(chunk)
-        target = pa.dictionary(pa.int32(), self.value_type)
-        if chunk.type != target:
-            chunk = chunk.cast(target)
+        if pa.types.is_dictionary(chunk.type):
+            target = pa.dictionary(pa.int32(), self.value_type)
+            if chunk.type != target:
+                chunk = chunk.cast(target)
+            self.pending_levels += len(chunk.dictionary)
+        elif chunk.type != self.value_type:
+            chunk = chunk.cast(self.value_type)
         self.pending.append((start, chunk))
-        self.pending_levels += len(chunk.dictionary)
         self.pending_rows += len(chunk)
+        self.pending_bytes += chunk.nbytes
         current = 0 if self.levels is None else len(self.levels)
-        if self.pending_levels >= max(current, _FLUSH_LEVELS) or self.pending_rows >= _FLUSH_ROWS:
+        if self.sort_levels:
+            due = self.pending_rows >= max(_LEVEL_RATIO * current, _FLUSH_ROWS) or self.pending_bytes >= _FLUSH_BYTES
+        else:
+            due = self.pending_levels >= max(current, _FLUSH_LEVELS) or self.pending_rows >= _FLUSH_ROWS
+        if due:
             self._flush()
 
     def _flush(self) -> None:
         if not self.pending:
             return
         pa = _pyarrow()
-        target = pa.dictionary(pa.int32(), self.value_type)
-        head = [] if self.levels is None else [pa.DictionaryArray.from_arrays(pa.array([], pa.int32()), self.levels)]
-        unified = pa.chunked_array(head + [c for _, c in self.pending], type=target).unify_dictionaries()
-        chunks = unified.chunks[len(head):]
-        self.levels = unified.chunk(0).dictionary if unified.num_chunks else self.levels
-        for (start, _), chunk in zip(self.pending, chunks):
+        chunks = [c for _, c in self.pending]
+        if self.sort_levels:
+            head = [] if self.levels is None else [self.levels]
+            coded = pa.compute.dictionary_encode(pa.chunked_array(head + chunks, type=self.value_type))
+        else:
+            target = pa.dictionary(pa.int32(), self.value_type)
+            head = [] if self.levels is None else [pa.DictionaryArray.from_arrays(pa.array([], pa.int32()), self.levels)]
+            coded = pa.chunked_array(head + chunks, type=target).unify_dictionaries()
+        self.levels = coded.chunk(0).dictionary  # shared by every chunk
+        for (start, _), chunk in zip(self.pending, coded.chunks[len(head):]):
             codes = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False)
             if self.codes is not None:
                 self.codes[start : start + len(codes)] = codes
             else:
                 self.parts.append(codes)
-        self.pending, self.pending_levels, self.pending_rows = [], 0, 0
+        self.pending, self.pending_levels, self.pending_rows, self.pending_bytes = [], 0, 0, 0
 
     def result(self) -> pd.Categorical:
         pa = _pyarrow()

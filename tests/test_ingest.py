@@ -216,7 +216,8 @@ def _batchy_table():
 def test_tiny_batches_give_the_same_frame(monkeypatch):
     table = _batchy_table()
     whole = jm.read_data(table, batch_rows=10**6)
-    monkeypatch.setattr(_ingest, "_FLUSH_LEVELS", 1)  # unify dictionaries after every batch, too
+    for name in ("_FLUSH_ROWS", "_FLUSH_LEVELS", "_LEVEL_RATIO"):  # grow the dictionaries after every batch, too
+        monkeypatch.setattr(_ingest, name, 1)
     tiny = jm.read_data(table, batch_rows=7)
     streamed = jm.read_data(table.to_reader(max_chunksize=11), batch_rows=7)  # length unknown up front
     pd.testing.assert_frame_equal(tiny, whole)
