@@ -139,7 +139,14 @@ def _batches(source: Any, fmt: str | None, names: list[str], batch_rows: int):
         n_rows = source.count_rows()  # parquet / IPC metadata: no rows read
     except Exception:  # a dataset that cannot count cheaply: collect batch by batch instead
         n_rows = None
-    return source.to_batches(columns=names, batch_size=batch_rows), n_rows
+    # Little read-ahead, and parquet without pre-buffering (which holds whole files of column chunks): the
+    # scan then keeps ~2 batches alive (71 MiB against 480 MiB by default at 10M rows x 3 columns).
+    options = {}
+    if isinstance(getattr(source, "format", None), pa.dataset.ParquetFileFormat):
+        options["fragment_scan_options"] = pa.dataset.ParquetFragmentScanOptions(pre_buffer=False)
+    batches = source.to_batches(columns=names, batch_size=batch_rows, batch_readahead=1, fragment_readahead=1,
+                                **options)
+    return batches, n_rows
 
 
 # ---------------------------------------------------------------------------------------------------- columns
@@ -252,13 +259,10 @@ class _Categories:
         self._flush()
         codes = self.codes if self.codes is not None else np.concatenate(self.parts or [np.empty(0, np.int32)])
         levels = self.levels if self.levels is not None else pa.array([], self.value_type)
-        if self.sort_levels:  # strings: sorted levels of the values present, as factor() and factorize(sort=True)
-            counts = np.bincount(codes[codes >= 0], minlength=len(levels))
-            present = np.flatnonzero(counts)
-            levels = levels.take(pa.array(present))
+        if self.sort_levels:  # strings: sorted levels (every one met in a row), as factor() and factorize(sort=True)
             order = pa.compute.array_sort_indices(levels).to_numpy()  # byte order of UTF-8 = code-point order
-            rank = np.full(len(counts) + 1, -1, dtype=np.int32)  # last slot: code -1 (null) stays -1
-            rank[present[order]] = np.arange(len(order), dtype=np.int32)
+            rank = np.full(len(levels) + 1, -1, dtype=np.int32)  # last slot: code -1 (null) stays -1
+            rank[order] = np.arange(len(order), dtype=np.int32)
             np.take(rank, codes, out=codes)
             levels = levels.take(pa.array(order))
         categories = pd.Index(levels.to_pandas(), copy=False)
@@ -329,6 +333,7 @@ def read_frame(source: Any, columns: Iterable[str] | None = None, *, batch_rows:
         start += batch.num_rows
     if n_rows is not None and start != n_rows:
         raise DataError(f"the source announced {n_rows} rows but {start} were read; was it changed while reading?")
+    pa.default_memory_pool().release_unused()  # hand Arrow's freed batches back: the fit allocates elsewhere
     out: dict[str, Any] = {}
     for f in fields:
         reader = readers[f.name]
