@@ -21,6 +21,7 @@ import formulaic
 import numpy as np
 import pandas as pd
 
+from ._contrasts import RContrastsMaterializer
 from ._errors import (
     DataError,
     DataTypeError,
@@ -122,11 +123,13 @@ def to_pandas(data: Any, columns: Any = None) -> pd.DataFrame:
     raise DataTypeError(f"data must be a pandas or polars DataFrame, got {type(data).__name__}")
 
 
-_T_LEVEL = re.compile(r"([^\[\]:]+)\[T\.([^\]]+)\]")
+# formulaic's 'f[T.b]' (treatment), 'f[b]' (full-rank indicator) and 'f[.L]', 'f[^4]' (contr.poly) → R's 'fb',
+# 'fb', 'f.L', 'f^4'
+_T_LEVEL = re.compile(r"([^\[\]:]+)\[(?:T\.)?([^\]]+)\]")
 
 
 def lme4_column_name(name: str) -> str:
-    """formulaic's 'f[T.b]:x' → lme4's 'fb:x'; 'Intercept' → '(Intercept)'."""
+    """formulaic's 'f[T.b]:x' → lme4's 'fb:x', 'f[.L]' → 'f.L'; 'Intercept' → '(Intercept)'."""
     if name == "Intercept":
         return "(Intercept)"
     return _T_LEVEL.sub(lambda m: m.group(1) + m.group(2), name)
@@ -177,7 +180,8 @@ def _grouping_codes(frame: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.n
 
 def _model_matrix(spec_text: str, frame: pd.DataFrame, where: str):
     try:
-        mm = formulaic.model_matrix(spec_text, frame, na_action="ignore", output="pandas")
+        mm = formulaic.model_matrix(spec_text, frame, na_action="ignore", output="pandas",
+                                    materializer=RContrastsMaterializer)
     except Exception as exc:  # formulaic's messages are good; add where it happened
         raise FormulaError(f"cannot build the model matrix for {where} ({spec_text!r}): {exc}") from None
     if len(mm) != len(frame):

@@ -16,7 +16,10 @@ CASES = sorted(k for k in REFERENCE if not k.startswith("_"))
 
 def _data(name):
     if name in REFERENCE["_data"]:
-        return pd.DataFrame(REFERENCE["_data"][name])
+        frame = pd.DataFrame(REFERENCE["_data"][name])
+        for column, levels in REFERENCE.get("_ordered", {}).get(name, {}).items():
+            frame[column] = pd.Categorical(frame[column], categories=levels, ordered=True)
+        return frame
     return jm.datasets.load(name)
 
 

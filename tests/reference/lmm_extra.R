@@ -1,6 +1,6 @@
 # lme4 reference numbers for linear mixed models beyond the public cases: the rest of the formula language
 # ((0 + x | g), (x || g), (1 | a:b), (1 | a/b) by ML, crossed ML, I(), factor interactions, several crossed
-# terms, offset(), weights). Run from the repository root:
+# terms, offset(), weights, ordered factors with contr.poly). Run from the repository root:
 #   Rscript tests/reference/lmm_extra.R
 # It writes tests/reference/lme4_lmm_extra.json. Synthetic data sets are generated here with a fixed seed and
 # stored in the JSON ("data"), so the tests need no R.
@@ -46,6 +46,20 @@ synth_weighted$y <- round(
   4
 )
 
+# an ordered factor (levels not in alphabetical order): R's default contrasts give it contr.poly
+o <- 120
+synth_ordered <- data.frame(
+  g = factor(sprintf("c%02d", rep(1:12, each = 10))),
+  dose = factor(sample(c("low", "mid", "high", "max"), o, replace = TRUE),
+                levels = c("low", "mid", "high", "max"), ordered = TRUE),
+  x = round(rnorm(o), 4)
+)
+synth_ordered$y <- round(
+  3 + c(0, 0.4, 1.1, 1.3)[as.integer(synth_ordered$dose)] + 0.5 * synth_ordered$x +
+    rnorm(12, sd = 0.8)[as.integer(synth_ordered$g)] + rnorm(o, sd = 0.6),
+  4
+)
+
 cases <- list(
   sleepstudy_slope_only_reml = list(data = "sleepstudy", formula = "Reaction ~ Days + (0 + Days | Subject)", reml = TRUE),
   sleepstudy_uncorr_ml = list(data = "sleepstudy", formula = "Reaction ~ Days + (Days || Subject)", reml = FALSE),
@@ -61,12 +75,14 @@ cases <- list(
   synth_offset_weights_slope_reml = list(
     data = "synth_weighted", formula = "y ~ x + offset(log(expo)) + (x | g)", reml = TRUE, weights = "w"
   ),
+  synth_ordered_poly_reml = list(data = "synth_ordered", formula = "y ~ dose + x + (1 | g)", reml = TRUE),
+  synth_ordered_poly_interaction_ml = list(data = "synth_ordered", formula = "y ~ dose * x + (1 | g)", reml = FALSE),
   synth_offset_weights_slope_ml = list(
     data = "synth_weighted", formula = "y ~ x + offset(log(expo)) + (x | g)", reml = FALSE, weights = "w"
   )
 )
 
-frames <- list(synth_crossed = synth_crossed, synth_weighted = synth_weighted)
+frames <- list(synth_crossed = synth_crossed, synth_weighted = synth_weighted, synth_ordered = synth_ordered)
 get_data <- function(name) if (!is.null(frames[[name]])) frames[[name]] else read_dataset(name)
 
 fit_case <- function(case) {
@@ -101,6 +117,8 @@ fit_case <- function(case) {
 out <- lapply(cases, fit_case)
 names(out) <- names(cases)
 out$`_data` <- lapply(frames, function(f) lapply(f, function(col) if (is.factor(col)) as.character(col) else col))
+ordered_levels <- function(f) lapply(Filter(is.ordered, f), levels)
+out$`_ordered` <- Filter(length, lapply(frames, ordered_levels))
 out$`_meta` <- list(lme4 = as.character(packageVersion("lme4")), R = R.version.string)
 writeLines(
   toJSON(out, auto_unbox = TRUE, digits = NA, null = "null", pretty = TRUE),
