@@ -233,3 +233,20 @@ def test_tiny_batches_give_the_same_frame(monkeypatch):
     assert list(whole["w"].astype(object).fillna("<NA>")) == list(plain["w"].astype(object).fillna("<NA>"))
     assert list(whole["d"].cat.categories) == ["u", "t", "s"]  # first appearance across batch dictionaries
     assert list(whole["d"].astype(str)) == list(plain["d"].astype(str))
+
+
+def test_poststratify_and_predict_take_arrow_frames():
+    rng = np.random.default_rng(0)
+    poll = pd.DataFrame({"state": rng.choice(["A", "B", "C", "D"], size=240, p=[0.4, 0.3, 0.2, 0.1]),
+                         "age": rng.choice(["18-29", "30-44", "45+"], size=240)})
+    poll["y"] = 2.0 + (poll["state"] == "C") - (poll["state"] == "A") + 0.5 * (poll["age"] == "45+")
+    poll["y"] += rng.normal(size=240)
+    fit = jm.lmer("y ~ age + (1 | state)", pa.Table.from_pandas(poll, preserve_index=False))
+    cells = pd.MultiIndex.from_product([["A", "B", "C", "D", "E"], ["18-29", "30-44", "45+"]],
+                                       names=["state", "age"]).to_frame(index=False)
+    cells["N"] = np.arange(1, len(cells) + 1) * 10.0
+    want = jm.poststratify(fit, cells, weight="N", by=["state"], draws=50, seed=1)
+    got = jm.poststratify(fit, pa.Table.from_pandas(cells, preserve_index=False), weight="N", by=["state"],
+                          draws=50, seed=1)
+    assert list(got["state"].astype(str)) == list(want["state"].astype(str))
+    np.testing.assert_allclose(got[["estimate", "sd"]].to_numpy(), want[["estimate", "sd"]].to_numpy(), rtol=1e-12)
