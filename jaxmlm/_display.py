@@ -17,6 +17,73 @@ def _fmt(x: float, digits: int = 4) -> str:
     return f"{x:.{digits}g}" if abs(x) < 1e-3 or abs(x) >= 1e6 else f"{x:.{max(digits - 1 - int(math.floor(math.log10(abs(x)))) if x else digits, 0)}f}"
 
 
+def _significant(x: float, digits: int) -> tuple[int, int]:
+    """(significant digits needed ≤ digits, decimal exponent) of x shown to `digits` significant digits with
+    trailing zeros dropped, as R's formatReal counts them."""
+    if x == 0:
+        return 1, 0
+    mantissa, exponent = f"{abs(x):.{digits - 1}e}".split("e")
+    return len(mantissa.replace(".", "").rstrip("0")) or 1, int(exponent)
+
+
+def r_format(values, digits: int) -> list[str]:
+    """R's format(x, digits = digits) of a numeric vector: one common layout for all elements, fixed notation
+    with as many decimals as the element needing most, unless scientific notation is narrower."""
+    values = [float(v) for v in values]
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return ["NA" if math.isnan(v) else ("Inf" if v > 0 else "-Inf") for v in values]
+    parts = [_significant(v, digits) for v in finite]
+    neg = any(v < 0 for v in finite)
+    rgt = max(0, max(sig - 1 - e for sig, e in parts))
+    left = max(max(1, e + 1) for _, e in parts)
+    width_fixed = neg + left + (rgt + 1 if rgt else 0)
+    mant = max(sig for sig, _ in parts)
+    width_sci = neg + (mant + 1 if mant > 1 else 1) + (5 if any(abs(e) >= 100 for _, e in parts) else 4)
+    if width_fixed <= width_sci:
+        fmt = lambda v: f"{v:.{rgt}f}"  # noqa: E731
+    else:
+        fmt = lambda v: f"{v:.{mant - 1}e}"  # noqa: E731
+    return [fmt(v) if math.isfinite(v) else ("NA" if math.isnan(v) else ("Inf" if v > 0 else "-Inf")) for v in values]
+
+
+def _format_pvalues(pv, digits: int = 3) -> list[str]:
+    """R's format.pval(pv, digits = 3) as printCoefmat calls it: below machine epsilon '< 2e-16', p ≥ 1e-4 in one
+    fixed layout, smaller ones in another."""
+    eps = np.finfo(float).eps
+    out = ["NA"] * len(pv)
+    ok = [i for i, v in enumerate(pv) if math.isfinite(v)]
+    tiny = [i for i in ok if pv[i] < eps]
+    rest = [i for i in ok if pv[i] >= eps]
+    fixp = [i for i in rest if math.floor(math.log10(pv[i])) >= -4]
+    small = [i for i in rest if i not in fixp]
+    for group in (fixp, small):
+        for i, text in zip(group, r_format([pv[i] for i in group], digits)):
+            out[i] = text
+    if tiny:
+        nc = max((len(out[i]) for i in rest), default=0)
+        d = max(1, digits - 2)
+        if rest and d > 1 and d + 6 > nc:
+            d = max(1, nc - 7)
+        sep = "" if (d == 1 and (not rest or nc <= 6)) else " "
+        for i in tiny:
+            out[i] = "<" + sep + r_format([eps], d)[0]
+    return out
+
+
+def _coefficient_columns(estimate, se, stat, digits: int = 4):
+    """R's printCoefmat for Estimate, Std. Error and the t or z value: the estimates and standard errors rounded
+    to max(1, digits − digmin) decimals (digmin: 1 + floor(log10) of their smallest and largest magnitude) and
+    formatted together; the statistic rounded to 3 decimals and formatted with `digits`."""
+    coef_se = np.concatenate([np.asarray(estimate, float), np.asarray(se, float)])
+    acs = np.abs(coef_se[np.isfinite(coef_se) & (coef_se != 0)])
+    digmin = 1 + (np.floor(np.log10([acs.min(), acs.max()])) if acs.size else np.zeros(2))
+    rounded = np.round(coef_se, int(max(1, *(digits - digmin))))
+    texts = r_format(rounded, digits)
+    k = len(estimate)
+    return texts[:k], texts[k:], r_format(np.round(np.asarray(stat, float), 3), digits)
+
+
 def _table(frame: pd.DataFrame, index_name: str = "") -> str:
     cols = [str(c) for c in frame.columns]
     idx = [str(i) for i in frame.index]
@@ -89,16 +156,19 @@ def _stars(p: float) -> str:
 def _fixed_effects(fit) -> str:
     fe, se = fit.fixef, fit.se
     stat = fe / se
-    cols = {"Estimate": [_fmt(v, 5) for v in fe], "Std. Error": [_fmt(v, 4) for v in se]}
+    est_text, se_text, stat_text = _coefficient_columns(fe.to_numpy(), se.to_numpy(), stat.to_numpy())
+    cols = {"Estimate": est_text, "Std. Error": se_text}
     if fit.is_linear:
-        cols["t value"] = [f"{v:.2f}" if np.isfinite(v) else "NA" for v in stat]
+        cols["t value"] = stat_text
         frame = pd.DataFrame(cols, index=fe.index)
         text = _table(frame)
     else:
         p = 2 * stats.norm.sf(np.abs(stat.to_numpy()))
-        cols["z value"] = [f"{v:.3f}" if np.isfinite(v) else "NA" for v in stat]
-        cols["Pr(>|z|)"] = [f"{v:.3g}" if np.isfinite(v) else "NA" for v in p]
-        cols[""] = [_stars(v) for v in p]
+        cols["z value"] = stat_text
+        cols["Pr(>|z|)"] = _format_pvalues(list(p))
+        stars = [_stars(v) for v in p]
+        width = max(len(x) for x in stars)
+        cols[""] = [x.ljust(width) for x in stars]  # R pads the stars on the right
         text = _table(pd.DataFrame(cols, index=fe.index))
         text += "\n---\nSignif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"
     dropped = [n for n in fit.design.x_names_all if n not in fit.design.x_names]
