@@ -125,26 +125,35 @@ def _random_effects(fit) -> str:
     lines = []
     max_q = max(t.q for t in fit.design.terms)
     header = [" Groups", "Name", "Variance", "Std.Dev."] + (["Corr"] if max_q > 1 else [])
-    rows = []
+    rows, variances_all, sds_all = [], [], []
     for grp, sub in vc.groupby("grp", sort=False):
         variances = sub[sub["var2"].isna()]
         names = list(variances["var1"]) if grp != "Residual" else [""]
         cors = sub[sub["var2"].notna()]
+        # lme4's formatVC: format(round(r, 2), nsmall = 2) over the group's correlation matrix (1.00 included)
+        corr_text = {}
+        for _, m in cors.iterrows():
+            corr_text[(m["var1"], m["var2"])] = f"{round(float(m['sdcor']), 2):.2f}"
+        corr_width = max([4] + [len(t) for t in corr_text.values()])
         for i, (_, r) in enumerate(variances.iterrows()):
-            cells = [(" " + grp) if i == 0 else "", "" if grp == "Residual" else str(r["var1"]),
-                     _fmt(r["vcov"], 5), _fmt(r["sdcor"], 5)]
+            cells = [(" " + grp) if i == 0 else "", "" if grp == "Residual" else str(r["var1"]), None, None]
+            variances_all.append(float(r["vcov"]))
+            sds_all.append(float(r["sdcor"]))
             if max_q > 1:
-                corr = []
-                for j in range(i):
-                    m = cors[(cors["var1"] == names[j]) & (cors["var2"] == names[i])]
-                    corr.append(f"{float(m['sdcor'].iloc[0]):.2f}" if len(m) else "")
+                corr = [corr_text.get((names[j], names[i]), "").rjust(corr_width) for j in range(i)]
                 cells.append(" ".join(corr))
             rows.append(cells)
+    # lme4's formatVC: format(values, digits = 4) per column (one layout for the column, padded to one width)
+    for column, values in ((2, variances_all), (3, sds_all)):
+        texts = r_format(values, 4)
+        width = max(len(t) for t in texts)
+        for row, text in zip(rows, texts):
+            row[column] = text.rjust(width)
     widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(header)]
     lines.append(" ".join(h.ljust(w) for h, w in zip(header, widths)))
     for r in rows:
         lines.append(" ".join(c.ljust(w) for c, w in zip(r, widths)))
-    groups = ", ".join(f"{g}, {n}" for g, n in fit.ngroups.items())
+    groups = "; ".join(f"{g}, {n}" for g, n in fit.ngroups.items())  # as lme4 prints it
     lines.append(f"Number of obs: {fit.nobs}, groups:  {groups}")
     return "Random effects:\n" + "\n".join(lines)
 

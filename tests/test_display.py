@@ -38,3 +38,10 @@ def test_sleepstudy_summary_prints_lme4s_fixed_effects_block():
     text = str(fit.summary())
     block = text[text.index("Fixed effects:") :].splitlines()[1:4]
     assert block == R["sleepstudy_fixed"]
+
+
+def test_random_effects_block_matches_lme4():
+    fit = jm.lmer("strength ~ 1 + (1 | batch/cask)", jm.datasets.load("Pastes"))
+    text = str(fit.summary())
+    lines = text[text.index("Random effects:") :].splitlines()
+    assert lines[: len(R["pastes_random"])] == R["pastes_random"]
