@@ -108,16 +108,28 @@ def _title(fit) -> str:
     )
 
 
+def _named_vector(names: list[str], texts: list[str]) -> str:
+    """R's print of a named vector (one line of names over one of values): every field right-justified to the
+    widest name or value, each followed by a space."""
+    width = max(len(x) for x in list(names) + list(texts))
+    return "\n".join("".join(x.rjust(width) + " " for x in row) for row in (names, texts))
+
+
 def _fit_criteria(fit) -> str:
     if fit.reml:
         return f"REML criterion at convergence: {fit.objective:.1f}"
     df_resid = fit.nobs - fit.n_params
-    frame = pd.DataFrame(
-        [[f"{fit.aic:.1f}", f"{fit.bic:.1f}", f"{fit.loglik:.1f}", f"{fit.deviance:.1f}", str(df_resid)]],
-        columns=["AIC", "BIC", "logLik", "deviance", "df.resid"],
-        index=[""],
-    )
-    return _table(frame)
+    # lme4's .prt.aictab: format(round(c(AIC, BIC, logLik, deviance), 1)) jointly, df.resid on its own
+    values = r_format(np.round([fit.aic, fit.bic, fit.loglik, fit.deviance], 1), 7)
+    return _named_vector(["AIC", "BIC", "logLik", "deviance", "df.resid"], values + [str(df_resid)])
+
+
+def _scaled_residuals(res: np.ndarray) -> str:
+    """lme4's .prt.resids: quantiles, zapsmall(·, 5), printed with digits = 4."""
+    q = np.quantile(res, [0, 0.25, 0.5, 0.75, 1.0])
+    mx = np.max(np.abs(q))
+    q = np.round(q, max(0, 5 - int(np.ceil(np.log10(mx)))) if mx > 0 else 5)
+    return _named_vector(["Min", "1Q", "Median", "3Q", "Max"], r_format(q, 4))
 
 
 def _random_effects(fit) -> str:
@@ -224,8 +236,7 @@ class Summary:
         fit = self.fit
         d = fit.design
         res = fit.residuals(type="pearson", scaled=True).to_numpy()
-        q = np.quantile(res, [0, 0.25, 0.5, 0.75, 1.0])
-        resid = _table(pd.DataFrame([[f"{v:.4f}" for v in q]], columns=["Min", "1Q", "Median", "3Q", "Max"], index=[""]))
+        resid = _scaled_residuals(res)
         parts = [
             _title(fit),
             f"Formula: {d.formula.text}",

@@ -45,3 +45,9 @@ def test_random_effects_block_matches_lme4():
     text = str(fit.summary())
     lines = text[text.index("Random effects:") :].splitlines()
     assert lines[: len(R["pastes_random"])] == R["pastes_random"]
+
+
+def test_title_criteria_and_residuals_match_lme4():
+    fit = jm.lmer("Reaction ~ Days + (Days | Subject)", jm.datasets.load("sleepstudy"), reml=False)
+    lines = str(fit.summary()).splitlines()
+    assert lines[: len(R["sleepstudy_ml_head"])] == R["sleepstudy_ml_head"]

@@ -32,12 +32,17 @@ random_block <- function(fit) {  # the lines from "Random effects:" to the numbe
   lines <- capture.output(print(summary(fit), correlation = FALSE))
   lines[seq(grep("^Random effects:", lines), grep("^Number of obs", lines))]
 }
+head_block <- function(fit) {  # the title, criteria and scaled residuals
+  lines <- capture.output(print(summary(fit), correlation = FALSE))
+  lines[seq_len(grep("^Random effects:", lines) - 2)]
+}
 sleep_fit <- lmer(Reaction ~ Days + (Days | Subject), sleepstudy)
 out <- list(
   format = lapply(vectors, function(v) list(x = v, digits4 = format(v, digits = 4), digits3 = format(v, digits = 3))),
   format_pval = lapply(pvalues, function(p) list(p = p, text = format.pval(p, digits = 3))),
   coefmat = lapply(coefmats, function(cm) c(cm, list(lines = coef_text(cm)))),
   sleepstudy_fixed = capture.output(printCoefmat(coef(summary(sleep_fit)), digits = 4)),
-  pastes_random = random_block(lmer(strength ~ 1 + (1 | batch/cask), Pastes))
+  pastes_random = random_block(lmer(strength ~ 1 + (1 | batch/cask), Pastes)),
+  sleepstudy_ml_head = head_block(lmer(Reaction ~ Days + (Days | Subject), sleepstudy, REML = FALSE))
 )
 writeLines(toJSON(out, auto_unbox = FALSE, digits = NA, pretty = TRUE), "tests/reference/lme4_summary_text.json")
