@@ -11,12 +11,6 @@ from scipy import stats
 __all__ = ["Summary", "short_text"]
 
 
-def _fmt(x: float, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "NA"
-    return f"{x:.{digits}g}" if abs(x) < 1e-3 or abs(x) >= 1e6 else f"{x:.{max(digits - 1 - int(math.floor(math.log10(abs(x)))) if x else digits, 0)}f}"
-
-
 def _significant(x: float, digits: int) -> tuple[int, int]:
     """(significant digits needed ≤ digits, decimal exponent) of x shown to `digits` significant digits with
     trailing zeros dropped, as R's formatReal counts them."""
