@@ -2,14 +2,16 @@
 
 Sources: a pyarrow Table or RecordBatch, a RecordBatchReader, a pyarrow.dataset Dataset, a polars DataFrame
 (through its Arrow form), or a path to a parquet file, an Arrow IPC (feather) file or a directory of them.
-Only the requested columns are read (column projection) and at most `batch_rows` rows of them are in flight,
-so the peak is the output columns plus one batch.
+Only the requested columns are read (column projection), `batch_rows` rows at a time into preallocated output
+arrays, so the peak is the output columns plus a few batches.
 
 What each Arrow type becomes, chosen so that a model fitted from it equals the model fitted from the same data
 in pandas:
 - strings → `pd.Categorical` with sorted levels (R's factor(); pandas' factorize(sort=True) and formulaic sort
-  string levels the same way). Each batch is dictionary-encoded and the batch dictionaries are unified, so a
-  string exists once per level and once per row of the batch in flight, never once per row of the data.
+  string levels the same way). Batches are dictionary-encoded together with the running dictionary of levels,
+  so a string is held once per level plus once per row of the few batches waiting, never once per row of the
+  data. Levels met only in rows later dropped for missing values are dropped by the design (attrs
+  "string_columns"), as formulaic never sees them in a pandas string column.
 - dictionary-typed columns (a pandas categorical or polars Categorical written to Arrow) → `pd.Categorical` in the
   dictionary's own order, unused entries kept, as pyarrow's to_pandas gives them.
 - floating point → float64; integers keep their type, or float64 with NaN where nulls occur; booleans stay bool,
@@ -85,7 +87,7 @@ def _path_format(path: str) -> str:
             return "ipc"
         return "parquet"
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file or directory: {path!r}")
+        raise FileNotFoundError(f"data given as a path, but there is no such file or directory: {path!r}")
     with open(path, "rb") as fh:
         head = fh.read(6)
     if head[:4] == _PARQUET_MAGIC:
