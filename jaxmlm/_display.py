@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -90,14 +91,30 @@ def _table(frame: pd.DataFrame, index_name: str = "") -> str:
     return "\n".join(lines)
 
 
+def _method_title(title: str, cls: str, width: int = 80) -> str:
+    """lme4's .prt.methTit: 'title ['class']' when it fits the console width, else the title wrapped (continuation
+    lines indented by two) and ' [class]' appended, as cat(fill = TRUE) lays it out."""
+    if len(title) + 5 + len(cls) <= width:
+        return f"{title} ['{cls}']"
+    items = textwrap.wrap(title, width=width - 3, subsequent_indent="  ", break_on_hyphens=False) + [" [", cls, "]"]
+    lines, current = [], ""
+    for item in items:
+        if current and len(current) + len(item) > width:
+            lines.append(current)
+            current = item
+        else:
+            current += item
+    return "\n".join(lines + [current])
+
+
 def _title(fit) -> str:
     if fit.is_linear:
         how = "REML" if fit.reml else "maximum likelihood "
-        return f"Linear mixed model fit by {how} ['lmerMod']"
+        return _method_title(f"Linear mixed model fit by {how}", "lmerMod")
     approx = "Laplace Approximation" if fit.method == "laplace" else f"Adaptive Gauss-Hermite Quadrature, nAGQ = {fit.extra.get('nagq', '?')}"
     fam = fit.family
     return (
-        f"Generalized linear mixed model fit by maximum likelihood ({approx}) ['glmerMod']\n"
+        _method_title(f"Generalized linear mixed model fit by maximum likelihood ({approx})", "glmerMod") + "\n"
         f" Family: {fam.name}  ( {fam.link} )"
     )
 

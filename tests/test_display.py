@@ -51,3 +51,13 @@ def test_title_criteria_and_residuals_match_lme4():
     fit = jm.lmer("Reaction ~ Days + (Days | Subject)", jm.datasets.load("sleepstudy"), reml=False)
     lines = str(fit.summary()).splitlines()
     assert lines[: len(R["sleepstudy_ml_head"])] == R["sleepstudy_ml_head"]
+
+
+@pytest.mark.parametrize("nagq", [1, 9])
+def test_glmm_title_wraps_as_lme4(nagq):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = jm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", jm.datasets.load("cbpp"),
+                       family="binomial", nagq=nagq)
+    expected = R["glmm_titles"][0 if nagq == 1 else 1]
+    assert str(fit.summary()).splitlines()[:3] == expected

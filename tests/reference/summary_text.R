@@ -43,6 +43,10 @@ out <- list(
   coefmat = lapply(coefmats, function(cm) c(cm, list(lines = coef_text(cm)))),
   sleepstudy_fixed = capture.output(printCoefmat(coef(summary(sleep_fit)), digits = 4)),
   pastes_random = random_block(lmer(strength ~ 1 + (1 | batch/cask), Pastes)),
-  sleepstudy_ml_head = head_block(lmer(Reaction ~ Days + (Days | Subject), sleepstudy, REML = FALSE))
+  sleepstudy_ml_head = head_block(lmer(Reaction ~ Days + (Days | Subject), sleepstudy, REML = FALSE)),
+  glmm_titles = lapply(c(1, 9), function(n) {
+    fit <- glmer(cbind(incidence, size - incidence) ~ period + (1 | herd), cbpp, binomial, nAGQ = n)
+    head(capture.output(print(summary(fit), correlation = FALSE)), 3)
+  })
 )
 writeLines(toJSON(out, auto_unbox = FALSE, digits = NA, pretty = TRUE), "tests/reference/lme4_summary_text.json")
