@@ -149,7 +149,8 @@ def test_predict_simulate_summary():
     assert sims.shape == (56, 3) and np.allclose(np.round(sims.to_numpy() * trials[:, None]), sims * trials[:, None])
     assert ((sims >= 0) & (sims <= 1)).all().all()
     text = str(fit.summary())
-    assert "Laplace Approximation" in text and "Family: binomial  ( logit )" in text and "z value" in text
+    assert "(Laplace\n  Approximation) [glmerMod]" in text and "Family: binomial  ( logit )" in text
+    assert "z value" in text
     assert "Pr(>|z|)" in text and "AIC" in text
     assert fit.aic == pytest.approx(-2 * fit.loglik + 2 * 5)
 
