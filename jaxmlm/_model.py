@@ -36,6 +36,10 @@ _HESSIAN_MAX_PARAMS = 60  # exact Hessian diagnostics for models up to this many
 # fit's time), and dividing gradient differences by δ = 1e-5 keeps ~1e-8 relative accuracy (lme4 differences the
 # deviance itself, dividing by δ²). Beyond it the exact Hessian is cheaper than 2k gradients.
 _STENCIL_MAX_PARAMS = 10
+# ... and for statistics of up to this many numbers. Past it an evaluation's run time outweighs compiling: at 100k
+# levels × (intercept + slope) a gradient took 40 ms, so the 7-gradient stencil (280 ms) lost to jax.hessian
+# (180 ms) on every fit, while the extra ~1 s of compiling is paid once per shape.
+_STENCIL_MAX_SIZE = 100_000
 _STENCIL_BYTES = 256 * 2**20  # memory aimed at per vectorized batch of stencil points
 # Dense tails at least this large are fitted without derivatives (COBYQA, as lme4 fits with BOBYQA) and checked
 # with lme4's finite-difference derivatives. There an evaluation costs O(m³) and its gradient ~5x more (the
@@ -165,7 +169,7 @@ class Model:
         objective = float(est["objective"])
         if self._derivative_free:  # as lme4: differences of the deviance (a gradient costs ~5 evaluations here)
             grad, hess = _finite_difference_derivatives(lambda th: self.deviance(th, reml), theta, objective)
-        elif theta.size <= _STENCIL_MAX_PARAMS:
+        elif theta.size <= _STENCIL_MAX_PARAMS and self._statistics_size <= _STENCIL_MAX_SIZE:
             grad, hess = self._stencil_derivatives(theta, reml)
         else:
             grad, hess = linear_diagnostics(jnp.asarray(theta), problem, reml, theta.size <= _HESSIAN_MAX_PARAMS)
@@ -196,12 +200,18 @@ class Model:
             self._warn(fit)
         return fit
 
+    @property
+    def _statistics_size(self) -> int:
+        """How many numbers an evaluation touches: the prefix blocks, the entry pairs and the dense tail."""
+        s = self.structure
+        return sum(l * q * q for l, q in zip(s.n_levels, s.qs)) + s.n_pairs + s.m_z**2
+
     def _stencil_derivatives(self, theta: np.ndarray, reml: bool, delta: float = 1e-5):
         """Exact gradient at θ and the Hessian by central differences of the gradient (symmetrized)."""
         k = theta.size
         points = np.vstack([theta, theta + delta * np.eye(k), theta - delta * np.eye(k)])
         s = self.structure
-        per_point = 8 * 16 * (sum(l * q * q for l, q in zip(s.n_levels, s.qs)) + s.n_pairs + (s.m_z + 16) ** 2)
+        per_point = 8 * 16 * (self._statistics_size + 32 * s.m_z + 256)
         batch = int(max(1, min(len(points), _STENCIL_BYTES // max(per_point, 1))))
         grads = np.asarray(gradients_at_points(jnp.asarray(points), self.linear_problem, reml, batch), dtype=np.float64)
         hess = (grads[1 : k + 1] - grads[k + 1 :]) / (2 * delta)  # row j: ∂g/∂θ_j
