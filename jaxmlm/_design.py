@@ -332,14 +332,7 @@ def build_design(
     o_arg = _vector_argument(offset, frame, n_rows, "offset")
 
     # --- missing values: drop (and say how many) or refuse ---------------------------------------------------
-    used: set[str] = set()
-    for p in parsed.response_parts:
-        used |= expression_names(p)
-    used |= expression_names(parsed.fixed)
-    for term in parsed.random:
-        used |= expression_names(term.lhs) | set(term.factors)
-    for o in parsed.offsets:
-        used |= expression_names(o)
+    used = set(_formula_columns(parsed, None, None))  # weights= and offset= arrays are checked below
     used_cols = [c for c in frame.columns if c in used]
     missing = frame[used_cols].isna().any(axis=1).to_numpy().copy()  # writable (pandas may hand out a view)
     for arr in (w_arg, o_arg):
