@@ -273,7 +273,8 @@ class Summary:
             notes.append(f"convergence: the optimizer stopped with max|grad| = {fit.optinfo.grad_max:.3g}")
         notes.extend(fit.optinfo.messages)
         if notes:
-            parts += ["optimizer (L-BFGS) convergence code: 0 (OK)" if fit.converged else "", *notes]
+            method = getattr(fit.optinfo, "method", None) or "L-BFGS"
+            parts += [f"optimizer ({method}) convergence code: 0 (OK)" if fit.converged else "", *notes]
         return "\n".join(p for p in parts if p is not None)
 
     __repr__ = __str__
