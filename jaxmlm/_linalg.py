@@ -22,14 +22,15 @@ import scipy.linalg
 from ._blocks import Blocks, Structure
 
 __all__ = ["Factor", "theta_to_factors", "factorize", "eliminate_prefix", "tail_log_terms", "solve_coefficients",
-           "small_cholesky", "dense_cholesky", "inverse_from_cholesky"]
+           "small_cholesky", "inverse_from_cholesky"]
 
 _UNROLL_MAX = 6  # unrolled Choleskys up to this size are faster than LAPACK calls per level on CPU
-# Dense tails at least this large are factored on the CPU by LAPACK directly (potrf, potri) through a host
-# callback. At n = 1146 (InstEval's tail) XLA's Cholesky took 21-27 ms against potrf's 12-16 ms, and the inverse
-# S_zz⁻¹ that the gradient needs cost 75-100 ms as a triangular solve against I plus a product, against 15-20 ms
-# for potri, which exploits the triangular shapes. Smaller tails stay in XLA: a callback costs ~0.1 ms.
-_HOST_LAPACK_MIN = 192
+# The inverse S_zz⁻¹ that the gradient needs comes from LAPACK's potri on the host (a callback) for dense tails at
+# least this large on the CPU: at n = 1146 (InstEval's tail) it took 15-20 ms against 75-100 ms for a triangular
+# solve against I plus a product in XLA, and a whole L-BFGS fit went from 7.4 s to 6.1 s. The factor itself stays
+# in XLA: a host potrf was slower end to end (InstEval fitted without derivatives: 3.8 s against 3.0 s; tails of
+# 250-400 columns: 10-15% slower), and programs with callbacks are not kept in the persistent compilation cache.
+_HOST_LAPACK_MIN = 512
 
 
 def theta_to_factors(theta: jax.Array, qs: tuple[int, ...]) -> list[jax.Array]:
@@ -144,13 +145,6 @@ def _host_lapack(n: int) -> bool:
     return n >= _HOST_LAPACK_MIN and jax.default_backend() == "cpu"
 
 
-def _potrf(S) -> np.ndarray:
-    S = np.asarray(S)
-    (potrf,) = scipy.linalg.get_lapack_funcs(("potrf",), (S,))
-    L, info = potrf(S, lower=True, clean=True, overwrite_a=False)
-    return L if info == 0 else np.full_like(S, np.nan)  # as XLA's Cholesky: NaN when S is not positive definite
-
-
 def _potri(L) -> np.ndarray:
     L = np.asarray(L)
     (potri,) = scipy.linalg.get_lapack_funcs(("potri",), (L,))
@@ -158,39 +152,6 @@ def _potri(L) -> np.ndarray:
     if info != 0:
         return np.full_like(L, np.nan)
     return np.tril(inv) + np.tril(inv, -1).T  # potri fills the lower triangle only
-
-
-@jax.custom_jvp
-def dense_cholesky(S: jax.Array) -> jax.Array:
-    """Lower Cholesky factor of a symmetric positive-definite S (NaN when it is not). Large matrices on the CPU
-    go to LAPACK's potrf on the host; the derivative is the usual dL = L Φ(L⁻¹ dS L⁻ᵀ) either way."""
-    if _host_lapack(S.shape[-1]):
-        return jax.pure_callback(_potrf, jax.ShapeDtypeStruct(S.shape, S.dtype), S, vmap_method="sequential")
-    return jnp.linalg.cholesky(S)
-
-
-@dense_cholesky.defjvp
-def _dense_cholesky_jvp(primals, tangents):
-    (S,), (dS,) = primals, tangents
-    L = dense_cholesky(S)
-    dS = 0.5 * (dS + dS.T)
-    tri = functools.partial(jax.lax.linalg.triangular_solve, lower=True)
-    inner = tri(L, tri(L, dS, left_side=True), left_side=False, transpose_a=True)  # L⁻¹ dS L⁻ᵀ
-    phi = jnp.tril(inner) - 0.5 * jnp.diag(jnp.diagonal(inner))
-    return L, L @ phi
-
-
-def _potrf_diagonal(S) -> np.ndarray:
-    return np.ascontiguousarray(np.diagonal(_potrf(S)))
-
-
-def cholesky_diagonal(S: jax.Array) -> jax.Array:
-    """diag(L) of S = L Lᵀ, for values only (not differentiated: `tail_log_terms` has its own JVP). On the host
-    path only the diagonal comes back, not the n × n factor."""
-    if _host_lapack(S.shape[-1]):
-        return jax.pure_callback(_potrf_diagonal, jax.ShapeDtypeStruct(S.shape[-1:], S.dtype), S,
-                                 vmap_method="sequential")
-    return jnp.diagonal(jnp.linalg.cholesky(S))
 
 
 @jax.custom_jvp
@@ -215,7 +176,7 @@ def _inverse_from_cholesky_jvp(primals, tangents):
 def factorize(theta: jax.Array, blocks: Blocks, structure: Structure) -> Factor:
     """L for the given θ. Pure JAX; differentiable; shapes fixed by `structure`."""
     prefix, S = eliminate_prefix(theta, blocks, structure)
-    return prefix._replace_tail(dense_cholesky(S))
+    return prefix._replace_tail(jnp.linalg.cholesky(S))
 
 
 def eliminate_prefix(theta: jax.Array, blocks: Blocks, structure: Structure):
@@ -322,7 +283,7 @@ def tail_log_terms(S: jax.Array, m_z: int, p: int) -> jax.Array:
     S_[zx]⁻¹ − S_zz⁻¹ = BᵀB for the X rows B of L_[zx]⁻¹), ∂ log r²/∂S = u uᵀ with u = L⁻ᵀ e_last. One
     factor inverse (`inverse_from_cholesky` of the Z block) and two thin triangular solves give all three (custom
     JVP, so grad, jacfwd and hessian all work)."""
-    return _tail_values(cholesky_diagonal(S), m_z, p)
+    return _tail_values(jnp.diagonal(jnp.linalg.cholesky(S)), m_z, p)
 
 
 @tail_log_terms.defjvp
@@ -330,7 +291,7 @@ def _tail_log_terms_jvp(m_z, p, primals, tangents):
     (S,), (dS,) = primals, tangents
     S = 0.5 * (S + S.T)
     dS = 0.5 * (dS + dS.T)
-    L = dense_cholesky(S)
+    L = jnp.linalg.cholesky(S)
     values = _tail_values(jnp.diagonal(L), m_z, p)
     m = S.shape[0]
     Lb = L[: m - 1, : m - 1]

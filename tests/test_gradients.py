@@ -57,9 +57,9 @@ def test_gradient_vanishes_at_the_fit():
 
 
 def test_host_lapack_tail_matches_xla(monkeypatch):
-    """Large dense tails are factored by LAPACK on the CPU host (potrf/potri callbacks). Forcing that path on a
-    small crossed model gives the XLA path's value, gradient and Hessian, and a non-positive-definite matrix
-    gives NaN, as XLA's Cholesky does."""
+    """Large dense tails take the inverse S_zz⁻¹ of the gradient from LAPACK's potri on the CPU host. Forcing that
+    path on a small crossed model gives the XLA path's value, gradient and Hessian (the inverse's own JVP rule
+    serves the Hessian)."""
     from jaxmlm import _linalg
 
     model = jm.Model("diameter ~ 1 + (1 | plate) + (1 | sample)", jm.datasets.load("Penicillin"))
@@ -75,8 +75,8 @@ def test_host_lapack_tail_matches_xla(monkeypatch):
     host = derivatives()
     for a, b in zip(host, xla):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
-    not_pd = jax.numpy.asarray([[1.0, 2.0], [2.0, 1.0]])
-    assert np.all(np.isnan(np.asarray(jax.jit(_linalg.dense_cholesky)(not_pd))))
+    singular = jax.numpy.asarray([[1.0, 0.0], [2.0, 0.0]])  # a factor with a zero pivot: NaN, not garbage
+    assert np.all(np.isnan(np.asarray(jax.jit(_linalg.inverse_from_cholesky)(singular))))
 
 
 def test_derivative_free_path_matches_lbfgs(monkeypatch):
