@@ -26,6 +26,17 @@ class OptimResult(NamedTuple):
     converged: jax.Array
 
 
+def _gradient_small(value, grad, gtol):
+    """max|grad| ≤ gtol·(1 + |f|): the convergence test both optimizers share."""
+    return jnp.max(jnp.abs(grad)) <= gtol * (1.0 + jnp.abs(value))
+
+
+def _converged(value, grad, gtol, stalled):
+    """Converged: a small gradient, or progress stalled at the limit of the arithmetic with max|grad| still within
+    1e-4·(1 + |f|)."""
+    return _gradient_small(value, grad, gtol) | (stalled & _gradient_small(value, grad, 1e-4))
+
+
 def lbfgs_minimize(
     fun: Callable,
     x0: jax.Array,
@@ -47,12 +58,9 @@ def lbfgs_minimize(
     )
     value_and_grad = optax.value_and_grad_from_state(f)
 
-    def grad_small(value, grad):
-        return jnp.max(jnp.abs(grad)) <= gtol * (1.0 + jnp.abs(value))
-
     def cond(carry):
         x, state, it, n_eval, stall, value, grad = carry
-        done = grad_small(value, grad) | (stall >= 3) | ~jnp.isfinite(value)
+        done = _gradient_small(value, grad, gtol) | (stall >= 3) | ~jnp.isfinite(value)
         return (it < max_iter) & ~done
 
     def body(carry):
@@ -71,7 +79,7 @@ def lbfgs_minimize(
     v0, g0 = jax.value_and_grad(f)(x0)
     init = (x0, state0, jnp.asarray(0), jnp.asarray(1), jnp.asarray(0), v0, g0)
     x, state, it, n_eval, stall, value, grad = jax.lax.while_loop(cond, body, init)
-    converged = grad_small(value, grad) | ((stall >= 3) & (jnp.max(jnp.abs(grad)) <= 1e-4 * (1.0 + jnp.abs(value))))
+    converged = _converged(value, grad, gtol, stall >= 3)
     return OptimResult(x=x, value=value, grad=grad, n_iter=it, n_eval=n_eval, converged=converged)
 
 
@@ -111,16 +119,13 @@ def bfgs_minimize(
     eye = jnp.eye(k, dtype=x0.dtype)
     value_and_grad = jax.value_and_grad(lambda x: fun(x, *args))
 
-    def grad_small(value, grad):
-        return jnp.max(jnp.abs(grad)) <= gtol * (1.0 + jnp.abs(value))
-
     v0, g0 = value_and_grad(x0)
     d0 = -g0 * (first_step / jnp.maximum(jnp.max(jnp.abs(g0)), 1e-300))
     init = _BfgsState(x=x0, value=v0, grad=g0, inv_hess=eye, direction=d0, step=jnp.asarray(1.0, x0.dtype),
                       it=jnp.asarray(0), n_eval=jnp.asarray(1), stall=jnp.asarray(0), scaled=jnp.asarray(False))
 
     def cond(s):
-        done = grad_small(s.value, s.grad) | (s.stall >= 3) | ~jnp.isfinite(s.value) | (s.step < 1e-12)
+        done = _gradient_small(s.value, s.grad, gtol) | (s.stall >= 3) | ~jnp.isfinite(s.value) | (s.step < 1e-12)
         return (s.n_eval < max_iter) & ~done
 
     def body(s):
@@ -155,9 +160,7 @@ def bfgs_minimize(
         )
 
     s = jax.lax.while_loop(cond, body, init)
-    converged = grad_small(s.value, s.grad) | (
-        ((s.stall >= 3) | (s.step < 1e-12)) & (jnp.max(jnp.abs(s.grad)) <= 1e-4 * (1.0 + jnp.abs(s.value)))
-    )
+    converged = _converged(s.value, s.grad, gtol, (s.stall >= 3) | (s.step < 1e-12))
     return OptimResult(x=s.x, value=s.value, grad=s.grad, n_iter=s.it, n_eval=s.n_eval, converged=converged)
 
 
