@@ -28,6 +28,7 @@ __all__ = [
     "make_linear_problem",
     "profiled_deviance",
     "fit_linear",
+    "deviance_and_gradient",
     "linear_estimates",
     "gradients_at_points",
     "linear_diagnostics",
@@ -129,6 +130,14 @@ def fit_linear(theta0: jax.Array, problem: LinearProblem, reml: bool, max_iter: 
     if theta0.dtype == jnp.float32:
         return lbfgs_minimize(profiled_deviance, theta0, problem, reml, max_iter=max_iter, gtol=1e-6, ftol=1e-9)
     return lbfgs_minimize(profiled_deviance, theta0, problem, reml, max_iter=max_iter)
+
+
+@functools.partial(jax.jit, static_argnames=("reml",))
+def deviance_and_gradient(theta: jax.Array, problem: LinearProblem, reml: bool):
+    """The objective and its gradient at θ: the one program a fit runs, from a host-side optimizer loop
+    (`_optimize.host_bfgs_minimize`) and for the convergence checks' gradient stencil. It compiles several times
+    faster than `fit_linear`'s whole optimizer loop."""
+    return jax.value_and_grad(profiled_deviance)(theta, problem, reml)
 
 
 @functools.partial(jax.jit, static_argnames=("reml",))

@@ -20,9 +20,9 @@ from ._covariance import canonical_theta, theta_diagonal_mask, theta_start, thet
 from ._design import build_design, check_linear_model, to_pandas
 from ._errors import ConvergenceWarning, DataError, NewLevelError, SingularFitWarning
 from ._family import get_family
-from ._lmm import (deviance_value, gradients_at_points, fit_linear, linear_diagnostics, linear_estimates,
+from ._lmm import (deviance_and_gradient, deviance_value, linear_diagnostics, linear_estimates,
                    make_linear_problem)
-from ._optimize import cobyqa_minimize
+from ._optimize import cobyqa_minimize, host_bfgs_minimize
 from ._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
 from ._terms import parse_formula
 
@@ -31,16 +31,12 @@ __all__ = ["Model", "lmer", "glmer"]
 _METHODS = ("reml", "ml", "laplace", "agq")
 _HESSIAN_MAX_PARAMS = 60  # exact Hessian diagnostics for models up to this many θ
 # The convergence checks need the gradient and Hessian at θ. Up to this many θ the Hessian comes from central
-# differences of the exact (autodiff) gradient at θ ± δe_j, all 2k + 1 points in one vectorized call: that program
-# compiles in ~0.8 s where jax.hessian's forward-over-reverse program took ~1.6 s (sleepstudy; a third of a first
-# fit's time), and dividing gradient differences by δ = 1e-5 keeps ~1e-8 relative accuracy (lme4 differences the
-# deviance itself, dividing by δ²). Beyond it the exact Hessian is cheaper than 2k gradients.
+# differences of the exact (autodiff) gradient at θ ± δe_j: 2k + 1 calls of the optimizer's own value-and-gradient
+# program, so nothing more compiles, where jax.hessian's forward-over-reverse program took 1.6 s (sleepstudy) to
+# 2.1 s (1M rows × 100k levels × intercept + slope) of a first fit. Dividing gradient differences by δ = 1e-5
+# keeps ~1e-8 relative accuracy (lme4 differences the deviance itself, dividing by δ²). Beyond it the exact
+# Hessian is cheaper than 2k gradients.
 _STENCIL_MAX_PARAMS = 10
-# ... and for statistics of up to this many numbers. Past it an evaluation's run time outweighs compiling: at 100k
-# levels × (intercept + slope) a gradient took 40 ms, so the 7-gradient stencil (280 ms) lost to jax.hessian
-# (180 ms) on every fit, while the extra ~1 s of compiling is paid once per shape.
-_STENCIL_MAX_SIZE = 100_000
-_STENCIL_BYTES = 256 * 2**20  # memory aimed at per vectorized batch of stencil points
 # Dense tails at least this large are fitted without derivatives (COBYQA, as lme4 fits with BOBYQA) and checked
 # with lme4's finite-difference derivatives. There an evaluation costs O(m³) and its gradient ~5x more (the
 # inverse S⁻¹ and the backward pass through the entry pairs): on InstEval (m = 1142) an evaluation takes ~40 ms
@@ -169,12 +165,12 @@ class Model:
         objective = float(est["objective"])
         if self._derivative_free:  # as lme4: differences of the deviance (a gradient costs ~5 evaluations here)
             grad, hess = _finite_difference_derivatives(lambda th: self.deviance(th, reml), theta, objective)
-        elif theta.size <= _STENCIL_MAX_PARAMS and self._statistics_size <= _STENCIL_MAX_SIZE:
+        elif theta.size <= _STENCIL_MAX_PARAMS:
             grad, hess = self._stencil_derivatives(theta, reml)
         else:
             grad, hess = linear_diagnostics(jnp.asarray(theta), problem, reml, theta.size <= _HESSIAN_MAX_PARAMS)
         optinfo = self._diagnose(
-            "COBYQA" if self._derivative_free else "L-BFGS",
+            "COBYQA" if self._derivative_free else "BFGS",
             theta,
             np.asarray(grad),
             None if hess is None else np.asarray(hess),
@@ -200,20 +196,13 @@ class Model:
             self._warn(fit)
         return fit
 
-    @property
-    def _statistics_size(self) -> int:
-        """How many numbers an evaluation touches: the prefix blocks, the entry pairs and the dense tail."""
-        s = self.structure
-        return sum(l * q * q for l, q in zip(s.n_levels, s.qs)) + s.n_pairs + s.m_z**2
-
     def _stencil_derivatives(self, theta: np.ndarray, reml: bool, delta: float = 1e-5):
         """Exact gradient at θ and the Hessian by central differences of the gradient (symmetrized)."""
         k = theta.size
         points = np.vstack([theta, theta + delta * np.eye(k), theta - delta * np.eye(k)])
-        s = self.structure
-        per_point = 8 * 16 * (self._statistics_size + 32 * s.m_z + 256)
-        batch = int(max(1, min(len(points), _STENCIL_BYTES // max(per_point, 1))))
-        grads = np.asarray(gradients_at_points(jnp.asarray(points), self.linear_problem, reml, batch), dtype=np.float64)
+        problem = self.linear_problem
+        grads = np.stack([np.asarray(deviance_and_gradient(point, problem, reml)[1], dtype=np.float64)
+                          for point in points])
         hess = (grads[1 : k + 1] - grads[k + 1 :]) / (2 * delta)  # row j: ∂g/∂θ_j
         return grads[0], 0.5 * (hess + hess.T)
 
@@ -222,12 +211,20 @@ class Model:
         return self.structure.m_z >= _DERIVATIVE_FREE_TAIL
 
     def _minimize(self, theta0, reml: bool, max_iter: int, problem=None, initial_radius: float = 1.0):
-        """One optimizer run from θ0 on `problem` (default: the float64 statistics): the compiled L-BFGS loop, or
-        COBYQA for large dense tails (lower bounds 0 on the diagonal of each T_k, as lme4)."""
+        """One optimizer run from θ0 on `problem` (default: the float64 statistics): BFGS on the host around the
+        compiled value-and-gradient program, or COBYQA for large dense tails (lower bounds 0 on the diagonal of each
+        T_k, as lme4). BFGS, not a compiled optimizer loop (`_lmm.fit_linear`): on 1M rows that loop compiled in
+        1.4-1.9 s, most of a first fit, while one value-and-gradient program compiles in a fraction of that and the
+        host loop costs microseconds per evaluation. A float32 search stops at float32's tolerances (relative
+        gradient 1e-6, stall 1e-9); `initial_radius` bounds the first step (small for a polish)."""
         problem = self.linear_problem if problem is None else problem
         dtype = problem.blocks.tail_ff.dtype
         if not self._derivative_free:
-            return fit_linear(jnp.asarray(theta0, dtype=dtype), problem, reml, max_iter=max_iter)
+            tolerances = dict(gtol=1e-6, ftol=1e-9) if dtype == jnp.float32 else {}
+            # NumPy arguments: jnp.asarray's own dispatch would cost as much as a small model's evaluation
+            return host_bfgs_minimize(lambda th: deviance_and_gradient(np.asarray(th, dtype=dtype), problem, reml),
+                                      np.asarray(theta0, dtype=np.float64), max_iter=max_iter,
+                                      first_step=min(0.25, initial_radius), **tolerances)
         lower = np.where(theta_diagonal_mask(self.qs), 0.0, -np.inf)
         start = canonical_theta(np.asarray(theta0, dtype=np.float64), self.qs)  # same TTᵀ, diagonal ≥ 0
         return cobyqa_minimize(lambda th: float(deviance_value(jnp.asarray(th, dtype=dtype), problem, reml)), start,

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import optax.tree_utils as otu
 
-__all__ = ["OptimResult", "bfgs_minimize", "cobyqa_minimize", "lbfgs_minimize"]
+__all__ = ["OptimResult", "bfgs_minimize", "cobyqa_minimize", "host_bfgs_minimize", "lbfgs_minimize"]
 
 
 class OptimResult(NamedTuple):
@@ -162,6 +162,74 @@ def bfgs_minimize(
     s = jax.lax.while_loop(cond, body, init)
     converged = _converged(s.value, s.grad, gtol, (s.stall >= 3) | (s.step < 1e-12))
     return OptimResult(x=s.x, value=s.value, grad=s.grad, n_iter=s.it, n_eval=s.n_eval, converged=converged)
+
+
+def host_bfgs_minimize(
+    value_and_grad: Callable[[np.ndarray], tuple],
+    x0,
+    *,
+    max_iter: int = 1000,
+    gtol: float = 1e-9,
+    ftol: float = 1e-13,
+    first_step: float = 0.25,
+) -> OptimResult:
+    """`bfgs_minimize`'s algorithm as a NumPy loop around one compiled value-and-gradient program.
+
+    A first fit mostly pays for compiling: the optimizer's `lax.while_loop` with the objective and its gradient
+    inlined (and optax's line search) compiles several times slower than the bare value-and-gradient program,
+    while the loop's own arithmetic on a few θ is microseconds on the host. Same passes, acceptance rule,
+    interpolation, BFGS update, scaling and convergence test as `bfgs_minimize`; each pass is one call of
+    `value_and_grad(x) -> (value, gradient)`. Returns an `OptimResult` of NumPy values."""
+    x = np.array(x0, dtype=np.float64)
+    k = x.shape[0]
+    eye = np.eye(k)
+
+    def evaluate(point):
+        v, g = value_and_grad(point)
+        return float(v), np.asarray(g, dtype=np.float64)
+
+    def small(v, g, tol):
+        return bool(np.max(np.abs(g), initial=0.0) <= tol * (1.0 + abs(v)))
+
+    def gradient_step(g):
+        return -g * (first_step / max(float(np.max(np.abs(g), initial=0.0)), 1e-300))
+
+    value, grad = evaluate(x)
+    inv_hess, direction, step = eye, gradient_step(grad), 1.0
+    it, n_eval, stall, scaled = 0, 1, 0, False
+    while n_eval < max_iter and not (small(value, grad, gtol) or stall >= 3 or not np.isfinite(value) or step < 1e-12):
+        x_try = x + step * direction
+        v_try, g_try = evaluate(x_try)
+        n_eval += 1
+        slope = float(grad @ direction)  # < 0 along a descent direction
+        if not (np.isfinite(v_try) and np.isfinite(g_try).all() and v_try <= value + 1e-4 * step * slope):
+            # rejected: minimizer of the quadratic through f(0), f'(0) and f(step), kept within [0.1, 0.5]·step
+            excess = v_try - value - slope * step if np.isfinite(v_try) else np.inf
+            t_quad = -slope * step**2 / (2.0 * max(excess, 1e-300))
+            step = float(np.clip(t_quad, 0.1 * step, 0.5 * step))
+            continue
+        # accepted: BFGS update of the inverse Hessian, skipped when the curvature sᵀy is not safely positive
+        sv, yv = x_try - x, g_try - grad
+        sy = float(sv @ yv)
+        curvature_ok = sy > 1e-10 * np.linalg.norm(sv) * np.linalg.norm(yv)
+        H = inv_hess
+        if curvature_ok:
+            H0 = inv_hess if scaled else eye * (sy / max(float(yv @ yv), 1e-300))
+            V = eye - np.outer(sv, yv) / sy
+            H = V @ H0 @ V.T + np.outer(sv, sv) / sy
+        d_new = -H @ g_try
+        bad_dir = not (float(d_new @ g_try) < 0)
+        if bad_dir:  # a BFGS matrix that lost positive definiteness numerically: a scaled gradient step
+            d_new, H = gradient_step(g_try), eye
+        rel = (value - v_try) / (1.0 + abs(value))
+        stall = stall + 1 if rel < ftol else 0
+        scaled = scaled or (curvature_ok and not bad_dir)
+        x, value, grad, inv_hess, direction, step = x_try, v_try, g_try, H, d_new, 1.0
+        it += 1
+    stalled = stall >= 3 or step < 1e-12
+    converged = small(value, grad, gtol) or (stalled and small(value, grad, 1e-4))
+    return OptimResult(x=x, value=np.asarray(value), grad=grad, n_iter=np.asarray(it), n_eval=np.asarray(n_eval),
+                       converged=np.asarray(converged))
 
 
 def cobyqa_minimize(fun: Callable[[np.ndarray], float], x0, lower, *, max_eval: int = 1000,

@@ -3,8 +3,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from jaxmlm._optimize import bfgs_minimize, lbfgs_minimize
+import jaxmlm as jm
+from jaxmlm._lmm import deviance_and_gradient, fit_linear
+from jaxmlm._optimize import bfgs_minimize, host_bfgs_minimize, lbfgs_minimize
 
 
 def rosenbrock(x, a):
@@ -43,3 +46,58 @@ def test_bfgs_stops_on_non_finite_start():
     res = bfgs_minimize(lambda x: jnp.sum(jnp.log(x)), jnp.array([-1.0, 1.0]))
     assert not bool(res.converged)
     assert int(res.n_eval) == 1
+
+
+def _host(fun, *args):
+    """fun's value and gradient as one compiled program, called from the host loop with NumPy values."""
+    program = jax.jit(jax.value_and_grad(fun))
+    return lambda x: program(jnp.asarray(x), *args)
+
+
+def test_host_bfgs_reaches_the_compiled_bfgs_optimum():
+    starts = np.array([[-1.2, 1.0, 0.5], [2.0, -1.0, 3.0], [0.0, 0.0, 0.0], [1.5, 2.2, 4.9]])
+    for x0, a in zip(starts, [1.0, 1.0, 2.0, 0.5]):
+        res = host_bfgs_minimize(_host(rosenbrock, a), x0, max_iter=1000, gtol=1e-10)
+        ref = bfgs_minimize(rosenbrock, jnp.asarray(x0), a, gtol=1e-10)
+        assert bool(res.converged) and isinstance(res.x, np.ndarray)
+        np.testing.assert_allclose(res.x, np.full(3, a), rtol=1e-6)
+        np.testing.assert_allclose(res.x, np.asarray(ref.x), rtol=1e-6)
+        assert res.n_iter <= res.n_eval <= 1000
+    A = np.array([[4.0, 1.0, 0.0], [1.0, 3.0, 0.5], [0.0, 0.5, 2.0]])
+    b = np.array([1.0, -2.0, 0.5])
+    res = host_bfgs_minimize(_host(lambda x: 0.5 * x @ A @ x - b @ x), np.zeros(3), gtol=1e-12, max_iter=100)
+    assert bool(res.converged)
+    np.testing.assert_allclose(res.x, np.linalg.solve(A, b), rtol=1e-9)
+
+
+def test_host_bfgs_shrinks_the_step_past_non_finite_values():
+    """x − log x (minimum at 1) is NaN for x < 0: a first step that lands there is rejected and shortened."""
+    calls = []
+    program = _host(lambda x: jnp.sum(x - jnp.log(x)))
+
+    def value_and_grad(x):
+        calls.append(np.isfinite(program(x)[0]))
+        return program(x)
+
+    res = host_bfgs_minimize(value_and_grad, np.array([3.0, 0.5]), max_iter=200, first_step=5.0)
+    assert not calls[1] and bool(res.converged)
+    np.testing.assert_allclose(res.x, [1.0, 1.0], rtol=1e-7)
+    assert int(res.n_eval) == len(calls)
+    # a non-finite start stops at once, unconverged, as bfgs_minimize does
+    res = host_bfgs_minimize(_host(lambda x: jnp.sum(jnp.log(x))), np.array([-1.0, 1.0]), max_iter=100)
+    assert not bool(res.converged) and int(res.n_eval) == 1
+
+
+@pytest.mark.parametrize("dataset, formula", [("sleepstudy", "Reaction ~ Days + (Days | Subject)"),
+                                              ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)")])
+def test_linear_fit_matches_the_compiled_lbfgs_fit(dataset, formula):
+    """Model.fit (host BFGS on the value-and-gradient program) finds the optimum of the compiled L-BFGS loop."""
+    model = jm.Model(formula, jm.datasets.load(dataset))
+    fit = model.fit(method="ml", warn=False)
+    assert fit.optinfo.method == "BFGS" and fit.converged
+    ref = fit_linear(jnp.asarray(model.theta_start()), model.linear_problem, False)
+    assert bool(ref.converged)
+    reference = model.deviance(np.asarray(ref.x), False)
+    assert fit.objective == pytest.approx(reference, rel=1e-10)
+    assert float(deviance_and_gradient(np.asarray(ref.x), model.linear_problem, False)[0]) == pytest.approx(reference,
+                                                                                                          rel=1e-14)
