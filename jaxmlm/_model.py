@@ -155,7 +155,7 @@ class Model:
             res32 = res
             res = self._minimize(found, reml, max_iter, problem, initial_radius=1e-3)
             if not np.isfinite(float(res.value)):
-                res = res32
+                res = res32._replace(grad=np.full(self.n_theta, np.nan))  # a float32 gradient: not reused below
             else:
                 res = res._replace(n_eval=res.n_eval + res32.n_eval, n_iter=res.n_iter + res32.n_iter)
         theta = canonical_theta(np.asarray(res.x, dtype=np.float64), self.qs)
@@ -166,7 +166,9 @@ class Model:
         if self._derivative_free:  # as lme4: differences of the deviance (a gradient costs ~5 evaluations here)
             grad, hess = _finite_difference_derivatives(lambda th: self.deviance(th, reml), theta, objective)
         elif theta.size <= _STENCIL_MAX_PARAMS:
-            grad, hess = self._stencil_derivatives(theta, reml)
+            # the optimizer's last gradient is the stencil's centre when θ left it unchanged (one evaluation fewer)
+            known = np.asarray(res.grad, dtype=np.float64) if np.array_equal(theta, np.asarray(res.x)) else None
+            grad, hess = self._stencil_derivatives(theta, reml, grad=known)
         else:
             grad, hess = linear_diagnostics(jnp.asarray(theta), problem, reml, theta.size <= _HESSIAN_MAX_PARAMS)
         optinfo = self._diagnose(
@@ -196,15 +198,20 @@ class Model:
             self._warn(fit)
         return fit
 
-    def _stencil_derivatives(self, theta: np.ndarray, reml: bool, delta: float = 1e-5):
-        """Exact gradient at θ and the Hessian by central differences of the gradient (symmetrized)."""
+    def _stencil_derivatives(self, theta: np.ndarray, reml: bool, delta: float = 1e-5, grad=None):
+        """Exact gradient at θ (unless given, finite) and the Hessian by central differences of the gradient
+        (symmetrized)."""
         k = theta.size
-        points = np.vstack([theta, theta + delta * np.eye(k), theta - delta * np.eye(k)])
         problem = self.linear_problem
-        grads = np.stack([np.asarray(deviance_and_gradient(point, problem, reml)[1], dtype=np.float64)
-                          for point in points])
-        hess = (grads[1 : k + 1] - grads[k + 1 :]) / (2 * delta)  # row j: ∂g/∂θ_j
-        return grads[0], 0.5 * (hess + hess.T)
+
+        def gradient(point):
+            return np.asarray(deviance_and_gradient(point, problem, reml)[1], dtype=np.float64)
+
+        if grad is None or not np.isfinite(grad).all():
+            grad = gradient(theta)
+        step = delta * np.eye(k)
+        hess = np.stack([gradient(theta + step[j]) - gradient(theta - step[j]) for j in range(k)]) / (2 * delta)
+        return grad, 0.5 * (hess + hess.T)  # row j of hess: ∂g/∂θ_j
 
     @property
     def _derivative_free(self) -> bool:
