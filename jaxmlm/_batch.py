@@ -108,7 +108,7 @@ def _response_parts(structure: Structure, rows: RowData, weights, X, y):
 def _with_response(base: Blocks, parts) -> Blocks:
     """Blocks of [Z X y] from the response-free blocks of [Z X] (F = X) and one response's y-parts."""
     fixed_y, tail_zy, xy, yy = parts
-    fixed = tuple(jnp.concatenate([f, fy[:, None, :]], axis=1) for f, fy in zip(base.fixed, fixed_y))
+    fixed = tuple(jnp.concatenate([f, fy.T[None]], axis=0) for f, fy in zip(base.fixed, fixed_y))  # (f + 1, q, l)
     tail_fz = jnp.concatenate([base.tail_fz, tail_zy[None, :]], axis=0)
     tail_ff = jnp.block([[base.tail_ff, xy[:, None]], [xy[None, :], yy[None, None]]])
     return Blocks(diag=base.diag, offdiag=base.offdiag, fixed=fixed, entries=base.entries, tail_zz=base.tail_zz,

@@ -72,12 +72,15 @@ class RowData(eqx.Module):
 
 
 class Blocks(eqx.Module):
-    """Values of the blocked system (before scaling by Λθ). F holds the columns after Z: [X, y] or [working y]."""
+    """Values of the blocked system (before scaling by Λθ). F holds the columns after Z: [X, y] or [working y].
 
-    diag: tuple[jax.Array, ...]  # prefix t: (l_t, q_t, q_t)
-    offdiag: tuple[tuple[jax.Array, ...], ...]  # [t][i]: prefix t+1+i against t: (l_t, q_{t+1+i}, q_t)
-    fixed: tuple[jax.Array, ...]  # prefix t: (l_t, f, q_t)
-    entries: tuple[jax.Array, ...]  # prefix t: (nnz_t, q_t)
+    The per-level blocks of prefix terms are stored level-minor (the level or entry axis last), the layout their
+    elimination works in (`_levelwise`): element (i, j) of every level is one contiguous vector."""
+
+    diag: tuple[jax.Array, ...]  # prefix t: (q_t, q_t, l_t)
+    offdiag: tuple[tuple[jax.Array, ...], ...]  # [t][i]: prefix t+1+i against t: (q_{t+1+i}, q_t, l_t)
+    fixed: tuple[jax.Array, ...]  # prefix t: (f, q_t, l_t)
+    entries: tuple[jax.Array, ...]  # prefix t: (q_t, nnz_t)
     tail_zz: jax.Array  # (m_z, m_z)
     tail_fz: jax.Array  # (f, m_z)
     tail_ff: jax.Array  # (f, f)
@@ -263,11 +266,12 @@ def cross_products(structure: Structure, rows: RowData, weights: jax.Array, F: j
     # Σ_rows F Fᵀ w as a fused elementwise product and reduction: XLA's CPU dot for this (f × n)·(n × f) shape
     # with n in the millions was 2-3x slower (14 ms against 5-10 ms at n = 1M, f = 3)
     tail_ff = jnp.sum(F[:, :, None] * wF[:, None, :], axis=0)
+    level_minor = lambda a: jnp.moveaxis(a, 0, -1)  # noqa: E731  (once per pass over the rows)
     return Blocks(
-        diag=tuple(diag),
-        offdiag=tuple(offdiag),
-        fixed=tuple(fixed),
-        entries=tuple(entries),
+        diag=tuple(level_minor(a) for a in diag),
+        offdiag=tuple(tuple(level_minor(a) for a in o) for o in offdiag),
+        fixed=tuple(level_minor(a) for a in fixed),
+        entries=tuple(level_minor(a) for a in entries),
         tail_zz=tail_zz,
         tail_fz=tail_fz,
         tail_ff=tail_ff,

@@ -1,9 +1,9 @@
 """Blocked Cholesky factor of Λθᵀ[Z F]ᵀW[Z F]Λθ + diag(I, 0), and the solves that use it.
 
 For θ, each term's relative covariance factor T_k (lower triangular, q×q) scales its columns. The prefix terms are
-eliminated level by level in a batch (small unrolled Choleskys and triangular solves, vectorized over levels),
-pushing their updates into later prefix terms through the parent maps and into the dense tail through the entry
-pairs. The tail (crossed terms, then F) is factored densely.
+eliminated level by level in a batch (small unrolled Choleskys and triangular solves, vectorized over levels and
+worked level-minor: see `_levelwise`), pushing their updates into later prefix terms through the parent maps and
+into the dense tail through the entry pairs. The tail (crossed terms, then F) is factored densely.
 
 The tail is updated in *unscaled* coordinates (its Λ is applied after the prefix is eliminated), which is exact
 because Λ is block diagonal: S_tail = Λ_tailᵀ (A_tail − A_tp Λ_p M_pp⁻¹ Λ_pᵀ A_pt) Λ_tail + I.
@@ -19,12 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
+from . import _levelwise as lw
 from ._blocks import Blocks, Structure
 
 __all__ = ["Factor", "theta_to_factors", "factorize", "eliminate_prefix", "tail_log_terms", "solve_coefficients",
-           "small_cholesky", "inverse_from_cholesky"]
+           "solve_left_lower_t", "inverse_from_cholesky"]
 
-_UNROLL_MAX = 6  # unrolled Choleskys up to this size are faster than LAPACK calls per level on CPU
 # The inverse S_zz⁻¹ that the gradient needs comes from LAPACK's potri on the host (a callback) for dense tails at
 # least this large on the CPU: at n = 1146 (InstEval's tail) it took 15-20 ms against 75-100 ms for a triangular
 # solve against I plus a product in XLA, and a whole L-BFGS fit went from 7.4 s to 6.1 s. The factor itself stays
@@ -48,40 +48,6 @@ def theta_to_factors(theta: jax.Array, qs: tuple[int, ...]) -> list[jax.Array]:
         out.append(T)
         pos += k
     return out
-
-
-def small_cholesky(A: jax.Array) -> jax.Array:
-    """Cholesky of a batch (..., q, q); unrolled arithmetic for small q (vectorizes over the batch)."""
-    q = A.shape[-1]
-    if q == 1:
-        return jnp.sqrt(A)
-    if q > _UNROLL_MAX:
-        return jnp.linalg.cholesky(A)
-    L = [[None] * q for _ in range(q)]
-    for i in range(q):
-        for j in range(i + 1):
-            s = A[..., i, j]
-            for k in range(j):
-                s = s - L[i][k] * L[j][k]
-            L[i][j] = jnp.sqrt(s) if i == j else s / L[j][j]
-    zero = jnp.zeros_like(A[..., 0, 0])
-    return jnp.stack([jnp.stack([L[i][j] if j <= i else zero for j in range(q)], axis=-1) for i in range(q)], axis=-2)
-
-
-def solve_right_lower_t(M: jax.Array, L: jax.Array) -> jax.Array:
-    """X with X Lᵀ = M, batched: M (..., r, q), L (..., q, q) lower triangular."""
-    q = L.shape[-1]
-    if q == 1:
-        return M / L[..., None, :, 0]
-    if q > _UNROLL_MAX:
-        return jax.lax.linalg.triangular_solve(L, M, left_side=False, lower=True, transpose_a=True)
-    cols = []
-    for j in range(q):
-        s = M[..., :, j]
-        for k in range(j):
-            s = s - cols[k] * L[..., None, j, k]
-        cols.append(s / L[..., None, j, j])
-    return jnp.stack(cols, axis=-1)
 
 
 def solve_left_lower_t(L: jax.Array, v: jax.Array) -> jax.Array:
@@ -181,7 +147,10 @@ def factorize(theta: jax.Array, blocks: Blocks, structure: Structure) -> Factor:
 
 def eliminate_prefix(theta: jax.Array, blocks: Blocks, structure: Structure):
     """The prefix blocks of L and the tail's matrix S (before its dense Cholesky), as (Factor with an empty
-    tail, S). The objective differentiates the tail through `tail_log_terms`, not through a generic Cholesky."""
+    tail, S). The objective differentiates the tail through `tail_log_terms`, not through a generic Cholesky.
+
+    The per-level blocks are worked on level-minor (`_levelwise`): every small-matrix formula is unrolled over
+    elementwise vectors of all levels, then packed back into the (l, q, q) layout of `Factor`."""
     D = structure.n_prefix
     qs, nl = structure.qs, structure.n_levels
     factors = theta_to_factors(theta, qs)
@@ -189,17 +158,14 @@ def eliminate_prefix(theta: jax.Array, blocks: Blocks, structure: Structure):
     m_z = structure.m_z
 
     # scale the prefix blocks by Λ (tail side of entries stays unscaled, see module docstring)
-    diag = []
-    for t in range(D):
-        T = factors[t]
-        eye = jnp.eye(qs[t], dtype=theta.dtype)
-        diag.append(jnp.einsum("ji,ljk,km->lim", T, blocks.diag[t], T) + eye)
+    diag = [lw.add_identity(lw.sandwich(factors[t], lw.unpack(blocks.diag[t]), factors[t])) for t in range(D)]
     offdiag = [
-        [jnp.einsum("ji,ljk,km->lim", factors[t + 1 + i], B, factors[t]) for i, B in enumerate(blocks.offdiag[t])]
+        [lw.sandwich(factors[t + 1 + i], lw.unpack(B), factors[t]) for i, B in enumerate(blocks.offdiag[t])]
         for t in range(D)
     ]
-    fixed = [blocks.fixed[t] @ factors[t] for t in range(D)]
-    entries = [blocks.entries[t] @ factors[t] for t in range(D)]
+    fixed = [lw.times(lw.unpack_rows(blocks.fixed[t]), factors[t]) for t in range(D)]
+    entries = [lw.times(lw.unpack_entries(blocks.entries[t]), factors[t]) for t in range(D)]
+    n_entries = [int(blocks.entries[t].shape[1]) for t in range(D)]
 
     upd_zz = jnp.zeros((m_z * m_z,), dtype=theta.dtype) if m_z else None
     upd_fz = jnp.zeros((m_z, f), dtype=theta.dtype) if m_z else None
@@ -207,42 +173,33 @@ def eliminate_prefix(theta: jax.Array, blocks: Blocks, structure: Structure):
 
     L_diag, L_off, L_fixed, L_entries = [], [], [], []
     for t in range(D):
-        L_t = small_cholesky(diag[t])
-        Lb = [solve_right_lower_t(B, L_t) for B in offdiag[t]]
-        Lf = solve_right_lower_t(fixed[t], L_t)
+        L_t = lw.cholesky(diag[t])
+        Lb = [lw.solve_right_lower_t(B, L_t) for B in offdiag[t]]
+        Lf = lw.solve_right_lower_t(fixed[t], L_t)  # one row of q_t arrays (f, l_t)
         lev = structure.entry_level[t]
-        if entries[t].shape[0]:
-            Le = solve_right_lower_t(entries[t][:, None, :], L_t[lev])[:, 0, :]
-        else:
-            Le = entries[t]
-        L_diag.append(L_t)
-        L_off.append(tuple(Lb))
-        L_fixed.append(Lf)
-        L_entries.append(Le)
+        Le = lw.solve_right_lower_t(entries[t], lw.gather(L_t, lev)) if n_entries[t] else entries[t]
+        L_diag.append(lw.pack(L_t))
+        L_off.append(tuple(lw.pack(B) for B in Lb))
+        L_fixed.append(lw.pack_rows(Lf))
+        L_entries.append(lw.pack_entries(Le))
         # push the Schur updates into later prefix terms
         for i, k in enumerate(range(t + 1, D)):
             par = structure.parents[t][i]
-            diag[k] = diag[k] - jax.ops.segment_sum(Lb[i] @ jnp.swapaxes(Lb[i], -1, -2), par, nl[k])
+            diag[k] = lw.subtract(diag[k], lw.segment_sum(lw.outer_sum(Lb[i], Lb[i]), par, nl[k]))
             for i2, k2 in enumerate(range(k + 1, D)):
                 j2 = k2 - t - 1  # index of k2 among t's later terms
-                offdiag[k][i2] = offdiag[k][i2] - jax.ops.segment_sum(
-                    Lb[j2] @ jnp.swapaxes(Lb[i], -1, -2), par, nl[k]
-                )
-            fixed[k] = fixed[k] - jax.ops.segment_sum(Lf @ jnp.swapaxes(Lb[i], -1, -2), par, nl[k])
-            if Le.shape[0]:
-                emap = structure.entry_map[t][i]
-                contrib = jnp.einsum("eq,erq->er", Le, Lb[i][lev])
-                entries[k] = entries[k] - jax.ops.segment_sum(contrib, emap, entries[k].shape[0])
+                offdiag[k][i2] = lw.subtract(offdiag[k][i2], lw.segment_sum(lw.outer_sum(Lb[j2], Lb[i]), par, nl[k]))
+            fixed[k] = lw.subtract(fixed[k], lw.segment_sum(lw.outer_sum(Lf, Lb[i]), par, nl[k]))
+            if n_entries[t]:
+                contrib = lw.outer_sum(Le, lw.gather(Lb[i], lev))
+                entries[k] = lw.subtract(entries[k], lw.segment_sum(contrib, structure.entry_map[t][i], n_entries[k]))
         # and into the dense tail
-        upd_ff = upd_ff + jnp.einsum("lfq,lgq->fg", Lf, Lf)
-        if m_z and Le.shape[0]:
+        upd_ff = upd_ff + sum(x @ x.T for x in Lf[0])
+        if m_z and n_entries[t]:
             a, b = structure.pair_a[t], structure.pair_b[t]
-            upd_zz = upd_zz + jax.ops.segment_sum(
-                jnp.sum(Le[a] * Le[b], axis=-1), structure.pair_target[t], m_z * m_z
-            )
-            upd_fz = upd_fz + jax.ops.segment_sum(
-                jnp.einsum("efq,eq->ef", Lf[lev], Le), structure.entry_row[t], m_z
-            )
+            upd_zz = upd_zz + jax.ops.segment_sum(sum(x[a] * x[b] for x in Le[0]), structure.pair_target[t], m_z * m_z)
+            fz = sum(lf[:, lev] * le for lf, le in zip(Lf[0], Le[0]))  # (f, nnz)
+            upd_fz = upd_fz + jax.ops.segment_sum(fz.T, structure.entry_row[t], m_z)
 
     # the tail: Schur complement, then its own Λ and identity, then a dense Cholesky
     S_ff = blocks.tail_ff - upd_ff

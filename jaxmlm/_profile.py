@@ -41,7 +41,7 @@ def _moved_to_offset(problem: LinearProblem, select, column, value) -> LinearPro
     b = problem.blocks
     blocks = Blocks(
         diag=b.diag, offdiag=b.offdiag, entries=b.entries, tail_zz=b.tail_zz,
-        fixed=tuple(jnp.einsum("lfq,fg->lgq", fx, M) for fx in b.fixed),
+        fixed=tuple(jnp.einsum("fql,fg->gql", fx, M) for fx in b.fixed),
         tail_fz=M.T @ b.tail_fz, tail_ff=M.T @ b.tail_ff @ M,
     )
     return LinearProblem(structure=problem.structure, blocks=blocks, n=problem.n, p=problem.p - 1,

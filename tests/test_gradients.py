@@ -104,6 +104,7 @@ def test_derivative_free_path_matches_lbfgs(monkeypatch):
         grad2, hess2 = model._stencil_derivatives(theta, False)
         auto_grad, auto_hess = linear_diagnostics(jax.numpy.asarray(theta), model.linear_problem, False, True)
         np.testing.assert_allclose(grad, np.asarray(auto_grad), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(hess, np.asarray(auto_hess), rtol=1e-3, atol=1e-3)
+        # lme4's step (1e-4) divides the deviance's rounding (~1e-10 here) by δ² = 1e-8: ~0.1% on the Hessian
+        np.testing.assert_allclose(hess, np.asarray(auto_hess), rtol=3e-3, atol=1e-3)
         np.testing.assert_allclose(grad2, np.asarray(auto_grad), rtol=1e-12, atol=1e-10)
         np.testing.assert_allclose(hess2, np.asarray(auto_hess), rtol=1e-6, atol=1e-6)
