@@ -32,17 +32,18 @@ _METHODS = ("reml", "ml", "laplace", "agq")
 _HESSIAN_MAX_PARAMS = 60  # exact Hessian diagnostics for models up to this many θ
 # The convergence checks need the gradient and Hessian at θ. Up to this many θ the Hessian comes from central
 # differences of the exact (autodiff) gradient at θ ± δe_j: 2k + 1 calls of the optimizer's own value-and-gradient
-# program, so nothing more compiles, where jax.hessian's forward-over-reverse program took 1.6 s (sleepstudy) to
-# 2.1 s (1M rows × 100k levels × intercept + slope) of a first fit. Dividing gradient differences by δ = 1e-5
-# keeps ~1e-8 relative accuracy (lme4 differences the deviance itself, dividing by δ²). Beyond it the exact
-# Hessian is cheaper than 2k gradients.
+# program, so nothing more compiles: jax.hessian's forward-over-reverse program took 1.6 s (sleepstudy) to 2.1 s
+# (1M rows × 100k levels × intercept + slope) of a first fit, a vectorized program of the 2k + 1 gradients 0.3 s. Dividing gradient differences by δ = 1e-5
+# keeps ~1e-8 relative accuracy (lme4 differences the deviance itself, dividing by δ²). Run time is a wash even
+# where an evaluation is dear: at 1M rows × 100k levels the 2k = 6 gradients take ~0.22 s, jax.hessian ~0.26 s.
+# Beyond 10 θ the exact Hessian is cheaper than 2k gradients.
 _STENCIL_MAX_PARAMS = 10
 # Dense tails at least this large are fitted without derivatives (COBYQA, as lme4 fits with BOBYQA) and checked
 # with lme4's finite-difference derivatives. There an evaluation costs O(m³) and its gradient ~5x more (the
 # inverse S⁻¹ and the backward pass through the entry pairs): on InstEval (m = 1142) an evaluation takes ~40 ms
 # and value + gradient ~210 ms, so 76 COBYQA evaluations (3.5 s) beat 37 L-BFGS ones (6-7 s), and the 19-point
-# difference stencil (~0.8 s) beats the autodiff Hessian (~2 s). Smaller models keep the compiled L-BFGS loop,
-# where a whole fit takes milliseconds.
+# difference stencil (~0.8 s) beats the autodiff Hessian (~2 s). Smaller models keep gradient-based BFGS
+# (`_minimize`), where an evaluation with its gradient takes microseconds to tens of milliseconds.
 _DERIVATIVE_FREE_TAIL = 512
 
 
@@ -221,8 +222,8 @@ class Model:
         """One optimizer run from θ0 on `problem` (default: the float64 statistics): BFGS on the host around the
         compiled value-and-gradient program, or COBYQA for large dense tails (lower bounds 0 on the diagonal of each
         T_k, as lme4). BFGS, not a compiled optimizer loop (`_lmm.fit_linear`): on 1M rows that loop compiled in
-        1.4-1.9 s, most of a first fit, while one value-and-gradient program compiles in a fraction of that and the
-        host loop costs microseconds per evaluation. A float32 search stops at float32's tolerances (relative
+        1.4-1.9 s, most of a first fit, where the value-and-gradient program compiles in ~0.5 s and the host loop
+        adds microseconds per evaluation. A float32 search stops at float32's tolerances (relative
         gradient 1e-6, stall 1e-9); `initial_radius` bounds the first step (small for a polish)."""
         problem = self.linear_problem if problem is None else problem
         dtype = problem.blocks.tail_ff.dtype
