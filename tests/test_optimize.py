@@ -101,3 +101,18 @@ def test_linear_fit_matches_the_compiled_lbfgs_fit(dataset, formula):
     assert fit.objective == pytest.approx(reference, rel=1e-10)
     assert float(deviance_and_gradient(np.asarray(ref.x), model.linear_problem, False)[0]) == pytest.approx(reference,
                                                                                                           rel=1e-14)
+
+
+def test_host_bfgs_stops_when_trials_fail_on_rounding():
+    """A value resolved to 1e-12 and a gradient with rounding noise of 1e-6 (as a REML criterion's): gtol cannot
+    be met, and a trial rejected although it could only gain less than the resolution ends the search as
+    stalled, instead of shrinking the step to 1e-12 again and again (127 evaluations here without that rule)."""
+    w, c = np.array([1.0, 4.0, 0.5]), np.array([0.3, -1.2, 2.0])
+
+    def value_and_grad(x):
+        value = 1.0 + np.sum(w * (x - c) ** 2)
+        return np.round(value, 12), 2.0 * w * (x - c) + 1e-6 * np.sin(1e9 * x)
+
+    res = host_bfgs_minimize(value_and_grad, np.zeros(3), max_iter=1000, gtol=1e-10)
+    assert bool(res.converged) and int(res.n_eval) < 30
+    np.testing.assert_allclose(res.x, c, atol=1e-5)
