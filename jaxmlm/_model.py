@@ -34,10 +34,15 @@ _HESSIAN_MAX_PARAMS = 60  # exact Hessian diagnostics for models up to this many
 # differences of the exact (autodiff) gradient at θ ± δe_j: 2k + 1 calls of the optimizer's own value-and-gradient
 # program, so nothing more compiles: jax.hessian's forward-over-reverse program took 1.6 s (sleepstudy) to 2.1 s
 # (1M rows × 100k levels × intercept + slope) of a first fit, a vectorized program of the 2k + 1 gradients 0.3 s. Dividing gradient differences by δ = 1e-5
-# keeps ~1e-8 relative accuracy (lme4 differences the deviance itself, dividing by δ²). Run time is a wash even
-# where an evaluation is dear: at 1M rows × 100k levels the 2k = 6 gradients take ~0.22 s, jax.hessian ~0.26 s.
-# Beyond 10 θ the exact Hessian is cheaper than 2k gradients.
+# keeps ~1e-8 relative accuracy (lme4 differences the deviance itself, dividing by δ²). Beyond 10 θ the exact
+# Hessian is cheaper than 2k gradients.
 _STENCIL_MAX_PARAMS = 10
+# ... and for statistics of up to this many numbers. Past it an evaluation's run time outweighs compiling: at 100k
+# levels × (intercept + slope) the 2k = 6 gradient calls took 157-167 ms and jax.hessian 122-132 ms on every fit,
+# while its ~2 s of compiling is paid once per shape. (Each separate call there pays ~15 ms of page faults on
+# temporaries that glibc's malloc maps and unmaps per call; with MALLOC_MMAP_THRESHOLD_ and
+# MALLOC_TRIM_THRESHOLD_ raised the 6 gradients took 94-101 ms and the stencil won here too.)
+_STENCIL_MAX_SIZE = 100_000
 # Dense tails at least this large are fitted without derivatives (COBYQA, as lme4 fits with BOBYQA) and checked
 # with lme4's finite-difference derivatives. There an evaluation costs O(m³) and its gradient ~5x more (the
 # inverse S⁻¹ and the backward pass through the entry pairs): on InstEval (m = 1142) an evaluation takes ~40 ms
@@ -166,7 +171,7 @@ class Model:
         objective = float(est["objective"])
         if self._derivative_free:  # as lme4: differences of the deviance (a gradient costs ~5 evaluations here)
             grad, hess = _finite_difference_derivatives(lambda th: self.deviance(th, reml), theta, objective)
-        elif theta.size <= _STENCIL_MAX_PARAMS:
+        elif theta.size <= _STENCIL_MAX_PARAMS and self._statistics_size <= _STENCIL_MAX_SIZE:
             # the optimizer's last gradient is the stencil's centre when θ left it unchanged (one evaluation fewer)
             known = np.asarray(res.grad, dtype=np.float64) if np.array_equal(theta, np.asarray(res.x)) else None
             grad, hess = self._stencil_derivatives(theta, reml, grad=known)
@@ -199,6 +204,12 @@ class Model:
             self._warn(fit)
         return fit
 
+    @property
+    def _statistics_size(self) -> int:
+        """How many numbers an evaluation touches: the prefix blocks, the entry pairs and the dense tail."""
+        s = self.structure
+        return sum(l * q * q for l, q in zip(s.n_levels, s.qs)) + s.n_pairs + s.m_z**2
+
     def _stencil_derivatives(self, theta: np.ndarray, reml: bool, delta: float = 1e-5, grad=None):
         """Exact gradient at θ (unless given, finite) and the Hessian by central differences of the gradient
         (symmetrized)."""
@@ -223,7 +234,9 @@ class Model:
         compiled value-and-gradient program, or COBYQA for large dense tails (lower bounds 0 on the diagonal of each
         T_k, as lme4). BFGS, not a compiled optimizer loop (`_lmm.fit_linear`): on 1M rows that loop compiled in
         1.4-1.9 s, most of a first fit, where the value-and-gradient program compiles in ~0.5 s and the host loop
-        adds microseconds per evaluation. A float32 search stops at float32's tolerances (relative
+        adds microseconds per evaluation. The price is in run time where evaluations are dear: at 1M rows × 100k
+        levels the host search took ~0.5 s (17 evaluations, each paying the page faults noted at
+        `_STENCIL_MAX_SIZE`) against ~0.2 s for the compiled loop (12). A float32 search stops at float32's tolerances (relative
         gradient 1e-6, stall 1e-9); `initial_radius` bounds the first step (small for a polish)."""
         problem = self.linear_problem if problem is None else problem
         dtype = problem.blocks.tail_ff.dtype
