@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import _config  # noqa: F401  (float64, compilation cache)
+from ._config import heap_allocations
 from ._blocks import build_structure, row_data
 from ._convergence import check_convergence
 from ._covariance import canonical_theta, theta_diagonal_mask, theta_start, theta_to_matrices
@@ -130,6 +131,10 @@ class Model:
         resolve the deviance of large data to lme4's gradient tolerance (at n = 1M the deviance is ~3e6 and
         float32's spacing there is 0.25), so the polish is what makes the answer float64's. Measured accuracy and
         cost against float64: docs/scale.md."""
+        with heap_allocations():
+            return self._fit(method, start=start, max_iter=max_iter, nagq=nagq, warn=warn, dtype=dtype)
+
+    def _fit(self, method, *, start, max_iter, nagq, warn, dtype) -> MixedModelResult:
         if dtype not in ("float64", "float32"):
             raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
         if method is None:
@@ -432,7 +437,8 @@ class Model:
         """Fit every column of Y (n × m) on this design in one vectorized call."""
         from ._batch import fit_batch
 
-        return fit_batch(self, Y, **kwargs)
+        with heap_allocations():
+            return fit_batch(self, Y, **kwargs)
 
 
 def _data_name(data) -> str | None:

@@ -116,3 +116,21 @@ def test_host_bfgs_stops_when_trials_fail_on_rounding():
     res = host_bfgs_minimize(value_and_grad, np.zeros(3), max_iter=1000, gtol=1e-10)
     assert bool(res.converged) and int(res.n_eval) < 30
     np.testing.assert_allclose(res.x, c, atol=1e-5)
+
+
+def test_heap_allocations_is_reentrant_and_can_be_turned_off(monkeypatch):
+    """Fits run inside `heap_allocations` (glibc's mmap for large buffers off, trimming off) and nested fits
+    (batches, restarts) must not restore the defaults early; JAXMLM_NO_MALLOPT leaves the allocator alone."""
+    from jaxmlm import _config
+
+    calls = []
+    monkeypatch.setattr(_config, "_mallopt", lambda: (lambda param, value: calls.append((param, value)) or 1))
+    with _config.heap_allocations():
+        with _config.heap_allocations():
+            assert _config._heap_depth == 2
+        assert calls == [(_config._M_MMAP_MAX, 0), (_config._M_TRIM_THRESHOLD, 1 << 30)]
+    assert _config._heap_depth == 0
+    assert calls[2:] == list(_config._GLIBC_DEFAULTS.items())
+    monkeypatch.undo()
+    monkeypatch.setenv("JAXMLM_NO_MALLOPT", "1")
+    assert _config._mallopt() is None
