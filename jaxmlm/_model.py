@@ -13,8 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from . import _config  # noqa: F401  (float64, compilation cache)
-from ._config import heap_allocations
+from ._config import heap_allocations  # importing _config also sets float64 and the compilation cache
 from ._blocks import build_structure, row_data
 from ._convergence import check_convergence
 from ._covariance import canonical_theta, theta_diagonal_mask, theta_start, theta_to_matrices
