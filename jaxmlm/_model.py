@@ -31,22 +31,19 @@ __all__ = ["Model", "lmer", "glmer"]
 _METHODS = ("reml", "ml", "laplace", "agq")
 _HESSIAN_MAX_PARAMS = 60  # exact Hessian diagnostics for models up to this many θ
 # The convergence checks need the gradient and Hessian at θ. Up to this many θ the Hessian comes from central
-# differences of the exact (autodiff) gradient at θ ± δe_j: 2k + 1 calls of the optimizer's own value-and-gradient
-# program, so nothing more compiles: jax.hessian's forward-over-reverse program took 1.6 s (sleepstudy) to 2.1 s
-# (1M rows × 100k levels × intercept + slope) of a first fit, a vectorized program of the 2k + 1 gradients 0.3 s. Dividing gradient differences by δ = 1e-5
-# keeps ~1e-8 relative accuracy (lme4 differences the deviance itself, dividing by δ²). Beyond 10 θ the exact
-# Hessian is cheaper than 2k gradients.
+# differences of the exact (autodiff) gradient at θ ± δe_j: 2k calls of the optimizer's own value-and-gradient
+# program, so nothing more compiles (jax.hessian's forward-over-reverse program took 1.6 s of sleepstudy's first
+# fit). Dividing gradient differences by δ = 1e-5 keeps ~1e-8 relative accuracy (lme4 differences the deviance
+# itself, dividing by δ²). Beyond 10 θ the exact Hessian is cheaper than 2k gradients.
 _STENCIL_MAX_PARAMS = 10
-# ... and for statistics of up to this many numbers. Past it an evaluation's run time outweighs compiling: at 100k
-# levels × (intercept + slope) the 2k = 6 gradient calls took 157-167 ms and jax.hessian 122-132 ms on every fit,
-# while its ~2 s of compiling is paid once per shape. (Each separate call there pays ~15 ms of page faults on
-# temporaries that glibc's malloc maps and unmaps per call; with MALLOC_MMAP_THRESHOLD_ and
-# MALLOC_TRIM_THRESHOLD_ raised the 6 gradients took 94-101 ms and the stencil won here too.)
+# ... and for statistics of up to this many numbers. Past it an evaluation's run time outweighs compiling: at 1M
+# rows × 100k levels × (intercept + slope) whole repeat fits took 0.71-0.80 s with the stencil against 0.55-0.73 s
+# with jax.hessian, whose ~2 s of compiling (first fit 4.3-4.6 s against 1.9-2.1 s) is paid once per shape.
 _STENCIL_MAX_SIZE = 100_000
 # Dense tails at least this large are fitted without derivatives (COBYQA, as lme4 fits with BOBYQA) and checked
 # with lme4's finite-difference derivatives. There an evaluation costs O(m³) and its gradient ~5x more (the
 # inverse S⁻¹ and the backward pass through the entry pairs): on InstEval (m = 1142) an evaluation takes ~40 ms
-# and value + gradient ~210 ms, so 76 COBYQA evaluations (3.5 s) beat 37 L-BFGS ones (6-7 s), and the 19-point
+# and value + gradient ~210 ms, so 76 COBYQA evaluations (3.5 s) beat 37 gradient-based ones (6-7 s), and the 19-point
 # difference stencil (~0.8 s) beats the autodiff Hessian (~2 s). Smaller models keep gradient-based BFGS
 # (`_minimize`), where an evaluation with its gradient takes microseconds to tens of milliseconds.
 _DERIVATIVE_FREE_TAIL = 512
@@ -239,9 +236,10 @@ class Model:
         T_k, as lme4). BFGS, not a compiled optimizer loop (`_lmm.fit_linear`): on 1M rows that loop compiled in
         1.4-1.9 s, most of a first fit, where the value-and-gradient program compiles in ~0.5 s and the host loop
         adds microseconds per evaluation. The price is in run time where evaluations are dear: at 1M rows × 100k
-        levels the host search took ~0.5 s (17 evaluations, each paying the page faults noted at
-        `_STENCIL_MAX_SIZE`) against ~0.2 s for the compiled loop (12). A float32 search stops at float32's tolerances (relative
-        gradient 1e-6, stall 1e-9); `initial_radius` bounds the first step (small for a polish)."""
+        levels the host search takes 17 evaluations of ~20 ms where the compiled loop took 12 of ~12 ms (a call
+        of its own allocates its temporaries afresh; `_config.heap_allocations` keeps that cheap). A float32
+        search stops at float32's tolerances (relative gradient 1e-6, stall 1e-9); `initial_radius` bounds the
+        first step (small for a polish)."""
         problem = self.linear_problem if problem is None else problem
         dtype = problem.blocks.tail_ff.dtype
         if not self._derivative_free:
