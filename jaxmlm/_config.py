@@ -39,10 +39,11 @@ _enable_compilation_cache()
 # XLA's CPU runtime takes one buffer for all of a program's temporaries on every call. When that buffer is large,
 # glibc's malloc serves it by mmap and returns it by munmap, so every call faults in (and the kernel zeroes) fresh
 # pages: at 1M rows × 100k groups (intercept + slope) a value-and-gradient call cost 27-28 ms on its own against
-# 12-13 ms inside a compiled loop, and 16-18 ms once the buffer came from the heap. During a fit (a host loop of
-# such calls) jaxmlm therefore asks glibc to serve every allocation from the heap and not to trim it, and restores
-# both settings afterwards, when the heap's free top is returned as usual. Set JAXMLM_NO_MALLOPT=1 to leave the
-# allocator alone. Elsewhere (not glibc) this does nothing.
+# 12-13 ms inside a compiled loop, and 16-18 ms once the buffer came from the heap. While a linear model's host
+# optimizer runs (many calls of one program) jaxmlm therefore asks glibc to serve every allocation from the heap
+# and not to trim it, and restores both settings afterwards, when the heap's free top is returned as usual. The
+# statistics pass runs before, under the defaults, so its large transient buffers go back to the system. Set
+# JAXMLM_NO_MALLOPT=1 to leave the allocator alone. Elsewhere (not glibc) this does nothing.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
 _heap_lock = threading.Lock()

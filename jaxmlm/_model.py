@@ -20,7 +20,7 @@ from ._covariance import canonical_theta, theta_diagonal_mask, theta_start, thet
 from ._design import build_design, check_linear_model, to_pandas
 from ._errors import ConvergenceWarning, DataError, NewLevelError, SingularFitWarning
 from ._family import get_family
-from ._lmm import (deviance_and_gradient, deviance_value, linear_diagnostics, linear_estimates,
+from ._lmm import (deviance_and_gradient, deviance_value, gradients_at_points, linear_diagnostics, linear_estimates,
                    make_linear_problem)
 from ._optimize import cobyqa_minimize, host_bfgs_minimize
 from ._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
@@ -36,9 +36,10 @@ _HESSIAN_MAX_PARAMS = 60  # exact Hessian diagnostics for models up to this many
 # fit). Dividing gradient differences by δ = 1e-5 keeps ~1e-8 relative accuracy (lme4 differences the deviance
 # itself, dividing by δ²). Beyond 10 θ the exact Hessian is cheaper than 2k gradients.
 _STENCIL_MAX_PARAMS = 10
-# ... and for statistics of up to this many numbers. Past it an evaluation's run time outweighs compiling: at 1M
-# rows × 100k levels × (intercept + slope) whole repeat fits took 0.71-0.80 s with the stencil against 0.55-0.73 s
-# with jax.hessian, whose ~2 s of compiling (first fit 4.3-4.6 s against 1.9-2.1 s) is paid once per shape.
+# ... computed by separate calls of that program for statistics of up to this many numbers; past it a call of its
+# own costs about twice a gradient inside a program, so the 2k gradients run in one compiled call (one more small
+# program). At 1M rows × 100k levels × (intercept + slope): first fit 3.1 s against 4.3-4.6 s with jax.hessian
+# (whose program took ~2 s to compile), repeat fits 0.58-0.70 s against 0.55-0.73 s.
 _STENCIL_MAX_SIZE = 100_000
 # Dense tails at least this large are fitted without derivatives (COBYQA, as lme4 fits with BOBYQA) and checked
 # with lme4's finite-difference derivatives. There an evaluation costs O(m³) and its gradient ~5x more (the
@@ -127,7 +128,11 @@ class Model:
         resolve the deviance of large data to lme4's gradient tolerance (at n = 1M the deviance is ~3e6 and
         float32's spacing there is 0.25), so the polish is what makes the answer float64's. Measured accuracy and
         cost against float64: docs/scale.md."""
-        with heap_allocations():
+        if self.is_gaussian and (method is None or str(method).lower() in ("reml", "ml")):
+            # the statistics first, under the allocator's defaults: their pass's large temporaries go back to the
+            # system (under heap_allocations a 10M-row design's peak RSS rose from 2.4 to 4.3 GiB)
+            self.linear_problem  # noqa: B018
+        with heap_allocations():  # the host optimizer's many calls of one program (see _config)
             return self._fit(method, start=start, max_iter=max_iter, nagq=nagq, warn=warn, dtype=dtype)
 
     def _fit(self, method, *, start, max_iter, nagq, warn, dtype) -> MixedModelResult:
@@ -172,10 +177,11 @@ class Model:
         objective = float(est["objective"])
         if self._derivative_free:  # as lme4: differences of the deviance (a gradient costs ~5 evaluations here)
             grad, hess = _finite_difference_derivatives(lambda th: self.deviance(th, reml), theta, objective)
-        elif theta.size <= _STENCIL_MAX_PARAMS and self._statistics_size <= _STENCIL_MAX_SIZE:
+        elif theta.size <= _STENCIL_MAX_PARAMS:
             # the optimizer's last gradient is the stencil's centre when θ left it unchanged (one evaluation fewer)
             known = np.asarray(res.grad, dtype=np.float64) if np.array_equal(theta, np.asarray(res.x)) else None
-            grad, hess = self._stencil_derivatives(theta, reml, grad=known)
+            grad, hess = self._stencil_derivatives(theta, reml, grad=known,
+                                                   one_program=self._statistics_size > _STENCIL_MAX_SIZE)
         else:
             grad, hess = linear_diagnostics(jnp.asarray(theta), problem, reml, theta.size <= _HESSIAN_MAX_PARAMS)
         optinfo = self._diagnose(
@@ -211,11 +217,20 @@ class Model:
         s = self.structure
         return sum(l * q * q for l, q in zip(s.n_levels, s.qs)) + s.n_pairs + s.m_z**2
 
-    def _stencil_derivatives(self, theta: np.ndarray, reml: bool, delta: float = 1e-5, grad=None):
+    def _stencil_derivatives(self, theta: np.ndarray, reml: bool, delta: float = 1e-5, grad=None,
+                             one_program: bool = False):
         """Exact gradient at θ (unless given, finite) and the Hessian by central differences of the gradient
-        (symmetrized)."""
+        (symmetrized). one_program: the 2k off-centre gradients in one compiled call, one after another (large
+        statistics, where a call of its own costs about twice a gradient inside a program)."""
         k = theta.size
         problem = self.linear_problem
+        if one_program:
+            if grad is None or not np.isfinite(grad).all():
+                grad = np.asarray(deviance_and_gradient(theta, problem, reml)[1], dtype=np.float64)
+            points = np.vstack([theta + delta * np.eye(k), theta - delta * np.eye(k)])
+            grads = np.asarray(gradients_at_points(points, problem, reml, 1), dtype=np.float64)
+            hess = (grads[:k] - grads[k:]) / (2 * delta)
+            return grad, 0.5 * (hess + hess.T)
 
         def gradient(point):
             return np.asarray(deviance_and_gradient(point, problem, reml)[1], dtype=np.float64)
@@ -434,8 +449,7 @@ class Model:
         """Fit every column of Y (n × m) on this design in one vectorized call."""
         from ._batch import fit_batch
 
-        with heap_allocations():
-            return fit_batch(self, Y, **kwargs)
+        return fit_batch(self, Y, **kwargs)
 
 
 def _data_name(data) -> str | None:

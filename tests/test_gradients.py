@@ -108,3 +108,15 @@ def test_derivative_free_path_matches_lbfgs(monkeypatch):
         np.testing.assert_allclose(hess, np.asarray(auto_hess), rtol=3e-3, atol=1e-3)
         np.testing.assert_allclose(grad2, np.asarray(auto_grad), rtol=1e-12, atol=1e-10)
         np.testing.assert_allclose(hess2, np.asarray(auto_hess), rtol=1e-6, atol=1e-6)
+
+
+def test_stencil_in_one_program_matches_separate_calls():
+    """Large statistics take the stencil's 2k gradients from one compiled call (`gradients_at_points`); it must
+    give the same gradient and Hessian as separate calls of the optimizer's program."""
+    model = jm.Model("Reaction ~ Days + (Days | Subject)", jm.datasets.load("sleepstudy"))
+    theta = np.asarray(model.fit(method="ml", warn=False).theta) + 0.05
+    g1, h1 = model._stencil_derivatives(theta, False)
+    g2, h2 = model._stencil_derivatives(theta, False, one_program=True)
+    np.testing.assert_allclose(g2, g1, rtol=1e-12, atol=1e-12)
+    # different programs round differently; divided by δ = 1e-5 that is ~1e-8 of the Hessian
+    np.testing.assert_allclose(h2, h1, rtol=1e-7, atol=1e-7)
