@@ -143,7 +143,8 @@ def agreement(rows: list[dict]) -> None:
     by = {}
     for r in rows:
         if "objective" in r and not math.isfinite(r["objective"]):
-            r["note"] = (r.get("note", "") + " non-finite objective (failed fit)").strip()
+            if "non-finite objective" not in r.get("note", ""):  # --render runs this again on saved rows
+                r["note"] = (r.get("note", "") + " non-finite objective (failed fit)").strip()
             r.pop("rel_to_best", None)
         elif "objective" in r:
             by.setdefault(r["workload"], []).append(r["objective"])
