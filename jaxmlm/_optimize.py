@@ -1,7 +1,11 @@
-"""Gradient-based minimization with optax's L-BFGS (zoom line search), as one pure JAX loop.
+"""Minimizers of the profiled objectives, each for the setting it serves:
 
-The loop is a `lax.while_loop`, so a whole fit compiles to one XLA program, runs without Python in the loop,
-and vmaps over a batch of problems (each keeps its own state; the loop ends when all have converged).
+* `lbfgs_minimize`: optax's L-BFGS (zoom line search) as one `lax.while_loop`, so a whole fit is one XLA program
+  (GLMM fits, profiles);
+* `bfgs_minimize`: dense BFGS whose loop pass is exactly one evaluation, vmapped over batches of problems;
+* `host_bfgs_minimize`: the same BFGS as a NumPy loop around one compiled value-and-gradient program (single
+  linear mixed model fits: nothing but the objective compiles);
+* `cobyqa_minimize`: derivative-free, with lower bounds, for large dense tails (as lme4 fits with BOBYQA).
 """
 
 from __future__ import annotations
