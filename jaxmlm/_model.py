@@ -222,24 +222,21 @@ class Model:
         """Exact gradient at θ (unless given, finite) and the Hessian by central differences of the gradient
         (symmetrized). one_program: the 2k off-centre gradients in one compiled call, one after another (large
         statistics, where a call of its own costs about twice a gradient inside a program)."""
-        k = theta.size
         problem = self.linear_problem
-        if one_program:
-            if grad is None or not np.isfinite(grad).all():
-                grad = np.asarray(deviance_and_gradient(theta, problem, reml)[1], dtype=np.float64)
-            points = np.vstack([theta + delta * np.eye(k), theta - delta * np.eye(k)])
-            grads = np.asarray(gradients_at_points(points, problem, reml, 1), dtype=np.float64)
-            hess = (grads[:k] - grads[k:]) / (2 * delta)
-            return grad, 0.5 * (hess + hess.T)
 
         def gradient(point):
             return np.asarray(deviance_and_gradient(point, problem, reml)[1], dtype=np.float64)
 
         if grad is None or not np.isfinite(grad).all():
             grad = gradient(theta)
-        step = delta * np.eye(k)
-        hess = np.stack([gradient(theta + step[j]) - gradient(theta - step[j]) for j in range(k)]) / (2 * delta)
-        return grad, 0.5 * (hess + hess.T)  # row j of hess: ∂g/∂θ_j
+        points = np.vstack([theta + delta * np.eye(theta.size), theta - delta * np.eye(theta.size)])
+        if one_program:
+            grads = np.asarray(gradients_at_points(points, problem, reml, 1), dtype=np.float64)
+        else:
+            grads = np.stack([gradient(point) for point in points])
+        plus, minus = np.split(grads, 2)
+        hess = (plus - minus) / (2 * delta)  # row j: ∂g/∂θ_j
+        return grad, 0.5 * (hess + hess.T)
 
     @property
     def _derivative_free(self) -> bool:
