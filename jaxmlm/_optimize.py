@@ -152,7 +152,11 @@ def bfgs_minimize(
         d_new = -H_new @ g_try
         # a BFGS matrix that lost positive definiteness numerically: fall back to a scaled gradient step
         bad_dir = ~(jnp.dot(d_new, g_try) < 0)
-        d_new = jnp.where(bad_dir, -g_try * (first_step / jnp.maximum(jnp.max(jnp.abs(g_try)), 1e-300)), d_new)
+        # ... and while it is still the unscaled identity (no accepted step has had positive curvature yet), the
+        # scaled gradient step too: -g itself has the deviance's units, steps of thousands in θ
+        unscaled = ~(s.scaled | curvature_ok)
+        d_new = jnp.where(bad_dir | unscaled, -g_try * (first_step / jnp.maximum(jnp.max(jnp.abs(g_try)), 1e-300)),
+                          d_new)
         H_new = jnp.where(bad_dir, eye, H_new)
         rel = (s.value - v_try) / (1.0 + jnp.abs(s.value))
         return _BfgsState(
@@ -233,6 +237,8 @@ def host_bfgs_minimize(
         bad_dir = not (float(d_new @ g_try) < 0)
         if bad_dir:  # a BFGS matrix that lost positive definiteness numerically: a scaled gradient step
             d_new, H = gradient_step(g_try), eye
+        elif not (scaled or curvature_ok):  # H is still the unscaled identity: -g has the deviance's units
+            d_new = gradient_step(g_try)
         rel = (value - v_try) / (1.0 + abs(value))
         stall = stall + 1 if rel < ftol else 0
         scaled = scaled or (curvature_ok and not bad_dir)
