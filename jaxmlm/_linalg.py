@@ -7,6 +7,10 @@ into the dense tail through the entry pairs. The tail (crossed terms, then F) is
 
 The tail is updated in *unscaled* coordinates (its Λ is applied after the prefix is eliminated), which is exact
 because Λ is block diagonal: S_tail = Λ_tailᵀ (A_tail − A_tp Λ_p M_pp⁻¹ Λ_pᵀ A_pt) Λ_tail + I.
+
+S_tail is symmetric and is carried by its lower triangle only (LAPACK's potrf reads no more): the prefix's updates
+land in the lower triangle, and neither the objective nor its gradient pays for dense passes that would mirror
+them (at InstEval's 1146² tail those passes, and their transposes in the gradient, cost more than the Cholesky).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from . import _levelwise as lw
 from ._blocks import Blocks, Structure
 
 __all__ = ["Factor", "theta_to_factors", "factorize", "eliminate_prefix", "tail_log_terms", "solve_coefficients",
-           "solve_left_lower_t", "inverse_from_cholesky"]
+           "solve_left_lower_t", "inverse_from_cholesky", "lower", "symmetric_from_lower", "lower_weights"]
 
 # The inverse S_zz⁻¹ that the gradient needs comes from LAPACK's potri on the host (a callback) for dense tails at
 # least this large on the CPU: at n = 1146 (InstEval's tail) it took 15-20 ms against 75-100 ms for a triangular
@@ -106,48 +110,94 @@ def _scale_tail_columns(M: jax.Array, structure: Structure, factors) -> jax.Arra
     return jnp.concatenate(pieces, axis=-1) if pieces else M
 
 
+def _tail_column_scale(structure: Structure, factors) -> jax.Array | None:
+    """The diagonal of Λ_tail when every tail term is scalar (q = 1), else None."""
+    D = structure.n_prefix
+    if any(structure.qs[k] != 1 for k in range(D, structure.n_terms)):
+        return None
+    return jnp.concatenate([jnp.broadcast_to(factors[k][0, 0], (structure.n_levels[k],))
+                            for k in range(D, structure.n_terms)])
+
+
 # ---------------------------------------------------------------------------------------------- dense kernels
 def _host_lapack(n: int) -> bool:
     return n >= _HOST_LAPACK_MIN and jax.default_backend() == "cpu"
 
 
 def _potri(L) -> np.ndarray:
-    L = np.asarray(L)
+    L = np.array(L)  # a writable copy for LAPACK to overwrite
     (potri,) = scipy.linalg.get_lapack_funcs(("potri",), (L,))
-    inv, info = potri(L, lower=True, overwrite_c=False)
+    inv, info = potri(L, lower=True, overwrite_c=True)
     if info != 0:
         return np.full_like(L, np.nan)
-    return np.tril(inv) + np.tril(inv, -1).T  # potri fills the lower triangle only
+    return inv  # the lower triangle of the inverse; the strict upper one is L's (zeros), unused
+
+
+def lower(M: jax.Array) -> jax.Array:
+    """The lower triangle of M, zeros above (one fused pass)."""
+    n = M.shape[-1]
+    return jnp.where(jnp.arange(n)[:, None] >= jnp.arange(n)[None, :], M, 0.0)
+
+
+def symmetric_from_lower(M: jax.Array) -> jax.Array:
+    """The symmetric matrix whose lower triangle is M's."""
+    Ml = lower(M)
+    return Ml + jnp.tril(Ml, -1).T
+
+
+@jax.custom_jvp
+def cholesky_of_lower(S: jax.Array) -> jax.Array:
+    """The Cholesky factor of the symmetric matrix whose lower triangle is S's, reading S's lower triangle only.
+    Its derivative mirrors the tangent first (the generic rule takes the tangent whole, as if symmetric)."""
+    return jax.lax.linalg.cholesky(S, symmetrize_input=False)
+
+
+@cholesky_of_lower.defjvp
+def _cholesky_of_lower_jvp(primals, tangents):
+    (S,), (dS,) = primals, tangents
+    return jax.jvp(jnp.linalg.cholesky, (symmetric_from_lower(S),), (symmetric_from_lower(dS),))
+
+
+def lower_weights(G: jax.Array) -> jax.Array:
+    """W with Σ W ∘ dS = Σ G ∘ sym(dS) for a symmetric G and a lower-triangle-carried dS: 2 G below the diagonal,
+    G on it, 0 above."""
+    n = G.shape[-1]
+    i, j = jnp.arange(n)[:, None], jnp.arange(n)[None, :]
+    return jnp.where(i > j, 2.0 * G, jnp.where(i == j, G, 0.0))
 
 
 @jax.custom_jvp
 def inverse_from_cholesky(L: jax.Array) -> jax.Array:
-    """(L Lᵀ)⁻¹ from the lower factor L: LAPACK's potri on the CPU host for large matrices (n³/3 + n³/3 flops
-    with the triangular shapes used), else a triangular solve against I and a product."""
+    """The lower triangle (zeros above) of (L Lᵀ)⁻¹ from the lower factor L: LAPACK's potri on the CPU host for
+    large matrices (n³/3 + n³/3 flops with the triangular shapes used), else a triangular solve against I and a
+    product."""
     n = L.shape[-1]
     if _host_lapack(n):
-        return jax.pure_callback(_potri, jax.ShapeDtypeStruct(L.shape, L.dtype), L, vmap_method="sequential")
+        return lower(jax.pure_callback(_potri, jax.ShapeDtypeStruct(L.shape, L.dtype), L, vmap_method="sequential"))
     Linv = jax.lax.linalg.triangular_solve(L, jnp.eye(n, dtype=L.dtype), left_side=True, lower=True)
-    return Linv.T @ Linv
+    return lower(Linv.T @ Linv)
 
 
 @inverse_from_cholesky.defjvp
 def _inverse_from_cholesky_jvp(primals, tangents):
     (L,), (dL,) = primals, tangents
-    G = inverse_from_cholesky(L)
+    G_lower = inverse_from_cholesky(L)
+    G = symmetric_from_lower(G_lower)
     dS = dL @ L.T + L @ dL.T
-    return G, -(G @ dS @ G)
+    return G_lower, lower(-(G @ dS @ G))
 
 
 def factorize(theta: jax.Array, blocks: Blocks, structure: Structure) -> Factor:
     """L for the given θ. Pure JAX; differentiable; shapes fixed by `structure`."""
     prefix, S = eliminate_prefix(theta, blocks, structure)
-    return prefix._replace_tail(jnp.linalg.cholesky(S))
+    # mirrored, not read as a lower triangle only: callers differentiate through the generic Cholesky (GLMMs),
+    # whose rule wants a symmetric tangent
+    return prefix._replace_tail(jnp.linalg.cholesky(symmetric_from_lower(S)))
 
 
 def eliminate_prefix(theta: jax.Array, blocks: Blocks, structure: Structure):
-    """The prefix blocks of L and the tail's matrix S (before its dense Cholesky), as (Factor with an empty
-    tail, S). The objective differentiates the tail through `tail_log_terms`, not through a generic Cholesky.
+    """The prefix blocks of L and the tail's matrix S (before its dense Cholesky; its lower triangle, the strict
+    upper one undefined), as (Factor with an empty tail, S). The objective differentiates the tail through `tail_log_terms`, not through a generic Cholesky.
 
     The per-level blocks are worked on level-minor (`_levelwise`): every small-matrix formula is unrolled over
     elementwise vectors of all levels, then packed back into the (l, q, q) layout of `Factor`."""
@@ -204,14 +254,17 @@ def eliminate_prefix(theta: jax.Array, blocks: Blocks, structure: Structure):
     # the tail: Schur complement, then its own Λ and identity, then a dense Cholesky
     S_ff = blocks.tail_ff - upd_ff
     if m_z:
-        U = upd_zz.reshape(m_z, m_z)
-        U = U + U.T - jnp.diag(jnp.diagonal(U))
-        S_zz = blocks.tail_zz - U
+        S_zz = blocks.tail_zz - upd_zz.reshape(m_z, m_z)  # the pairs' targets are in the lower triangle
         S_fz = blocks.tail_fz - upd_fz.T
-        S_zz = _scale_tail_columns(S_zz, structure, factors)
-        S_zz = _scale_tail_columns(S_zz.T, structure, factors) + jnp.eye(m_z, dtype=theta.dtype)
-        S_fz = _scale_tail_columns(S_fz, structure, factors)
-        S = jnp.block([[S_zz, S_fz.T], [S_fz, S_ff]])
+        scale = _tail_column_scale(structure, factors)
+        if scale is not None:  # scalar tail terms: Λ_tail is diagonal, one fused elementwise pass
+            S_zz = scale[:, None] * S_zz * scale[None, :] + jnp.eye(m_z, dtype=theta.dtype)
+            S_fz = S_fz * scale[None, :]
+        else:  # T_k mixes the components of a level: mirror first
+            S_zz = _scale_tail_columns(symmetric_from_lower(S_zz), structure, factors)
+            S_zz = _scale_tail_columns(S_zz.T, structure, factors) + jnp.eye(m_z, dtype=theta.dtype)
+            S_fz = _scale_tail_columns(S_fz, structure, factors)
+        S = jnp.block([[S_zz, jnp.zeros((m_z, f), dtype=S_zz.dtype)], [S_fz, S_ff]])
     else:
         S = S_ff
     prefix = Factor(
@@ -233,22 +286,22 @@ def _tail_values(diag_L: jax.Array, m_z: int, p: int) -> jax.Array:
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def tail_log_terms(S: jax.Array, m_z: int, p: int) -> jax.Array:
     """[log det S_zz, log det of the X block's Schur complement (2 Σ log diag L_xx), log r² (r = L_yy)] of the
-    tail matrix S = [[S_zz, ·, ·], [·, S_xx, ·], [·, ·, S_yy]], through its Cholesky factor L.
+    tail matrix S = [[S_zz, ·, ·], [·, S_xx, ·], [·, ·, S_yy]] given by its lower triangle, through its Cholesky
+    factor L.
 
     Differentiating a generic Cholesky costs several dense solves and products; these three scalars have
     closed-form derivatives: ∂ log det S_zz/∂S = S_zz⁻¹, ∂ log det S_[zx]/∂S = S_[zx]⁻¹ (so the X term's is
     S_[zx]⁻¹ − S_zz⁻¹ = BᵀB for the X rows B of L_[zx]⁻¹), ∂ log r²/∂S = u uᵀ with u = L⁻ᵀ e_last. One
     factor inverse (`inverse_from_cholesky` of the Z block) and two thin triangular solves give all three (custom
-    JVP, so grad, jacfwd and hessian all work)."""
-    return _tail_values(jnp.diagonal(jnp.linalg.cholesky(S)), m_z, p)
+    JVP, so grad, jacfwd and hessian all work). As S, the derivatives live on the lower triangle
+    (`lower_weights`)."""
+    return _tail_values(jnp.diagonal(cholesky_of_lower(S)), m_z, p)
 
 
 @tail_log_terms.defjvp
 def _tail_log_terms_jvp(m_z, p, primals, tangents):
     (S,), (dS,) = primals, tangents
-    S = 0.5 * (S + S.T)
-    dS = 0.5 * (dS + dS.T)
-    L = jnp.linalg.cholesky(S)
+    L = cholesky_of_lower(S)
     values = _tail_values(jnp.diagonal(L), m_z, p)
     m = S.shape[0]
     Lb = L[: m - 1, : m - 1]
@@ -256,13 +309,12 @@ def _tail_log_terms_jvp(m_z, p, primals, tangents):
     # Bᵀ = L_b⁻ᵀ E_x: the X rows of L_b⁻¹, by one triangular solve with p right-hand sides
     E_x = jnp.eye(m - 1, dtype=S.dtype)[:, m_z:]
     Bt = jax.lax.linalg.triangular_solve(Lb, E_x, left_side=True, lower=True, transpose_a=True)
-    G_x = Bt @ Bt.T
     u_head = -jax.lax.linalg.triangular_solve(Lb, L[-1, : m - 1][:, None], left_side=True, lower=True,
                                               transpose_a=True)[:, 0]
     u = jnp.concatenate([u_head, jnp.ones((1,), S.dtype)]) / L[-1, -1]
-    t_z = jnp.sum(G_z * dS[:m_z, :m_z])
-    t_x = jnp.sum(G_x * dS[: m - 1, : m - 1])
-    t_r = u @ dS @ u
+    t_z = jnp.sum(lower_weights(G_z) * dS[:m_z, :m_z])
+    t_x = jnp.sum(lower_weights(Bt @ Bt.T) * dS[: m - 1, : m - 1])
+    t_r = jnp.sum(lower_weights(jnp.outer(u, u)) * dS)
     return values, jnp.stack([t_z, t_x, t_r])
 
 

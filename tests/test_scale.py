@@ -44,6 +44,22 @@ def test_tail_terms_value_gradient_and_hessian_match_a_generic_cholesky(spd):
     np.testing.assert_allclose(sym(h), sym(h0), rtol=1e-9, atol=1e-11)
 
 
+def test_tail_terms_read_the_lower_triangle_only(spd):
+    """The tail matrix is carried by its lower triangle: whatever sits above the diagonal changes neither the
+    values nor their first and second derivatives along symmetric directions."""
+    garbage = jnp.asarray(np.triu(np.random.default_rng(5).standard_normal(spd.shape), 1))
+    w = jnp.array([1.0, 0.7, 30.0])
+    f = lambda S: w @ tail_log_terms(S, M_Z, P)  # noqa: E731
+    np.testing.assert_allclose(f(spd + garbage), f(spd), rtol=1e-14)
+    g, g_bad = jax.grad(f)(spd), jax.grad(f)(spd + garbage)
+    np.testing.assert_allclose(g_bad, g, rtol=1e-12, atol=1e-14)
+    assert np.all(np.triu(np.asarray(g), 1) == 0)  # the gradient lives on the lower triangle too
+    direction = jnp.asarray(np.tril(np.random.default_rng(6).standard_normal(spd.shape)))
+    h = jax.jvp(jax.grad(f), (spd,), (direction,))[1]
+    h_bad = jax.jvp(jax.grad(f), (spd + garbage,), (direction + garbage,))[1]
+    np.testing.assert_allclose(h_bad, h, rtol=1e-10, atol=1e-12)
+
+
 def test_tail_terms_without_random_tail_or_fixed_effects():
     S = jnp.asarray(np.array([[4.0, 1.0], [1.0, 3.0]]))
     out = tail_log_terms(S, 0, 1)
