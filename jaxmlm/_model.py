@@ -37,15 +37,16 @@ _HESSIAN_MAX_PARAMS = 60  # exact Hessian diagnostics for models up to this many
 # itself, dividing by δ²). Beyond 10 θ the exact Hessian is cheaper than 2k gradients.
 _STENCIL_MAX_PARAMS = 10
 # ... computed by separate calls of that program for statistics of up to this many numbers; past it a call of its
-# own costs about twice a gradient inside a program, so the 2k gradients run in one compiled call (one more small
-# program). At 1M rows × 100k levels × (intercept + slope): first fit 3.1 s against 4.3-4.6 s with jax.hessian
-# (whose program took ~2 s to compile), repeat fits 0.58-0.70 s against 0.55-0.73 s.
-_STENCIL_MAX_SIZE = 100_000
+# own costs enough more than a gradient inside a program that the 2k gradients run in one compiled call (one more
+# program, ~1 s to compile). At 1M rows × 100k levels × (intercept + slope), 400k numbers, separate calls won both
+# ways (first fit 2.4-2.6 s against 3.1-3.8 s, repeat fits 0.57-0.62 s against 0.72-0.80 s); at 10M rows × 1M
+# levels, 4M numbers, the one call did (first fit 12.5 s against 14.6 s, repeats 8-10 s against 11-12 s).
+_STENCIL_MAX_SIZE = 1_000_000
 # Dense tails at least this large are fitted without derivatives (COBYQA, as lme4 fits with BOBYQA) and checked
 # with lme4's finite-difference derivatives. There an evaluation costs O(m³) and its gradient ~5x more (the
-# inverse S⁻¹ and the backward pass through the entry pairs): on InstEval (m = 1142) an evaluation takes ~40 ms
-# and value + gradient ~210 ms, so 76 COBYQA evaluations (3.5 s) beat 37 gradient-based ones (6-7 s), and the 19-point
-# difference stencil (~0.8 s) beats the autodiff Hessian (~2 s). Smaller models keep gradient-based BFGS
+# inverse S⁻¹ and the backward pass through the entry pairs): on InstEval (m = 1142) an evaluation takes ~33 ms
+# and value + gradient ~140 ms, so 75 COBYQA evaluations (2.5 s) beat 38 gradient-based ones (5.2 s), and the 19-point
+# difference stencil (~0.65 s) beats 2k + 1 gradients (~1 s) and the autodiff Hessian (~2 s). Smaller models keep gradient-based BFGS
 # (`_minimize`), where an evaluation with its gradient takes microseconds to tens of milliseconds.
 _DERIVATIVE_FREE_TAIL = 512
 
