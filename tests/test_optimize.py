@@ -39,7 +39,8 @@ def test_bfgs_matches_lbfgs_on_a_quadratic():
     for minimize in (bfgs_minimize, lbfgs_minimize):
         res = minimize(quad, jnp.zeros(3), gtol=1e-12)
         assert bool(res.converged)
-        np.testing.assert_allclose(np.asarray(res.x), expected, rtol=1e-9)
+        # a line search on values resolves x to ~sqrt(2 eps |f| / λ) ~ 2e-8 once f's decreases reach rounding
+        np.testing.assert_allclose(np.asarray(res.x), expected, rtol=1e-7)
 
 
 def test_bfgs_stops_on_non_finite_start():
@@ -67,7 +68,7 @@ def test_host_bfgs_reaches_the_compiled_bfgs_optimum():
     b = np.array([1.0, -2.0, 0.5])
     res = host_bfgs_minimize(_host(lambda x: 0.5 * x @ A @ x - b @ x), np.zeros(3), gtol=1e-12, max_iter=100)
     assert bool(res.converged)
-    np.testing.assert_allclose(res.x, np.linalg.solve(A, b), rtol=1e-9)
+    np.testing.assert_allclose(res.x, np.linalg.solve(A, b), rtol=1e-7)  # rounding-limited, as above
 
 
 def test_host_bfgs_shrinks_the_step_past_non_finite_values():
