@@ -34,7 +34,9 @@ _HESSIAN_MAX_PARAMS = 60  # exact Hessian diagnostics for models up to this many
 # differences of the exact (autodiff) gradient at θ ± δe_j: 2k calls of the optimizer's own value-and-gradient
 # program, so nothing more compiles (jax.hessian's forward-over-reverse program took 1.6 s of sleepstudy's first
 # fit). Dividing gradient differences by δ = 1e-5 keeps ~1e-8 relative accuracy (lme4 differences the deviance
-# itself, dividing by δ²). Beyond 10 θ the exact Hessian is cheaper than 2k gradients.
+# itself, dividing by δ²). Forward differences would save k gradients (~12% of a repeat fit at 1M × 100k) but
+# are only ~1e-5 accurate, too coarse for a zero eigenvalue to show an unidentifiable model. Beyond 10 θ the
+# exact Hessian is cheaper than 2k gradients.
 _STENCIL_MAX_PARAMS = 10
 # ... computed by separate calls of that program for statistics of up to this many numbers; past it a call of its
 # own costs enough more than a gradient inside a program that the 2k gradients run in one compiled call (one more
@@ -43,11 +45,11 @@ _STENCIL_MAX_PARAMS = 10
 # levels, 4M numbers, the one call did (first fit 12.5 s against 14.6 s, repeats 8-10 s against 11-12 s).
 _STENCIL_MAX_SIZE = 1_000_000
 # Dense tails at least this large are fitted without derivatives (COBYQA, as lme4 fits with BOBYQA) and checked
-# with lme4's finite-difference derivatives. There an evaluation costs O(m³) and its gradient ~5x more (the
-# inverse S⁻¹ and the backward pass through the entry pairs): on InstEval (m = 1142) an evaluation takes ~33 ms
-# and value + gradient ~140 ms, so 75 COBYQA evaluations (2.5 s) beat 38 gradient-based ones (5.2 s), and the 19-point
-# difference stencil (~0.65 s) beats 2k + 1 gradients (~1 s) and the autodiff Hessian (~2 s). Smaller models keep gradient-based BFGS
-# (`_minimize`), where an evaluation with its gradient takes microseconds to tens of milliseconds.
+# with lme4's finite-difference derivatives. There an evaluation costs O(m³) and its gradient ~4x more (the
+# inverse S⁻¹ and the backward pass through the entry pairs): on InstEval (m = 1142) an evaluation takes ~27-33 ms
+# and value + gradient ~140 ms, so 75 COBYQA evaluations (2-2.5 s) beat 22 gradient-based ones (3 s), and the
+# 19-point difference stencil (~0.6 s) beats 2k gradients (~0.85 s) and the autodiff Hessian (~2 s). Smaller models
+# keep gradient-based BFGS (`_minimize`), where an evaluation with its gradient takes microseconds to tens of ms.
 _DERIVATIVE_FREE_TAIL = 512
 
 
