@@ -86,6 +86,27 @@ class Blocks(eqx.Module):
     tail_ff: jax.Array  # (f, f)
 
 
+def split_levels(blocks: Blocks) -> Blocks:
+    """The same values with every per-level element an array of its own: diag and offdiag as nested tuples
+    [i][j] of (l,) arrays, fixed as a tuple of q (f, l) arrays, entries as a tuple of q (nnz,) arrays
+    (`_levelwise.unpack` takes either form). A program that takes stacked blocks as arguments reads their elements
+    as slices, which XLA's CPU backend copies out on every call: at 1M rows × 100k levels (intercept + slope) a
+    value-and-gradient call took 25 ms on stacked blocks against 14 ms on split ones (and on blocks compiled in
+    as constants). The optimizer's programs therefore take split blocks (`split_problem`)."""
+    def split(A):
+        return tuple(tuple(A[i, j] for j in range(A.shape[1])) for i in range(A.shape[0]))
+
+    return Blocks(
+        diag=tuple(split(A) for A in blocks.diag),
+        offdiag=tuple(tuple(split(B) for B in row) for row in blocks.offdiag),
+        fixed=tuple(tuple(A[:, j] for j in range(A.shape[1])) for A in blocks.fixed),
+        entries=tuple(tuple(E[j] for j in range(E.shape[0])) for E in blocks.entries),
+        tail_zz=blocks.tail_zz,
+        tail_fz=blocks.tail_fz,
+        tail_ff=blocks.tail_ff,
+    )
+
+
 def _is_function(codes_from: np.ndarray, codes_to: np.ndarray, n_from: int, n_to: int) -> np.ndarray | None:
     """If each level of `from` co-occurs with exactly one level of `to`, that map; else None."""
     key = np.unique(codes_from.astype(np.int64) * n_to + codes_to)

@@ -28,18 +28,24 @@ LevelMatrix = list  # list[list[jax.Array]]: rows × columns of (..., l) arrays
 
 
 # ------------------------------------------------------------------------------------ layout conversions
-def unpack(A: jax.Array) -> LevelMatrix:
-    """(r, c, l) → r × c level matrix of (l,) vectors."""
+def unpack(A) -> LevelMatrix:
+    """(r, c, l) → r × c level matrix of (l,) vectors; already split blocks (`_blocks.split_levels`) as they are."""
+    if isinstance(A, (tuple, list)):
+        return [list(row) for row in A]
     return [[A[i, j] for j in range(A.shape[1])] for i in range(A.shape[0])]
 
 
-def unpack_rows(A: jax.Array) -> LevelMatrix:
-    """(f, q, l) → one row of q arrays (f, l): a term's F rows, kept together along f."""
+def unpack_rows(A) -> LevelMatrix:
+    """(f, q, l) → one row of q arrays (f, l): a term's F rows, kept together along f (or already split)."""
+    if isinstance(A, (tuple, list)):
+        return [list(A)]
     return [[A[:, j] for j in range(A.shape[1])]]
 
 
-def unpack_entries(E: jax.Array) -> LevelMatrix:
-    """(q, nnz) → one row of q arrays (nnz,)."""
+def unpack_entries(E) -> LevelMatrix:
+    """(q, nnz) → one row of q arrays (nnz,) (or already split)."""
+    if isinstance(E, (tuple, list)):
+        return [list(E)]
     return [[E[j] for j in range(E.shape[0])]]
 
 

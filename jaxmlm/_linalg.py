@@ -215,7 +215,7 @@ def eliminate_prefix(theta: jax.Array, blocks: Blocks, structure: Structure):
     ]
     fixed = [lw.times(lw.unpack_rows(blocks.fixed[t]), factors[t]) for t in range(D)]
     entries = [lw.times(lw.unpack_entries(blocks.entries[t]), factors[t]) for t in range(D)]
-    n_entries = [int(blocks.entries[t].shape[1]) for t in range(D)]
+    n_entries = [int(entries[t][0][0].shape[0]) for t in range(D)]
 
     upd_zz = jnp.zeros((m_z * m_z,), dtype=theta.dtype) if m_z else None
     upd_fz = jnp.zeros((m_z, f), dtype=theta.dtype) if m_z else None

@@ -19,13 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._blocks import Blocks, RowData, Structure, cross_products
+from ._blocks import Blocks, RowData, Structure, cross_products, split_levels
 from ._linalg import Factor, eliminate_prefix, factorize, solve_coefficients, tail_log_terms
 from ._optimize import OptimResult, lbfgs_minimize
 
 __all__ = [
     "LinearProblem",
     "make_linear_problem",
+    "split_problem",
     "profiled_deviance",
     "fit_linear",
     "deviance_and_gradient",
@@ -93,6 +94,13 @@ def _chunk_statistics(structure: Structure, rows: RowData, weights, X, y, start,
 def _add_statistics(a: LinearProblem, b: LinearProblem) -> LinearProblem:
     return LinearProblem(structure=a.structure, blocks=jax.tree.map(jnp.add, a.blocks, b.blocks), n=a.n + b.n, p=a.p,
                          sum_log_w=a.sum_log_w + b.sum_log_w)
+
+
+@jax.jit
+def split_problem(problem: LinearProblem) -> LinearProblem:
+    """`problem` with its per-level blocks split element by element (`_blocks.split_levels`), the form the
+    optimizer's programs take; one copy of the blocks."""
+    return eqx.tree_at(lambda p: p.blocks, problem, split_levels(problem.blocks))
 
 
 def deviance_from_factor(factor: Factor, problem: LinearProblem, reml: bool) -> jax.Array:

@@ -21,7 +21,7 @@ from ._design import build_design, check_linear_model, to_pandas
 from ._errors import ConvergenceWarning, DataError, NewLevelError, SingularFitWarning
 from ._family import get_family
 from ._lmm import (deviance_and_gradient, deviance_value, gradients_at_points, linear_diagnostics, linear_estimates,
-                   make_linear_problem)
+                   make_linear_problem, split_problem)
 from ._optimize import cobyqa_minimize, host_bfgs_minimize
 from ._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
 from ._terms import parse_formula
@@ -86,6 +86,7 @@ class Model:
         self.rows = row_data(codes, [t.z for t in d.terms], index_parts)
         self.data_name = data_name
         self._linear_problem = None
+        self._evaluation_problem = None  # linear_problem split for the optimizer's programs, formed on first use
 
     # ------------------------------------------------------------------ structure
     @property
@@ -111,10 +112,19 @@ class Model:
             self._linear_problem = make_linear_problem(self.structure, self.rows, d.weights, d.X, d.y - d.offset)
         return self._linear_problem
 
+    def _for_evaluation(self, problem=None):
+        """`problem` (default: linear_problem) as the optimizer's programs take it: blocks split by level element
+        (`_lmm.split_problem`; formed once for linear_problem)."""
+        if problem is None or problem is self.linear_problem:
+            if self._evaluation_problem is None:
+                self._evaluation_problem = split_problem(self.linear_problem)
+            return self._evaluation_problem
+        return split_problem(problem)
+
     def deviance(self, theta, reml: bool = False) -> float:
         """Profiled deviance (ML) or REML criterion at θ, as lme4's devfun."""
         self._require_gaussian("deviance")
-        return float(deviance_value(jnp.asarray(theta, dtype=jnp.float64), self.linear_problem, reml))
+        return float(deviance_value(jnp.asarray(theta, dtype=jnp.float64), self._for_evaluation(), reml))
 
     def _require_gaussian(self, what: str) -> None:
         if not self.is_gaussian:
@@ -186,7 +196,8 @@ class Model:
             grad, hess = self._stencil_derivatives(theta, reml, grad=known,
                                                    one_program=self._statistics_size > _STENCIL_MAX_SIZE)
         else:
-            grad, hess = linear_diagnostics(jnp.asarray(theta), problem, reml, theta.size <= _HESSIAN_MAX_PARAMS)
+            grad, hess = linear_diagnostics(jnp.asarray(theta), self._for_evaluation(), reml,
+                                            theta.size <= _HESSIAN_MAX_PARAMS)
         optinfo = self._diagnose(
             "COBYQA" if self._derivative_free else "BFGS",
             theta,
@@ -225,7 +236,7 @@ class Model:
         """Exact gradient at θ (unless given, finite) and the Hessian by central differences of the gradient
         (symmetrized). one_program: the 2k off-centre gradients in one compiled call, one after another (large
         statistics, where a call of its own costs about twice a gradient inside a program)."""
-        problem = self.linear_problem
+        problem = self._for_evaluation()
 
         def gradient(point):
             return np.asarray(deviance_and_gradient(point, problem, reml)[1], dtype=np.float64)
@@ -255,7 +266,7 @@ class Model:
         of its own allocates its temporaries afresh; `_config.heap_allocations` keeps that cheap). A float32
         search stops at float32's tolerances (relative gradient 1e-6, stall 1e-9); `initial_radius` bounds the
         first step (small for a polish)."""
-        problem = self.linear_problem if problem is None else problem
+        problem = self._for_evaluation(problem)
         dtype = problem.blocks.tail_ff.dtype
         if not self._derivative_free:
             tolerances = dict(gtol=1e-6, ftol=1e-9) if dtype == jnp.float32 else {}
