@@ -27,7 +27,7 @@ from . import _levelwise as lw
 from ._blocks import Blocks, Structure
 
 __all__ = ["Factor", "theta_to_factors", "factorize", "eliminate_prefix", "tail_log_terms", "solve_coefficients",
-           "solve_left_lower_t", "inverse_from_cholesky", "lower", "symmetric_from_lower", "lower_weights"]
+           "solve_left_lower_t", "inverse_from_cholesky"]
 
 # The inverse S_zz⁻¹ that the gradient needs comes from LAPACK's potri on the host (a callback) for dense tails at
 # least this large on the CPU: at n = 1146 (InstEval's tail) it took 15-20 ms against 75-100 ms for a triangular
@@ -197,7 +197,8 @@ def factorize(theta: jax.Array, blocks: Blocks, structure: Structure) -> Factor:
 
 def eliminate_prefix(theta: jax.Array, blocks: Blocks, structure: Structure):
     """The prefix blocks of L and the tail's matrix S (before its dense Cholesky; its lower triangle, the strict
-    upper one undefined), as (Factor with an empty tail, S). The objective differentiates the tail through `tail_log_terms`, not through a generic Cholesky.
+    upper one undefined), as (Factor with an empty tail, S). The objective differentiates the tail through
+    `tail_log_terms`, not through a generic Cholesky.
 
     The per-level blocks are worked on level-minor (`_levelwise`): every small-matrix formula is unrolled over
     elementwise vectors of all levels, then packed back into the (l, q, q) layout of `Factor`."""
