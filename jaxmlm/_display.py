@@ -127,12 +127,16 @@ def _named_vector(names: list[str], texts: list[str]) -> str:
 
 
 def _fit_criteria(fit) -> str:
+    estimated = ""
+    if fit.extra.get("solver") == "iterative":  # the log-determinant is a stochastic estimate: say how good
+        estimated = (f"\n(iterative solver: log-determinant estimated, standard error "
+                     f"{fit.extra['objective_se']:.2g}, {fit.extra['n_probes']} probes)")
     if fit.reml:
-        return f"REML criterion at convergence: {fit.objective:.1f}"
+        return f"REML criterion at convergence: {fit.objective:.1f}" + estimated
     df_resid = fit.nobs - fit.n_params
     # lme4's .prt.aictab: format(round(c(AIC, BIC, logLik, deviance), 1)) jointly, df.resid on its own
     values = r_format(np.round([fit.aic, fit.bic, fit.loglik, fit.deviance], 1), 7)
-    return _named_vector(["AIC", "BIC", "logLik", "deviance", "df.resid"], values + [str(df_resid)])
+    return _named_vector(["AIC", "BIC", "logLik", "deviance", "df.resid"], values + [str(df_resid)]) + estimated
 
 
 def _scaled_residuals(res: np.ndarray) -> str:

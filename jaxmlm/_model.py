@@ -80,15 +80,33 @@ class Model:
         )
         if self.is_gaussian:
             check_linear_model(self.design)
-        d = self.design
-        codes = [t.codes for t in d.terms]
-        self.structure, index_parts = build_structure(codes, [t.q for t in d.terms], [t.n_levels for t in d.terms])
-        self.rows = row_data(codes, [t.z for t in d.terms], index_parts)
         self.data_name = data_name
+        self._structure = None
+        self._rows = None
         self._linear_problem = None
         self._evaluation_problem = None  # linear_problem split for the optimizer's programs, formed on first use
 
     # ------------------------------------------------------------------ structure
+    @property
+    def structure(self):
+        """The block structure (block kinds, entries, entry pairs), built on first use: the iterative path
+        (`fit(solver="iterative")`) never needs it, and for a large crossed design its pairs would not fit."""
+        if self._structure is None:
+            self._build_structure()
+        return self._structure
+
+    @property
+    def rows(self):
+        if self._rows is None:
+            self._build_structure()
+        return self._rows
+
+    def _build_structure(self) -> None:
+        d = self.design
+        codes = [t.codes for t in d.terms]
+        self._structure, index_parts = build_structure(codes, [t.q for t in d.terms], [t.n_levels for t in d.terms])
+        self._rows = row_data(codes, [t.z for t in d.terms], index_parts)
+
     @property
     def is_gaussian(self) -> bool:
         return getattr(self.family, "name", "gaussian") == "gaussian"
@@ -99,7 +117,7 @@ class Model:
 
     @property
     def n_theta(self) -> int:
-        return self.structure.n_theta
+        return sum(q * (q + 1) // 2 for q in self.qs)
 
     def theta_start(self) -> np.ndarray:
         return theta_start(self.qs)
@@ -132,8 +150,15 @@ class Model:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, method: str | None = None, *, start=None, max_iter: int = 1000, nagq: int | None = None,
-            warn: bool = True, dtype: str = "float64") -> MixedModelResult:
+            warn: bool = True, dtype: str = "float64", solver: str = "direct",
+            solver_options: dict | None = None) -> MixedModelResult:
         """Fit by 'reml' or 'ml' (Gaussian), or 'laplace' / 'agq' (binomial, Poisson).
+
+        solver='iterative' (linear models): never factor; conjugate gradients for β and u and a stochastic
+        Lanczos estimate of the log-determinant (`_iterative`), for crossed designs whose dense tail will not fit.
+        β and u are exact given θ; the objective carries the estimate's error (its standard error is in
+        `fit.extra["objective_se"]`). solver_options: n_probes (default 64), lanczos_steps (50), seed (0),
+        cg_tol (1e-10).
 
         dtype='float32' (linear models): the optimizer's search runs in single precision on statistics formed in
         double precision, then a double-precision polish starts from its optimum (a few evaluations), and the
@@ -141,6 +166,13 @@ class Model:
         resolve the deviance of large data to lme4's gradient tolerance (at n = 1M the deviance is ~3e6 and
         float32's spacing there is 0.25), so the polish is what makes the answer float64's. Measured accuracy and
         cost against float64: docs/scale.md."""
+        if solver not in ("direct", "iterative"):
+            raise ValueError(f"solver must be 'direct' or 'iterative', got {solver!r}")
+        if solver == "iterative":
+            return self._fit_iterative(method, start=start, max_iter=max_iter, warn=warn, dtype=dtype,
+                                       options=dict(solver_options or {}))
+        if solver_options:
+            raise ValueError("solver_options are for solver='iterative'")
         if self.is_gaussian and (method is None or str(method).lower() in ("reml", "ml")):
             # the statistics first, under the allocator's defaults: their pass's large temporaries go back to the
             # system (under heap_allocations a 10M-row design's peak RSS rose from 2.4 to 4.3 GiB)
@@ -220,6 +252,65 @@ class Model:
             objective=objective,
             loglik=loglik,
             optinfo=optinfo,
+        )
+        if warn:
+            self._warn(fit)
+        return fit
+
+    def _fit_iterative(self, method, *, start, max_iter: int, warn: bool, dtype: str, options: dict):
+        """The iterative path (`_iterative`): COBYQA on the estimated objective (its probes fixed, so smooth in
+        θ), lme4's finite-difference convergence checks, estimates at the optimum."""
+        from ._iterative import iterative_deviance, iterative_estimates, make_iterative_problem
+
+        method = "reml" if method is None else str(method).lower()
+        if not self.is_gaussian or method not in ("reml", "ml"):
+            raise ValueError("solver='iterative' fits linear mixed models ('reml' or 'ml')")
+        if dtype != "float64":
+            raise ValueError("solver='iterative' runs in float64")
+        known = {"n_probes", "lanczos_steps", "seed", "cg_tol", "sketch_size"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown solver_options {unknown}; known: {sorted(known)}")
+        n_probes, steps = int(options.get("n_probes", 64)), int(options.get("lanczos_steps", 50))
+        if n_probes < 2 or steps < 2:
+            raise ValueError("solver_options n_probes and lanczos_steps must be at least 2")
+        reml = method == "reml"
+        d = self.design
+        key = (n_probes, int(options.get("seed", 0)), int(options.get("sketch_size", n_probes // 2)))
+        if getattr(self, "_iterative_key", None) != key:
+            self._iterative_problem = make_iterative_problem(
+                [t.codes for t in d.terms], [t.z for t in d.terms], [t.n_levels for t in d.terms], d.X,
+                d.y - d.offset, d.weights, n_probes=key[0], seed=key[1], sketch_size=key[2])
+            self._iterative_key = key
+        problem = self._iterative_problem
+        settings = dict(lanczos_steps=steps, cg_tol=float(options.get("cg_tol", 1e-10)))
+
+        def objective(th):
+            return float(iterative_deviance(jnp.asarray(th, dtype=jnp.float64), problem, reml, **settings)[0])
+
+        theta0 = self.theta_start() if start is None else np.asarray(start, dtype=np.float64)
+        if theta0.shape != (self.n_theta,):
+            raise ValueError(f"start must have {self.n_theta} values (θ in lme4's layout), got shape {theta0.shape}")
+        lower = np.where(theta_diagonal_mask(self.qs), 0.0, -np.inf)
+        res = cobyqa_minimize(objective, canonical_theta(theta0, self.qs), lower, max_eval=max_iter)
+        if not np.isfinite(float(res.value)):
+            raise DataError("the iterative objective is not finite at the optimizer's end point (the conjugate "
+                            "gradients may not have converged: raise solver_options['cg_tol'] or rescale the data)")
+        theta = self._snap_to_boundary(canonical_theta(np.asarray(res.x), self.qs), objective)
+        est = iterative_estimates(jnp.asarray(theta), problem, reml, **settings)
+        value = float(est["objective"])
+        grad, hess = _finite_difference_derivatives(objective, theta, value)
+        messages = []
+        if float(est["cg_residual"]) > 1e-6:
+            messages.append(f"conjugate gradients stopped at relative residual {float(est['cg_residual']):.2g}")
+        optinfo = self._diagnose("COBYQA (iterative)", theta, grad, hess, bool(res.converged), int(res.n_iter),
+                                 int(res.n_eval), messages)
+        fit = MixedModelResult(
+            self, method=method, theta=theta, beta=np.asarray(est["beta"]), vcov=np.asarray(est["vcov"]),
+            sigma=float(est["sigma"]), b=[np.asarray(x) for x in est["b"]], objective=value, loglik=-value / 2.0,
+            optinfo=optinfo,
+            extra=dict(solver="iterative", objective_se=float(est["objective_se"]), n_probes=n_probes,
+                       lanczos_steps=steps, cg_iterations=int(est["cg_iterations"])),
         )
         if warn:
             self._warn(fit)

@@ -1,0 +1,309 @@
+"""The iterative path: the linear mixed model's objective without factoring, for crossed designs whose dense tail
+(the Schur complement left after the largest factor is eliminated) will not fit in memory.
+
+With A = ΛᵀZᵀWZΛ + I (m × m) every piece of the profiled deviance is reached through products with Z alone
+(segment sums over rows, O(rows + levels) memory):
+
+* log det A = log det D + log det(L_D⁻¹ A L_D⁻ᵀ), D = A's per-level diagonal blocks (exact, L_D their Cholesky
+  factors); the second, well-conditioned term by stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017): for a
+  Rademacher probe v, vᵀ log(Ã) v ≈ ‖v‖² Σᵢ U₀ᵢ² log λᵢ from the k-step Lanczos tridiagonal's eigenpairs. The
+  probes are drawn once from a fixed seed, so the estimate is a smooth, deterministic function of θ (the optimizer
+  sees no noise); its standard error over the probes is reported.
+* A⁻¹[ΛᵀZᵀWX, ΛᵀZᵀWy] by block-Jacobi preconditioned conjugate gradients (columns in lockstep), giving the Schur
+  complement S_X = XᵀWX − XᵀWZΛ A⁻¹ ΛᵀZᵀWX (log det for REML, vcov(β)), β, u = A⁻¹ΛᵀZᵀW(y − Xβ), and the
+  penalized residual sum of squares r² evaluated directly at (β, u) (its error is second order in the solver's).
+
+ML: d = log det A + n(1 + log(2π r²/n)) − Σ log w; REML adds log det S_X with n − p for n (as `_lmm`). Given θ, β and
+u are exact to the solver's tolerance; only log det A is estimated, so the objective, and through it θ, carry the
+quadrature's error (tests/test_iterative.py measures it against the direct path).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._linalg import theta_to_factors
+
+__all__ = ["IterativeProblem", "make_iterative_problem", "iterative_deviance", "iterative_estimates"]
+
+_LOG_2PI = float(np.log(2 * np.pi))
+
+
+class IterativeProblem(eqx.Module):
+    """The rows themselves (the iterative path never forms pairwise statistics) and their θ-free summaries."""
+
+    codes: tuple[jax.Array, ...]  # per term: (n,) level of each row
+    z: tuple[jax.Array, ...]  # per term: (n, q) random-effects columns
+    level_zz: tuple[jax.Array, ...]  # per term: (l, q, q) Σ_rows w z zᵀ per level (D before Λ)
+    X: jax.Array  # (n, p)
+    y: jax.Array  # (n,) response minus offset
+    w: jax.Array  # (n,) weights
+    xwx: jax.Array  # (p, p)
+    n: jax.Array  # rows with positive weight
+    sum_log_w: jax.Array
+    probes: jax.Array  # (m − m_first, P) Rademacher probes, fixed
+    sketch: jax.Array  # (m − m_first, s) Gaussian sketch for Hutch++, fixed
+    qs: tuple[int, ...] = eqx.field(static=True)
+    n_levels: tuple[int, ...] = eqx.field(static=True)
+    first: int = eqx.field(static=True)  # the term eliminated exactly (the most columns)
+
+
+def make_iterative_problem(codes, zs, n_levels, X, y, weights, n_probes: int, seed: int,
+                           sketch_size: int) -> IterativeProblem:
+    qs = tuple(int(z.shape[1]) for z in zs)
+    n_levels = tuple(int(l) for l in n_levels)
+    w = jnp.asarray(weights, dtype=jnp.float64)
+    codes = tuple(jnp.asarray(c, dtype=jnp.int32) for c in codes)
+    zs = tuple(jnp.asarray(z, dtype=jnp.float64) for z in zs)
+    level_zz = tuple(jax.ops.segment_sum(w[:, None, None] * z[:, :, None] * z[:, None, :], c, num_segments=l)
+                     for c, z, l in zip(codes, zs, n_levels))
+    X = jnp.asarray(X, dtype=jnp.float64)
+    positive = w > 0
+    sizes = [l * q for l, q in zip(n_levels, qs)]
+    first = int(np.argmax(sizes))
+    m_rest = sum(sizes) - sizes[first]
+    key_probes, key_sketch = jax.random.split(jax.random.PRNGKey(seed))
+    probes = jax.random.rademacher(key_probes, (m_rest, n_probes), dtype=jnp.float64)
+    sketch = jax.random.normal(key_sketch, (m_rest, min(sketch_size, m_rest)), dtype=jnp.float64)
+    return IterativeProblem(
+        codes=codes, z=zs, level_zz=level_zz, X=X, y=jnp.asarray(y, dtype=jnp.float64), w=w,
+        xwx=X.T @ (w[:, None] * X), n=jnp.sum(positive).astype(jnp.float64),
+        sum_log_w=jnp.sum(jnp.where(positive, jnp.log(jnp.where(positive, w, 1.0)), 0.0)),
+        probes=probes, sketch=sketch, qs=qs, n_levels=n_levels, first=first,
+    )
+
+
+# ----------------------------------------------------------------------------------------- products with Z
+def _split(V, problem):
+    """(m, c) → per term (l, q, c)."""
+    out, pos = [], 0
+    for l, q in zip(problem.n_levels, problem.qs):
+        out.append(V[pos : pos + l * q].reshape(l, q, -1))
+        pos += l * q
+    return out
+
+
+def _z_lambda(V, factors, problem):
+    """ZΛ V for V (m, c): (n, c)."""
+    total = 0.0
+    for Vk, Tk, c, z in zip(_split(V, problem), factors, problem.codes, problem.z):
+        Bk = jnp.einsum("ij,ljc->lic", Tk, Vk)  # b = T u per level
+        total = total + jnp.einsum("nq,nqc->nc", z, Bk[c])
+    return total
+
+
+def _z_lambda_t(R, factors, problem):
+    """ΛᵀZᵀ R for R (n, c): (m, c)."""
+    parts = []
+    for Tk, c, z, l in zip(factors, problem.codes, problem.z, problem.n_levels):
+        G = jax.ops.segment_sum(z[:, :, None] * R[:, None, :], c, num_segments=l)  # (l, q, c)
+        parts.append(jnp.einsum("ji,ljc->lic", Tk, G).reshape(-1, R.shape[1]))
+    return jnp.concatenate(parts, axis=0)
+
+
+def _apply_A(V, factors, problem):
+    """(ΛᵀZᵀWZΛ + I) V."""
+    return _z_lambda_t(problem.w[:, None] * _z_lambda(V, factors, problem), factors, problem) + V
+
+
+def _diagonal_factors(factors, problem):
+    """Cholesky factors of A's per-level diagonal blocks Tᵀ(Σ w z zᵀ)T + I: per term (l, q, q)."""
+    out = []
+    for Tk, G in zip(factors, problem.level_zz):
+        D = jnp.einsum("ji,ljk,km->lim", Tk, G, Tk) + jnp.eye(Tk.shape[0], dtype=G.dtype)
+        out.append(jnp.linalg.cholesky(D))
+    return out
+
+
+def _block_solve(L_blocks, V, problem, transpose: bool, terms=None):
+    """L_D⁻¹ V (or L_D⁻ᵀ V) for V (m, c), block by block; `terms`: V holds only these terms' rows."""
+    terms = range(len(problem.qs)) if terms is None else terms
+    parts, pos = [], 0
+    for k in terms:
+        size = problem.n_levels[k] * problem.qs[k]
+        Vk = V[pos : pos + size].reshape(problem.n_levels[k], problem.qs[k], -1)
+        X = jax.lax.linalg.triangular_solve(L_blocks[k], Vk, left_side=True, lower=True, transpose_a=transpose)
+        parts.append(X.reshape(-1, V.shape[1]))
+        pos += size
+    return jnp.concatenate(parts, axis=0)
+
+
+def _schur_operator(apply, L_blocks, problem):
+    """v ↦ S v for the Schur complement S = A_rr − A_r1 A_11⁻¹ A_1r of the first term's block A_11 (block
+    diagonal: its levels do not couple, so A_11⁻¹ is exact), on the other terms' coordinates; two products with A."""
+    k1 = problem.first
+    sizes = [l * q for l, q in zip(problem.n_levels, problem.qs)]
+    start = sum(sizes[:k1])
+    rest = [k for k in range(len(sizes)) if k != k1]
+
+    def full(V1, Vr):
+        before = Vr[:start]
+        after = Vr[start:]
+        return jnp.concatenate([before, V1, after], axis=0)
+
+    def split(V):
+        return V[start : start + sizes[k1]], jnp.concatenate([V[:start], V[start + sizes[k1]:]], axis=0)
+
+    def S(Vr):
+        Y1, Yr = split(apply(full(jnp.zeros((sizes[k1], Vr.shape[1]), Vr.dtype), Vr)))
+        T1 = _block_solve(L_blocks, _block_solve(L_blocks, Y1, problem, False, [k1]), problem, True, [k1])
+        _, Yr2 = split(apply(full(T1, jnp.zeros_like(Vr))))
+        return Yr - Yr2
+
+    return S, rest
+
+
+# --------------------------------------------------------------------------------------------- the solvers
+def _pcg(apply, precondition, B, tol: float, max_iter: int):
+    """Solve apply(X) = B for every column of B (m, c) by preconditioned conjugate gradients, columns in lockstep.
+    Stops when every column's residual norm is below tol × its right-hand side's. Returns (X, iterations,
+    largest relative residual)."""
+    b_norm = jnp.maximum(jnp.linalg.norm(B, axis=0), 1e-300)
+    X = precondition(B)
+    R = B - apply(X)
+    Zr = precondition(R)
+    P = Zr
+    rz = jnp.sum(R * Zr, axis=0)
+
+    def cond(s):
+        X, R, P, rz, it = s
+        return (it < max_iter) & jnp.any(jnp.linalg.norm(R, axis=0) > tol * b_norm)
+
+    def body(s):
+        X, R, P, rz, it = s
+        AP = apply(P)
+        alpha = rz / jnp.where(rz == 0, 1.0, jnp.sum(P * AP, axis=0))
+        alpha = jnp.where(rz == 0, 0.0, alpha)
+        X = X + alpha * P
+        R = R - alpha * AP
+        Zr = precondition(R)
+        rz_new = jnp.sum(R * Zr, axis=0)
+        P = Zr + jnp.where(rz == 0, 0.0, rz_new / jnp.where(rz == 0, 1.0, rz)) * P
+        return X, R, P, rz_new, it + 1
+
+    X, R, _, _, it = jax.lax.while_loop(cond, body, (X, R, P, rz, jnp.asarray(0)))
+    return X, it, jnp.max(jnp.linalg.norm(R, axis=0) / b_norm)
+
+
+def _lanczos_quadrature(apply, probes, steps: int):
+    """vᵀ log(M) v for every column v of probes (m, P), by `steps` Lanczos steps from v (Gauss quadrature of the
+    spectral measure). No reorthogonalization: the quadrature tolerates the loss of orthogonality."""
+    norms2 = jnp.sum(probes * probes, axis=0)
+    Q0 = probes / jnp.sqrt(jnp.maximum(norms2, 1e-300))
+
+    def step(carry, _):
+        Q, Q_prev, beta_prev = carry
+        W = apply(Q) - beta_prev * Q_prev
+        alpha = jnp.sum(Q * W, axis=0)
+        W = W - alpha * Q
+        beta = jnp.linalg.norm(W, axis=0)
+        Q_next = jnp.where(beta > 1e-12, W / jnp.where(beta > 1e-12, beta, 1.0), 0.0)  # breakdown: exact subspace
+        return (Q_next, Q, beta), (alpha, beta)
+
+    zeros = jnp.zeros_like(norms2)
+    _, (alphas, betas) = jax.lax.scan(step, (Q0, jnp.zeros_like(Q0), zeros), None, length=steps)
+    # tridiagonals (P, k, k); a breakdown leaves a zero block whose eigenvectors carry no weight on e₀
+    off = betas[:-1].T
+    T = jax.vmap(jnp.diag)(alphas.T) + jax.vmap(lambda b: jnp.diag(b, 1) + jnp.diag(b, -1))(off)
+    lam, U = jnp.linalg.eigh(T)
+    weight = U[:, 0, :] ** 2
+    return norms2 * jnp.sum(jnp.where(weight > 0, weight * jnp.log(jnp.maximum(lam, 1e-300)), 0.0), axis=1)
+
+
+def _slq_logdet(apply, probes, sketch, steps: int, sketch_iterations: int):
+    """log det M for the SPD operator `apply` by Hutch++ (Meyer, Musco, Musco & Woodruff 2021) with Lanczos
+    quadrature: tr(log M) = tr(Qᵀ log(M) Q) + tr((I − QQᵀ) log(M) (I − QQᵀ)), Q an orthonormal basis of
+    M⁻¹·sketch (a fixed number of conjugate-gradient steps, so Q is smooth in θ). The first term is computed
+    exactly (up to quadrature) on Q's columns; only the second, whose dominant directions Q has removed, is
+    estimated from the probes. The directions that dominate log M are those of M's smallest eigenvalues (strongly
+    coupled levels), hence the inverse sketch. Returns (estimate, standard error)."""
+    if sketch.shape[1]:
+        Y, _, _ = _pcg(apply, lambda V: V, sketch, 1e-14, sketch_iterations)
+        Q, _ = jnp.linalg.qr(Y)
+        head = jnp.sum(_lanczos_quadrature(apply, Q, steps))
+        probes = probes - Q @ (Q.T @ probes)
+    else:
+        head = jnp.zeros((), probes.dtype)
+    per_probe = _lanczos_quadrature(apply, probes, steps)
+    return head + jnp.mean(per_probe), jnp.std(per_probe, ddof=1) / jnp.sqrt(probes.shape[1])
+
+
+def _solve_all(theta, problem: IterativeProblem, lanczos_steps: int, cg_tol: float, cg_max_iter: int,
+               sketch_iterations: int):
+    factors = theta_to_factors(theta, problem.qs)
+    L_blocks = _diagonal_factors(factors, problem)
+    logdet_D = sum(2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1))) for L in L_blocks)
+
+    def apply(V):
+        return _apply_A(V, factors, problem)
+
+    def precondition(V):
+        return _block_solve(L_blocks, _block_solve(L_blocks, V, problem, False), problem, True)
+
+    # log det A = log det A_11 + log det S (S: the Schur complement of the first term's exact block);
+    # log det S = log det D_r + log det(L_r⁻¹ S L_r⁻ᵀ), the last by quadrature
+    if len(problem.qs) > 1:
+        S, rest = _schur_operator(apply, L_blocks, problem)
+
+        def apply_scaled(V):
+            inner = S(_block_solve(L_blocks, V, problem, True, rest))
+            return _block_solve(L_blocks, inner, problem, False, rest)
+
+        logdet_scaled, logdet_se = _slq_logdet(apply_scaled, problem.probes, problem.sketch, lanczos_steps,
+                                               sketch_iterations)
+    else:  # one term: A is its own block diagonal, log det D is exact
+        logdet_scaled, logdet_se = jnp.zeros((), theta.dtype), jnp.zeros((), theta.dtype)
+    wX = problem.w[:, None] * problem.X
+    rhs = _z_lambda_t(jnp.concatenate([wX, (problem.w * problem.y)[:, None]], axis=1), factors, problem)
+    sol, iterations, residual = _pcg(apply, precondition, rhs, cg_tol, cg_max_iter)
+    p = problem.X.shape[1]
+    C = rhs[:, :p]
+    S_x = problem.xwx - C.T @ sol[:, :p]
+    S_x = 0.5 * (S_x + S_x.T)
+    L_x = jnp.linalg.cholesky(S_x)
+    xwy = wX.T @ problem.y
+    beta = jax.scipy.linalg.cho_solve((L_x, True), xwy - C.T @ sol[:, p])
+    u = sol[:, p] - sol[:, :p] @ beta  # A⁻¹ΛᵀZᵀW(y − Xβ)
+    resid = problem.y - problem.X @ beta - _z_lambda(u[:, None], factors, problem)[:, 0]
+    r2 = jnp.sum(problem.w * resid**2) + jnp.sum(u**2)
+    return dict(factors=factors, logdet_z=logdet_D + logdet_scaled, logdet_se=logdet_se,
+                logdet_x=2.0 * jnp.sum(jnp.log(jnp.diagonal(L_x))), L_x=L_x, beta=beta, u=u, r2=r2,
+                cg_iterations=iterations, cg_residual=residual)
+
+
+def _objective(parts, problem: IterativeProblem, reml: bool):
+    n, p = problem.n, problem.X.shape[1]
+    if reml:
+        nmp = n - p
+        return parts["logdet_z"] + parts["logdet_x"] + nmp * (1.0 + _LOG_2PI + jnp.log(parts["r2"] / nmp)) \
+            - problem.sum_log_w
+    return parts["logdet_z"] + n * (1.0 + _LOG_2PI + jnp.log(parts["r2"] / n)) - problem.sum_log_w
+
+
+@functools.partial(jax.jit, static_argnames=("reml", "lanczos_steps", "cg_tol", "cg_max_iter", "sketch_iterations"))
+def iterative_deviance(theta, problem: IterativeProblem, reml: bool, lanczos_steps: int = 50, cg_tol: float = 1e-10,
+                       cg_max_iter: int = 2000, sketch_iterations: int = 20):
+    """The profiled deviance (ML) or REML criterion at θ, its log-determinant's standard error, and the largest
+    relative residual the conjugate gradients left."""
+    parts = _solve_all(theta, problem, lanczos_steps, cg_tol, cg_max_iter, sketch_iterations)
+    return _objective(parts, problem, reml), parts["logdet_se"], parts["cg_residual"]
+
+
+@functools.partial(jax.jit, static_argnames=("reml", "lanczos_steps", "cg_tol", "cg_max_iter", "sketch_iterations"))
+def iterative_estimates(theta, problem: IterativeProblem, reml: bool, lanczos_steps: int = 50,
+                        cg_tol: float = 1e-10, cg_max_iter: int = 2000, sketch_iterations: int = 20):
+    """β, b per term, σ, vcov(β), the objective and its standard error at θ."""
+    parts = _solve_all(theta, problem, lanczos_steps, cg_tol, cg_max_iter, sketch_iterations)
+    n, p = problem.n, problem.X.shape[1]
+    sigma = jnp.sqrt(parts["r2"] / (n - p if reml else n))
+    inv_lx = jax.scipy.linalg.solve_triangular(parts["L_x"], jnp.eye(p, dtype=theta.dtype), lower=True)
+    b = tuple(jnp.einsum("ij,lj->li", Tk, uk[:, :, 0]) for Tk, uk in
+              zip(parts["factors"], _split(parts["u"][:, None], problem)))
+    return dict(beta=parts["beta"], b=b, sigma=sigma, vcov=sigma**2 * inv_lx.T @ inv_lx,
+                objective=_objective(parts, problem, reml), objective_se=parts["logdet_se"],
+                cg_iterations=parts["cg_iterations"], cg_residual=parts["cg_residual"])
