@@ -42,7 +42,8 @@ def python_fit(engine: str, workload, data, dtype: str | None = None):
         import jaxmlm as jm
 
         model = jm.Model(workload.formula, data, family=workload.family)
-        fit = model.fit(method=workload.method, warn=False)
+        options = {} if workload.solver == "direct" else dict(solver=workload.solver)
+        fit = model.fit(method=workload.method, warn=False, **options)
         info = fit.optinfo
         return float(fit.objective), dict(n_eval=int(info.n_eval), n_iter=int(info.n_iter),
                                           converged=bool(info.converged), theta=[float(t) for t in fit.theta])
