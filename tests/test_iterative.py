@@ -58,11 +58,14 @@ def test_sketch_spanning_the_schur_complement_is_exact():
     np.testing.assert_allclose(fit.fixef.to_numpy(), direct.fixef.to_numpy(), rtol=1e-8)
 
 
-@pytest.mark.parametrize("reml", [False, True])
-def test_estimated_objective_against_dense_brute_force(reml):
+@pytest.mark.parametrize("reml, weighted", [(False, False), (True, True)])
+def test_estimated_objective_against_dense_brute_force(reml, weighted):
     """A crossed design whose Schur complement (90 item columns × 2) exceeds the sketch: the objective is an
-    estimate, within a few of its standard errors of the dense V = ZΛΛᵀZᵀ + I value, and closer with more probes."""
-    model = jm.Model("y ~ x + (1|user) + (x|item)", _crossed())
+    estimate, within a few of its standard errors of the dense V = ZΛΛᵀZᵀ + W⁻¹ value, and closer with more
+    probes."""
+    data = _crossed()
+    data["w"] = np.random.default_rng(0).uniform(0.5, 2.0, len(data))
+    model = jm.Model("y ~ x + (1|user) + (x|item)", data, weights="w" if weighted else None)
     theta = np.array([0.8, 0.5, 0.1, 0.3])
     exact = dense_criterion(model.design, theta, reml)
     errors = []
