@@ -202,17 +202,31 @@ def _lanczos_quadrature(apply, probes, steps: int):
         alpha = jnp.sum(Q * W, axis=0)
         W = W - alpha * Q
         beta = jnp.linalg.norm(W, axis=0)
-        Q_next = jnp.where(beta > 1e-12, W / jnp.where(beta > 1e-12, beta, 1.0), 0.0)  # breakdown: exact subspace
+        beta = jnp.where(beta > 1e-12, beta, 0.0)  # breakdown: the Krylov space is exhausted, T decouples
+        Q_next = W / jnp.where(beta > 0, beta, 1.0) * (beta > 0)
         return (Q_next, Q, beta), (alpha, beta)
 
     zeros = jnp.zeros_like(norms2)
     _, (alphas, betas) = jax.lax.scan(step, (Q0, jnp.zeros_like(Q0), zeros), None, length=steps)
-    # tridiagonals (P, k, k); a breakdown leaves a zero block whose eigenvectors carry no weight on e₀
-    off = betas[:-1].T
-    T = jax.vmap(jnp.diag)(alphas.T) + jax.vmap(lambda b: jnp.diag(b, 1) + jnp.diag(b, -1))(off)
-    lam, U = jnp.linalg.eigh(T)
-    weight = U[:, 0, :] ** 2
-    return norms2 * jnp.sum(jnp.where(weight > 0, weight * jnp.log(jnp.maximum(lam, 1e-300)), 0.0), axis=1)
+    log_quadrature = jax.pure_callback(_tridiagonal_log_quadrature, jax.ShapeDtypeStruct(norms2.shape, norms2.dtype),
+                                       alphas, betas, vmap_method="sequential")
+    return norms2 * log_quadrature
+
+
+def _tridiagonal_log_quadrature(alphas: np.ndarray, betas: np.ndarray) -> np.ndarray:
+    """e₀ᵀ log(T) e₀ for each probe's Lanczos tridiagonal T (diagonal alphas[:, p], off-diagonal betas[:-1, p]),
+    from its eigenpairs by LAPACK's tridiagonal solver on the host (microseconds each): inside these programs
+    XLA's CPU eigh of the batch never returned for 32 or fewer Lanczos steps (33 and more did). A breakdown
+    (β = 0) leaves a zero block whose eigenvectors carry no weight on e₀."""
+    import scipy.linalg
+
+    alphas, betas = np.asarray(alphas), np.asarray(betas)
+    out = np.empty(alphas.shape[1])
+    for p in range(alphas.shape[1]):
+        lam, U = scipy.linalg.eigh_tridiagonal(alphas[:, p], betas[:-1, p])
+        weight = U[0] ** 2
+        out[p] = np.sum(np.where(weight > 0, weight * np.log(np.maximum(lam, 1e-300)), 0.0))
+    return out
 
 
 def _slq_logdet(apply, probes, sketch, steps: int, sketch_iterations: int):
@@ -286,7 +300,7 @@ def _objective(parts, problem: IterativeProblem, reml: bool):
 
 
 @functools.partial(jax.jit, static_argnames=("reml", "lanczos_steps", "cg_tol", "cg_max_iter", "sketch_iterations"))
-def iterative_deviance(theta, problem: IterativeProblem, reml: bool, lanczos_steps: int = 50, cg_tol: float = 1e-10,
+def iterative_deviance(theta, problem: IterativeProblem, reml: bool, lanczos_steps: int = 30, cg_tol: float = 1e-10,
                        cg_max_iter: int = 2000, sketch_iterations: int = 20):
     """The profiled deviance (ML) or REML criterion at θ, its log-determinant's standard error, and the largest
     relative residual the conjugate gradients left."""
@@ -295,7 +309,7 @@ def iterative_deviance(theta, problem: IterativeProblem, reml: bool, lanczos_ste
 
 
 @functools.partial(jax.jit, static_argnames=("reml", "lanczos_steps", "cg_tol", "cg_max_iter", "sketch_iterations"))
-def iterative_estimates(theta, problem: IterativeProblem, reml: bool, lanczos_steps: int = 50,
+def iterative_estimates(theta, problem: IterativeProblem, reml: bool, lanczos_steps: int = 30,
                         cg_tol: float = 1e-10, cg_max_iter: int = 2000, sketch_iterations: int = 20):
     """β, b per term, σ, vcov(β), the objective and its standard error at θ."""
     parts = _solve_all(theta, problem, lanczos_steps, cg_tol, cg_max_iter, sketch_iterations)

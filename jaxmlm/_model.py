@@ -157,7 +157,7 @@ class Model:
         solver='iterative' (linear models): never factor; conjugate gradients for β and u and a stochastic
         Lanczos estimate of the log-determinant (`_iterative`), for crossed designs whose dense tail will not fit.
         β and u are exact given θ; the objective carries the estimate's error (its standard error is in
-        `fit.extra["objective_se"]`). solver_options: n_probes (default 64), lanczos_steps (50), seed (0),
+        `fit.extra["objective_se"]`). solver_options: n_probes (default 64), lanczos_steps (30), seed (0),
         cg_tol (1e-10).
 
         dtype='float32' (linear models): the optimizer's search runs in single precision on statistics formed in
@@ -271,7 +271,7 @@ class Model:
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"unknown solver_options {unknown}; known: {sorted(known)}")
-        n_probes, steps = int(options.get("n_probes", 64)), int(options.get("lanczos_steps", 50))
+        n_probes, steps = int(options.get("n_probes", 64)), int(options.get("lanczos_steps", 30))
         if n_probes < 2 or steps < 2:
             raise ValueError("solver_options n_probes and lanczos_steps must be at least 2")
         reml = method == "reml"
