@@ -4,11 +4,12 @@
 With A = ΛᵀZᵀWZΛ + I (m × m) every piece of the profiled deviance is reached through products with Z alone
 (segment sums over rows, O(rows + levels) memory):
 
-* log det A = log det D + log det(L_D⁻¹ A L_D⁻ᵀ), D = A's per-level diagonal blocks (exact, L_D their Cholesky
-  factors); the second, well-conditioned term by stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017): for a
-  Rademacher probe v, vᵀ log(Ã) v ≈ ‖v‖² Σᵢ U₀ᵢ² log λᵢ from the k-step Lanczos tridiagonal's eigenpairs. The
-  probes are drawn once from a fixed seed, so the estimate is a smooth, deterministic function of θ (the optimizer
-  sees no noise); its standard error over the probes is reported.
+* log det A = log det A₁₁ + log det S. A₁₁, the block of the term with the most columns, is block diagonal (its
+  levels do not couple), so its log-determinant is exact; S = A_rr − A_r1 A₁₁⁻¹ A_1r, the Schur complement on the
+  other terms, is applied matrix-free (two products with A) and scaled by its per-level diagonal blocks D_r
+  (exact log det D_r). What remains, log det(L_r⁻¹ S L_r⁻ᵀ), is estimated by Hutch++ with stochastic Lanczos
+  quadrature (`_slq_logdet`). Sketch and probes are drawn once from a fixed seed, so the estimate is a smooth,
+  deterministic function of θ (the optimizer sees no noise); its standard error over the probes is reported.
 * A⁻¹[ΛᵀZᵀWX, ΛᵀZᵀWy] by block-Jacobi preconditioned conjugate gradients (columns in lockstep), giving the Schur
   complement S_X = XᵀWX − XᵀWZΛ A⁻¹ ΛᵀZᵀWX (log det for REML, vcov(β)), β, u = A⁻¹ΛᵀZᵀW(y − Xβ), and the
   penalized residual sum of squares r² evaluated directly at (β, u) (its error is second order in the solver's).

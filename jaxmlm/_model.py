@@ -85,6 +85,8 @@ class Model:
         self._rows = None
         self._linear_problem = None
         self._evaluation_problem = None  # linear_problem split for the optimizer's programs, formed on first use
+        self._iterative_problem = None  # the iterative path's rows and probes, for _iterative_key's settings
+        self._iterative_key = None
 
     # ------------------------------------------------------------------ structure
     @property
@@ -157,8 +159,8 @@ class Model:
         solver='iterative' (linear models): never factor; conjugate gradients for β and u and a stochastic
         Lanczos estimate of the log-determinant (`_iterative`), for crossed designs whose dense tail will not fit.
         β and u are exact given θ; the objective carries the estimate's error (its standard error is in
-        `fit.extra["objective_se"]`). solver_options: n_probes (default 64), lanczos_steps (30), seed (0),
-        cg_tol (1e-10).
+        `fit.extra["objective_se"]`). solver_options: n_probes (default 64), sketch_size (n_probes // 2),
+        lanczos_steps (30), seed (0), cg_tol (1e-10).
 
         dtype='float32' (linear models): the optimizer's search runs in single precision on statistics formed in
         double precision, then a double-precision polish starts from its optimum (a few evaluations), and the
@@ -274,10 +276,13 @@ class Model:
         n_probes, steps = int(options.get("n_probes", 64)), int(options.get("lanczos_steps", 30))
         if n_probes < 2 or steps < 2:
             raise ValueError("solver_options n_probes and lanczos_steps must be at least 2")
+        theta0 = self.theta_start() if start is None else np.asarray(start, dtype=np.float64)
+        if theta0.shape != (self.n_theta,):
+            raise ValueError(f"start must have {self.n_theta} values (θ in lme4's layout), got shape {theta0.shape}")
         reml = method == "reml"
         d = self.design
         key = (n_probes, int(options.get("seed", 0)), int(options.get("sketch_size", n_probes // 2)))
-        if getattr(self, "_iterative_key", None) != key:
+        if self._iterative_key != key:
             self._iterative_problem = make_iterative_problem(
                 [t.codes for t in d.terms], [t.z for t in d.terms], [t.n_levels for t in d.terms], d.X,
                 d.y - d.offset, d.weights, n_probes=key[0], seed=key[1], sketch_size=key[2])
@@ -288,9 +293,6 @@ class Model:
         def objective(th):
             return float(iterative_deviance(jnp.asarray(th, dtype=jnp.float64), problem, reml, **settings)[0])
 
-        theta0 = self.theta_start() if start is None else np.asarray(start, dtype=np.float64)
-        if theta0.shape != (self.n_theta,):
-            raise ValueError(f"start must have {self.n_theta} values (θ in lme4's layout), got shape {theta0.shape}")
         lower = np.where(theta_diagonal_mask(self.qs), 0.0, -np.inf)
         res = cobyqa_minimize(objective, canonical_theta(theta0, self.qs), lower, max_eval=max_iter)
         if not np.isfinite(float(res.value)):
