@@ -29,11 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._linalg import theta_to_factors
+from ._lmm import _deviance
 
 __all__ = ["IterativeProblem", "make_iterative_problem", "iterative_deviance", "iterative_estimates"]
-
-_LOG_2PI = float(np.log(2 * np.pi))
-
 
 class IterativeProblem(eqx.Module):
     """The rows themselves (the iterative path never forms pairwise statistics) and their θ-free summaries."""
@@ -52,6 +50,10 @@ class IterativeProblem(eqx.Module):
     qs: tuple[int, ...] = eqx.field(static=True)
     n_levels: tuple[int, ...] = eqx.field(static=True)
     first: int = eqx.field(static=True)  # the term eliminated exactly (the most columns)
+
+    @property
+    def p(self) -> int:
+        return self.X.shape[1]
 
 
 def make_iterative_problem(codes, zs, n_levels, X, y, weights, n_probes: int, seed: int,
@@ -276,7 +278,7 @@ def _solve_all(theta, problem: IterativeProblem, lanczos_steps: int, cg_tol: flo
     wX = problem.w[:, None] * problem.X
     rhs = _z_lambda_t(jnp.concatenate([wX, (problem.w * problem.y)[:, None]], axis=1), factors, problem)
     sol, iterations, residual = _pcg(apply, precondition, rhs, cg_tol, cg_max_iter)
-    p = problem.X.shape[1]
+    p = problem.p
     C = rhs[:, :p]
     S_x = problem.xwx - C.T @ sol[:, :p]
     S_x = 0.5 * (S_x + S_x.T)
@@ -292,12 +294,7 @@ def _solve_all(theta, problem: IterativeProblem, lanczos_steps: int, cg_tol: flo
 
 
 def _objective(parts, problem: IterativeProblem, reml: bool):
-    n, p = problem.n, problem.X.shape[1]
-    if reml:
-        nmp = n - p
-        return parts["logdet_z"] + parts["logdet_x"] + nmp * (1.0 + _LOG_2PI + jnp.log(parts["r2"] / nmp)) \
-            - problem.sum_log_w
-    return parts["logdet_z"] + n * (1.0 + _LOG_2PI + jnp.log(parts["r2"] / n)) - problem.sum_log_w
+    return _deviance(parts["logdet_z"], parts["logdet_x"], jnp.log(parts["r2"]), problem, reml)
 
 
 @functools.partial(jax.jit, static_argnames=("reml", "lanczos_steps", "cg_tol", "cg_max_iter", "sketch_iterations"))
@@ -314,7 +311,7 @@ def iterative_estimates(theta, problem: IterativeProblem, reml: bool, lanczos_st
                         cg_tol: float = 1e-10, cg_max_iter: int = 2000, sketch_iterations: int = 20):
     """β, b per term, σ, vcov(β), the objective and its standard error at θ."""
     parts = _solve_all(theta, problem, lanczos_steps, cg_tol, cg_max_iter, sketch_iterations)
-    n, p = problem.n, problem.X.shape[1]
+    n, p = problem.n, problem.p
     sigma = jnp.sqrt(parts["r2"] / (n - p if reml else n))
     inv_lx = jax.scipy.linalg.solve_triangular(parts["L_x"], jnp.eye(p, dtype=theta.dtype), lower=True)
     b = tuple(jnp.einsum("ij,lj->li", Tk, uk[:, :, 0]) for Tk, uk in
