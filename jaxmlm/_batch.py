@@ -53,6 +53,7 @@ class BatchResult:
     se_beta: np.ndarray  # (m, p)
     sigma: np.ndarray  # (m,)
     objective: np.ndarray  # (m,): REML criterion for REML fits, else -2 log-likelihood
+    loglik: np.ndarray  # (m,): lme4's logLik (of the REML criterion for REML fits; -inf for non-integer counts)
     converged: np.ndarray  # (m,) bool
     nobs: np.ndarray  # (m,) rows used per response (missing values excluded)
     n_iter: np.ndarray  # (m,)
@@ -332,7 +333,7 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
     theta = canonical_theta(out["theta"], model.qs)
     return BatchResult(model=model, method=method, columns=columns, theta=theta.reshape(m, model.n_theta),
                        beta=out["beta"], se_beta=out["se"], sigma=out["sigma"], objective=out["objective"],
-                       converged=out["converged"], nobs=out["nobs"].astype(np.int64), n_iter=out["n_iter"],
+                       loglik=-out["objective"] / 2.0, converged=out["converged"], nobs=out["nobs"].astype(np.int64), n_iter=out["n_iter"],
                        seconds=time.perf_counter() - t0)
 
 
@@ -346,5 +347,5 @@ def _fit_glmm_batch(model, values, columns, method, nagq, chunk_size, max_iter, 
     bar.close()
     return BatchResult(model=model, method=res["method"], columns=columns, theta=res["theta"], beta=res["beta"],
                        se_beta=res["se"], sigma=np.full(m, np.nan), objective=res["objective"],
-                       converged=res["converged"] & np.isfinite(res["objective"]), nobs=res["nobs"].astype(np.int64),
+                       loglik=res["loglik"], converged=res["converged"] & np.isfinite(res["objective"]), nobs=res["nobs"].astype(np.int64),
                        n_iter=res["n_iter"], seconds=time.perf_counter() - t0)

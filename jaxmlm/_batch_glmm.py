@@ -29,8 +29,9 @@ from ._pirls import pirls
 __all__ = ["glmm_columns", "fit_glmm_chunk"]
 
 
-def glmm_columns(model, values: np.ndarray, column_names) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Check each column against the family (as a single fit would) → responses, prior weights, constants."""
+def glmm_columns(model, values: np.ndarray, column_names):
+    """Check each column against the family (as a single fit would) → responses, prior weights, constants, and
+    which columns hold non-integer Poisson counts (their logLik is -inf, as a single fit's)."""
     d, fam = model.design, model.family
     if model.parsed.is_cbind:
         raise DataError(
@@ -38,7 +39,7 @@ def glmm_columns(model, values: np.ndarray, column_names) -> tuple[np.ndarray, n
             "and the trials from the model; fit the model with weights= trials and a proportion response instead"
         )
     single = dataclasses.replace(model.parsed, response_parts=(model.parsed.response,))
-    ys, ws, consts = [], [], []
+    ys, ws, consts, non_integer = [], [], [], []
     for j, name in enumerate(column_names):
         col = values[:, j]
         observed = ~np.isnan(col)
@@ -48,7 +49,8 @@ def glmm_columns(model, values: np.ndarray, column_names) -> tuple[np.ndarray, n
         ys.append(y)
         ws.append(w)
         consts.append(fam.log_constant(y, w, extra))
-    return np.stack(ys, axis=1), np.stack(ws, axis=1), np.asarray(consts)
+        non_integer.append(bool(extra.get("non_integer", False)))
+    return np.stack(ys, axis=1), np.stack(ws, axis=1), np.asarray(consts), np.asarray(non_integer)
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
@@ -79,7 +81,7 @@ def fit_glmm_batch(model, values, columns, *, method: str, nagq, chunk_size, max
     from ._glmm import _check_method
 
     method, nagq = _check_method(model, method, nagq)
-    Y, W, constants = glmm_columns(model, values, columns)
+    Y, W, constants, non_integer = glmm_columns(model, values, columns)
     problem = glmm_problem(model)
     nodes = node_weights = None
     if method == "agq":
@@ -102,5 +104,6 @@ def fit_glmm_batch(model, values, columns, *, method: str, nagq, chunk_size, max
     res["theta"] = canonical_theta(res["theta"], model.qs)
     # lme4's loglik scale: Laplace objective is −2 log L; AGQ's leaves the constants out (kept as a single fit does)
     res["loglik"] = -res["objective"] / 2.0 if method == "laplace" else -(res["objective"] + constants) / 2.0
+    res["loglik"] = np.where(non_integer, -np.inf, res["loglik"])
     res["method"] = method
     return res

@@ -197,9 +197,16 @@ class Poisson(_GlmFamily):
         y = numeric_response(parts[0], f"response {name!r}", "poisson")
         if (y < 0).any():
             raise ResponseError(f"poisson response {name!r} must be non-negative counts, found {y[y < 0][0]:g}")
-        if np.any(np.abs(y - np.round(y)) > 1e-8):
-            bad = y[np.abs(y - np.round(y)) > 1e-8][0]
-            raise ResponseError(f"poisson response {name!r} must be whole counts, found {bad:g}")
+        fractional = np.abs(y - np.round(y)) > 1e-8
+        if fractional.any():
+            # as R: the fit goes on (the deviance is defined for any y ≥ 0), the likelihood is not
+            warnings.warn(
+                f"non-integer counts in the poisson response {name!r} (first: {y[fractional][0]:g}): fitted by the "
+                "Poisson deviance, which is defined for any y >= 0 (as R's glm fits them), but the Poisson "
+                "probability of a non-integer is 0, so logLik is -inf and AIC, BIC and deviance inf, as R reports "
+                "them",
+                UserWarning, stacklevel=5)
+            return y, np.asarray(prior_weights, dtype=np.float64), {"non_integer": True}
         return y, np.asarray(prior_weights, dtype=np.float64), {}
 
     def variance(self, mu):
@@ -211,7 +218,9 @@ class Poisson(_GlmFamily):
         return 2.0 * weights * (ylogy - y * jnp.log(mu) - (y - mu))
 
     def log_constant(self, y, weights, extra) -> float:
-        """−2 Σ w log dpois(y, μ) − Σ deviance residuals: the factorials (R's poisson()$aic)."""
+        """−2 Σ w log dpois(y, μ) − Σ deviance residuals: the factorials (R's poisson()$aic). For non-integer y
+        log Γ(y + 1) stands in for log y!, so the objective stays finite and smooth; the fit reports logLik -inf
+        (`extra["non_integer"]`)."""
         y = np.asarray(y, dtype=np.float64)
         w = np.asarray(weights, dtype=np.float64)
         return float(np.sum(-2.0 * w * (_xlogx(y) - y - special.gammaln(y + 1))))

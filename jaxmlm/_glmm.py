@@ -259,6 +259,8 @@ def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000,
     b = [np.asarray(u) @ T.T for u, T in zip(state["u"], factors)]
     constant = float(problem.constant)
     loglik = -objective / 2.0 if method == "laplace" else -(objective + constant) / 2.0
+    if model.design.extra.get("non_integer"):  # Poisson counts that are not integers: R's logLik (see the warning)
+        loglik = -np.inf
     fit = MixedModelResult(
         model,
         method=method,

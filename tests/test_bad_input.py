@@ -129,9 +129,6 @@ CATALOGUE = {
     "negative Poisson count": (
         "n ~ x + (1 | g)", COUNTS.assign(n=-COUNTS["n"]), {"family": "poisson"}, jm.ResponseError,
         ["'n'", "non-negative"]),
-    "non-integer Poisson count": (
-        "n ~ x + (1 | g)", COUNTS.assign(n=COUNTS["n"] + 0.5), {"family": "poisson"}, jm.ResponseError,
-        ["'n'", "whole"]),
     "cbind response for a linear model": (
         "cbind(n, size - n) ~ x + (1 | g)", COUNTS.assign(size=COUNTS["n"] + 2), {}, jm.FormulaError, ["cbind"]),
 }

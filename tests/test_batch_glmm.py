@@ -51,13 +51,18 @@ def test_binomial_columns_equal_single_fits(contraception_like):
 
 
 def test_poisson_columns_equal_single_fits(contraception_like):
+    """Including a column of non-integer counts: it warns, as its single fit does, and its logLik is -inf."""
     frame, _, counts = contraception_like
     model = jm.Model("k ~ x + (1 | g)", frame, family="poisson")
-    batch = model.fit_batch(counts)
+    counts = np.column_stack([counts, counts[:, 0] + 0.5 * (np.arange(len(counts)) % 4 == 0)])
+    with pytest.warns(UserWarning, match="non-integer counts"):
+        batch = model.fit_batch(counts)
     for j in range(counts.shape[1]):
         fit = single("k ~ x + (1 | g)", frame, "poisson", counts[:, j])
         assert batch.objective[j] == pytest.approx(fit.objective, rel=1e-6)
         np.testing.assert_allclose(batch.theta[j], fit.theta, atol=1e-3)
+        assert batch.loglik[j] == pytest.approx(fit.loglik, rel=1e-6)
+    assert np.isfinite(batch.loglik[:2]).all() and batch.loglik[2] == -np.inf
 
 
 def test_glmm_batch_checks_each_column(contraception_like):

@@ -92,7 +92,6 @@ def _frame(y, n=40):
     "family,y,match",
     [
         ("poisson", np.r_[-1.0, np.ones(39)], "non-negative"),
-        ("poisson", np.r_[1.5, np.ones(39)], "whole counts"),
         ("binomial", np.r_[2.0, np.zeros(39)], r"\[0, 1\]"),
     ],
 )
@@ -100,6 +99,51 @@ def test_bad_responses_raise(family, y, match):
     with pytest.raises(jm.ResponseError, match=match) as info:
         jm.Model("y ~ x + (1 | g)", _frame(y), family=family)
     assert "'y'" in str(info.value)
+
+
+def _dense_poisson_laplace(d, x):
+    """Laplace deviance of a Poisson (1 | g) model by Newton on the dense penalized log-likelihood, with
+    log Γ(y + 1) for log y!, so that it is defined for non-integer y."""
+    theta, beta = x[0], x[1:]
+    Z = np.zeros((d.n, d.terms[0].n_levels))
+    Z[np.arange(d.n), d.terms[0].codes] = theta
+    u = np.zeros(Z.shape[1])
+    for _ in range(100):
+        mu = np.exp(d.X @ beta + Z @ u)
+        H = Z.T @ (Z * mu[:, None]) + np.eye(len(u))
+        step = np.linalg.solve(H, Z.T @ (d.y - mu) - u)
+        u = u + step
+        if np.max(np.abs(step)) < 1e-13:
+            break
+    mu = np.exp(d.X @ beta + Z @ u)
+    H = Z.T @ (Z * mu[:, None]) + np.eye(len(u))
+    log_density = np.sum(d.y * np.log(mu) - mu - special.gammaln(d.y + 1))
+    return -2.0 * log_density + u @ u + np.linalg.slogdet(H)[1]
+
+
+def test_non_integer_poisson_counts_fit_with_a_warning():
+    """As R: non-integer counts warn; the fit maximizes the same Laplace approximation (the deviance residuals are
+    defined for any y >= 0; log Γ(y + 1) stands in for log y!, a constant), and logLik is -inf. lme4's glmer
+    itself cannot fit these (its objective is Inf everywhere, so it stops at its start)."""
+    rng = np.random.default_rng(8)
+    g = np.repeat(np.arange(8), 6)
+    x = rng.normal(size=48)
+    y = rng.poisson(np.exp(0.8 + 0.4 * x + rng.normal(0, 0.5, 8)[g])) + np.where(np.arange(48) % 3 == 0, 0.5, 0.0)
+    data = pd.DataFrame({"y": y, "x": x, "g": g})
+    with pytest.warns(UserWarning, match=r"non-integer counts in the poisson response 'y' \(first: 0\.5\)"):
+        model = jm.Model("y ~ x + (1 | g)", data, family="poisson")
+    fit = model.fit(method="laplace")
+    assert fit.converged
+    assert fit.loglik == -np.inf and fit.aic == np.inf and fit.bic == np.inf
+    d = model.design
+    point = np.r_[fit.theta, fit.fixef.to_numpy()]
+    assert fit.objective == pytest.approx(_dense_poisson_laplace(d, point), rel=1e-10)
+    from scipy.optimize import minimize
+
+    dense = minimize(lambda v: _dense_poisson_laplace(d, v), point + 0.05, method="Nelder-Mead",
+                     options=dict(xatol=1e-9, fatol=1e-12, maxiter=5000))
+    assert fit.objective <= dense.fun + 1e-8
+    np.testing.assert_allclose(point, dense.x, atol=2e-4)
 
 
 def test_cbind_with_more_successes_than_trials_raises():
