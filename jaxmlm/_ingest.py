@@ -87,7 +87,13 @@ def _path_format(path: str) -> str:
             return "ipc"
         return "parquet"
     if not os.path.exists(path):
-        raise FileNotFoundError(f"data given as a path, but there is no such file or directory: {path!r}")
+        from . import datasets
+
+        bundled = {name.lower(): name for name in datasets.names()}
+        hint = ""
+        if path.lower() in bundled:
+            hint = f"; {bundled[path.lower()]!r} is a bundled dataset: data=jm.datasets.load({bundled[path.lower()]!r})"
+        raise FileNotFoundError(f"data given as a path, but there is no such file or directory: {path!r}{hint}")
     with open(path, "rb") as fh:
         head = fh.read(6)
     if head[:4] == _PARQUET_MAGIC:

@@ -309,7 +309,9 @@ class MixedModelResult:
         return pd.Series(out, index=index, name="predicted")
 
     def simulate(self, n: int = 1, seed: int = 0, use_u: bool = False) -> pd.DataFrame:
-        """n responses simulated from the fitted model (new random effects unless use_u=True), as lme4's simulate."""
+        """n responses simulated from the fitted model (new random effects unless use_u=True), as lme4's simulate.
+        Binomial responses come as proportions of successes, the form `fit_batch` takes (lme4 returns a
+        successes/failures matrix for a cbind() response): multiply by the trials for counts."""
         rng = np.random.default_rng(seed)
         d = self.design
         T = theta_to_matrices(self._theta, self.model.qs)

@@ -121,6 +121,8 @@ def test_unsupported_sources_are_refused(tmp_path):
         jm.Model(SLEEP, csv)
     with pytest.raises(FileNotFoundError):
         jm.read_data(tmp_path / "absent.parquet")
+    with pytest.raises(FileNotFoundError, match=r"bundled dataset: data=jm\.datasets\.load\('sleepstudy'\)"):
+        jm.Model(SLEEP, "sleepstudy")  # a name, not a path
     with pytest.raises(jm.DataError, match="batch_rows"):
         jm.read_data(pa.table({"y": [1.0]}), batch_rows=0)
 
