@@ -4,18 +4,7 @@
 # PIRLS iterate, which moves its optimum slightly (fixef ~1e-4 relative, SEs ~1%); these fits use a tight
 # tolerance and a tight optimizer, so they are the exact Laplace / AGQ optimum.
 # Run from this folder: Rscript glmm_extra.R  (writes glmm_crossed.csv and lme4_glmm_extra.json)
-suppressMessages({library(lme4); library(jsonlite)})
-data_dir <- file.path("..", "..", "jaxmlm", "datasets", "data")
-schema <- fromJSON(file.path(data_dir, "schema.json"), simplifyVector = FALSE)
-load_data <- function(name) {
-  df <- read.csv(gzfile(file.path(data_dir, paste0(name, ".csv.gz"))), colClasses = "character")
-  for (col in names(schema[[name]]$columns)) {
-    spec <- schema[[name]]$columns[[col]]
-    if (spec$kind == "factor") df[[col]] <- factor(df[[col]], levels = unlist(spec$levels))
-    else df[[col]] <- as.numeric(df[[col]])
-  }
-  df
-}
+source("load_data.R")  # lme4, jsonlite and load_data(name)
 tight <- glmerControl(tolPwrss = 1e-13, optimizer = "nloptwrap",
                       optCtrl = list(xtol_abs = 1e-12, ftol_abs = 1e-14, ftol_rel = 1e-15, maxeval = 20000))
 summarise <- function(fit, formula, dataset, weights = NULL) {

@@ -1,18 +1,7 @@
 # lme4 1.1-31 numbers for the results layer: conditional modes and their conditional SDs (ranef condVar),
 # coef(), predictions with and without random effects, and new-level predictions.
 # Run from this folder: Rscript results_extra.R  (writes lme4_results_extra.json)
-suppressMessages({library(lme4); library(jsonlite)})
-data_dir <- file.path("..", "..", "jaxmlm", "datasets", "data")
-schema <- fromJSON(file.path(data_dir, "schema.json"), simplifyVector = FALSE)
-load_data <- function(name) {
-  df <- read.csv(gzfile(file.path(data_dir, paste0(name, ".csv.gz"))), colClasses = "character")
-  for (col in names(schema[[name]]$columns)) {
-    spec <- schema[[name]]$columns[[col]]
-    if (spec$kind == "factor") df[[col]] <- factor(df[[col]], levels = unlist(spec$levels))
-    else df[[col]] <- as.numeric(df[[col]])
-  }
-  df
-}
+source("load_data.R")  # lme4, jsonlite and load_data(name)
 ranef_long <- function(fit) {
   r <- as.data.frame(ranef(fit, condVar = TRUE))
   list(grpvar = as.character(r$grpvar), term = as.character(r$term), grp = as.character(r$grp),
