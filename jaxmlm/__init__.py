@@ -26,6 +26,7 @@ from ._batch import BatchResult
 from ._bootstrap import BootstrapResult
 from ._terms import parse_formula
 from ._mrp import poststratify
+from ._anova import anova
 from ._ingest import read_data
 from ._posterior import Posterior
 
@@ -35,6 +36,7 @@ __all__ = [
     "Model",
     "Posterior",
     "poststratify",
+    "anova",
     "read_data",
     "lmer",
     "glmer",

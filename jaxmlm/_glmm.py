@@ -272,7 +272,8 @@ def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000,
         objective=objective,
         loglik=loglik,
         optinfo=optinfo,
-        extra={"nagq": nagq, "working_weights": np.asarray(state["w"])},
+        # vcov_rx: (R_Xᵀ R_X)⁻¹ from the PIRLS factor at the optimum (lme4's RX), for anova()'s F table
+        extra={"nagq": nagq, "working_weights": np.asarray(state["w"]), "vcov_rx": np.asarray(state["vcov_rx"])},
     )
     if warn:
         _warn_separation(fit)

@@ -391,6 +391,13 @@ class MixedModelResult:
 
         return confint(self, method=method, level=level, parm=parm, **kwargs)
 
+    def anova(self, *others, names=None, refit: bool = True) -> pd.DataFrame:
+        """lme4's anova(): alone, the sequential F table of the fixed-effect terms; with other fits, the
+        likelihood-ratio tests of all of them (`jm.anova`)."""
+        from ._anova import anova
+
+        return anova(self, *others, names=names, refit=refit)
+
     def bootstrap(self, n: int = 500, seed: int = 0, **kwargs):
         """Parametric bootstrap: n samples simulated from the fit, refitted in one batch (BootstrapResult)."""
         from ._bootstrap import bootstrap
