@@ -250,21 +250,30 @@ class MixedModelResult:
         """Fitted values on the response scale (conditional on the random effects)."""
         return pd.Series(self._inverse_link(self.linear_predictor()), index=self.design.row_index, name="fitted")
 
-    def residuals(self, type: str = "response", scaled: bool = False) -> pd.Series:
-        """Residuals: 'response' (y − fitted), 'pearson', or 'deviance' (GLMMs); scaled divides by σ."""
+    def residuals(self, type: str | None = None, scaled: bool = False) -> pd.Series:
+        """Residuals as lme4's residuals.merMod: 'response' (y − fitted), 'pearson', 'deviance' (sign(y − μ) times
+        the root of the unit deviance) or 'working' ((y − μ) dη/dμ); by default 'deviance' for a GLMM and
+        'response' for a linear model, as lme4. scaled divides by σ."""
         d = self.design
-        mu = self._inverse_link(self.linear_predictor())
+        if type is None:
+            type = "response" if self.is_linear else "deviance"
+        eta = self.linear_predictor()
+        mu = self._inverse_link(eta)
         r = d.y - mu
         if type == "pearson":
             var = np.asarray(self.family.variance(mu)) if hasattr(self.family, "variance") else 1.0
             r = r * np.sqrt(d.weights / var)
         elif type == "deviance":
-            if hasattr(self.family, "deviance_residuals"):
-                r = np.asarray(self.family.deviance_residuals(d.y, mu, d.weights))
+            if hasattr(self.family, "deviance_residuals"):  # the unit deviances: 2 w (log-likelihood gaps) ≥ 0
+                unit = np.asarray(self.family.deviance_residuals(d.y, mu, d.weights))
+                r = np.sign(r) * np.sqrt(np.maximum(unit, 0.0))
             else:
                 r = r * np.sqrt(d.weights)
+        elif type == "working":
+            if hasattr(self.family, "mu_eta"):
+                r = r / np.asarray(self.family.mu_eta(eta))
         elif type != "response":
-            raise ValueError(f"type must be 'response', 'pearson' or 'deviance', got {type!r}")
+            raise ValueError(f"type must be 'response', 'pearson', 'deviance' or 'working', got {type!r}")
         if scaled and self._sigma is not None:
             r = r / self._sigma
         return pd.Series(r, index=d.row_index, name="residuals")

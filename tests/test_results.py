@@ -57,6 +57,21 @@ def test_predict_without_newdata_is_fitted_and_residuals_add_up(fits):
     np.testing.assert_allclose(fit.fitted() + fit.residuals(), data["Reaction"], rtol=1e-12)
 
 
+@pytest.mark.parametrize("case", ["cbpp_binomial", "cbpp_poisson"])
+def test_glmm_residuals_of_every_type_match_lme4(case):
+    """reference/residuals.R: lme4 at the exact Laplace optimum; deviance residuals are signed roots of the unit
+    deviances, and a GLMM's default type is 'deviance' (a linear model's, 'response'), as lme4."""
+    ref = json.loads((pathlib.Path(__file__).parent / "reference" / "lme4_residuals.json").read_text())[case]
+    fit = jm.glmer(ref["formula"], jm.datasets.load(ref["dataset"]), family=ref["family"])
+    for kind in ["response", "pearson", "deviance", "working", "default"]:
+        want = np.asarray(ref[kind])
+        got = fit.residuals(None if kind == "default" else kind).to_numpy()
+        # the estimates agree to ~1e-5 relative (fixef tolerance 1e-4), so residuals near 0 to that times their scale
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5 * np.max(np.abs(want)), err_msg=kind)
+    with pytest.raises(ValueError, match="'working'"):
+        fit.residuals("partial")
+
+
 def test_predict_with_a_subset_of_terms(fits):
     fit = fits["sleepstudy_uncorr_ml"]  # (1 | Subject) + (0 + Days | Subject)
     data = jm.datasets.load("sleepstudy").head(20)
