@@ -274,7 +274,7 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     values, columns = _as_matrix(model, Y)
     if not model.is_gaussian:
-        return _fit_glmm_batch(model, values, columns, method, nagq, chunk_size, max_iter, progress, t0)
+        return _fit_glmm_batch(model, values, columns, method, nagq, chunk_size, max_iter, progress, t0, start)
     d, reml = model.design, method == "reml"
     values = values - d.offset[:, None]
     m, p = values.shape[1], d.X.shape[1]
@@ -337,13 +337,13 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
                        seconds=time.perf_counter() - t0)
 
 
-def _fit_glmm_batch(model, values, columns, method, nagq, chunk_size, max_iter, progress, t0) -> BatchResult:
+def _fit_glmm_batch(model, values, columns, method, nagq, chunk_size, max_iter, progress, t0, start) -> BatchResult:
     from ._batch_glmm import fit_glmm_batch
 
     m = values.shape[1]
     bar = _Progress(m, enabled=(m > 64) if progress is None else bool(progress))
     res = fit_glmm_batch(model, values, columns, method=method, nagq=nagq, chunk_size=chunk_size,
-                         max_iter=max_iter, bar=bar)
+                         max_iter=max_iter, bar=bar, start=start)
     bar.close()
     return BatchResult(model=model, method=res["method"], columns=columns, theta=res["theta"], beta=res["beta"],
                        se_beta=res["se"], sigma=np.full(m, np.nan), objective=res["objective"],

@@ -33,11 +33,13 @@ def glmm_columns(model, values: np.ndarray, column_names):
     """Check each column against the family (as a single fit would) → responses, prior weights, constants, and
     which columns hold non-integer Poisson counts (their logLik is -inf, as a single fit's)."""
     d, fam = model.design, model.family
-    if model.parsed.is_cbind:
+    if model.parsed.is_cbind and d.has_user_weights:
         raise DataError(
-            "fit_batch for a cbind(successes, failures) model takes the proportions of successes as columns of Y "
-            "and the trials from the model; fit the model with weights= trials and a proportion response instead"
+            "fit_batch for a cbind(successes, failures) model with prior weights: fit the model with a proportion "
+            "response and weights= trials × prior weights instead"
         )
+    # a cbind() model's columns are proportions of successes, its weights the trials (as `simulate` returns them):
+    # the proportion-with-weights form of the same likelihood
     single = dataclasses.replace(model.parsed, response_parts=(model.parsed.response,))
     ys, ws, consts, non_integer = [], [], [], []
     for j, name in enumerate(column_names):
@@ -75,8 +77,9 @@ def fit_glmm_chunk(problem, Y, W, constants, theta0, nodes, node_weights, max_it
     return jax.vmap(one, in_axes=(1, 1, 0))(Y, W, constants)
 
 
-def fit_glmm_batch(model, values, columns, *, method: str, nagq, chunk_size, max_iter: int, bar):
-    """Driver used by `fit_batch` for binomial and Poisson models; returns the per-column arrays."""
+def fit_glmm_batch(model, values, columns, *, method: str, nagq, chunk_size, max_iter: int, bar, start=None):
+    """Driver used by `fit_batch` for binomial and Poisson models; returns the per-column arrays. start: θ to
+    start every column from (default lme4's); β starts from each column's GLM fit."""
     from ._agq import gauss_hermite
     from ._glmm import _check_method
 
@@ -89,7 +92,10 @@ def fit_glmm_batch(model, values, columns, *, method: str, nagq, chunk_size, max
         nodes, node_weights = jnp.asarray(z), jnp.asarray(w)
     m = Y.shape[1]
     size = int(chunk_size or min(64, 1 << int(np.ceil(np.log2(max(m, 1))))))
-    theta0 = jnp.asarray(model.theta_start())
+    theta0 = model.theta_start() if start is None else np.asarray(start, dtype=np.float64)
+    if theta0.shape != (model.n_theta,):
+        raise ValueError(f"start must have {model.n_theta} values (θ in lme4's layout), got shape {theta0.shape}")
+    theta0 = jnp.asarray(theta0)
     out: dict[str, list] = {}
     for start in range(0, m, size):
         cols = np.arange(start, min(start + size, m))

@@ -41,16 +41,15 @@ class BootstrapResult:
 
 def bootstrap(fit, n: int = 500, seed: int = 0, *, chunk_size=None, progress=None) -> BootstrapResult:
     model = fit.model
-    if not fit.is_linear:
-        raise NotImplementedError("the parametric bootstrap needs batched fits, available for linear mixed models only")
     if int(n) != n or n < 2:
         raise ValueError(f"n (the number of bootstrap samples) must be an integer ≥ 2, got {n!r}")
-    sims = fit.simulate(int(n), seed=seed)
+    sims = fit.simulate(int(n), seed=seed)  # a binomial model's as proportions on its trials, as fit_batch takes
     start = None if fit.is_singular else fit.theta
     batch = model.fit_batch(sims.to_numpy(), method=fit.method, start=start, chunk_size=chunk_size,
-                            progress=progress)
+                            progress=progress, nagq=fit.extra.get("nagq"))
     names = parameter_names(model)
-    values = np.column_stack([variance_parameters(batch.theta, batch.sigma, model.qs), batch.beta])
+    sigma = batch.sigma if model.is_gaussian else None  # binomial and Poisson models have no σ
+    values = np.column_stack([variance_parameters(batch.theta, sigma, model.qs), batch.beta])
     draws = pd.DataFrame(values, columns=names, index=pd.RangeIndex(int(n), name="sample"))
     est = np.concatenate([variance_parameters(fit.theta, fit.sigma, model.qs)[0],
                           fit.fixef[model.design.x_names].to_numpy()])

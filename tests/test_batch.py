@@ -90,8 +90,19 @@ def test_bad_input_is_refused_clearly():
         model.fit_batch(Y, chunk_size=0)
 
 
-def test_cbind_batches_ask_for_proportions():
+def test_cbind_batches_take_proportions_of_the_model_trials():
+    """A cbind() model's batch columns are proportions of successes (as simulate() returns them), on the model's
+    trials: the data's own proportions refit to the single fit."""
     data = jm.datasets.load("cbpp")
-    model = jm.Model("cbind(incidence, size - incidence) ~ period + (1 | herd)", data, family="binomial")
-    with pytest.raises(jm.DataError, match="proportions"):
-        model.fit_batch(np.zeros((model.design.n, 2)))
+    formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    model = jm.Model(formula, data, family="binomial")
+    fit = model.fit(method="laplace")
+    Y = np.column_stack([data.incidence / data["size"], fit.simulate(1, seed=2).iloc[:, 0]])
+    batch = model.fit_batch(Y)
+    assert batch.objective[0] == pytest.approx(fit.objective, rel=1e-8)
+    np.testing.assert_allclose(batch.theta[0], fit.theta, atol=1e-4)
+    again = jm.glmer(formula, data.assign(incidence=np.round(Y[:, 1] * data["size"])), family="binomial")
+    assert batch.objective[1] == pytest.approx(again.objective, rel=1e-8)
+    weighted = jm.Model(formula, data.assign(w=2.0), family="binomial", weights="w")
+    with pytest.raises(jm.DataError, match="prior weights"):
+        weighted.fit_batch(Y)

@@ -75,6 +75,25 @@ def test_bootstrap_draws_are_refits(fits):
     assert (ci["10 %"] <= ci["90 %"]).all()
 
 
+def test_glmm_bootstrap_draws_are_refits():
+    """A binomial cbind() model: each sample (proportions on the model's trials) refitted in the batch as a single
+    glmer fit of the simulated counts would be; no σ among the parameters."""
+    data = jm.datasets.load("cbpp")
+    formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    fit = jm.glmer(formula, data, family="binomial")
+    boot = fit.bootstrap(4, seed=5, chunk_size=4)
+    assert list(boot.draws.columns) == ["sd_(Intercept)|herd", "(Intercept)", "period2", "period3", "period4"]
+    assert boot.converged.all()
+    counts = np.round(fit.simulate(4, seed=5).iloc[:, 1].to_numpy() * data["size"].to_numpy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        refit = jm.glmer(formula, data.assign(incidence=counts), family="binomial")
+    row = boot.draws.iloc[1]
+    np.testing.assert_allclose(row.iloc[1:], refit.fixef, rtol=1e-4, atol=1e-5)
+    assert row.iloc[0] == pytest.approx(refit.varcorr()["sdcor"].iloc[0], rel=1e-3, abs=1e-4)
+    assert list(fit.confint("boot", nsim=4, seed=5, chunk_size=4).index) == list(boot.draws.columns)
+
+
 def test_interval_labels_and_bad_input(fits):
     _, reml, _ = fits
     assert interval_columns(0.95) == ["2.5 %", "97.5 %"]
