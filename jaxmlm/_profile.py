@@ -9,6 +9,8 @@ lme4 interpolates ζ with splines; we find the endpoints by root finding (Brent)
   in closed form). Its statistics are linear maps of [Z X y]ᵀW[Z X y]: F' = F M.
 * Variance parameters (sd, cor per term, σ): d(θ, σ) = log|L_Z|² + n log(2πσ²) + r²(θ)/σ² − Σ log w, with
   β profiled out, minimized over unconstrained coordinates (log sd, atanh cor, log σ) with one coordinate held.
+* GLMMs: the fit's own objective (Laplace, or the nAGQ deviance) over (log sd, atanh cor, β), minimized with one
+  coordinate held (σ = 1); the conditional modes come from PIRLS inside each evaluation, as in the fit.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from ._confint import interval_columns, variance_parameter_names, variance_param
 from ._linalg import factorize
 from ._lmm import LinearProblem, fit_linear
 from ._optimize import lbfgs_minimize
+from ._agq import agq_deviance
+from ._pirls import laplace_deviance
 
 __all__ = ["profile_intervals"]
 
@@ -95,6 +99,25 @@ def _variance_profile(z0, problem, index, value, qs):
     return res.value, res.x
 
 
+# ---------------------------------------------------------------------------------------------- GLMMs
+def _glmm_deviance_sd_cor(z, problem, qs, nodes, node_weights):
+    """The GLMM objective at z = (log sd / atanh cor per term in θ's order, β), σ = 1."""
+    nt = problem.structure.n_theta
+    theta, _ = _theta_sigma(jnp.concatenate([z[:nt], jnp.zeros((1,), dtype=z.dtype)]), qs)
+    x = jnp.concatenate([theta, z[nt:]])
+    dev = laplace_deviance(x, problem) if nodes is None else agq_deviance(x, problem, nodes, node_weights)
+    return jnp.where(jnp.isfinite(dev), dev, jnp.inf)
+
+
+@functools.partial(jax.jit, static_argnames=("qs",))
+def _glmm_profile(z0, problem, index, value, qs, nodes, node_weights):
+    def held(z):
+        return _glmm_deviance_sd_cor(z.at[index].set(value), problem, qs, nodes, node_weights)
+
+    res = lbfgs_minimize(held, z0.at[index].set(value))
+    return res.value, res.x
+
+
 # ---------------------------------------------------------------------------------------------- intervals
 def _endpoint(zeta, u_hat, step, target, lower_limit, upper_limit):
     """u with ζ(u) = target, searching outward from û (ζ(û) = 0) in steps that double; the limit if never reached."""
@@ -114,23 +137,76 @@ def _endpoint(zeta, u_hat, step, target, lower_limit, upper_limit):
     return np.nan
 
 
+def _variance_interval(zeta, z_hat_i, is_cor, target):
+    """(lower, upper) of one sd or cor from its ζ on the unconstrained scale; a bound that the deviance never
+    reaches is the parameter's own limit (sd 0, cor ±1)."""
+    lim = (-20.0, 20.0) if is_cor else (z_hat_i - 30.0, z_hat_i + 30.0)
+    lo = _endpoint(zeta, z_hat_i, 0.1, -target, *lim)
+    hi = _endpoint(zeta, z_hat_i, 0.1, target, *lim)
+    transform = np.tanh if is_cor else np.exp
+    lo_v, hi_v = transform(lo), transform(hi)
+    if not is_cor and lo == lim[0]:
+        lo_v = 0.0  # the deviance never rises enough before the variance reaches 0
+    if is_cor:
+        lo_v = -1.0 if lo == lim[0] else lo_v
+        hi_v = 1.0 if hi == lim[1] else hi_v
+    return lo_v, hi_v
+
+
+def _unconstrained(psi_hat, is_cor):
+    return np.where(is_cor, np.arctanh(np.clip(psi_hat, -1 + 1e-12, 1 - 1e-12)), np.log(np.maximum(psi_hat, 1e-300)))
+
+
+def _glmm_intervals(fit, target, wanted) -> dict:
+    from ._agq import gauss_hermite
+    from ._glmm import glmm_problem
+
+    model = fit.model
+    problem, qs, nt = glmm_problem(model), model.qs, model.n_theta
+    nodes = node_weights = None
+    if fit.method == "agq":
+        z, w = gauss_hermite(int(fit.extra["nagq"]))
+        nodes, node_weights = jnp.asarray(z), jnp.asarray(w)
+    var_names = variance_parameter_names(model)
+    is_cor = np.array([n.startswith("cor_") for n in var_names])
+    x_names = list(model.design.x_names)
+    beta_hat, se = fit.fixef[x_names].to_numpy(), fit.se[x_names].to_numpy()
+    z_hat = np.concatenate([_unconstrained(variance_parameters(fit.theta, None, qs)[0], is_cor), beta_hat])
+    z_hat_j, d_hat = jnp.asarray(z_hat), fit.objective
+    rows = {}
+    for i, name in enumerate(var_names + x_names):
+        if name not in wanted:
+            continue
+
+        def zeta(u, i=i):
+            value, _ = _glmm_profile(z_hat_j, problem, i, jnp.asarray(u, dtype=jnp.float64), qs, nodes, node_weights)
+            return np.sign(u - z_hat[i]) * np.sqrt(max(float(value) - d_hat, 0.0))
+
+        if i < nt:
+            rows[name] = _variance_interval(zeta, z_hat[i], bool(is_cor[i]), target)
+        else:
+            rows[name] = (_endpoint(zeta, z_hat[i], se[i - nt], -target, -np.inf, np.inf),
+                          _endpoint(zeta, z_hat[i], se[i - nt], target, -np.inf, np.inf))
+    return rows
+
+
 def profile_intervals(fit, level: float, names=None, **_) -> pd.DataFrame:
     model = fit.model
-    if not model.is_gaussian:
-        raise NotImplementedError("profile intervals are implemented for linear mixed models only")
-    ml = fit if fit.method == "ml" else model.fit(method="ml", warn=False)
-    problem, qs = model.linear_problem, model.qs
-    d_hat = ml.objective
     target = stats.norm.ppf((1.0 + level) / 2.0)
     var_names = variance_parameter_names(model)
     all_names = var_names + list(model.design.x_names)
     wanted = all_names if names is None else list(names)
+    if not model.is_gaussian:
+        rows = _glmm_intervals(fit, target, wanted)
+        index = [n for n in all_names if n in rows]
+        return pd.DataFrame([rows[n] for n in index], index=index, columns=interval_columns(level))
+    ml = fit if fit.method == "ml" else model.fit(method="ml", warn=False)
+    problem, qs = model.linear_problem, model.qs
+    d_hat = ml.objective
     rows = {}
 
-    psi_hat = variance_parameters(ml.theta, ml.sigma, qs)[0]
     is_cor = np.array([n.startswith("cor_") for n in var_names])
-    z_hat = np.where(is_cor, np.arctanh(np.clip(psi_hat, -1 + 1e-12, 1 - 1e-12)),
-                     np.log(np.maximum(psi_hat, 1e-300)))
+    z_hat = _unconstrained(variance_parameters(ml.theta, ml.sigma, qs)[0], is_cor)
     z_hat_j = jnp.asarray(z_hat)
     for i, name in enumerate(var_names):
         if name not in wanted:
@@ -140,17 +216,7 @@ def profile_intervals(fit, level: float, names=None, **_) -> pd.DataFrame:
             value, _ = _variance_profile(z_hat_j, problem, i, jnp.asarray(u, dtype=jnp.float64), qs)
             return np.sign(u - z_hat[i]) * np.sqrt(max(float(value) - d_hat, 0.0))
 
-        lim = (-20.0, 20.0) if is_cor[i] else (z_hat[i] - 30.0, z_hat[i] + 30.0)
-        lo = _endpoint(zeta, z_hat[i], 0.1, -target, *lim)
-        hi = _endpoint(zeta, z_hat[i], 0.1, target, *lim)
-        transform = np.tanh if is_cor[i] else np.exp
-        lo_v, hi_v = transform(lo), transform(hi)
-        if not is_cor[i] and lo == lim[0]:
-            lo_v = 0.0  # the deviance never rises enough before the variance reaches 0
-        if is_cor[i]:
-            lo_v = -1.0 if lo == lim[0] else lo_v
-            hi_v = 1.0 if hi == lim[1] else hi_v
-        rows[name] = (lo_v, hi_v)
+        rows[name] = _variance_interval(zeta, z_hat[i], bool(is_cor[i]), target)
 
     x_names = list(model.design.x_names)
     p = len(x_names)

@@ -1,5 +1,6 @@
 """confint (Wald, profile, bootstrap) against lme4's intervals; the bootstrap's draws against single refits."""
 
+import json
 import warnings
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 from scipy import stats
 
 import jaxmlm as jm
+from conftest import REFERENCE_DIR
 from jaxmlm._confint import interval_columns
 
 FORMULA = "Reaction ~ Days + (Days | Subject)"
@@ -73,6 +75,19 @@ def test_bootstrap_draws_are_refits(fits):
     assert list(ci.columns) == ["10 %", "90 %"]
     np.testing.assert_allclose(ci["10 %"], boot.draws.quantile(0.1), rtol=1e-12)
     assert (ci["10 %"] <= ci["90 %"]).all()
+
+
+@pytest.mark.parametrize("case", ["cbpp_laplace", "cbpp_agq9", "grouseticks_poisson"])
+def test_glmm_profile_intervals_match_lme4(case):
+    """reference/confint_glmm.R: lme4's default confint of a glmer fit (rows in the same order: variance
+    parameters in θ's order, then the fixed effects; lme4 names them .sig01, ...). lme4 interpolates its profile
+    with splines (~1e-4 relative); a variance whose profile never rises enough is bounded by 0, as lme4's."""
+    ref = json.loads((REFERENCE_DIR / "lme4_confint_glmm.json").read_text())[case]
+    fit = jm.glmer(ref["formula"], jm.datasets.load(ref["dataset"]), family=ref["family"], nagq=ref["nagq"])
+    ci = fit.confint()
+    assert len(ci) == len(ref["rows"]) and list(ci.index[-len(fit.fixef):]) == ref["rows"][-len(fit.fixef):]
+    np.testing.assert_allclose(ci.iloc[:, 0], ref["lower"], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(ci.iloc[:, 1], ref["upper"], rtol=1e-3, atol=1e-4)
 
 
 def test_glmm_bootstrap_draws_are_refits():
