@@ -31,8 +31,9 @@ def r_format(values, digits: int) -> list[str]:
     parts = [_significant(v, digits) for v in finite]
     neg = any(v < 0 for v in finite)
     rgt = max(0, max(sig - 1 - e for sig, e in parts))
-    left = max(max(1, e + 1) for _, e in parts)
-    width_fixed = neg + left + (rgt + 1 if rgt else 0)
+    # R's formatReal: the integer part's width with its own sign, element by element ("-0.51" next to "106.3")
+    left = max((v < 0) + max(1, e + 1) for v, (_, e) in zip(finite, parts))
+    width_fixed = left + (rgt + 1 if rgt else 0)
     mant = max(sig for sig, _ in parts)
     width_sci = neg + (mant + 1 if mant > 1 else 1) + (5 if any(abs(e) >= 100 for _, e in parts) else 4)
     if width_fixed <= width_sci:
@@ -66,17 +67,20 @@ def _format_pvalues(pv, digits: int = 3) -> list[str]:
     return out
 
 
-def _coefficient_columns(estimate, se, stat, digits: int = 4):
-    """R's printCoefmat for Estimate, Std. Error and the t or z value: the estimates and standard errors rounded
-    to max(1, digits − digmin) decimals (digmin: 1 + floor(log10) of their smallest and largest magnitude) and
-    formatted together; the statistic rounded to 3 decimals and formatted with `digits`."""
-    coef_se = np.concatenate([np.asarray(estimate, float), np.asarray(se, float)])
+def _coefficient_columns(estimate, se, stat, digits: int = 4, df=None):
+    """R's printCoefmat for Estimate, Std. Error (and df, lmerTest's third coefficient column) and the t or z
+    value: the coefficient columns rounded to max(1, digits − digmin) decimals (digmin: 1 + floor(log10) of their
+    smallest and largest magnitude) and formatted together; the statistic rounded to 3 decimals and formatted with
+    `digits`. Returns (estimate, se, statistic) texts, and df texts after them when df is given."""
+    columns = [estimate, se] + ([df] if df is not None else [])
+    coef_se = np.concatenate([np.asarray(c, float) for c in columns])
     acs = np.abs(coef_se[np.isfinite(coef_se) & (coef_se != 0)])
     digmin = 1 + (np.floor(np.log10([acs.min(), acs.max()])) if acs.size else np.zeros(2))
     rounded = np.round(coef_se, int(max(1, *(digits - digmin))))
     texts = r_format(rounded, digits)
     k = len(estimate)
-    return texts[:k], texts[k:], r_format(np.round(np.asarray(stat, float), 3), digits)
+    split = [texts[i * k : (i + 1) * k] for i in range(len(columns))]
+    return (split[0], split[1], r_format(np.round(np.asarray(stat, float), 3), digits), *split[2:])
 
 
 def _table(frame: pd.DataFrame, index_name: str = "") -> str:
@@ -107,9 +111,12 @@ def _method_title(title: str, cls: str, width: int = 80) -> str:
     return "\n".join(lines + [current])
 
 
-def _title(fit) -> str:
+def _title(fit, ddf=None) -> str:
     if fit.is_linear:
         how = "REML" if fit.reml else "maximum likelihood "
+        if ddf is not None:  # lmerTest's title
+            return _method_title(f"Linear mixed model fit by {how}. t-tests use Satterthwaite's method",
+                                 "lmerModLmerTest")
         return _method_title(f"Linear mixed model fit by {how}", "lmerMod")
     approx = "Laplace Approximation" if fit.method == "laplace" else f"Adaptive Gauss-Hermite Quadrature, nAGQ = {fit.extra.get('nagq', '?')}"
     fam = fit.family
@@ -189,11 +196,35 @@ def _stars(p: float) -> str:
     return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else "." if p < 0.1 else ""
 
 
-def _fixed_effects(fit) -> str:
+def _common_width(*columns):
+    """The columns printCoefmat formats together (Estimate, Std. Error, lmerTest's df), padded to one width."""
+    width = max(len(t) for column in columns for t in column)
+    return [[t.rjust(width) for t in column] for column in columns]
+
+
+def _with_stars(cols: dict, p, index) -> str:
+    stars = [_stars(v) for v in p]
+    width = max(len(x) for x in stars)
+    cols[""] = [x.ljust(width) for x in stars]  # R pads the stars on the right
+    text = _table(pd.DataFrame(cols, index=index))
+    return text + "\n---\nSignif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"
+
+
+def _fixed_effects(fit, ddf=None) -> str:
     fe, se = fit.fixef, fit.se
     stat = fe / se
+    if ddf is not None:  # lmerTest's table: Estimate, Std. Error, df, t value, Pr(>|t|) (kept columns only)
+        tests = fit.t_tests(ddf=ddf)
+        est_text, se_text, stat_text, df_text = _coefficient_columns(
+            tests["Estimate"].to_numpy(), tests["Std. Error"].to_numpy(), tests["t value"].to_numpy(),
+            df=tests["df"].to_numpy())
+        p = tests["Pr(>|t|)"].to_numpy()
+        est_text, se_text, df_text = _common_width(est_text, se_text, df_text)
+        cols = {"Estimate": est_text, "Std. Error": se_text, "df": df_text, "t value": stat_text,
+                "Pr(>|t|)": _format_pvalues(list(p))}
+        return "Fixed effects:\n" + _with_stars(cols, p, tests.index)
     est_text, se_text, stat_text = _coefficient_columns(fe.to_numpy(), se.to_numpy(), stat.to_numpy())
-    cols = {"Estimate": est_text, "Std. Error": se_text}
+    cols = dict(zip(["Estimate", "Std. Error"], _common_width(est_text, se_text)))
     if fit.is_linear:
         cols["t value"] = stat_text
         frame = pd.DataFrame(cols, index=fe.index)
@@ -202,11 +233,7 @@ def _fixed_effects(fit) -> str:
         p = 2 * stats.norm.sf(np.abs(stat.to_numpy()))
         cols["z value"] = stat_text
         cols["Pr(>|z|)"] = _format_pvalues(list(p))
-        stars = [_stars(v) for v in p]
-        width = max(len(x) for x in stars)
-        cols[""] = [x.ljust(width) for x in stars]  # R pads the stars on the right
-        text = _table(pd.DataFrame(cols, index=fe.index))
-        text += "\n---\nSignif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"
+        text = _with_stars(cols, p, fe.index)
     dropped = [n for n in fit.design.x_names_all if n not in fit.design.x_names]
     if dropped:
         text = f"fit warning: fixed-effect model matrix is rank deficient; dropped {', '.join(dropped)}\n" + text
@@ -244,8 +271,9 @@ def _correlation(fit) -> str:
 class Summary:
     """lme4-style summary; print() it or use str()."""
 
-    def __init__(self, fit):
+    def __init__(self, fit, ddf=None):
         self.fit = fit
+        self.ddf = ddf  # "satterthwaite": lmerTest's title and fixed-effects table
 
     def __str__(self) -> str:
         fit = self.fit
@@ -253,7 +281,7 @@ class Summary:
         res = fit.residuals(type="pearson", scaled=True).to_numpy()
         resid = _scaled_residuals(res)
         parts = [
-            _title(fit),
+            _title(fit, self.ddf),
             f"Formula: {d.formula.text}",
             f"   Data: {fit.model.data_name}" if fit.model.data_name else None,
             "",
@@ -263,7 +291,7 @@ class Summary:
             "",
             _random_effects(fit),
             "",
-            _fixed_effects(fit),
+            _fixed_effects(fit, self.ddf),
         ]
         if d.n_dropped:
             parts.insert(3, f"   ({d.n_dropped} observation{'s' if d.n_dropped > 1 else ''} deleted due to missingness)")

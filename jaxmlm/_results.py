@@ -62,6 +62,7 @@ class MixedModelResult:
         self.optinfo = optinfo
         self._condvar = condvar
         self.extra = extra or {}
+        self._t_tests = None  # lmerTest's table, once asked for
 
     # ------------------------------------------------------------------ basic numbers
     @property
@@ -343,10 +344,25 @@ class MixedModelResult:
         return pd.DataFrame(sims, index=d.row_index, columns=[f"sim_{i + 1}" for i in range(n)])
 
     # ------------------------------------------------------------------ display
-    def summary(self):
+    def summary(self, ddf: str | None = None):
+        """lme4's summary; ddf="satterthwaite" adds lmerTest's degrees of freedom and p-values to the fixed effects
+        (linear models)."""
         from ._display import Summary
 
-        return Summary(self)
+        if ddf is not None:
+            self.t_tests(ddf)  # checks ddf and the model before anything prints
+        return Summary(self, ddf)
+
+    def t_tests(self, ddf: str = "satterthwaite") -> pd.DataFrame:
+        """t-tests of the fixed effects as lmerTest's summary: Estimate, Std. Error, df (Satterthwaite), t value,
+        Pr(>|t|), one row per (kept) fixed effect. Linear mixed models only."""
+        if str(ddf).lower() != "satterthwaite":
+            raise ValueError(f"ddf must be 'satterthwaite' (Kenward-Roger is not implemented), got {ddf!r}")
+        if self._t_tests is None:  # a Hessian and a Jacobian: computed once per fit
+            from ._satterthwaite import satterthwaite_table
+
+            self._t_tests = satterthwaite_table(self)
+        return self._t_tests.copy()
 
     def __repr__(self) -> str:
         from ._display import short_text
