@@ -26,7 +26,7 @@ from ._batch import BatchResult
 from ._bootstrap import BootstrapResult
 from ._terms import parse_formula
 from ._mrp import poststratify
-from ._anova import anova
+from ._anova import anova, drop1
 from ._ingest import read_data
 from ._posterior import Posterior
 
@@ -37,6 +37,7 @@ __all__ = [
     "Posterior",
     "poststratify",
     "anova",
+    "drop1",
     "read_data",
     "lmer",
     "glmer",

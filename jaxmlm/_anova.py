@@ -1,5 +1,5 @@
-"""Model comparison, as lme4's anova(): likelihood-ratio tests between models fitted to the same rows, and the
-sequential F table of one model's fixed-effect terms.
+"""Model comparison, as lme4's anova() and drop1(): likelihood-ratio tests between models fitted to the same rows,
+the sequential F table of one model's fixed-effect terms, and single-term deletions.
 
 Several models: REML fits are refitted by ML first (lme4's default refit = TRUE; REML criteria of models with
 different fixed effects are not comparable), the models are ordered by their number of parameters, and each is
@@ -20,7 +20,7 @@ from scipy import stats
 
 from ._errors import DataError
 
-__all__ = ["anova", "AnovaTable"]
+__all__ = ["anova", "drop1", "AnovaTable"]
 
 
 class AnovaTable(pd.DataFrame):
@@ -33,7 +33,8 @@ class AnovaTable(pd.DataFrame):
     def __repr__(self) -> str:
         heading = self.attrs.get("heading", "")
         blank_or = lambda fmt: lambda v: "" if pd.isna(v) else fmt(v)  # noqa: E731
-        formatters = {"Df": blank_or(lambda v: str(int(v))), "Pr(>Chisq)": blank_or(lambda v: f"{v:.4g}")}
+        formatters = {"Df": blank_or(lambda v: str(int(v))), "npar": blank_or(lambda v: str(int(v))),
+                      "Pr(>Chisq)": blank_or(lambda v: f"{v:.4g}"), "Pr(Chi)": blank_or(lambda v: f"{v:.4g}")}
         text = self.to_string(na_rep="", formatters={k: f for k, f in formatters.items() if k in self.columns})
         return (heading + "\n" if heading else "") + text
 
@@ -156,4 +157,47 @@ def _term_columns(design) -> list[tuple[str, list[str]]]:
     for term, idx in spec.term_indices.items():
         label = "(Intercept)" if str(term) == "1" else _user_spelling(str(term), design.formula.renames)
         out.append((label, [names[i] for i in idx]))
+    return out
+
+
+def drop1(fit, test: str | None = None) -> AnovaTable:
+    """lme4's drop1(): the model refitted without each fixed-effect term that marginality lets go (a main effect
+    stays while an interaction holds it), by ML (a REML fit is refitted by ML first, as lme4). Columns npar (the
+    parameters dropped) and AIC; test="Chisq" adds the likelihood-ratio statistic LRT and Pr(Chi)."""
+    if test not in (None, "Chisq"):
+        raise ValueError(f"test must be None or 'Chisq' (likelihood-ratio), got {test!r}")
+    base = fit.model.fit(method="ml", warn=False) if fit.reml else fit
+    refit = dict(method=base.method, warn=False)
+    if base.method == "agq":
+        refit["nagq"] = int(base.extra["nagq"])
+    rows, npar, aic, loglik = ["<none>"], [np.nan], [base.aic], [base.loglik]
+    for label, term in _droppable_terms(base.design):
+        reduced = base.model.update(f". ~ . - {term}").fit(**refit)
+        if reduced.nobs != base.nobs:
+            raise DataError(f"dropping {label} changes the rows in use ({base.nobs} to {reduced.nobs}): remove the "
+                            "rows with missing values first")
+        rows.append(label)
+        npar.append(base.n_params - reduced.n_params)
+        aic.append(reduced.aic)
+        loglik.append(reduced.loglik)
+    table = AnovaTable({"npar": np.asarray(npar, dtype=float), "AIC": aic}, index=pd.Index(rows))
+    if test == "Chisq":
+        lrt = np.r_[np.nan, 2.0 * np.maximum(0.0, loglik[0] - np.asarray(loglik[1:]))]
+        table["LRT"] = lrt
+        table["Pr(Chi)"] = np.r_[np.nan, [stats.chi2.sf(x, k) for x, k in zip(lrt[1:], npar[1:])]]
+    table.attrs["heading"] = f"Single term deletions\n\nModel:\n{base.design.formula.text}"
+    return table
+
+
+def _droppable_terms(design) -> list[tuple[str, str]]:
+    """(label as the user wrote it, formulaic's term text) of the terms no other term contains (R's drop.scope)."""
+    from ._design import _user_spelling
+
+    terms = [t for t in design.x_spec.term_indices if str(t) != "1"]
+    factors = {str(t): {str(f) for f in t.factors} for t in terms}
+    out = []
+    for t in terms:
+        if any(factors[str(t)] < factors[str(other)] for other in terms):
+            continue  # marginal to a higher-order term
+        out.append((_user_spelling(str(t), design.formula.renames), str(t)))
     return out

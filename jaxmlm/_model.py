@@ -6,6 +6,7 @@ compiled objective and optimizer and returns a `MixedModelResult`. `lmer` and `g
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any
 
@@ -18,7 +19,7 @@ from ._blocks import build_structure, row_data
 from ._convergence import check_convergence
 from ._covariance import canonical_theta, theta_diagonal_mask, theta_start, theta_to_matrices
 from ._design import build_design, check_linear_model, to_pandas
-from ._errors import ConvergenceWarning, DataError, NewLevelError, SingularFitWarning
+from ._errors import ConvergenceWarning, DataError, FormulaError, NewLevelError, SingularFitWarning
 from ._family import get_family
 from ._lmm import (deviance_and_gradient, deviance_value, gradients_at_points, linear_diagnostics, linear_estimates,
                    make_linear_problem, split_problem)
@@ -53,6 +54,9 @@ _STENCIL_MAX_SIZE = 1_000_000
 _DERIVATIVE_FREE_TAIL = 512
 
 
+_BARE_DOT = re.compile(r"(?<![\w.])\.(?![\w.])")  # a '.' that is not part of a name or a number
+
+
 class Model:
     """A mixed model's structure: formula + data → design, block kinds and statistics, built once.
 
@@ -73,6 +77,9 @@ class Model:
         data_name: str | None = None,
     ):
         self.formula = formula
+        # what `update` needs to build a model of another formula on the same data (a reference, not a copy)
+        self._source = dict(data=data, family=family, weights=weights, offset=offset, link=link,
+                            na_action=na_action, data_name=data_name)
         self.family = get_family(family, link)
         self.parsed = parse_formula(formula)
         self.design = build_design(
@@ -548,6 +555,21 @@ class Model:
         from ._bayes import sample
 
         return sample(self, chains=chains, draws=draws, warmup=warmup, seed=seed, **kwargs)
+
+    def update(self, formula: str) -> "Model":
+        """The model of another formula on the same data, weights, offset and family, as lme4's update(); R's
+        dots work at the start of either side: model.update(". ~ . - Days"), model.update("log(.) ~ .") does not
+        (only a bare '.' stands for the old side)."""
+        if not isinstance(formula, str) or formula.count("~") != 1:
+            raise FormulaError(f"update() takes a formula with one '~', such as '. ~ . - x'; got {formula!r}")
+        old_lhs, old_rhs = (part.strip() for part in self.formula.split("~"))
+        lhs, rhs = (part.strip() for part in formula.split("~"))
+        lhs = old_lhs if lhs == "." else lhs
+        if re.match(r"\.(\s*[-+]|$)", rhs):
+            rhs = f"{old_rhs} {rhs[1:].strip()}".strip()
+        if _BARE_DOT.search(lhs) or _BARE_DOT.search(rhs):
+            raise FormulaError(f"update(): a bare '.' stands for a whole side ('. ~ . - x', '. ~ . + z'); got {formula!r}")
+        return Model(f"{lhs} ~ {rhs}", **self._source)
 
     def fit_batch(self, Y, **kwargs):
         """Fit every column of Y (n × m) on this design in one vectorized call."""

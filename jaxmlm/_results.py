@@ -423,6 +423,12 @@ class MixedModelResult:
 
         return anova(self, *others, names=names, refit=refit)
 
+    def drop1(self, test: str | None = None) -> pd.DataFrame:
+        """lme4's drop1(): AIC (and with test="Chisq" the likelihood-ratio test) of each droppable fixed term."""
+        from ._anova import drop1
+
+        return drop1(self, test=test)
+
     def bootstrap(self, n: int = 500, seed: int = 0, **kwargs):
         """Parametric bootstrap: n samples simulated from the fit, refitted in one batch (BootstrapResult)."""
         from ._bootstrap import bootstrap

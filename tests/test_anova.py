@@ -146,3 +146,33 @@ def test_incomparable_models_are_refused(sleep_fits):
         jm.anova(*sleep_fits[:2], names=["a", "a"])
     with pytest.raises(ValueError, match="at least one"):
         jm.anova()
+
+
+@pytest.mark.parametrize("case,rtol", [("sleepstudy_drop1", 1e-8), ("grouseticks_drop1", 1e-8), ("cbpp_drop1", 5e-6)])
+def test_drop1_matches_lme4(case, rtol, reference):
+    """Single-term deletions refitted by ML; 'YEAR * cHEIGHT' offers only its interaction (marginality). The GLMM
+    case carries lme4's PIRLS tolerance (its likelihoods ~3e-6 below the exact Laplace optimum)."""
+    ref = reference[case]
+    data = jm.datasets.load(ref["dataset"])
+    fit = (jm.glmer(ref["formula"], data, family=ref["family"]) if "family" in ref
+           else jm.lmer(ref["formula"], data, reml=ref["reml"]))
+    table = fit.drop1(test="Chisq")
+    assert list(table.index) == ref["table"]["rows"]
+    assert table.attrs["heading"] == f"Single term deletions\n\nModel:\n{ref['formula']}"
+    np.testing.assert_allclose(table["npar"].to_numpy(), _column(ref["table"], "npar"))
+    np.testing.assert_allclose(table["AIC"].to_numpy(), _column(ref["table"], "AIC"), rtol=rtol)
+    np.testing.assert_allclose(table["LRT"].to_numpy(), _column(ref["table"], "LRT"), rtol=max(rtol, 2e-5))
+    np.testing.assert_allclose(table["Pr(Chi)"].to_numpy(), _column(ref["table"], "Pr(Chi)"), rtol=max(rtol, 2e-4))
+    assert list(jm.drop1(fit).columns) == ["npar", "AIC"]
+
+
+def test_update_builds_the_model_of_another_formula_on_the_same_data(sleep_fits):
+    model = sleep_fits[1].model
+    assert model.update(". ~ . - Days").formula == "Reaction ~ Days + (Days | Subject) - Days"
+    assert model.update("log(Reaction) ~ .").design.response_name == "log(Reaction)"
+    smaller = model.update(". ~ 1 + (1 | Subject)")
+    assert smaller.design.x_names == ["(Intercept)"] and smaller.design.n == model.design.n
+    with pytest.raises(jm.FormulaError, match="bare '.'"):
+        model.update(". ~ Days + .")
+    with pytest.raises(jm.FormulaError, match="one '~'"):
+        model.update("Days")

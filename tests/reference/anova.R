@@ -31,4 +31,12 @@ out$cbpp_lrt <- list(dataset = "cbpp", family = "binomial",
   names = c("gm0", "gm1"), table = table_of(anova(gm1, gm0)))
 out$cbpp_f <- list(dataset = "cbpp", family = "binomial",
   formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)", table = table_of(anova(gm1)))
+# drop1(): single-term deletions (refitted by ML), respecting marginality
+out$sleepstudy_drop1 <- list(dataset = "sleepstudy", formula = "Reaction ~ Days + (Days | Subject)", reml = TRUE,
+  table = table_of(drop1(fm1, test = "Chisq")))
+fi <- "log(1 + TICKS) ~ YEAR * cHEIGHT + (1 | LOCATION) + (1 | BROOD)"
+out$grouseticks_drop1 <- list(dataset = "grouseticks", formula = fi, reml = TRUE,
+  table = table_of(drop1(lmer(as.formula(fi), gt), test = "Chisq")))
+out$cbpp_drop1 <- list(dataset = "cbpp", family = "binomial",
+  formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)", table = table_of(drop1(gm1, test = "Chisq")))
 writeLines(toJSON(out, auto_unbox = TRUE, digits = NA, null = "null", na = "null", pretty = TRUE), "lme4_anova.json")
