@@ -423,6 +423,13 @@ class MixedModelResult:
 
         return anova(self, *others, names=names, refit=refit)
 
+    def getme(self, name: str):
+        """lme4's getME(fit, name): "X", "Z", "Zt", "Lambda", "Lambdat" (SciPy sparse), "Tlist", "theta", "beta",
+        "b", "u", "sigma", "y", "mu", "offset", "weights", "flist", "cnms", "Gp", "lower", "is_REML", "n_rtrms"."""
+        from ._getme import getme
+
+        return getme(self, name)
+
     def drop1(self, test: str | None = None) -> pd.DataFrame:
         """lme4's drop1(): AIC (and with test="Chisq" the likelihood-ratio test) of each droppable fixed term."""
         from ._anova import drop1

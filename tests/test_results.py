@@ -132,3 +132,27 @@ def test_to_dict_is_json_ready(fits):
     record = fits["penicillin_reml"].to_dict()
     text = json.dumps(record)
     assert json.loads(text)["ngroups"] == {"plate": 24, "sample": 6}
+
+
+def test_getme_pieces_fit_together(fits):
+    """lme4's getME layouts: Z's columns term by term, level by level, component by component (b = Λu in that
+    order); y = Xβ + Zb + residuals; ZΛΛᵀZᵀσ² + σ²I is the model's covariance (checked against the dense
+    brute-force Z Λ); flist, cnms and Gp as lme4's."""
+    from brute_force import dense_z_lambda
+
+    fit = fits["sleepstudy_reml"]
+    d = fit.design
+    Z, Lam, b, u = fit.getme("Z"), fit.getme("Lambda"), fit.getme("b"), fit.getme("u")
+    assert Z.shape == (180, 36) and Lam.shape == (36, 36) and Lam.nnz == 18 * 3
+    np.testing.assert_allclose((Z @ Lam).toarray(), dense_z_lambda(d, fit.theta), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(Lam @ u, b, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(b[:2], fit.ranef()["Subject"].iloc[0].to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(fit.getme("X") @ fit.getme("beta") + Z @ b + fit.residuals().to_numpy(),
+                               fit.getme("y"), rtol=1e-12)
+    assert (fit.getme("Zt") != Z.T).nnz == 0 and (fit.getme("Lambdat") != Lam.T).nnz == 0
+    assert fit.getme("cnms") == {"Subject": ["(Intercept)", "Days"]} and fit.getme("n_rtrms") == 1
+    assert list(fit.getme("Gp")) == [0, 36] and fit.getme("is_REML") is True
+    np.testing.assert_array_equal(fit.getme("lower"), [0.0, -np.inf, 0.0])
+    assert list(fit.getme("flist")["Subject"].categories[:2]) == ["308", "309"]
+    with pytest.raises(ValueError, match="known:"):
+        fit.getme("devfun")
