@@ -132,9 +132,9 @@ def _f_table(fit) -> pd.DataFrame:
     sigma2 = 1.0 if fit.sigma is None else fit.sigma**2
     kept = {name: j for j, name in enumerate(d.x_names)}
     rows, npar, sum_sq = [], [], []
-    for label, columns in _term_columns(d):
+    for label, _, _, columns in _fixed_terms(d):
         cols = [kept[c] for c in columns if c in kept]  # columns dropped for rank deficiency do not count
-        if label == "(Intercept)" or not cols:
+        if not cols:
             continue
         rows.append(label)
         npar.append(len(cols))
@@ -147,17 +147,15 @@ def _f_table(fit) -> pd.DataFrame:
     return table
 
 
-def _term_columns(design) -> list[tuple[str, list[str]]]:
-    """(term label as the user wrote it, its model-matrix column names in lme4's spelling), in formula order."""
+def _fixed_terms(design) -> list[tuple[str, str, set, list[str]]]:
+    """Per fixed-effect term but the intercept, in formula order: (label as the user wrote it, formulaic's term
+    text, its variables, its model-matrix column names in lme4's spelling)."""
     from ._design import _user_spelling
 
-    spec = design.x_spec
     names = design.x_names_all
-    out = []
-    for term, idx in spec.term_indices.items():
-        label = "(Intercept)" if str(term) == "1" else _user_spelling(str(term), design.formula.renames)
-        out.append((label, [names[i] for i in idx]))
-    return out
+    return [(_user_spelling(str(t), design.formula.renames), str(t), {str(f) for f in t.factors},
+             [names[i] for i in idx])
+            for t, idx in design.x_spec.term_indices.items() if str(t) != "1"]
 
 
 def drop1(fit, test: str | None = None) -> AnovaTable:
@@ -190,14 +188,7 @@ def drop1(fit, test: str | None = None) -> AnovaTable:
 
 
 def _droppable_terms(design) -> list[tuple[str, str]]:
-    """(label as the user wrote it, formulaic's term text) of the terms no other term contains (R's drop.scope)."""
-    from ._design import _user_spelling
-
-    terms = [t for t in design.x_spec.term_indices if str(t) != "1"]
-    factors = {str(t): {str(f) for f in t.factors} for t in terms}
-    out = []
-    for t in terms:
-        if any(factors[str(t)] < factors[str(other)] for other in terms):
-            continue  # marginal to a higher-order term
-        out.append((_user_spelling(str(t), design.formula.renames), str(t)))
-    return out
+    """(label, formulaic's term text) of the terms no other term contains (R's drop.scope)."""
+    terms = _fixed_terms(design)
+    return [(label, text) for label, text, variables, _ in terms
+            if not any(variables < other for _, _, other, _ in terms)]

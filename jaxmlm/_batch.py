@@ -133,9 +133,7 @@ def _estimates(theta, problem: LinearProblem, reml: bool):
     beta, _, _ = solve_coefficients(factor, problem.structure, p)
     r2 = factor.tail[-1, -1] ** 2
     sigma = jnp.sqrt(r2 / (problem.n - p if reml else problem.n))
-    L_xx = factor.tail[m_z : m_z + p, m_z : m_z + p]
-    inv_lxx = jax.scipy.linalg.solve_triangular(L_xx, jnp.eye(p, dtype=L_xx.dtype), lower=True)
-    se = sigma * jnp.sqrt(jnp.sum(inv_lxx**2, axis=0))
+    se = sigma * jnp.sqrt(jnp.sum(factor.fixed_inverse(m_z, p) ** 2, axis=0))
     return beta, se, sigma, deviance_from_factor(factor, problem, reml)
 
 

@@ -30,7 +30,7 @@ from ._convergence import check_convergence
 from ._covariance import canonical_theta, theta_diagonal_mask
 from ._errors import ConvergenceWarning
 from ._linalg import factorize
-from ._optimize import host_bfgs_minimize
+from ._optimize import central_difference_hessian, host_bfgs_minimize
 from ._pirls import GlmmProblem, laplace_deviance, laplace_parts, pirls
 from ._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
 
@@ -81,21 +81,14 @@ def _minimize(x0, problem, nodes, weights, max_iter):
                               np.asarray(x0, dtype=np.float64), max_iter=max_iter, gtol=1e-8)
 
 
-# Central differences of the exact gradient at ±δ: ~1e-8 relative accuracy for the Hessian (lme4 differences the
-# deviance itself, dividing by δ²).
-_HESSIAN_DELTA = 1e-5
-
-
 def _at_optimum(x, problem, nodes, weights):
     """Everything the result needs at the optimum: the objective, its exact gradient, the Hessian in (θ, β) by
     central differences of that gradient (2k calls of the optimizer's own program), and the state (`_state_at`)."""
     x = np.asarray(x, dtype=np.float64)
     value, grad = _value_and_grad(x, problem, nodes, weights)
-    steps = _HESSIAN_DELTA * np.eye(x.size)
-    plus = np.stack([np.asarray(_value_and_grad(x + e, problem, nodes, weights)[1]) for e in steps])
-    minus = np.stack([np.asarray(_value_and_grad(x - e, problem, nodes, weights)[1]) for e in steps])
-    hess = (plus - minus) / (2.0 * _HESSIAN_DELTA)  # row j: ∂g/∂x_j
-    return dict(value=value, grad=grad, hess=0.5 * (hess + hess.T), **_state_at(x, problem))
+    hess = central_difference_hessian(
+        lambda points: np.stack([np.asarray(_value_and_grad(pt, problem, nodes, weights)[1]) for pt in points]), x)
+    return dict(value=value, grad=grad, hess=hess, **_state_at(x, problem))
 
 
 @jax.jit
@@ -107,9 +100,7 @@ def _state_at(x, problem):
     _, _, _, _, iters = pirls(theta, beta, problem)
     F = jnp.concatenate([problem.X, jnp.ones((problem.X.shape[0], 1), dtype=x.dtype)], axis=1)
     factor = factorize(theta, cross_products(problem.structure, problem.rows, w, F), problem.structure)
-    m_z, p = problem.structure.m_z, problem.p
-    L_xx = factor.tail[m_z : m_z + p, m_z : m_z + p]
-    inv = jax.scipy.linalg.solve_triangular(L_xx, jnp.eye(p, dtype=x.dtype), lower=True)
+    inv = factor.fixed_inverse(problem.structure.m_z, problem.p)
     return dict(u=u, w=w, ok=ok, iters=iters, vcov_rx=inv.T @ inv, factors=factor.factors)
 
 

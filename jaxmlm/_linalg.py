@@ -88,6 +88,11 @@ class Factor(eqx.Module):
             total = total + 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)))
         return total
 
+    def fixed_inverse(self, m_z: int, p: int) -> jax.Array:
+        """L_X⁻¹, L_X the fixed effects' diagonal block of the tail: L_X⁻ᵀ L_X⁻¹ = (R_Xᵀ R_X)⁻¹ is vcov(β) / σ²."""
+        L_xx = self.tail[m_z : m_z + p, m_z : m_z + p]
+        return jax.scipy.linalg.solve_triangular(L_xx, jnp.eye(p, dtype=L_xx.dtype), lower=True)
+
     def logdet_z(self, m_z: int) -> jax.Array:
         """log det(ΛᵀZᵀWZΛ + I) = 2 Σ log diag of the Z part of L."""
         total = jnp.zeros((), dtype=self.tail.dtype)

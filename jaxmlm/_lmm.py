@@ -175,8 +175,7 @@ def linear_estimates(theta: jax.Array, problem: LinearProblem, reml: bool):
     beta, u, b = solve_coefficients(factor, problem.structure, p)
     r2 = factor.tail[-1, -1] ** 2
     sigma = jnp.sqrt(r2 / (n - p if reml else n))
-    L_xx = factor.tail[m_z : m_z + p, m_z : m_z + p]
-    inv_lxx = jax.scipy.linalg.solve_triangular(L_xx, jnp.eye(p, dtype=L_xx.dtype), lower=True)
+    inv_lxx = factor.fixed_inverse(m_z, p)
     vcov = sigma**2 * inv_lxx.T @ inv_lxx
     objective = deviance_from_factor(factor, problem, reml)
     return dict(beta=beta, u=u, b=b, sigma=sigma, vcov=vcov, objective=objective, factor=factor)

@@ -23,7 +23,7 @@ from ._errors import ConvergenceWarning, DataError, FormulaError, NewLevelError,
 from ._family import get_family
 from ._lmm import (deviance_and_gradient, deviance_value, gradients_at_points, linear_diagnostics, linear_estimates,
                    make_linear_problem, split_problem)
-from ._optimize import cobyqa_minimize, host_bfgs_minimize
+from ._optimize import central_difference_hessian, cobyqa_minimize, host_bfgs_minimize
 from ._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
 from ._terms import parse_formula
 
@@ -343,14 +343,11 @@ class Model:
 
         if grad is None or not np.isfinite(grad).all():
             grad = gradient(theta)
-        points = np.vstack([theta + delta * np.eye(theta.size), theta - delta * np.eye(theta.size)])
         if one_program:
-            grads = np.asarray(gradients_at_points(points, problem, reml, 1), dtype=np.float64)
+            hess = central_difference_hessian(lambda points: gradients_at_points(points, problem, reml, 1), theta, delta)
         else:
-            grads = np.stack([gradient(point) for point in points])
-        plus, minus = np.split(grads, 2)
-        hess = (plus - minus) / (2 * delta)  # row j: ∂g/∂θ_j
-        return grad, 0.5 * (hess + hess.T)
+            hess = central_difference_hessian(lambda points: np.stack([gradient(x) for x in points]), theta, delta)
+        return grad, hess
 
     @property
     def _derivative_free(self) -> bool:

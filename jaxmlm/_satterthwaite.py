@@ -48,10 +48,7 @@ def _deviance(varpar, problem: LinearProblem, reml: bool):
 
 
 def _vcov_beta(varpar, problem: LinearProblem):
-    factor = _factor(varpar, problem)
-    m_z, p = problem.structure.m_z, problem.p
-    L_xx = factor.tail[m_z : m_z + p, m_z : m_z + p]
-    inv = jax.scipy.linalg.solve_triangular(L_xx, jnp.eye(p, dtype=L_xx.dtype), lower=True)
+    inv = _factor(varpar, problem).fixed_inverse(problem.structure.m_z, problem.p)
     return varpar[-1] ** 2 * inv.T @ inv
 
 
