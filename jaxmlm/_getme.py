@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from ._covariance import theta_diagonal_mask, theta_to_matrices
 
-__all__ = ["getme", "GETME_NAMES"]
+__all__ = ["getme", "hatvalues", "GETME_NAMES"]
 
 GETME_NAMES = ("X", "Z", "Zt", "Lambda", "Lambdat", "Tlist", "theta", "beta", "fixef", "b", "u", "sigma", "y",
                "mu", "offset", "weights", "flist", "cnms", "Gp", "lower", "is_REML", "n_rtrms")
@@ -86,3 +86,31 @@ def getme(fit, name: str):
     if name == "is_REML":
         return bool(fit.reml)
     return len(d.terms)  # n_rtrms
+
+
+# Rows per block when solving for the leverages: the block's (q + p) × rows dense solution stays ~100 MB at most.
+_HAT_BLOCK_ELEMENTS = 12_500_000
+
+
+def hatvalues(fit) -> np.ndarray:
+    """Leverages hᵢ = mᵢᵀ A⁻¹ mᵢ of a linear mixed model, as lme4's hatvalues(): M = W^½ [ZΛ X] (rows mᵢ) and
+    A = MᵀM + diag(I, 0), the diagonal of H = M A⁻¹ Mᵀ (W^½ ŷ = H W^½ y). A is factored once (SciPy's sparse LU)
+    and solved against blocks of rows."""
+    import scipy.sparse.linalg as spla
+
+    if not fit.is_linear:
+        raise ValueError("hatvalues are for linear mixed models (lme4 warns that the hat matrix may not make sense "
+                         "for GLMMs)")
+    d = fit.design
+    root_w = sp.diags(np.sqrt(d.weights))
+    M = (root_w @ sp.hstack([_z(d) @ _lambda(fit), sp.csc_matrix(d.X)], format="csc")).tocsc()
+    q = M.shape[1] - d.p
+    A = (M.T @ M + sp.diags(np.r_[np.ones(q), np.zeros(d.p)])).tocsc()
+    solve = spla.splu(A).solve
+    Mt = M.T.tocsc()
+    block = max(1, _HAT_BLOCK_ELEMENTS // M.shape[1])
+    out = np.empty(d.n)
+    for start in range(0, d.n, block):
+        part = Mt[:, start : start + block].toarray()
+        out[start : start + block] = np.sum(part * solve(part), axis=0)
+    return out

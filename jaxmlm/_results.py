@@ -430,6 +430,12 @@ class MixedModelResult:
 
         return getme(self, name)
 
+    def hatvalues(self) -> pd.Series:
+        """Leverages (the hat matrix's diagonal) of a linear mixed model, as lme4's hatvalues()."""
+        from ._getme import hatvalues
+
+        return pd.Series(hatvalues(self), index=self.design.row_index, name="hatvalues")
+
     def drop1(self, test: str | None = None) -> pd.DataFrame:
         """lme4's drop1(): AIC (and with test="Chisq" the likelihood-ratio test) of each droppable fixed term."""
         from ._anova import drop1

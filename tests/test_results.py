@@ -156,3 +156,26 @@ def test_getme_pieces_fit_together(fits):
     assert list(fit.getme("flist")["Subject"].categories[:2]) == ["308", "309"]
     with pytest.raises(ValueError, match="known:"):
         fit.getme("devfun")
+
+
+@pytest.mark.parametrize("case", ["sleepstudy", "sleepstudy_weighted"])
+def test_hatvalues_match_lme4_and_the_dense_hat_matrix(case):
+    """reference/hatvalues.R (θ agrees to ~1e-5 on this flat optimum, so the leverages to 1e-3); and exactly the
+    diagonal of the dense H = M (MᵀM + diag(I, 0))⁻¹ Mᵀ, M = W^½ [ZΛ X], formed from the brute-force ZΛ."""
+    from brute_force import dense_z_lambda
+
+    ref = json.loads((pathlib.Path(__file__).parent / "reference" / "lme4_hatvalues.json").read_text())[case]
+    data = jm.datasets.load("sleepstudy")
+    weights = (1 + data["Days"] / 10).to_numpy() if ref["weights"] else None
+    fit = jm.lmer(ref["formula"], data, weights=weights)
+    h = fit.hatvalues()
+    np.testing.assert_allclose(h, ref["hat"], rtol=1e-3)
+    d = fit.design
+    M = np.sqrt(d.weights)[:, None] * np.hstack([dense_z_lambda(d, fit.theta), d.X])
+    q = M.shape[1] - d.p
+    H = M @ np.linalg.solve(M.T @ M + np.diag(np.r_[np.ones(q), np.zeros(d.p)]), M.T)
+    np.testing.assert_allclose(h, np.diag(H), rtol=1e-10)
+    glmm = jm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", jm.datasets.load("cbpp"),
+                    family="binomial")
+    with pytest.raises(ValueError, match="linear mixed models"):
+        glmm.hatvalues()
