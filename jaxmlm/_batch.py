@@ -276,9 +276,7 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
     d, reml = model.design, method == "reml"
     values = values - d.offset[:, None]
     m, p = values.shape[1], d.X.shape[1]
-    theta0 = model.theta_start() if start is None else np.asarray(start, dtype=np.float64)
-    if theta0.shape != (model.n_theta,):
-        raise ValueError(f"start must have {model.n_theta} values (θ in lme4's layout), got shape {theta0.shape}")
+    theta0 = model.start_theta(start)
 
     n_obs = np.sum(~np.isnan(values), axis=0)
     too_few = n_obs <= p + (1 if reml else 0)

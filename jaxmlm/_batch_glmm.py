@@ -92,10 +92,7 @@ def fit_glmm_batch(model, values, columns, *, method: str, nagq, chunk_size, max
         nodes, node_weights = jnp.asarray(z), jnp.asarray(w)
     m = Y.shape[1]
     size = int(chunk_size or min(64, 1 << int(np.ceil(np.log2(max(m, 1))))))
-    theta0 = model.theta_start() if start is None else np.asarray(start, dtype=np.float64)
-    if theta0.shape != (model.n_theta,):
-        raise ValueError(f"start must have {model.n_theta} values (θ in lme4's layout), got shape {theta0.shape}")
-    theta0 = jnp.asarray(theta0)
+    theta0 = jnp.asarray(model.start_theta(start))
     out: dict[str, list] = {}
     for start in range(0, m, size):
         cols = np.arange(start, min(start + size, m))

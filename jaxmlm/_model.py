@@ -131,6 +131,13 @@ class Model:
     def theta_start(self) -> np.ndarray:
         return theta_start(self.qs)
 
+    def start_theta(self, start=None) -> np.ndarray:
+        """θ to start from: lme4's start when `start` is None, else `start`, checked to hold θ in lme4's layout."""
+        theta0 = self.theta_start() if start is None else np.asarray(start, dtype=np.float64)
+        if theta0.shape != (self.n_theta,):
+            raise ValueError(f"start must have {self.n_theta} values (θ in lme4's layout), got shape {theta0.shape}")
+        return theta0
+
     @property
     def linear_problem(self):
         """The Gaussian objective's statistics [Z X y]ᵀW[Z X y], formed once on first use."""
@@ -212,9 +219,7 @@ class Model:
                     dtype: str = "float64") -> MixedModelResult:
         problem = self.linear_problem
         search = problem if dtype == "float64" else _cast_problem(problem, jnp.dtype(dtype))
-        theta0 = self.theta_start() if start is None else np.asarray(start, dtype=np.float64)
-        if theta0.shape != (self.n_theta,):
-            raise ValueError(f"start must have {self.n_theta} values (θ in lme4's layout), got shape {theta0.shape}")
+        theta0 = self.start_theta(start)
         res, messages = self._minimize_with_restarts(theta0, start is not None, reml, max_iter, search)
         if search is not problem:  # polish the single-precision optimum in double precision (a few evaluations)
             found = canonical_theta(np.asarray(res.x, dtype=np.float64), self.qs)
@@ -283,9 +288,7 @@ class Model:
         n_probes, steps = int(options.get("n_probes", 64)), int(options.get("lanczos_steps", 30))
         if n_probes < 2 or steps < 2:
             raise ValueError("solver_options n_probes and lanczos_steps must be at least 2")
-        theta0 = self.theta_start() if start is None else np.asarray(start, dtype=np.float64)
-        if theta0.shape != (self.n_theta,):
-            raise ValueError(f"start must have {self.n_theta} values (θ in lme4's layout), got shape {theta0.shape}")
+        theta0 = self.start_theta(start)
         reml = method == "reml"
         d = self.design
         key = (n_probes, int(options.get("seed", 0)), int(options.get("sketch_size", n_probes // 2)))
