@@ -127,6 +127,9 @@ def _f_table(fit) -> pd.DataFrame:
     inv_crossprod = fit.extra.get("vcov_rx") if not fit.is_linear else fit._vcov / fit.sigma**2
     if inv_crossprod is None:
         raise ValueError("this fit does not hold the fixed effects' factor that the F table needs")
+    if not np.all(np.isfinite(inv_crossprod)):
+        raise FloatingPointError("the fixed effects' factor R_X at the optimum is not finite, so the F table cannot "
+                                 "be formed; check the fit's convergence messages (fit.optinfo)")
     R_x = np.linalg.cholesky(np.linalg.inv(np.asarray(inv_crossprod))).T
     effects = (R_x @ fit._beta) ** 2
     sigma2 = 1.0 if fit.sigma is None else fit.sigma**2

@@ -98,8 +98,9 @@ def _state_at(x, problem):
     theta, beta = x[:nt], x[nt:]
     _, _, _, u, w, ok = laplace_parts(theta, beta, problem)
     _, _, _, _, iters = pirls(theta, beta, problem)
-    F = jnp.concatenate([problem.X, jnp.ones((problem.X.shape[0], 1), dtype=x.dtype)], axis=1)
-    factor = factorize(theta, cross_products(problem.structure, problem.rows, w, F), problem.structure)
+    # X alone: any further column in the span of [Z X] (a column of ones duplicates the intercept) makes the
+    # tail singular, and whether its Cholesky then succeeds depends on the machine's rounding
+    factor = factorize(theta, cross_products(problem.structure, problem.rows, w, problem.X), problem.structure)
     inv = factor.fixed_inverse(problem.structure.m_z, problem.p)
     return dict(u=u, w=w, ok=ok, iters=iters, vcov_rx=inv.T @ inv, factors=factor.factors)
 

@@ -216,7 +216,8 @@ def laplace_parts(theta, beta, problem: GlmmProblem):
     eta = problem.X @ beta + problem.offset + random_part(problem.structure, problem.rows, theta, u)
     dev = _deviance(problem, eta)
     w, _, _ = fisher_weights(problem, eta)
-    ones = jnp.ones((eta.shape[0], 1), dtype=eta.dtype)  # any F works: only the Z part of L is used
+    # only the Z part of L is used; a ones column stays positive definite against ΛᵀZᵀWZΛ + I (the +I)
+    ones = jnp.ones((eta.shape[0], 1), dtype=eta.dtype)
     factor = factorize(theta, cross_products(problem.structure, problem.rows, w, ones), problem.structure)
     logdet = factor.logdet_z(problem.structure.m_z)
     return dev, _penalty(u), logdet, u, w, ok

@@ -95,6 +95,21 @@ def test_glmm_f_table_matches_lme4(reference):
         np.testing.assert_allclose(table[name].to_numpy(), _column(case["table"], name), rtol=2e-3)
 
 
+def test_glmm_rx_factor_is_finite_and_matches_dense_schur_complement():
+    """lme4's RX at a GLMM optimum: (R_Xᵀ R_X)⁻¹ with R_Xᵀ R_X = XᵀWX − XᵀWZΛ(ΛᵀZᵀWZΛ + I)⁻¹ΛᵀZᵀWX at the Fisher
+    weights W. Formed from X alone, so no column duplicates the intercept and the factor cannot fail by rounding."""
+    fit = jm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", jm.datasets.load("cbpp"),
+                   family="binomial")
+    got = fit.extra["vcov_rx"]
+    assert np.all(np.isfinite(got))
+    X = fit.design.X
+    w = fit.extra["working_weights"]
+    ZL = dense_z_lambda(fit.design, fit.theta)
+    XtW, ZLtW = X.T * w, ZL.T * w
+    schur = XtW @ X - XtW @ ZL @ np.linalg.solve(ZLtW @ ZL + np.eye(ZL.shape[1]), ZLtW @ X)
+    np.testing.assert_allclose(got, np.linalg.inv(schur), rtol=1e-9, atol=1e-12)
+
+
 def test_f_table_sums_of_squares_are_sequential_gls_reductions():
     """Dense check: at the fit's θ, with V = ZΛΛᵀZᵀ + I (relative to σ²), a term's sum of squares is the drop in
     the generalized residual sum of squares min_β (y − Xβ)ᵀV⁻¹(y − Xβ) when its columns join those of the terms
