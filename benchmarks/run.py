@@ -233,8 +233,8 @@ def main(argv=None) -> None:
         if w.family != "gaussian":
             import importlib.util
 
-            if importlib.util.find_spec("jaxmlm._glmm") is None:
-                notes.append(f"{name}: the GLMM engine (jaxmlm._glmm) is not present; skipped")
+            if importlib.util.find_spec("jaxmlm.fit._glmm") is None:
+                notes.append(f"{name}: the GLMM engine (jaxmlm.fit._glmm) is not present; skipped")
                 continue
         todo = [e for e in engines if peers.supports(e, w)]
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as workdir:

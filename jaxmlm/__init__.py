@@ -20,15 +20,15 @@ from ._errors import (
     ResponseError,
     SingularFitWarning,
 )
-from ._model import Model, glmer, lmer
-from ._results import MixedModelResult, OptimizerInfo
-from ._batch import BatchResult
-from ._bootstrap import BootstrapResult
-from ._terms import parse_formula
-from ._mrp import poststratify
-from ._anova import anova, drop1
-from ._ingest import read_data
-from ._posterior import Posterior
+from .fit._model import Model, glmer, lmer
+from .results._results import MixedModelResult, OptimizerInfo
+from .fit._batch import BatchResult
+from .inference._bootstrap import BootstrapResult
+from .formula._terms import parse_formula
+from .bayes._mrp import poststratify
+from .inference._anova import anova, drop1
+from .formula._ingest import read_data
+from .bayes._posterior import Posterior
 
 __version__ = "0.1.0"
 

@@ -8,6 +8,7 @@ programs of the first (shapes are the cache key, so one compile serves every ref
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 
@@ -33,6 +34,20 @@ def _enable_compilation_cache() -> None:
 
 
 _enable_compilation_cache()
+
+
+def float64(fn):
+    """Run `fn` with JAX's float64 enabled for the calling thread only; the user's setting is back afterwards.
+
+    Every public entry point that computes is wrapped in this, so jaxmlm computes in float64 whatever the user's
+    `jax_enable_x64` is, and never changes it for the user's own programs."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.enable_x64(True):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 # ------------------------------------------------------------------------------------ heap during fits

@@ -95,7 +95,7 @@ def _clean(value):
 
 
 def _fit(args) -> int:
-    from ._model import Model
+    from .fit._model import Model
 
     frame, name = _read_data(args)
     method = (args.method or "").lower() or None

@@ -8,9 +8,9 @@ import pytest
 from scipy import stats
 
 import jaxmlm as jm
-from jaxmlm._bayes import conditional_u, gaussian_log_likelihood
-from jaxmlm._covariance import theta_to_matrices
-from jaxmlm._linalg import factorize
+from jaxmlm.bayes._bayes import conditional_u, gaussian_log_likelihood
+from jaxmlm.core._covariance import theta_to_matrices
+from jaxmlm.core._linalg import factorize
 
 # lme4 1.1-31, lmer(Reaction ~ Days + (Days | Subject), sleepstudy) (REML)
 LME4_FIXEF = {"(Intercept)": 251.405105, "Days": 10.467286}
@@ -56,7 +56,7 @@ def test_collapsed_density_and_conditional_mode_match_dense(which, request):
     rng = np.random.default_rng(3)
     problem = model.linear_problem
     for _ in range(3):
-        theta = rng.normal(size=model.n_theta) + np.where(jm._covariance.theta_diagonal_mask(model.qs), 1.0, 0.0)
+        theta = rng.normal(size=model.n_theta) + np.where(jm.core._covariance.theta_diagonal_mask(model.qs), 1.0, 0.0)
         beta = rng.normal(scale=5.0, size=problem.p) + np.asarray(model.design.X.T @ model.design.y) / model.design.n / problem.p
         sigma = float(rng.uniform(0.5, 30.0))
         ZL, X, y, w = _dense_pieces(model, theta)

@@ -9,7 +9,7 @@ from scipy import stats
 
 import jaxmlm as jm
 from conftest import REFERENCE_DIR
-from jaxmlm._confint import interval_columns
+from jaxmlm.inference._confint import interval_columns
 
 FORMULA = "Reaction ~ Days + (Days | Subject)"
 

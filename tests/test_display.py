@@ -8,7 +8,7 @@ import pytest
 
 import jaxmlm as jm
 from conftest import REFERENCE_DIR
-from jaxmlm._display import _coefficient_columns, _format_pvalues, _method_title, r_format
+from jaxmlm.results._display import _coefficient_columns, _format_pvalues, _method_title, r_format
 
 R = json.loads((REFERENCE_DIR / "lme4_summary_text.json").read_text())
 

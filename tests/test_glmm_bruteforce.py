@@ -6,9 +6,9 @@ import pytest
 from scipy import integrate, special
 
 import jaxmlm as jm
-from jaxmlm._agq import agq_deviance, gauss_hermite
-from jaxmlm._glmm import glmm_problem
-from jaxmlm._pirls import laplace_deviance
+from jaxmlm.core._agq import agq_deviance, gauss_hermite
+from jaxmlm.fit._glmm import glmm_problem
+from jaxmlm.core._pirls import laplace_deviance
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jaxmlm as jm
-from jaxmlm._lmm import profiled_deviance
+from jaxmlm.core._lmm import profiled_deviance
 
 # (dataset, formula, θ away from the optimum and from the boundary, criteria to check)
 MODELS = {
@@ -60,7 +60,7 @@ def test_host_lapack_tail_matches_xla(monkeypatch):
     """Large dense tails take the inverse S_zz⁻¹ of the gradient from LAPACK's potri on the CPU host. Forcing that
     path on a small crossed model gives the XLA path's value, gradient and Hessian (the inverse's own JVP rule
     serves the Hessian)."""
-    from jaxmlm import _linalg
+    from jaxmlm.core import _linalg
 
     model = jm.Model("diameter ~ 1 + (1 | plate) + (1 | sample)", jm.datasets.load("Penicillin"))
     theta = jax.numpy.asarray([1.1, 2.3])
@@ -83,8 +83,8 @@ def test_derivative_free_path_matches_lbfgs(monkeypatch):
     """Large dense tails are fitted by COBYQA and checked with lme4's finite-difference stencil. Forced on small
     crossed models, the path reaches the L-BFGS optimum, and the stencil's gradient and Hessian agree with
     autodiff's, as do the gradient differences that fits with up to 10 θ use for lme4's checks."""
-    from jaxmlm import _model
-    from jaxmlm._lmm import linear_diagnostics
+    from jaxmlm.fit import _model
+    from jaxmlm.core._lmm import linear_diagnostics
 
     for dataset, formula in [("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)"),
                              ("sleepstudy", "Reaction ~ Days + (Days | Subject)")]:

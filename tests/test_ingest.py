@@ -13,7 +13,7 @@ import pyarrow.feather as feather  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 import jaxmlm as jm  # noqa: E402
-from jaxmlm import _ingest  # noqa: E402
+from jaxmlm.formula import _ingest  # noqa: E402
 
 SLEEP = "Reaction ~ Days + (Days | Subject)"
 CROSSED = "y ~ x + f + (1 | a) + (1 | b)"

@@ -10,7 +10,7 @@ import pytest
 
 import jaxmlm as jm
 from brute_force import dense_criterion
-from jaxmlm._iterative import iterative_deviance, make_iterative_problem
+from jaxmlm.core._iterative import iterative_deviance, make_iterative_problem
 
 
 def _crossed(n=3000, n_users=120, n_items=90, seed=3):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxmlm as jm
-from jaxmlm import _levelwise as lw
+from jaxmlm.core import _levelwise as lw
 
 
 def _spd_blocks(rng, l, q):
@@ -56,7 +56,7 @@ def test_split_blocks_give_the_stacked_blocks_objective_and_gradient(dataset, fo
     gradient are the stacked blocks' to rounding, for ML and REML."""
     import jax
 
-    from jaxmlm._lmm import deviance_and_gradient, split_problem
+    from jaxmlm.core._lmm import deviance_and_gradient, split_problem
 
     model = jm.Model(formula, jm.datasets.load(dataset))
     stacked = model.linear_problem

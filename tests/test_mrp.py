@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 import jaxmlm as jm
-from jaxmlm._posterior import Posterior
+from jaxmlm.bayes._posterior import Posterior
 
 
 def _poll(seed=0):

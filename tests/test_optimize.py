@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import jaxmlm as jm
-from jaxmlm._lmm import deviance_and_gradient, fit_linear
-from jaxmlm._optimize import bfgs_minimize, host_bfgs_minimize, lbfgs_minimize
+from jaxmlm.core._lmm import deviance_and_gradient, fit_linear
+from jaxmlm.optim._optimize import bfgs_minimize, host_bfgs_minimize, lbfgs_minimize
 
 
 def rosenbrock(x, a):

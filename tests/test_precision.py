@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import jaxmlm as jm
-from jaxmlm._lmm import fit_linear
-from jaxmlm._model import _cast_problem
+from jaxmlm.core._lmm import fit_linear
+from jaxmlm.fit._model import _cast_problem
 
 SLEEP = "Reaction ~ Days + (Days | Subject)"
 

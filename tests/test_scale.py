@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import jaxmlm as jm
-from jaxmlm._blocks import cross_products
-from jaxmlm._linalg import tail_log_terms
-from jaxmlm._shard import pad_rows, row_mesh, sharded_cross_products
+from jaxmlm.core._blocks import cross_products
+from jaxmlm.core._linalg import tail_log_terms
+from jaxmlm.core._shard import pad_rows, row_mesh, sharded_cross_products
 
 M_Z, P = 5, 2
 
@@ -101,7 +101,7 @@ def test_benchmark_workloads_are_deterministic_and_fit():
 def test_statistics_in_row_chunks_equal_one_pass(monkeypatch, dataset, formula):
     """Large data form the statistics in fixed-size row chunks (bounded temporaries) and add them up; forced to
     chunks of 50 rows (the last padded with weight-0 rows) on small data, the sums are the one-pass sums."""
-    from jaxmlm import _lmm
+    from jaxmlm.core import _lmm
 
     data = jm.datasets.load(dataset)
     model = jm.Model(formula, data, weights=np.linspace(0.5, 2.0, len(data)))

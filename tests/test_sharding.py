@@ -16,8 +16,8 @@ FAKE_DEVICES = textwrap.dedent(
     import json, os
     import jax, numpy as np
     import jaxmlm as jm
-    from jaxmlm._lmm import fit_linear
-    from jaxmlm._shard import row_mesh, sharded_linear_problem
+    from jaxmlm.core._lmm import fit_linear
+    from jaxmlm.core._shard import row_mesh, sharded_linear_problem
 
     out = {"devices": len(jax.devices())}
     for name, data, formula in [
@@ -50,7 +50,7 @@ TWO_PROCESSES = textwrap.dedent(
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid)
     import numpy as np
     import jaxmlm as jm
-    from jaxmlm._shard import distributed_cross_products
+    from jaxmlm.core._shard import distributed_cross_products
 
     m = jm.Model("diameter ~ 1 + (1|plate) + (1|sample)", jm.datasets.load("Penicillin"))
     d = m.design

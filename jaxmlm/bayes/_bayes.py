@@ -37,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._errors import FamilyError
-from ._linalg import Factor, factorize, solve_left_lower_t
+from .._errors import FamilyError
+from ..core._linalg import Factor, factorize, solve_left_lower_t
 
 __all__ = ["sample", "gaussian_log_likelihood", "conditional_u", "Hyper"]
 

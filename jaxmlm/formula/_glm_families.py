@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from ._errors import FamilyError, FormulaError, ResponseError
+from .._errors import FamilyError, FormulaError, ResponseError
 from ._family import numeric_response, register_family
 
 __all__ = ["Link", "Binomial", "Poisson", "LINKS"]

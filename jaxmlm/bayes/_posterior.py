@@ -177,7 +177,7 @@ class Posterior:
         re_form as in ``MixedModelResult.predict``; levels not seen in fitting get zero random effects when
         allow_new_levels=True (lme4's convention), else raise ``NewLevelError``.
         """
-        from ._results import MixedModelResult
+        from ..results._results import MixedModelResult
 
         if type not in ("response", "link"):
             raise ValueError(f"type must be 'response' or 'link', got {type!r}")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._covariance import theta_to_matrices
+from ..core._covariance import theta_to_matrices
 
 __all__ = ["parameter_names", "variance_parameters", "confint", "interval_columns"]
 

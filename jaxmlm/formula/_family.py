@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from ._errors import DataTypeError, FamilyError, FormulaError
+from .._errors import DataTypeError, FamilyError, FormulaError
 
 __all__ = ["Gaussian", "get_family"]
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from ._blocks import Blocks, RowData, Structure, cross_products, split_levels
 from ._linalg import Factor, eliminate_prefix, factorize, solve_coefficients, tail_log_terms
-from ._optimize import OptimResult, lbfgs_minimize
+from ..optim._optimize import OptimResult, lbfgs_minimize
 
 __all__ = [
     "LinearProblem",

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._design import to_pandas
-from ._errors import DataError, DataTypeError
+from ..formula._design import to_pandas
+from .._errors import DataError, DataTypeError
 
 __all__ = ["poststratify"]
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ._covariance import theta_diagonal_mask, theta_to_matrices
+from ..core._covariance import theta_diagonal_mask, theta_to_matrices
 
 __all__ = ["getme", "hatvalues", "GETME_NAMES"]
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._covariance import term_covariances, theta_diagonal_mask, theta_to_matrices, varcorr_frame
+from ..core._covariance import term_covariances, theta_diagonal_mask, theta_to_matrices, varcorr_frame
 
 __all__ = ["OptimizerInfo", "MixedModelResult"]
 
@@ -289,7 +289,7 @@ class MixedModelResult:
             text = re_form.replace(" ", "")
             if text in ("~0", "0", "NA", "~NA", ""):
                 return []
-            from ._terms import parse_formula
+            from ..formula._terms import parse_formula
 
             parsed = parse_formula("y " + (re_form if re_form.strip().startswith("~") else "~" + re_form))
             wanted = {(t.lhs.replace(" ", ""), t.group_name) for t in parsed.random}
@@ -359,7 +359,7 @@ class MixedModelResult:
         if str(ddf).lower() != "satterthwaite":
             raise ValueError(f"ddf must be 'satterthwaite' (Kenward-Roger is not implemented), got {ddf!r}")
         if self._t_tests is None:  # a Hessian and a Jacobian: computed once per fit
-            from ._satterthwaite import satterthwaite_table
+            from ..inference._satterthwaite import satterthwaite_table
 
             self._t_tests = satterthwaite_table(self)
         return self._t_tests.copy()
@@ -412,14 +412,14 @@ class MixedModelResult:
     # ------------------------------------------------------------------ intervals (see _confint, _bootstrap)
     def confint(self, method: str = "profile", level: float = 0.95, parm=None, **kwargs) -> pd.DataFrame:
         """Confidence intervals as lme4's confint: method 'profile', 'wald' or 'boot' (kwargs: nsim, seed)."""
-        from ._confint import confint
+        from ..inference._confint import confint
 
         return confint(self, method=method, level=level, parm=parm, **kwargs)
 
     def anova(self, *others, names=None, refit: bool = True) -> pd.DataFrame:
         """lme4's anova(): alone, the sequential F table of the fixed-effect terms; with other fits, the
         likelihood-ratio tests of all of them (`jm.anova`)."""
-        from ._anova import anova
+        from ..inference._anova import anova
 
         return anova(self, *others, names=names, refit=refit)
 
@@ -438,12 +438,12 @@ class MixedModelResult:
 
     def drop1(self, test: str | None = None) -> pd.DataFrame:
         """lme4's drop1(): AIC (and with test="Chisq" the likelihood-ratio test) of each droppable fixed term."""
-        from ._anova import drop1
+        from ..inference._anova import drop1
 
         return drop1(self, test=test)
 
     def bootstrap(self, n: int = 500, seed: int = 0, **kwargs):
         """Parametric bootstrap: n samples simulated from the fit, refitted in one batch (BootstrapResult)."""
-        from ._bootstrap import bootstrap
+        from ..inference._bootstrap import bootstrap
 
         return bootstrap(self, n, seed, **kwargs)

@@ -14,18 +14,18 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ._config import heap_allocations  # importing _config also sets float64 and the compilation cache
-from ._blocks import build_structure, row_data
-from ._convergence import check_convergence
-from ._covariance import canonical_theta, theta_diagonal_mask, theta_start, theta_to_matrices
-from ._design import build_design, check_linear_model, to_pandas
-from ._errors import ConvergenceWarning, DataError, FormulaError, NewLevelError, SingularFitWarning
-from ._family import get_family
-from ._lmm import (deviance_and_gradient, deviance_value, gradients_at_points, linear_diagnostics, linear_estimates,
+from .._config import heap_allocations  # importing _config also sets float64 and the compilation cache
+from ..core._blocks import build_structure, row_data
+from ..optim._convergence import check_convergence
+from ..core._covariance import canonical_theta, theta_diagonal_mask, theta_start, theta_to_matrices
+from ..formula._design import build_design, check_linear_model, to_pandas
+from .._errors import ConvergenceWarning, DataError, FormulaError, NewLevelError, SingularFitWarning
+from ..formula._family import get_family
+from ..core._lmm import (deviance_and_gradient, deviance_value, gradients_at_points, linear_diagnostics, linear_estimates,
                    make_linear_problem, split_problem)
-from ._optimize import central_difference_hessian, cobyqa_minimize, host_bfgs_minimize
-from ._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
-from ._terms import parse_formula
+from ..optim._optimize import central_difference_hessian, cobyqa_minimize, host_bfgs_minimize
+from ..results._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
+from ..formula._terms import parse_formula
 
 __all__ = ["Model", "lmer", "glmer"]
 
@@ -274,7 +274,7 @@ class Model:
     def _fit_iterative(self, method, *, start, max_iter: int, warn: bool, dtype: str, options: dict):
         """The iterative path (`_iterative`): COBYQA on the estimated objective (its probes fixed, so smooth in
         θ), lme4's finite-difference convergence checks, estimates at the optimum."""
-        from ._iterative import iterative_deviance, iterative_estimates, make_iterative_problem
+        from ..core._iterative import iterative_deviance, iterative_estimates, make_iterative_problem
 
         method = "reml" if method is None else str(method).lower()
         if not self.is_gaussian or method not in ("reml", "ml"):
@@ -523,7 +523,7 @@ class Model:
         X_all.columns = d.x_names_all
         X = X_all[d.x_names].to_numpy(dtype=np.float64)
         offset = np.zeros(len(frame))
-        from ._design import _evaluate
+        from ..formula._design import _evaluate
 
         for expr in d.formula.offsets:
             offset = offset + np.asarray(_evaluate(expr, frame, "offset()"), dtype=np.float64)
@@ -552,7 +552,7 @@ class Model:
     # ------------------------------------------------------------------ other drivers
     def sample(self, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: int = 0, **kwargs):
         """Posterior draws by NUTS (NumPyro)."""
-        from ._bayes import sample
+        from ..bayes._bayes import sample
 
         return sample(self, chains=chains, draws=draws, warmup=warmup, seed=seed, **kwargs)
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ._contrasts import RContrastsMaterializer
-from ._errors import (
+from .._errors import (
     DataError,
     DataTypeError,
     FormulaError,

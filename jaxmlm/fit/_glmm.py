@@ -24,15 +24,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._agq import MAX_NAGQ, agq_deviance, gauss_hermite
-from ._blocks import cross_products
-from ._convergence import check_convergence
-from ._covariance import canonical_theta, theta_diagonal_mask
-from ._errors import ConvergenceWarning
-from ._linalg import factorize
-from ._optimize import central_difference_hessian, host_bfgs_minimize
-from ._pirls import GlmmProblem, laplace_deviance, laplace_parts, pirls
-from ._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
+from ..core._agq import MAX_NAGQ, agq_deviance, gauss_hermite
+from ..core._blocks import cross_products
+from ..optim._convergence import check_convergence
+from ..core._covariance import canonical_theta, theta_diagonal_mask
+from .._errors import ConvergenceWarning
+from ..core._linalg import factorize
+from ..optim._optimize import central_difference_hessian, host_bfgs_minimize
+from ..core._pirls import GlmmProblem, laplace_deviance, laplace_parts, pirls
+from ..results._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
 
 __all__ = ["fit_glmm", "glmm_problem"]
 

@@ -15,7 +15,7 @@ import ast
 import dataclasses
 import re
 
-from ._errors import FormulaError
+from .._errors import FormulaError
 
 __all__ = ["ParsedFormula", "RandomTerm", "parse_formula", "expression_names"]
 

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from ._errors import DataError, DataTypeError
+from .._errors import DataError, DataTypeError
 
 __all__ = ["read_data", "read_frame", "is_arrow_source", "column_names"]
 
@@ -87,7 +87,7 @@ def _path_format(path: str) -> str:
             return "ipc"
         return "parquet"
     if not os.path.exists(path):
-        from . import datasets
+        from .. import datasets
 
         bundled = {name.lower(): name for name in datasets.names()}
         hint = ""

@@ -20,11 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ._covariance import canonical_theta
-from ._errors import DataError
+from ..core._covariance import canonical_theta
+from .._errors import DataError
 from ._glmm import _objective, glmm_problem
-from ._optimize import bfgs_minimize
-from ._pirls import pirls
+from ..optim._optimize import bfgs_minimize
+from ..core._pirls import pirls
 
 __all__ = ["glmm_columns", "fit_glmm_chunk"]
 
@@ -80,7 +80,7 @@ def fit_glmm_chunk(problem, Y, W, constants, theta0, nodes, node_weights, max_it
 def fit_glmm_batch(model, values, columns, *, method: str, nagq, chunk_size, max_iter: int, bar, start=None):
     """Driver used by `fit_batch` for binomial and Poisson models; returns the per-column arrays. start: θ to
     start every column from (default lme4's); β starts from each column's GLM fit."""
-    from ._agq import gauss_hermite
+    from ..core._agq import gauss_hermite
     from ._glmm import _check_method
 
     method, nagq = _check_method(model, method, nagq)

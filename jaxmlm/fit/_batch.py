@@ -22,13 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ._blocks import Blocks, RowData, Structure, cross_products
-from ._covariance import canonical_theta, theta_diagonal_mask, theta_names
-from ._errors import DataError, DataTypeError
-from ._linalg import factorize, solve_coefficients
-from ._lmm import LinearProblem, deviance_from_factor, profiled_deviance
-from ._optimize import bfgs_minimize
-from ._results import SINGULAR_TOL
+from ..core._blocks import Blocks, RowData, Structure, cross_products
+from ..core._covariance import canonical_theta, theta_diagonal_mask, theta_names
+from .._errors import DataError, DataTypeError
+from ..core._linalg import factorize, solve_coefficients
+from ..core._lmm import LinearProblem, deviance_from_factor, profiled_deviance
+from ..optim._optimize import bfgs_minimize
+from ..results._results import SINGULAR_TOL
 
 __all__ = ["BatchResult", "fit_batch"]
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._errors import DataError
+from .._errors import DataError
 
 __all__ = ["anova", "drop1", "AnovaTable"]
 
@@ -53,7 +53,7 @@ def anova(*fits, names=None, refit: bool = True) -> AnovaTable:
 
     The table is a DataFrame (`AnovaTable`) that prints as R's, with the lines R prints above it
     (`attrs["heading"]`)."""
-    from ._results import MixedModelResult
+    from ..results._results import MixedModelResult
 
     if not fits:
         raise ValueError("anova() needs at least one fitted model")
@@ -153,7 +153,7 @@ def _f_table(fit) -> pd.DataFrame:
 def _fixed_terms(design) -> list[tuple[str, str, set, list[str]]]:
     """Per fixed-effect term but the intercept, in formula order: (label as the user wrote it, formulaic's term
     text, its variables, its model-matrix column names in lme4's spelling)."""
-    from ._design import _user_spelling
+    from ..formula._design import _user_spelling
 
     names = design.x_names_all
     return [(_user_spelling(str(t), design.formula.renames), str(t), {str(f) for f in t.factors},

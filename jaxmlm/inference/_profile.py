@@ -23,13 +23,13 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from ._blocks import Blocks
+from ..core._blocks import Blocks
 from ._confint import interval_columns, variance_parameter_names, variance_parameters
-from ._linalg import factorize
-from ._lmm import LinearProblem, fit_linear
-from ._optimize import lbfgs_minimize
-from ._agq import agq_deviance
-from ._pirls import laplace_deviance
+from ..core._linalg import factorize
+from ..core._lmm import LinearProblem, fit_linear
+from ..optim._optimize import lbfgs_minimize
+from ..core._agq import agq_deviance
+from ..core._pirls import laplace_deviance
 
 __all__ = ["profile_intervals"]
 
@@ -158,8 +158,8 @@ def _unconstrained(psi_hat, is_cor):
 
 
 def _glmm_intervals(fit, target, wanted) -> dict:
-    from ._agq import gauss_hermite
-    from ._glmm import glmm_problem
+    from ..core._agq import gauss_hermite
+    from ..fit._glmm import glmm_problem
 
     model = fit.model
     problem, qs, nt = glmm_problem(model), model.qs, model.n_theta

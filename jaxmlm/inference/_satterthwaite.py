@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._errors import ConvergenceWarning
-from ._linalg import factorize
-from ._lmm import LinearProblem
+from .._errors import ConvergenceWarning
+from ..core._linalg import factorize
+from ..core._lmm import LinearProblem
 
 __all__ = ["satterthwaite_table"]
 
