@@ -299,14 +299,20 @@ class MixedModelResult:
             return chosen
         raise ValueError(f"re_form must be None, '~0'/NA, or a formula of the model's random terms; got {re_form!r}")
 
-    def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False, type: str = "response"):
+    def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False, type: str = "response",
+                interval=None, level: float = 0.95, se_fit: bool = False):
         """Predictions as lme4's predict.merMod: re_form=None uses all random effects, '~0' (or NA) none.
 
         New levels of a grouping factor get zero random effects with allow_new_levels=True, else raise.
-        type is 'response' or 'link'.
+        type is 'response' or 'link'. With interval ('confidence' or 'prediction', the latter adding σ²) or
+        se_fit=True, a DataFrame with columns fit, se, lower, upper (see results/_predict.py for the method).
         """
         if type not in ("response", "link"):
             raise ValueError(f"type must be 'response' or 'link', got {type!r}")
+        if interval is not None or se_fit:
+            from ._predict import check_interval
+
+            check_interval(self, interval, level)
         d = self.design
         used = self._terms_for(re_form)
         if newdata is None:
@@ -314,6 +320,10 @@ class MixedModelResult:
             index = d.row_index
         else:
             X, zs, codes, offset, index = self.model._new_rows(newdata, used, allow_new_levels)
+        if interval is not None or se_fit:
+            from ._predict import predict_with_se
+
+            return predict_with_se(self, (X, zs, codes, offset, index), used, type, interval, float(level))
         eta = self._linear_predictor(X, zs, codes, offset, used)
         out = eta if type == "link" else self._inverse_link(eta)
         return pd.Series(out, index=index, name="predicted")
