@@ -5,7 +5,8 @@
 >>> print(fit.summary())
 """
 
-from . import _config  # noqa: F401  (float64 and the compilation cache, before anything is traced)
+from . import _config  # noqa: F401  (JAXMLM_CACHE_DIR, when set, turns the compilation cache on)
+from ._config import enable_compilation_cache, heap_allocations
 from . import datasets
 from ._errors import (
     ConvergenceWarning,
@@ -16,6 +17,7 @@ from ._errors import (
     JaxmlmError,
     MissingValuesWarning,
     NewLevelError,
+    PrecisionError,
     RankDeficiencyWarning,
     ResponseError,
     SingularFitWarning,
@@ -46,6 +48,8 @@ __all__ = [
     "BatchResult",
     "BootstrapResult",
     "parse_formula",
+    "enable_compilation_cache",
+    "heap_allocations",
     "datasets",
     "JaxmlmError",
     "FormulaError",
@@ -54,6 +58,7 @@ __all__ = [
     "ResponseError",
     "FamilyError",
     "NewLevelError",
+    "PrecisionError",
     "ConvergenceWarning",
     "SingularFitWarning",
     "RankDeficiencyWarning",

@@ -27,6 +27,10 @@ class NewLevelError(JaxmlmError):
     """predict() met grouping levels not seen in fitting and allow_new_levels is False."""
 
 
+class PrecisionError(JaxmlmError):
+    """A jaxmlm core function was called or traced with JAX's float64 off (it would compute in float32)."""
+
+
 class DataTypeError(TypeError):
     """A column or argument has the wrong type (non-numeric response, weights of the wrong type)."""
 

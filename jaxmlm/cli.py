@@ -130,7 +130,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``jaxmlm`` console script; returns the exit status."""
+    """Entry point of the ``jaxmlm`` console script; returns the exit status. Runs in float64 (for this call only,
+    `_config.float64`); JAX is imported only once a command needs it."""
+    from ._config import float64
+
+    return float64(_main)(argv)
+
+
+def _main(argv=None) -> int:
     args = _parser().parse_args(argv)  # argparse itself exits with status 2 on bad usage
     previous, warnings.showwarning = warnings.showwarning, _show_warning
     try:

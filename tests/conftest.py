@@ -6,7 +6,21 @@ import pytest
 
 import jaxmlm as jm
 
+# the suite keeps its compiled programs between runs (JAXMLM_CACHE_DIR, else ~/.cache/jaxmlm/xla): an explicit
+# choice, as a user makes it; importing jaxmlm alone leaves JAX's cache setting alone
+jm.enable_compilation_cache()
+
 REFERENCE_DIR = pathlib.Path(__file__).parent / "reference"
+
+
+@pytest.fixture
+def x64():
+    """float64 for a test that calls jaxmlm's core functions directly (its public entry points turn it on for
+    themselves; the core's own functions expect the caller to, as `jax.enable_x64` does)."""
+    import jax
+
+    with jax.enable_x64(True):
+        yield
 
 
 @pytest.fixture(scope="session")

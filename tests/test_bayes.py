@@ -12,6 +12,9 @@ from jaxmlm.bayes._bayes import conditional_u, gaussian_log_likelihood
 from jaxmlm.core._covariance import theta_to_matrices
 from jaxmlm.core._linalg import factorize
 
+# these tests call the core directly: float64 as jaxmlm's entry points set it (conftest.x64)
+pytestmark = pytest.mark.usefixtures("x64")
+
 # lme4 1.1-31, lmer(Reaction ~ Days + (Days | Subject), sleepstudy) (REML)
 LME4_FIXEF = {"(Intercept)": 251.405105, "Days": 10.467286}
 LME4_SE = {"(Intercept)": 6.824597, "Days": 1.545790}

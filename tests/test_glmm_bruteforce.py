@@ -10,6 +10,9 @@ from jaxmlm.core._agq import agq_deviance, gauss_hermite
 from jaxmlm.fit._glmm import glmm_problem
 from jaxmlm.core._pirls import laplace_deviance
 
+# these tests call the core directly: float64 as jaxmlm's entry points set it (conftest.x64)
+pytestmark = pytest.mark.usefixtures("x64")
+
 
 @pytest.fixture(scope="module")
 def small():

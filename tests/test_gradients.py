@@ -9,6 +9,9 @@ import pytest
 import jaxmlm as jm
 from jaxmlm.core._lmm import profiled_deviance
 
+# these tests call the core directly: float64 as jaxmlm's entry points set it (conftest.x64)
+pytestmark = pytest.mark.usefixtures("x64")
+
 # (dataset, formula, θ away from the optimum and from the boundary, criteria to check)
 MODELS = {
     "single term with slope": ("sleepstudy", "Reaction ~ Days + (Days | Subject)", [0.8, 0.05, 0.3], (True, False)),

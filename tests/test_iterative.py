@@ -12,6 +12,9 @@ import jaxmlm as jm
 from brute_force import dense_criterion
 from jaxmlm.core._iterative import iterative_deviance, make_iterative_problem
 
+# these tests call the core directly: float64 as jaxmlm's entry points set it (conftest.x64)
+pytestmark = pytest.mark.usefixtures("x64")
+
 
 def _crossed(n=3000, n_users=120, n_items=90, seed=3):
     """Two crossed intercept factors with uneven counts, a covariate, and an item slope on x."""

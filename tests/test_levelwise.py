@@ -8,6 +8,9 @@ import pytest
 import jaxmlm as jm
 from jaxmlm.core import _levelwise as lw
 
+# these tests call the core directly: float64 as jaxmlm's entry points set it (conftest.x64)
+pytestmark = pytest.mark.usefixtures("x64")
+
 
 def _spd_blocks(rng, l, q):
     A = rng.standard_normal((l, q, q))

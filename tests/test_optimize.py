@@ -9,6 +9,9 @@ import jaxmlm as jm
 from jaxmlm.core._lmm import deviance_and_gradient, fit_linear
 from jaxmlm.optim._optimize import bfgs_minimize, host_bfgs_minimize, lbfgs_minimize
 
+# these tests call the core directly: float64 as jaxmlm's entry points set it (conftest.x64)
+pytestmark = pytest.mark.usefixtures("x64")
+
 
 def rosenbrock(x, a):
     """Rosenbrock's function of x / a: minimum 0 at x = (a, a, a)."""

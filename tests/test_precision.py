@@ -8,6 +8,9 @@ import jaxmlm as jm
 from jaxmlm.core._lmm import fit_linear
 from jaxmlm.fit._model import _cast_problem
 
+# these tests call the core directly: float64 as jaxmlm's entry points set it (conftest.x64)
+pytestmark = pytest.mark.usefixtures("x64")
+
 SLEEP = "Reaction ~ Days + (Days | Subject)"
 
 

@@ -12,6 +12,9 @@ from jaxmlm.core._blocks import cross_products
 from jaxmlm.core._linalg import tail_log_terms
 from jaxmlm.core._shard import pad_rows, row_mesh, sharded_cross_products
 
+# these tests call the core directly: float64 as jaxmlm's entry points set it (conftest.x64)
+pytestmark = pytest.mark.usefixtures("x64")
+
 M_Z, P = 5, 2
 
 

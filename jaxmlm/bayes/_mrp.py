@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .._config import float64
 from ..formula._design import to_pandas
 from .._errors import DataError, DataTypeError
 
@@ -74,6 +75,7 @@ def _point_fit_draws(fit, frame: pd.DataFrame, n_draws: int, seed: int) -> np.nd
     return np.asarray(fam.linkinv(eta)) if hasattr(fam, "linkinv") else eta
 
 
+@float64
 def poststratify(fit_or_posterior, frame, weight: str = "N", by=("state",), *, draws: int = 1000, seed: int = 0,
                  level: float = 0.95) -> pd.DataFrame:
     """Post-stratified estimates per ``by`` group: DataFrame with the ``by`` columns, estimate, sd, lower, upper.

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
+from .._config import float64_methods
+
 __all__ = ["Posterior", "split_rhat", "ess_bulk"]
 
 _CHUNK = 256  # draws per block in predict (bounds memory at chunk × rows × q)
@@ -55,6 +57,7 @@ def _inverse_link(eta: np.ndarray, link: str) -> np.ndarray:
     return eta
 
 
+@float64_methods
 class Posterior:
     """Posterior draws of a multilevel model (NUTS)."""
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .._config import float64, float64_methods
 from ..core._blocks import Blocks, RowData, Structure, cross_products
 from ..core._covariance import canonical_theta, theta_diagonal_mask, theta_names
 from .._errors import DataError, DataTypeError
@@ -41,6 +42,7 @@ _CHUNK_MAX = 128
 _BATCH_GTOL = 1e-7
 
 
+@float64_methods
 @dataclasses.dataclass
 class BatchResult:
     """Fits of many responses on one design. Arrays have one entry (row) per response column."""
@@ -250,6 +252,7 @@ class _Progress:
             sys.stderr.write("\n")
 
 
+@float64
 def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = None, progress: bool | None = None,
               start=None, max_iter: int = 1000, nagq: int | None = None) -> BatchResult:
     """Fit every column of Y on the model's design (see `Model.fit_batch`).
@@ -304,6 +307,7 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
                          mask, reml=reml, max_iter=max_iter, complete=complete)
         return {k: np.asarray(v)[: len(cols)] for k, v in res.items()}
 
+    @float64  # in a worker thread: JAX's float64 setting is per thread
     def process(chunk):
         cols, complete, size = chunk
         res = run(cols, complete, size, theta0)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .._config import heap_allocations  # importing _config also sets float64 and the compilation cache
+from .._config import fit_allocations, float64, float64_methods
 from ..core._blocks import build_structure, row_data
 from ..optim._convergence import check_convergence
 from ..core._covariance import canonical_theta, theta_diagonal_mask, theta_start, theta_to_matrices
@@ -57,6 +57,7 @@ _DERIVATIVE_FREE_TAIL = 512
 _BARE_DOT = re.compile(r"(?<![\w.])\.(?![\w.])")  # a '.' that is not part of a name or a number
 
 
+@float64_methods
 class Model:
     """A mixed model's structure: formula + data → design, block kinds and statistics, built once.
 
@@ -193,7 +194,7 @@ class Model:
             # the statistics first, under the allocator's defaults: their pass's large temporaries go back to the
             # system (under heap_allocations a 10M-row design's peak RSS rose from 2.4 to 4.3 GiB)
             self.linear_problem  # noqa: B018
-        with heap_allocations():  # the host optimizer's many calls of one program (see _config)
+        with fit_allocations():  # the host optimizer's many calls of one program (see _config.heap_allocations)
             return self._fit(method, start=start, max_iter=max_iter, nagq=nagq, warn=warn, dtype=dtype)
 
     def _fit(self, method, *, start, max_iter, nagq, warn, dtype) -> MixedModelResult:
@@ -363,7 +364,7 @@ class Model:
         1.4-1.9 s, most of a first fit, where the value-and-gradient program compiles in ~0.5 s and the host loop
         adds microseconds per evaluation. The price is in run time where evaluations are dear: at 1M rows × 100k
         levels the host search takes 17 evaluations of ~20 ms where the compiled loop took 12 of ~12 ms (a call
-        of its own allocates its temporaries afresh; `_config.heap_allocations` keeps that cheap). A float32
+        of its own allocates its temporaries afresh; `_config.heap_allocations` keeps that cheap when asked). A float32
         search stops at float32's tolerances (relative gradient 1e-6, stall 1e-9); `initial_radius` bounds the
         first step (small for a polish)."""
         problem = self._for_evaluation(problem)
@@ -582,6 +583,7 @@ def _data_name(data) -> str | None:
     return getattr(data, "attrs", {}).get("name") if hasattr(data, "attrs") else None
 
 
+@float64
 def lmer(formula: str, data: Any, reml: bool = True, weights: Any = None, offset: Any = None, *,
          na_action: str = "omit", start=None, **kwargs) -> MixedModelResult:
     """Fit a linear mixed model as lme4's lmer()."""
@@ -590,6 +592,7 @@ def lmer(formula: str, data: Any, reml: bool = True, weights: Any = None, offset
     return model.fit(method="reml" if reml else "ml", start=start, **kwargs)
 
 
+@float64
 def glmer(formula: str, data: Any, family: Any = "binomial", nagq: int = 1, weights: Any = None,
           offset: Any = None, *, link: str | None = None, na_action: str = "omit", start=None,
           **kwargs) -> MixedModelResult:

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
+from .._config import float64
 from .._errors import DataError, DataTypeError
 
 __all__ = ["read_data", "read_frame", "is_arrow_source", "column_names"]
@@ -356,6 +357,7 @@ def read_frame(source: Any, columns: Iterable[str] | None = None, *, batch_rows:
     return frame
 
 
+@float64
 def read_data(source: Any, columns: Iterable[str] | None = None, *, batch_rows: int = BATCH_ROWS) -> pd.DataFrame:
     """Load a parquet / Arrow IPC file or directory, an Arrow Table, RecordBatchReader or Dataset (or a polars
     DataFrame) into a pandas frame once, to fit many formulas from it.

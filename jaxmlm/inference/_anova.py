@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .._config import float64
 from .._errors import DataError
 
 __all__ = ["anova", "drop1", "AnovaTable"]
@@ -43,6 +44,7 @@ class AnovaTable(pd.DataFrame):
 _LRT_COLUMNS = ["npar", "AIC", "BIC", "logLik", "deviance", "Chisq", "Df", "Pr(>Chisq)"]
 
 
+@float64
 def anova(*fits, names=None, refit: bool = True) -> AnovaTable:
     """lme4's anova(): with one fit, the sequential F table of its fixed-effect terms; with several, their
     likelihood-ratio tests (ordered by number of parameters; REML fits refitted by ML unless refit=False).
@@ -161,6 +163,7 @@ def _fixed_terms(design) -> list[tuple[str, str, set, list[str]]]:
             for t, idx in design.x_spec.term_indices.items() if str(t) != "1"]
 
 
+@float64
 def drop1(fit, test: str | None = None) -> AnovaTable:
     """lme4's drop1(): the model refitted without each fixed-effect term that marginality lets go (a main effect
     stays while an interaction holds it), by ML (a REML fit is refitted by ML first, as lme4). Columns npar (the

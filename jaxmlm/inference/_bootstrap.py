@@ -11,11 +11,13 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from .._config import float64_methods
 from ._confint import interval_columns, parameter_names, variance_parameters
 
 __all__ = ["BootstrapResult", "bootstrap"]
 
 
+@float64_methods
 @dataclasses.dataclass
 class BootstrapResult:
     """Bootstrap draws: one row per sample, one column per parameter (lme4's confint names)."""

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._config import float64_methods
 from ..core._covariance import term_covariances, theta_diagonal_mask, theta_to_matrices, varcorr_frame
 
 __all__ = ["OptimizerInfo", "MixedModelResult"]
@@ -31,6 +32,7 @@ class OptimizerInfo:
     messages: tuple[str, ...] = ()
 
 
+@float64_methods
 class MixedModelResult:
     """A fitted linear or generalized linear mixed model."""
 
