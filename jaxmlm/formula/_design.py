@@ -17,11 +17,9 @@ import re
 import warnings
 from typing import Any
 
-import formulaic
 import numpy as np
 import pandas as pd
 
-from ._contrasts import RContrastsMaterializer
 from .._errors import (
     DataError,
     DataTypeError,
@@ -32,7 +30,9 @@ from .._errors import (
 )
 from ._family import numeric_response
 from ._ingest import column_names, is_arrow_source, read_frame
-from ._terms import ParsedFormula, RandomTerm, expression_names
+from ._modelmatrix import build_model_matrix, evaluate, evaluate_numeric
+from ._parser import Name, parse_expression
+from ._terms import ParsedFormula, RandomTerm, expand_terms, expression_names
 
 __all__ = ["TermData", "Design", "build_design", "to_pandas", "lme4_column_name"]
 
@@ -47,7 +47,7 @@ class TermData:
     levels: pd.Index  # level labels, in order of codes
     codes: np.ndarray  # (n,) int32 level of each row
     z: np.ndarray  # (n, q) float64
-    z_spec: Any  # formulaic ModelSpec to rebuild z on new data
+    z_spec: Any  # ModelMatrixSpec to rebuild z on new data
     formula_position: int  # position in the formula (for tie-breaking and display)
 
     @property
@@ -67,7 +67,7 @@ class Design:
     X: np.ndarray  # (n, p) after dropping rank-deficient columns
     x_names: list[str]  # kept columns
     x_names_all: list[str]  # all columns before dropping (fixef shows NaN for the dropped)
-    x_spec: Any  # formulaic ModelSpec for X on new data
+    x_spec: Any  # ModelMatrixSpec for X on new data
     y: np.ndarray  # (n,) response (for binomial: proportion of successes)
     weights: np.ndarray  # (n,) prior weights (for binomial: trials × user weights)
     offset: np.ndarray  # (n,)
@@ -186,25 +186,25 @@ def _grouping_codes(frame: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.n
     return codes.astype(np.int32), pd.Index(labels, name=":".join(factors))
 
 
-def _model_matrix(spec_text: str, frame: pd.DataFrame, where: str):
-    try:
-        mm = formulaic.model_matrix(spec_text, frame, na_action="ignore", output="pandas",
-                                    materializer=RContrastsMaterializer)
-    except Exception as exc:  # formulaic's messages are good; add where it happened
-        raise FormulaError(f"cannot build the model matrix for {where} ({spec_text!r}): {exc}") from None
-    if len(mm) != len(frame):
-        raise DataError(f"the model matrix for {where} lost rows; check the expression {spec_text!r}")
-    return mm
-
-
 def _evaluate(expr: str, frame: pd.DataFrame, where: str) -> np.ndarray:
     """Numeric value of an expression such as 'log(expected)' or 'size - incidence'."""
     if expr in frame.columns:
         return frame[expr].to_numpy()
-    mm = _model_matrix(f"0 + I({expr})", frame, where)
-    if mm.shape[1] != 1:
-        raise FormulaError(f"{where} {expr!r} must evaluate to one numeric column")
-    return mm.to_numpy()[:, 0]
+    node = parse_expression(expr)
+    if isinstance(node, Name) and node.id in frame.columns:
+        return frame[node.id].to_numpy()
+    return evaluate_numeric(expr, frame, where)
+
+
+def _response_part(expr: str, frame: pd.DataFrame):
+    """A response column as it is (a factor stays a factor), or the value of an expression."""
+    node = parse_expression(expr)
+    if isinstance(node, Name) and node.id in frame.columns:
+        return frame[node.id]
+    value = evaluate(node, frame, "the response")
+    if not hasattr(value, "values") or value.values.shape[1] != 1:
+        raise FormulaError(f"the response {expr!r} must evaluate to one numeric column")
+    return value.values[:, 0]
 
 
 _QR_BLOCK_ROWS = 32768
@@ -242,14 +242,9 @@ def _drop_rank_deficient(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, l
 
 
 def _user_spelling(column: str, renames) -> str:
-    """Name a column as the user wrote it: formulaic prints I(Days**2) as 'I(Days ** 2)'; the user wrote I(Days^2)."""
+    """A column or term name as the user wrote it (column names are R's spelling already; renames map the rest)."""
     for translated, original in renames:
-        try:
-            parsed_term = formulaic.Formula(translated)
-            printed = str(list(getattr(parsed_term, "rhs", parsed_term))[-1])
-        except Exception:  # naming only: fall back to the text as written
-            printed = translated
-        column = column.replace(printed, original).replace(translated, original)
+        column = column.replace(translated, original)
     return column
 
 
@@ -364,7 +359,7 @@ def build_design(
             raise DataError(f"column {c!r} has non-finite values (inf); remove or recode them")
 
     # --- response -------------------------------------------------------------------------------------------------
-    raw_parts = [_evaluate(p, frame, "response") if p not in frame.columns else frame[p] for p in parsed.response_parts]
+    raw_parts = [frame[p] if p in frame.columns else _response_part(p, frame) for p in parsed.response_parts]
     prior_w = np.ones(n) if w_arg is None else w_arg
     if w_arg is not None:
         if not np.isfinite(w_arg).all():
@@ -377,9 +372,9 @@ def build_design(
         raise DataError(f"response {parsed.response!r} has non-finite values")
 
     # --- fixed effects --------------------------------------------------------------------------------------------
-    mm = _model_matrix(parsed.fixed, frame, "the fixed-effects part")
-    x_names_all = [lme4_column_name(_user_spelling(str(c), parsed.renames)) for c in mm.columns]
-    X_all = mm.to_numpy(dtype=np.float64)
+    fixed_intercept, fixed_terms = _fixed_terms(parsed)
+    X_all, x_spec = build_model_matrix(fixed_intercept, fixed_terms, frame, "the fixed-effects part")
+    x_names_all = list(x_spec.column_names)
     if not np.isfinite(X_all).all():
         bad = [x_names_all[j] for j in range(X_all.shape[1]) if not np.isfinite(X_all[:, j]).all()]
         raise DataError(f"fixed-effects column {bad[0]!r} has non-finite values")
@@ -395,8 +390,8 @@ def build_design(
     # --- random-effects terms ---------------------------------------------------------------------------------------
     terms: list[TermData] = []
     for pos, term in enumerate(parsed.random):
-        zmm = _model_matrix(term.lhs, frame, f"random-effects term {term.text}")
-        z = zmm.to_numpy(dtype=np.float64)
+        where = f"random-effects term {term.text}"
+        z, z_spec = build_model_matrix(*expand_terms(parse_expression(term.lhs), where), frame, where)
         if z.shape[1] == 0:
             raise FormulaError(f"random-effects term {term.text} has no columns")
         if not np.isfinite(z).all():
@@ -411,11 +406,11 @@ def build_design(
             TermData(
                 term=term,
                 group_name=term.group_name,
-                column_names=[lme4_column_name(str(c)) for c in zmm.columns],
+                column_names=list(z_spec.column_names),
                 levels=levels,
                 codes=codes,
                 z=z,
-                z_spec=zmm.model_spec,
+                z_spec=z_spec,
                 formula_position=pos,
             )
         )
@@ -427,7 +422,7 @@ def build_design(
         X=X,
         x_names=x_names,
         x_names_all=x_names_all,
-        x_spec=mm.model_spec,
+        x_spec=x_spec,
         y=y,
         weights=np.asarray(prior_w, dtype=np.float64),
         offset=off,
@@ -438,6 +433,13 @@ def build_design(
         response_name=parsed.response,
         extra=extra,
     )
+
+
+def _fixed_terms(parsed: ParsedFormula):
+    """The fixed part's intercept and terms (read again from its text when a caller built the ParsedFormula)."""
+    if parsed.fixed_terms or parsed.fixed.strip() in ("0", "1"):
+        return parsed.fixed_intercept, list(parsed.fixed_terms)
+    return expand_terms(parse_expression(parsed.fixed), "the fixed-effects part")
 
 
 def check_linear_model(design: Design) -> None:

@@ -1,334 +1,368 @@
-"""Formula text → parsed terms.
+"""Formula text → parsed terms, with R's grammar for the whole formula.
 
-jaxmlm reads lme4's formula language. The random-effect bars `(expr | group)` and `(expr || group)` are parsed
-here; everything else (the fixed part and each bar's left side) is ordinary formula text that formulaic turns
-into model matrices later (see ``_design.py``). Grouping expressions may use `/` (nesting: `a/b` is `a + b:a`,
-named as lme4 names it) and `:` (interaction).
+The formula is parsed once (``_parser``) into R's expression tree. The random-effect bars `(expr | group)`,
+`(expr || group)` and glmmTMB's covariance spellings `us(expr | group)`, `diag(...)`, `cs(...)`, `ar1(...)` are
+taken out of it as lme4's findbars does; what is left is the fixed part, whose terms follow R's formula algebra
+(`+ - : * / ^ %in%`, `0`, `1`, `-1`: see `expand_terms`). Grouping expressions may use `/` (nesting: `a/b` is
+`a + b:a`, named as lme4 names it), `:` (interaction) and `factor()`.
 
-Nothing here touches data: the output is a ``ParsedFormula`` of strings, so syntax errors surface before any
-column is read or anything is compiled.
+Nothing here touches data: the output is a ``ParsedFormula`` of strings in R's spelling (R's deparse), so syntax
+errors surface before any column is read or anything is compiled.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import re
 
 from .._errors import FormulaError
+from ._parser import BinOp, Call, Name, Node, Num, Paren, Unary, deparse, names_in, parse_expression, parse_tilde
 
-__all__ = ["ParsedFormula", "RandomTerm", "parse_formula", "expression_names"]
+__all__ = ["ParsedFormula", "RandomTerm", "Term", "parse_formula", "expression_names", "expand_terms",
+           "COVARIANCE_STRUCTURES"]
+
+# glmmTMB's spellings of a term's covariance structure; "us" (unstructured) is lme4's `(x | g)`
+COVARIANCE_STRUCTURES = ("us", "diag", "cs", "ar1")
+_OTHER_GLMMTMB_STRUCTURES = ("toep", "ou", "exp", "gau", "mat", "rr", "homdiag", "homcs", "hetar1", "propto")
 
 
 @dataclasses.dataclass(frozen=True)
 class RandomTerm:
-    """One random-effects term `(lhs | factors)`; `lhs` is formulaic text for its model-matrix columns."""
+    """One random-effects term `(lhs | factors)`; `lhs` is R text for its model-matrix columns."""
 
     lhs: str
-    factors: tuple[str, ...]  # interaction of these grouping variables, in lme4's naming order
+    factors: tuple[str, ...]  # the data columns whose interaction groups the term, in lme4's naming order
     text: str  # the bar as the user wrote it, for messages
+    covariance: str = "us"  # "us" (lme4's default), "diag", "cs", "ar1" (glmmTMB's spellings)
+    labels: tuple[str, ...] = ()  # the grouping factors as written, where that differs ("factor(g)")
 
     @property
     def group_name(self) -> str:
-        return ":".join(self.factors)
+        return ":".join(self.labels or self.factors)
 
 
 @dataclasses.dataclass(frozen=True)
 class ParsedFormula:
     text: str
     response: str  # the left side, as written
-    response_parts: tuple[str, ...]  # cbind(a, b) → ("a", "b"); otherwise (response,)
-    fixed: str  # formulaic right-hand side for X (always states its intercept choice)
+    response_parts: tuple[str, ...]  # cbind(a, b) → ("a", "b"); otherwise (response,) — R text
+    fixed: str  # R text of the fixed part: its intercept choice, then its terms (R's term labels, R's order)
     random: tuple[RandomTerm, ...]
-    offsets: tuple[str, ...]  # expressions inside offset(...)
-    renames: tuple[tuple[str, str], ...]  # formulaic column name → name as the user wrote it (R-style I(x^2))
+    offsets: tuple[str, ...]  # expressions inside offset(...), R text
+    renames: tuple[tuple[str, str], ...] = ()  # kept for callers that respell column names; R's spelling needs none
+    fixed_intercept: bool = True
+    fixed_terms: tuple["Term", ...] = ()  # the fixed part's terms in R's order (what `fixed` spells)
 
     @property
     def is_cbind(self) -> bool:
         return len(self.response_parts) == 2
 
 
-def _split_top(text: str, seps: str) -> list[tuple[str, str]]:
-    """Split at top-level (outside parentheses/brackets/quotes) separators; returns (separator_before, piece)."""
-    pieces: list[tuple[str, str]] = []
-    depth = 0
-    quote = ""
-    start = 0
-    sep_before = "+"
-    for i, ch in enumerate(text):
-        if quote:
-            if ch == quote:
-                quote = ""
-            continue
-        if ch in "'\"`":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-            if depth < 0:
-                raise FormulaError(f"unbalanced ')' in formula text {text!r}")
-        elif depth == 0 and ch in seps:
-            # '-' right after an operator or '(' is a unary minus (e.g. "x + -1"), and '**' is a power
-            if ch == "-" and not text[start:i].strip():
-                continue
-            pieces.append((sep_before, text[start:i]))
-            sep_before = ch
-            start = i + 1
-    if depth != 0 or quote:
-        raise FormulaError(f"unbalanced parentheses or quotes in formula text {text!r}")
-    pieces.append((sep_before, text[start:]))
-    return pieces
+# ---------------------------------------------------------------------------------------------- formula algebra
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One model term: an interaction of variables (R text), in the order R numbers them (first appearance)."""
+
+    variables: tuple[str, ...]
+
+    @property
+    def factors(self) -> frozenset[str]:
+        return frozenset(self.variables)
+
+    @property
+    def order(self) -> int:
+        return len(self.variables)
+
+    def __str__(self) -> str:
+        return ":".join(self.variables)
 
 
-def _find_bar(text: str) -> tuple[int, int] | None:
-    """Position and width of the top-level '|' or '||' in text, or None."""
-    depth = 0
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "|" and depth == 0:
-            width = 2 if text[i : i + 2] == "||" else 1
-            return i, width
-        i += 1
+class _Algebra:
+    """R's terms.formula (EncodeVars): terms as sets of variables, the intercept as a flag set in reading order."""
+
+    def __init__(self, where: str):
+        self.where = where
+        self.variables: list[str] = []  # in order of first appearance: R's variable numbering
+        self.intercept = True
+
+    def variable(self, node: Node) -> list[frozenset]:
+        label = deparse(node)
+        if label not in self.variables:
+            self.variables.append(label)
+        return [frozenset([label])]
+
+    def encode(self, node: Node) -> list[frozenset]:
+        if isinstance(node, Num):
+            if node.value in (0.0, 1.0):
+                self.intercept = node.value == 1.0
+                return []
+            raise FormulaError(f"invalid model formula in {self.where}: the number {deparse(node)} is not a term "
+                               "(only 0, 1 and -1 choose the intercept)")
+        if isinstance(node, Paren):
+            return self.encode(node.inner)
+        if isinstance(node, Name) and node.id == ".":
+            raise FormulaError(f"'.' in {self.where} stands for the other variables only in update()")
+        if isinstance(node, Unary) and node.op in "+-":
+            if node.op == "+":
+                return self.encode(node.operand)
+            self.delete(node.operand)  # R: a unary minus removes terms from nothing; `-1` drops the intercept
+            return []
+        if isinstance(node, BinOp) and node.op in ("+", "-", ":", "*", "/", "%in%", "^"):
+            return self.binary(node)
+        if isinstance(node, (BinOp, Unary)) and node.op in ("|", "||", "~"):
+            raise FormulaError(f"random-effects term {deparse(node)!r} must be wrapped in parentheses: "
+                               f"'({deparse(node)})'")
+        return self.variable(node)
+
+    def delete(self, node: Node) -> list[frozenset]:
+        inner = node.inner if isinstance(node, Paren) else node
+        if isinstance(inner, Num) and inner.value in (0.0, 1.0):
+            self.intercept = inner.value == 0.0
+            return []
+        saved = self.intercept
+        terms = self.encode(node)
+        self.intercept = saved
+        return terms
+
+    def binary(self, node: BinOp) -> list[frozenset]:
+        op = node.op
+        if op == "-":
+            left = self.encode(node.left)
+            removed = set(self.delete(node.right))
+            return [t for t in left if t not in removed]
+        left = self.encode(node.left)
+        if op == "^":
+            power = node.right.inner if isinstance(node.right, Paren) else node.right
+            if not isinstance(power, Num) or power.value < 1 or power.value != int(power.value):
+                raise FormulaError(f"invalid power in {deparse(node)!r} ({self.where}): use a whole number >= 1")
+            out = list(left)
+            for _ in range(int(power.value) - 1):
+                out = _unique(out + [a | b for a in out for b in left])
+            return out
+        right = self.encode(node.right)
+        if op == "+":
+            return _unique(left + right)
+        if op == ":":
+            return _unique([a | b for a in left for b in right])
+        if op == "*":
+            return _unique(left + right + [a | b for a in left for b in right])
+        if op == "%in%":
+            outer = frozenset().union(*right)
+            return _unique([a | outer for a in left])
+        outer = frozenset().union(*left)  # "/": a/b is a + b %in% a
+        return _unique(left + [b | outer for b in right])
+
+
+def _unique(terms: list[frozenset]) -> list[frozenset]:
+    out: list[frozenset] = []
+    for t in terms:
+        if t and t not in out:
+            out.append(t)
+    return out
+
+
+def expand_terms(node: Node | None, where: str) -> tuple[bool, list[Term]]:
+    """(has intercept, terms) of a formula's right side, as R's terms(): duplicates removed, terms sorted by order
+    (number of variables) keeping their order of appearance, each term's variables in order of first appearance."""
+    algebra = _Algebra(where)
+    terms = algebra.encode(node) if node is not None else []
+    rank = {v: i for i, v in enumerate(algebra.variables)}
+    out = [Term(tuple(sorted(t, key=rank.__getitem__))) for t in terms]
+    out.sort(key=lambda t: t.order)
+    return algebra.intercept, out
+
+
+def terms_text(intercept: bool, terms: list[Term]) -> str:
+    return " + ".join(["1" if intercept else "0"] + [str(t) for t in terms])
+
+
+# ---------------------------------------------------------------------------------------------- bars (findbars)
+def _plus_pieces(node: Node, sign: str = "+") -> list[tuple[str, Node]]:
+    """The top-level `+`/`-` pieces of the right side, with their signs (parentheses without bars kept whole)."""
+    if isinstance(node, BinOp) and node.op in "+-":
+        return _plus_pieces(node.left, sign) + _plus_pieces(node.right, node.op if sign == "+" else "-")
+    return [(sign, node)]
+
+
+def _bar_of(node: Node) -> tuple[str, BinOp] | None:
+    """A random-effects term: (covariance, the bar) for `(x | g)`, `(x || g)` or `cs(x | g)` etc.; else None."""
+    if isinstance(node, Paren) and isinstance(node.inner, BinOp) and node.inner.op in ("|", "||"):
+        return "us", node.inner
+    if isinstance(node, Call) and len(node.args) == 1 and isinstance(node.args[0], BinOp) and node.args[0].op == "|":
+        if node.func in COVARIANCE_STRUCTURES:
+            return node.func, node.args[0]
+        if node.func in _OTHER_GLMMTMB_STRUCTURES:
+            raise FormulaError(f"{node.func}() covariance structures are not supported in {deparse(node)!r}: "
+                               f"jaxmlm reads {', '.join(f'{c}()' for c in COVARIANCE_STRUCTURES)}")
+        raise FormulaError(f"unknown covariance structure {node.func}() in {deparse(node)!r}: "
+                           f"use one of {', '.join(f'{c}()' for c in COVARIANCE_STRUCTURES)}")
     return None
 
 
-def _strip_parens(piece: str) -> str | None:
-    """If piece is one parenthesized group '( ... )', return its inside; else None."""
-    s = piece.strip()
-    if not (s.startswith("(") and s.endswith(")")):
-        return None
-    depth = 0
-    for i, ch in enumerate(s):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth == 0 and i != len(s) - 1:
-                return None
-    return s[1:-1]
+def _has_bar(node: Node) -> bool:
+    if isinstance(node, BinOp):
+        return node.op in ("|", "||") or _has_bar(node.left) or _has_bar(node.right)
+    if isinstance(node, Paren):
+        return _has_bar(node.inner)
+    if isinstance(node, Unary):
+        return _has_bar(node.operand)
+    if isinstance(node, Call):
+        return any(_has_bar(a) for a in node.args)
+    return False
 
 
-_IDENT = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$|^`[^`]+`$")
+def _group_factor(node: Node, bar_text: str) -> tuple[str, str]:
+    """(data column, label) of one grouping factor: a name, or factor()/as.factor() of a name."""
+    inner = node.inner if isinstance(node, Paren) else node
+    if isinstance(inner, Name):
+        return inner.id, deparse(inner)
+    if isinstance(inner, Call) and inner.func in ("factor", "as.factor") and len(inner.args) == 1 and isinstance(
+            inner.args[0], Name):
+        return inner.args[0].id, deparse(inner)
+    raise FormulaError(f"grouping factor {deparse(node)!r} in {bar_text!r} must be a column name or factor(name) "
+                       "(use a:b for interactions, a/b for nesting)")
 
 
-def _group_factors(group: str, bar_text: str) -> list[tuple[str, ...]]:
-    """'a/b/c' → [(a,), (b, a), (c, b, a)] (lme4's expandSlash naming); 'a:b' → [(a, b)]."""
-    group = group.strip()
-    if not group:
-        raise FormulaError(f"random-effects term {bar_text!r} has no grouping factor after the bar")
-    nest = [g.strip() for g in group.split("/")]
-    out: list[tuple[str, ...]] = []
-    outer: tuple[str, ...] = ()
-    for level in nest:
-        names = tuple(n.strip().strip("`") for n in level.split(":"))
-        for n in names:
-            if not n or not _IDENT.match(n) and not n.replace(" ", "").isidentifier():
-                raise FormulaError(
-                    f"grouping factor {n!r} in {bar_text!r} must be a column name (use a:b for interactions, "
-                    "a/b for nesting)"
-                )
-        current = names + outer
-        out.append(current)
-        outer = current
-    return out
+def _interaction(node: Node, bar_text: str) -> list[tuple[str, str]]:
+    if isinstance(node, BinOp) and node.op == ":":
+        return _interaction(node.left, bar_text) + _interaction(node.right, bar_text)
+    return [_group_factor(node, bar_text)]
 
 
-def _lhs_terms(lhs: str) -> tuple[bool, list[str]]:
-    """Split a bar's left side into (has_intercept, [other term texts]) for the '||' expansion."""
-    intercept = True
-    terms: list[str] = []
-    for sign, piece in _split_top(lhs, "+-"):
-        p = piece.strip()
-        if not p:
-            continue
-        if p in ("0", "-1") or (sign == "-" and p == "1"):
-            intercept = False
-        elif p == "1":
-            intercept = sign != "-"
-        elif sign == "-":
-            raise FormulaError(f"cannot remove {p!r} inside random-effects term '({lhs} || ...)'")
-        else:
-            terms.append(p)
-    return intercept, terms
+def _group_factors(node: Node, bar_text: str) -> list[list[tuple[str, str]]]:
+    """'a/b/c' → [a], [b, a], [c, b, a] (lme4's expandSlash naming); 'a:b' → [a, b]."""
+    node = node.inner if isinstance(node, Paren) and isinstance(node.inner, BinOp) and node.inner.op == "/" else node
+    if isinstance(node, BinOp) and node.op == "/":
+        outer_sets = _group_factors(node.left, bar_text)
+        inner = _interaction(node.right, bar_text)
+        return outer_sets + [inner + outer_sets[-1]]
+    return [_interaction(node, bar_text)]
 
 
-def _normalise_lhs(lhs: str, bar_text: str) -> str:
-    lhs = lhs.strip()
-    if not lhs:
-        raise FormulaError(f"random-effects term {bar_text!r} has nothing before the bar (use 1 for an intercept)")
-    return lhs
-
-
-def _parse_bar(inside: str) -> list[RandomTerm]:
-    pos, width = _find_bar(inside)  # type: ignore[misc]
-    lhs, group = inside[:pos], inside[pos + width :]
-    bar_text = f"({inside.strip()})"
-    if "|" in group:
+def _random_terms(covariance: str, bar: BinOp, bar_text: str) -> list[RandomTerm]:
+    if _has_bar(bar.left) or _has_bar(bar.right):
         raise FormulaError(f"random-effects term {bar_text!r} has more than one bar")
-    lhs = _normalise_lhs(lhs, bar_text)
-    factor_sets = _group_factors(group, bar_text)
     out: list[RandomTerm] = []
-    for factors in factor_sets:
-        if width == 1:
-            out.append(RandomTerm(lhs=lhs, factors=factors, text=bar_text))
-        else:  # (x || g) → (1 | g) + (0 + x | g) + ...: one term per left-side term, as lme4 expands it
-            intercept, terms = _lhs_terms(lhs)
-            if intercept:
-                out.append(RandomTerm(lhs="1", factors=factors, text=bar_text))
-            for t in terms:
-                out.append(RandomTerm(lhs=f"0 + {t}", factors=factors, text=bar_text))
+    for factor_set in _group_factors(bar.right, bar_text):
+        columns = tuple(c for c, _ in factor_set)
+        labels = tuple(label for _, label in factor_set)
+        labels = labels if labels != columns else ()
+        if bar.op == "|" and covariance != "diag":
+            out.append(RandomTerm(deparse(bar.left), columns, bar_text, covariance, labels))
+            continue
+        # (x || g) and diag(x | g) → (1 | g) + (0 + x | g) + ...: one term per left-side term, as lme4 expands it
+        intercept, terms = expand_terms(bar.left, f"random-effects term {bar_text}")
+        kind = "diag" if covariance == "diag" else "us"
+        if intercept:
+            out.append(RandomTerm("1", columns, bar_text, kind, labels))
+        out.extend(RandomTerm(f"0 + {t}", columns, bar_text, kind, labels) for t in terms)
     return out
 
 
-def _collect(rhs: str, fixed: list[tuple[str, str]], random: list[RandomTerm], offsets: list[str]) -> None:
-    for sign, piece in _split_top(rhs, "+-"):
-        p = piece.strip()
-        if not p:
+def _collect(node: Node, fixed: list[tuple[str, Node]], random: list[RandomTerm], offsets: list[Node]) -> None:
+    for sign, piece in _plus_pieces(node):
+        found = _bar_of(piece)
+        if found is not None:
+            covariance, bar = found
+            text = deparse(piece)
             if sign == "-":
-                raise FormulaError(f"dangling '-' in formula text {rhs!r}")
+                raise FormulaError(f"cannot subtract a random-effects term: {text!r}")
+            random.extend(_random_terms(covariance, bar, text))
             continue
-        inside = _strip_parens(p)
-        if inside is not None and _find_bar(inside) is not None:
-            if sign == "-":
-                raise FormulaError(f"cannot subtract a random-effects term: {p!r}")
-            random.extend(_parse_bar(inside))
+        if isinstance(piece, Paren) and _has_bar(piece.inner) and isinstance(piece.inner, BinOp) \
+                and piece.inner.op in "+-":
+            _collect(piece.inner, fixed, random, offsets)  # a group of terms such as ((1|a) + (0 + x|a))
             continue
-        if inside is not None and "|" in inside:  # a group of terms such as ((1|a) + (0 + x|a))
-            _collect(inside, fixed, random, offsets)
-            continue
-        if "|" in p:
-            raise FormulaError(f"random-effects term {p!r} must be wrapped in parentheses: '({p})'")
-        m = re.fullmatch(r"offset\((.*)\)", p, flags=re.S)
-        if m:
+        if isinstance(piece, Call) and piece.func == "offset":
             if sign == "-":
                 raise FormulaError("cannot subtract an offset; write offset(-expr)")
-            offsets.append(m.group(1).strip())
+            if len(piece.args) != 1:
+                raise FormulaError(f"offset() takes one expression, got {deparse(piece)!r}")
+            offsets.append(piece.args[0])
             continue
-        fixed.append((sign, p))
+        if _has_bar(piece):
+            text = deparse(piece)
+            raise FormulaError(f"random-effects term {text!r} must be wrapped in parentheses: '({text})'")
+        fixed.append((sign, piece))
 
 
-def _r_to_python(expr: str) -> str:
-    """R arithmetic inside I(...) and offset(...) → Python: `^` is power in R."""
-    return expr.replace("^", "**")
+def _rejoin(pieces: list[tuple[str, Node]]) -> Node | None:
+    node: Node | None = None
+    for sign, piece in pieces:
+        if node is None:
+            node = piece if sign == "+" else Unary("-", piece)
+        else:
+            node = BinOp(sign, node, piece)
+    return node
 
 
-def _translate_I_terms(fixed_text: str) -> tuple[str, list[tuple[str, str]]]:
-    """Rewrite I(x^2) as I(x**2) for formulaic, remembering how to name the column as the user wrote it."""
-    renames: list[tuple[str, str]] = []
-    out = []
-    i = 0
-    while i < len(fixed_text):
-        m = re.compile(r"(?<![A-Za-z0-9_.])I\(").search(fixed_text, i)
-        if not m:
-            out.append(fixed_text[i:])
-            break
-        out.append(fixed_text[i : m.start()])
-        depth = 0
-        j = m.end() - 1
-        for j in range(m.end() - 1, len(fixed_text)):
-            if fixed_text[j] == "(":
-                depth += 1
-            elif fixed_text[j] == ")":
-                depth -= 1
-                if depth == 0:
-                    break
-        original = fixed_text[m.start() : j + 1]
-        inner = fixed_text[m.end() : j]
-        translated = f"I({_r_to_python(inner)})"
-        if translated != original:
-            renames.append((translated, original))
-        out.append(translated)
-        i = j + 1
-    return "".join(out), renames
+def _check_empty_bar_sides(text: str) -> None:
+    """lme4's messages for `( | g)` and `(1 | )`, which R's grammar cannot even parse."""
+    import re
+
+    for m in re.finditer(r"\(\s*\|\|?[^()]*\)", text):
+        raise FormulaError(f"random-effects term {m.group()!r} has nothing before the bar (use 1 for an intercept)")
+    for m in re.finditer(r"\([^()]*\|\|?\s*\)", text):
+        raise FormulaError(f"random-effects term {m.group()!r} has no grouping factor after the bar")
+
+
+def _split_response(lhs: Node) -> tuple[str, ...]:
+    if isinstance(lhs, Call) and lhs.func == "cbind":
+        if len(lhs.args) != 2:
+            raise FormulaError(f"cbind() in {deparse(lhs)!r} needs exactly two arguments: successes, failures")
+        return deparse(lhs.args[0]), deparse(lhs.args[1])
+    if _has_bar(lhs):
+        raise FormulaError(f"the response {deparse(lhs)!r} cannot hold a random-effects bar")
+    return (deparse(lhs),)
+
+
+def _count_tildes(text: str) -> int:
+    count, quote = 0, ""
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "`'\"":
+            quote = ch
+        elif ch == "~":
+            count += 1
+    return count
 
 
 def parse_formula(text: str) -> ParsedFormula:
     """Parse an lme4 formula. Raises FormulaError for anything malformed."""
     if not isinstance(text, str):
         raise FormulaError(f"formula must be a string such as 'y ~ x + (1 | g)', got {type(text).__name__}")
-    tilde = [i for i, _ in enumerate(text) if text[i] == "~"]
-    if len(tilde) != 1:
+    if _count_tildes(text) != 1:
         raise FormulaError(f"formula {text!r} must have exactly one '~' with the response on its left")
-    lhs, rhs = text.split("~")
-    lhs = lhs.strip()
-    if not lhs:
+    lhs_text, rhs_text = text.split("~") if text.count("~") == 1 else (None, None)
+    if lhs_text is not None and not lhs_text.strip():
         raise FormulaError(f"formula {text!r} has no response on the left of '~'")
-    if not rhs.strip():
+    if rhs_text is not None and not rhs_text.strip():
         raise FormulaError(f"formula {text!r} has nothing on the right of '~'")
-    m = re.fullmatch(r"cbind\((.*)\)", lhs, flags=re.S)
-    if m:
-        parts = [p.strip() for s, p in _split_top(m.group(1), ",")]
-        if len(parts) != 2 or not all(parts):
-            raise FormulaError(f"cbind() in {lhs!r} needs exactly two arguments: successes, failures")
-        response_parts = (parts[0], parts[1])
-    else:
-        response_parts = (lhs,)
+    _check_empty_bar_sides(text)
+    tree = parse_tilde(text)
+    if not (isinstance(tree, BinOp) and tree.op == "~"):
+        raise FormulaError(f"formula {text!r} has no response on the left of '~'")
+    response_parts = _split_response(tree.left)
 
-    fixed: list[tuple[str, str]] = []
+    fixed: list[tuple[str, Node]] = []
     random: list[RandomTerm] = []
-    offsets: list[str] = []
-    _collect(rhs, fixed, random, offsets)
-
-    intercept = True
-    kept: list[tuple[str, str]] = []
-    for sign, p in fixed:
-        if p == "0" or (p == "1" and sign == "-"):
-            intercept = False
-        elif p == "1":
-            intercept = True
-        else:
-            kept.append((sign, p))
-    body = " ".join(f"{s} {p}" for s, p in kept).strip()
-    if body.startswith("+"):
-        body = body[1:].strip()
-    fixed_text = ("1" if intercept else "0") + (f" + {body}" if body and not body.startswith("-") else f" {body}")
-    fixed_text, renames = _translate_I_terms(fixed_text.strip())
-    offsets = [_r_to_python(o) for o in offsets]
-
-    for part in response_parts:
-        expression_names(part)  # syntax check
-    for term in random:
-        expression_names(term.lhs)
-    expression_names(fixed_text)
-    for o in offsets:
-        expression_names(o)
+    offsets: list[Node] = []
+    _collect(tree.right, fixed, random, offsets)
+    intercept, terms = expand_terms(_rejoin(fixed), "the fixed-effects part")
     return ParsedFormula(
         text=text,
-        response=lhs,
+        response=(lhs_text.strip() if lhs_text is not None else deparse(tree.left)),
         response_parts=response_parts,
-        fixed=fixed_text,
+        fixed=terms_text(intercept, terms),
         random=tuple(random),
-        offsets=tuple(offsets),
-        renames=tuple(renames),
+        offsets=tuple(deparse(o) for o in offsets),
+        fixed_intercept=intercept,
+        fixed_terms=tuple(terms),
     )
-
-
-_BUILTINS = {"I", "C", "Q", "log", "exp", "sqrt", "abs", "np", "numpy", "center", "scale", "poly", "bs", "cr",
-             "log10", "log2", "log1p", "sin", "cos", "lag", "T", "Treatment", "Sum", "Helmert", "Diff", "Poly",
-             "contr", "standardize", "pi", "True", "False", "None", "factor", "pd", "math"}
 
 
 def expression_names(expr: str) -> set[str]:
     """Variable names used in a formula expression (for checking them against the data's columns)."""
-    code = expr.replace(":", "*").replace("%in%", "*")
-    code = re.sub(r"`([^`]+)`", lambda m: "__bt_" + re.sub(r"\W", "_", m.group(1)), code)
-    try:
-        tree = ast.parse(code.strip() or "0", mode="eval")
-    except SyntaxError as exc:
-        raise FormulaError(f"cannot parse formula expression {expr!r}: {exc.msg}") from None
-    called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
-    attr_base = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and id(node) not in called and id(node) not in attr_base:
-            if node.id not in _BUILTINS:
-                names.add(node.id)
-    for m in re.finditer(r"`([^`]+)`", expr):
-        names.add(m.group(1))
-    return {n for n in names if not n.startswith("__bt_")}
+    if not expr.strip():
+        return set()
+    return names_in(parse_expression(expr))
