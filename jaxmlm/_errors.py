@@ -49,3 +49,7 @@ class RankDeficiencyWarning(UserWarning):
 
 class MissingValuesWarning(UserWarning):
     """Rows with missing values were dropped."""
+
+
+class FormulaWarning(UserWarning):
+    """The formula is legal but suspicious (e.g. the response used as a random-effects predictor)."""
