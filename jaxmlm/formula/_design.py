@@ -24,6 +24,7 @@ from .._errors import (
     DataError,
     DataTypeError,
     FormulaError,
+    FormulaWarning,
     JaxmlmError,
     MissingValuesWarning,
     RankDeficiencyWarning,
@@ -282,6 +283,43 @@ def _check_formula_columns(parsed: ParsedFormula, frame: pd.DataFrame) -> None:
         _check_columns(expression_names(o), frame, "offset()")
 
 
+# the covariance structures the fitters implement; the others of COVARIANCE_STRUCTURES parse but are refused here
+SUPPORTED_COVARIANCES = ("us", "diag")
+
+
+def _check_covariances(parsed: ParsedFormula, frame: pd.DataFrame) -> None:
+    """cs()/ar1() terms: refused with a message naming the term (ar1's left side must be one factor)."""
+    for term in parsed.random:
+        if term.covariance == "ar1":
+            intercept, lhs_terms = expand_terms(parse_expression(term.lhs), f"random-effects term {term.text}")
+            variables = [v for t in lhs_terms for v in t.variables]
+            if len(variables) != 1 or len(lhs_terms) != 1:
+                raise FormulaError(f"ar1() needs one factor on the left of its bar, as in ar1(0 + time | g): "
+                                   f"{term.text}")
+            value = evaluate(variables[0], frame, f"random-effects term {term.text}")
+            if not hasattr(value, "levels"):
+                raise FormulaError(f"ar1() needs a factor on the left of its bar, but {variables[0]!r} in "
+                                   f"{term.text} is not one (use factor({variables[0]}))")
+        if term.covariance not in SUPPORTED_COVARIANCES:
+            raise FormulaError(f"{term.covariance}() covariance structures are not supported yet: {term.text}")
+
+
+def _warn_response_as_predictor(parsed: ParsedFormula) -> None:
+    """`y ~ x + (y | g)` is legal, but a slope on the response explains the response by itself: the fit is
+    degenerate (the residual variance is driven towards zero), which is seldom what was meant."""
+    response_vars = set().union(*(expression_names(p) for p in parsed.response_parts))
+    for term in parsed.random:
+        shared = sorted(response_vars & expression_names(term.lhs))
+        if shared:
+            warnings.warn(
+                f"the response variable {shared[0]!r} is used as a random-effects predictor in {term.text}; "
+                "the model explains the response by itself (a degenerate fit); did you mean another column?",
+                FormulaWarning,
+                stacklevel=5,
+            )
+            return
+
+
 def _formula_columns(parsed: ParsedFormula, weights: Any, offset: Any) -> list[str]:
     """The columns a model reads: the formula's variables and weights= / offset= given as column names."""
     used: set[str] = set()
@@ -321,6 +359,8 @@ def build_design(
             "for a model without random effects use an ordinary regression"
         )
     _check_formula_columns(parsed, frame)
+    _check_covariances(parsed, frame)
+    _warn_response_as_predictor(parsed)
 
     n_rows = frame.shape[0]
     w_arg = _vector_argument(weights, frame, n_rows, "weights")
