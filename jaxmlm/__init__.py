@@ -23,6 +23,8 @@ from ._errors import (
     SingularFitWarning,
 )
 from .fit._model import Model, glmer, lmer
+from .fit._glmm import glmer_nb
+from . import families
 from .results._results import MixedModelResult, OptimizerInfo
 from .fit._batch import BatchResult
 from .inference._bootstrap import BootstrapResult
@@ -43,6 +45,8 @@ __all__ = [
     "read_data",
     "lmer",
     "glmer",
+    "glmer_nb",
+    "families",
     "MixedModelResult",
     "OptimizerInfo",
     "BatchResult",

@@ -10,6 +10,9 @@ with g_i(u) = Σ_{rows of i} devresid + u². Summed over groups this is lme4's g
 leaves the family constant c(y) out of it); one node gives the Laplace deviance. All groups and nodes are
 evaluated at once: an (n × K) array of linear predictors, summed per group with one segment sum. Gradients through
 the mode are taken as in `_pirls` (two differentiable Newton steps from the converged mode).
+
+For a family with a dispersion parameter (x = (θ, β, log d)) g_i uses the full −2 log p(y | μ, d) and the scale
+the observed curvature, so that one node gives `_pirls`' exact Laplace value and the constant is included.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._pirls import GlmmProblem, fisher_weights, mode_at
+from ._pirls import GlmmProblem, laplace_weights, mode_at, row_terms, split_x
 
 __all__ = ["gauss_hermite", "agq_deviance", "MAX_NAGQ"]
 
@@ -39,22 +42,21 @@ def gauss_hermite(k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def agq_deviance(x, problem: GlmmProblem, nodes, weights) -> jax.Array:
     """lme4's nAGQ deviance at x = (θ, β) (no family constant). nodes/weights from `gauss_hermite`."""
-    structure, rows, fam = problem.structure, problem.rows, problem.family
-    theta, beta = x[:1], x[1:]
-    u_terms, _, _ = mode_at(theta, beta, problem)
+    structure, rows = problem.structure, problem.rows
+    theta, beta, phi = split_x(x, problem)
+    u_terms, _, _ = mode_at(theta, beta, problem, phi)
     u = u_terms[0][:, 0]
     codes = rows.codes[0]
     n_groups = structure.n_levels[0]
     zt = rows.z[0][:, 0] * theta[0]
     eta_fixed = problem.X @ beta + problem.offset
     eta0 = eta_fixed + zt * u[codes]
-    w, _, _ = fisher_weights(problem, eta0)
+    w = laplace_weights(problem, eta0, phi)
     L2 = 1.0 + jax.ops.segment_sum(w * zt**2, codes, num_segments=n_groups)
     sd = 1.0 / jnp.sqrt(L2)
 
     def group_dev(eta):  # (n, K) → (G, K)
-        mu = fam.linkinv(eta)
-        dr = fam.deviance_residuals(problem.y[:, None], mu, problem.weights[:, None])
+        dr = jax.vmap(lambda e: row_terms(problem, e, phi), in_axes=1, out_axes=1)(eta)
         return jax.ops.segment_sum(dr, codes, num_segments=n_groups)
 
     g0 = group_dev(eta0[:, None])[:, 0] + u**2

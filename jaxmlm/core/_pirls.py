@@ -26,6 +26,19 @@ errors) come out of `jax.hessian` too. It costs two extra factorizations per eva
 kind without a hand-written adjoint. For canonical links (logit, log) the PIRLS weights are Newton's; for probit
 and cloglog the Newton steps use the observed weights ∂²(deviance/2)/∂η², obtained by autodiff of the family's
 unit deviance, while the log-determinant keeps lme4's expected (Fisher) weights.
+
+**Families with a dispersion parameter** (negative binomial, Gamma, inverse Gaussian, beta: `_dispersion.py`).
+The flat parameter vector is x = (θ, β, log d) (log d only when the family's d is estimated), and the objective is
+the proper Laplace approximation of the marginal likelihood, glmmTMB's:
+
+    −2 log L(θ, β, d) ≈ −2 Σ log p(y | μ(ũ), d) + ‖ũ‖² + log det(ΛᵀZᵀW_obs(ũ)ZΛ + I),
+
+with the family's full log density and W_obs = −∂² log p/∂η² per row, the exact Hessian of the conditional log
+density in u (for a non-canonical link it differs from the Fisher weights). PIRLS finds ũ by Fisher scoring with
+the *exact* gradient of log p in η (the working response η + (y − μ)/μ' only holds for exponential families;
+NB1 and beta are not), so its fixed point is the true mode; the two differentiable Newton steps use W_obs. The
+problem's `laplace_weights="fisher"` keeps the Fisher weights in the log-determinant instead: lme4's glmer.nb
+objective (its PIRLS works with expected information).
 """
 
 from __future__ import annotations
@@ -44,6 +57,9 @@ __all__ = [
     "newton_step",
     "laplace_deviance",
     "mode_at",
+    "split_x",
+    "row_terms",
+    "laplace_weights",
 ]
 
 _MAX_PIRLS = 60
@@ -61,10 +77,29 @@ class GlmmProblem(eqx.Module):
     offset: jax.Array
     constant: jax.Array  # family constant c(y), see module docstring
     family: object = eqx.field(static=True)
+    # dispersion families: "observed" (exact Laplace, glmmTMB) or "fisher" (lme4's glmer.nb) weights in log det
+    laplace_weights: str = eqx.field(static=True, default="observed")
 
     @property
     def p(self) -> int:
         return int(self.X.shape[1])
+
+    @property
+    def n_dispersion(self) -> int:
+        """1 when the family's dispersion parameter is estimated (the last coordinate of x, on the log scale)."""
+        fam = self.family
+        return int(getattr(fam, "has_dispersion", False) and fam.dispersion is None)
+
+
+def split_x(x, problem: GlmmProblem):
+    """x → (θ, β, d): d is None for binomial and Poisson, the family's fixed value or exp(last coordinate)."""
+    nt, p = problem.structure.n_theta, problem.p
+    fam = problem.family
+    if not getattr(fam, "has_dispersion", False):
+        return x[:nt], x[nt:nt + p], None
+    if fam.dispersion is not None:
+        return x[:nt], x[nt:nt + p], jnp.asarray(fam.dispersion, dtype=x.dtype)
+    return x[:nt], x[nt:nt + p], jnp.exp(x[nt + p])
 
 
 def random_part(structure: Structure, rows: RowData, theta, u_terms) -> jax.Array:
@@ -81,16 +116,56 @@ def _penalty(u_terms) -> jax.Array:
     return sum(jnp.sum(u**2) for u in u_terms)
 
 
-def _deviance(problem: GlmmProblem, eta) -> jax.Array:
+def row_terms(problem: GlmmProblem, eta, phi=None) -> jax.Array:
+    """Per row: the deviance residuals (binomial, Poisson), or −2 w log p(y | μ, d) for a dispersion family."""
     fam = problem.family
-    return jnp.sum(fam.deviance_residuals(problem.y, fam.linkinv(eta), problem.weights))
+    mu = fam.linkinv(eta)
+    if phi is None:
+        return fam.deviance_residuals(problem.y, mu, problem.weights)
+    return fam.neg2_logp(problem.y, mu, problem.weights, phi)
 
 
-def fisher_weights(problem: GlmmProblem, eta):
+def _deviance(problem: GlmmProblem, eta, phi=None) -> jax.Array:
+    return jnp.sum(row_terms(problem, eta, phi))
+
+
+def fisher_weights(problem: GlmmProblem, eta, phi=None):
     fam = problem.family
     mu = fam.linkinv(eta)
     d = fam.mu_eta(eta)
-    return problem.weights * d**2 / fam.variance(mu), mu, d
+    if phi is None:
+        return problem.weights * d**2 / fam.variance(mu), mu, d
+    return d**2 / fam.conditional_variance(mu, problem.weights, phi), mu, d
+
+
+def eta_derivatives(problem: GlmmProblem, eta, phi):
+    """First and second derivatives in η of each row's −log p (half its `row_terms`), by autodiff."""
+    fam = problem.family
+
+    def half(e, y, pw):
+        return 0.5 * fam.neg2_logp(y, fam.linkinv(e), pw, phi)
+
+    g = jax.vmap(jax.grad(half))(eta, problem.y, problem.weights)
+    h = jax.vmap(jax.grad(jax.grad(half)))(eta, problem.y, problem.weights)
+    return g, h
+
+
+def laplace_weights(problem: GlmmProblem, eta, phi=None):
+    """The weights of the Laplace log-determinant: lme4's Fisher weights for binomial and Poisson; for a
+    dispersion family the observed ones (exact Hessian), or Fisher's under laplace_weights="fisher"."""
+    if phi is None or problem.laplace_weights == "fisher":
+        return fisher_weights(problem, eta, phi)[0]
+    return eta_derivatives(problem, eta, phi)[1]
+
+
+def _scoring_residual(problem: GlmmProblem, eta, phi):
+    """Fisher-scoring weights and working residual: (y − μ)/μ' for binomial and Poisson; −g/w with the exact
+    gradient g for a dispersion family (the same thing for an exponential family, the right one for NB1, beta)."""
+    w, mu, d = fisher_weights(problem, eta, phi)
+    if phi is None:
+        return w, jnp.where(w > 0, (problem.y - mu) / d, 0.0)
+    g, _ = eta_derivatives(problem, eta, phi)
+    return w, jnp.where(w > 0, -g / jnp.where(w > 0, w, 1.0), 0.0)
 
 
 def _solve_u(problem: GlmmProblem, theta, w, z):
@@ -114,8 +189,9 @@ def zero_modes(structure: Structure, dtype=jnp.float64):
     return tuple(jnp.zeros((l, q), dtype=dtype) for l, q in zip(structure.n_levels, structure.qs))
 
 
-def pirls(theta, beta, problem: GlmmProblem, joint: bool = False, tol: float = 1e-11):
-    """Conditional modes by PIRLS with step-halving. joint=True also updates β (lme4's first stage).
+def pirls(theta, beta, problem: GlmmProblem, joint: bool = False, tol: float = 1e-11, phi=None):
+    """Conditional modes by PIRLS with step-halving. joint=True also updates β (lme4's first stage). phi: the
+    dispersion family's d (None for binomial and Poisson).
 
     Returns (beta, u, penalized deviance, converged, iterations). Not differentiated (see module docstring).
     """
@@ -126,11 +202,10 @@ def pirls(theta, beta, problem: GlmmProblem, joint: bool = False, tol: float = 1
         return problem.X @ b + problem.offset + random_part(structure, rows, theta, u)
 
     def pdev_of(b, u):
-        return _deviance(problem, eta_of(b, u)) + _penalty(u)
+        return _deviance(problem, eta_of(b, u), phi) + _penalty(u)
 
     def step(b, u, eta):
-        w, mu, d = fisher_weights(problem, eta)
-        resid = jnp.where(w > 0, (problem.y - mu) / d, 0.0)
+        w, resid = _scoring_residual(problem, eta, phi)
         if joint:
             return _solve_joint(problem, theta, w, eta - problem.offset + resid)
         return b, _solve_u(problem, theta, w, random_part(structure, rows, theta, u) + resid)
@@ -182,12 +257,17 @@ def pirls(theta, beta, problem: GlmmProblem, joint: bool = False, tol: float = 1
     return b, u, pd, ok & jnp.isfinite(pd), it
 
 
-def newton_step(u_terms, theta, beta, problem: GlmmProblem):
-    """One exact Newton step for the conditional modes (differentiable in u, θ, β)."""
+def newton_step(u_terms, theta, beta, problem: GlmmProblem, phi=None):
+    """One exact Newton step for the conditional modes (differentiable in u, θ, β and the dispersion phi)."""
     fam = problem.family
     eta_z = random_part(problem.structure, problem.rows, theta, u_terms)
     eta = problem.X @ beta + problem.offset + eta_z
-    if fam.canonical:
+    if phi is not None:
+        # observed curvature, which may be negative in some rows (the sum with I stays positive near the mode)
+        g, w = eta_derivatives(problem, eta, phi)
+        nonzero = jnp.abs(w) > 1e-300
+        resid = jnp.where(nonzero, -g / jnp.where(nonzero, w, 1.0), 0.0)
+    elif fam.canonical:
         w, mu, d = fisher_weights(problem, eta)
         resid = jnp.where(w > 0, (problem.y - mu) / d, 0.0)
     else:
@@ -201,21 +281,23 @@ def newton_step(u_terms, theta, beta, problem: GlmmProblem):
     return _solve_u(problem, theta, w, eta_z + resid)
 
 
-def mode_at(theta, beta, problem: GlmmProblem):
-    """The conditional modes as a differentiable function of (θ, β): PIRLS (not traced) + two Newton steps."""
-    _, u_star, _, ok, it = pirls(jax.lax.stop_gradient(theta), jax.lax.stop_gradient(beta), problem)
+def mode_at(theta, beta, problem: GlmmProblem, phi=None):
+    """The conditional modes as a differentiable function of (θ, β, phi): PIRLS (not traced) + two Newton steps."""
+    phi_fixed = None if phi is None else jax.lax.stop_gradient(phi)
+    _, u_star, _, ok, it = pirls(jax.lax.stop_gradient(theta), jax.lax.stop_gradient(beta), problem, phi=phi_fixed)
     u_star = jax.lax.stop_gradient(u_star)
-    u = newton_step(u_star, theta, beta, problem)
-    u = newton_step(u, theta, beta, problem)
+    u = newton_step(u_star, theta, beta, problem, phi)
+    u = newton_step(u, theta, beta, problem, phi)
     return u, ok, it
 
 
-def laplace_parts(theta, beta, problem: GlmmProblem):
-    """Pieces of the Laplace deviance at the mode: (deviance, ‖u‖², log det, u, Fisher weights, PIRLS ok)."""
-    u, ok, _ = mode_at(theta, beta, problem)
+def laplace_parts(theta, beta, problem: GlmmProblem, phi=None):
+    """Pieces of the Laplace deviance at the mode: (deviance, ‖u‖², log det, u, log-det weights, PIRLS ok).
+    For a dispersion family "deviance" is −2 Σ log p(y | μ, d), constants included."""
+    u, ok, _ = mode_at(theta, beta, problem, phi)
     eta = problem.X @ beta + problem.offset + random_part(problem.structure, problem.rows, theta, u)
-    dev = _deviance(problem, eta)
-    w, _, _ = fisher_weights(problem, eta)
+    dev = _deviance(problem, eta, phi)
+    w = laplace_weights(problem, eta, phi)
     # only the Z part of L is used; a ones column stays positive definite against ΛᵀZᵀWZΛ + I (the +I)
     ones = jnp.ones((eta.shape[0], 1), dtype=eta.dtype)
     factor = factorize(theta, cross_products(problem.structure, problem.rows, w, ones), problem.structure)
@@ -224,7 +306,8 @@ def laplace_parts(theta, beta, problem: GlmmProblem):
 
 
 def laplace_deviance(x, problem: GlmmProblem) -> jax.Array:
-    """lme4's Laplace objective at x = (θ, β). Pure; jit/grad/hessian-able."""
-    nt = problem.structure.n_theta
-    dev, pen, logdet, _, _, _ = laplace_parts(x[:nt], x[nt:], problem)
+    """lme4's Laplace objective at x = (θ, β), or the proper Laplace −2 log L at x = (θ, β, log d) for a
+    dispersion family. Pure; jit/grad/hessian-able."""
+    theta, beta, phi = split_x(x, problem)
+    dev, pen, logdet, _, _, _ = laplace_parts(theta, beta, problem, phi)
     return dev + pen + logdet + problem.constant

@@ -84,6 +84,9 @@ def fit_glmm_batch(model, values, columns, *, method: str, nagq, chunk_size, max
     from ._glmm import _check_method
 
     method, nagq = _check_method(model, method, nagq)
+    if getattr(model.family, "has_dispersion", False):
+        raise ValueError(f"fit_batch (and bootstrap) are for the binomial and Poisson families; fit each response of "
+                         f"the {model.family.name} family with Model.fit")
     Y, W, constants, non_integer = glmm_columns(model, values, columns)
     problem = glmm_problem(model)
     nodes = node_weights = None

@@ -14,10 +14,16 @@ three-term Poisson model 31 s on 2 cores), for a few milliseconds less per fit.
 The log-likelihood for nAGQ = 1 is lme4's (family constants included). For nAGQ > 1 `objective` is lme4's
 quadrature deviance, which leaves the family constant c(y) out, while `loglik` adds it back, so that it is a
 log-likelihood comparable with the Laplace fit's (AIC/BIC use it).
+
+Families with a dispersion parameter d (negative binomial, Gamma, inverse Gaussian, beta) add log d as the last
+coordinate of x = (θ, β, log d), estimated jointly (glmmTMB's way) on the proper Laplace likelihood (`_pirls`);
+its standard error comes from the same Hessian. approximation="lme4" keeps lme4's Fisher weights in the Laplace
+log-determinant: lme4's glmer.nb objective (docs/families.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import jax
@@ -31,14 +37,20 @@ from ..core._covariance import canonical_theta, theta_diagonal_mask
 from .._errors import ConvergenceWarning
 from ..core._linalg import factorize
 from ..optim._optimize import central_difference_hessian, host_bfgs_minimize
-from ..core._pirls import GlmmProblem, laplace_deviance, laplace_parts, pirls
+from ..core._problem import GlmmObjective
+from ..core._pirls import GlmmProblem, fisher_weights, laplace_deviance, laplace_parts, pirls, split_x
 from ..results._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
 
-__all__ = ["fit_glmm", "glmm_problem"]
+__all__ = ["fit_glmm", "glmm_problem", "glmer_nb", "APPROXIMATIONS"]
+
+APPROXIMATIONS = ("laplace", "lme4")
 
 
-def glmm_problem(model) -> GlmmProblem:
-    """The model's GLMM problem, built once and kept on the model."""
+def glmm_problem(model, approximation: str = "laplace") -> GlmmProblem:
+    """The model's GLMM problem, built once and kept on the model. approximation="lme4": a dispersion family's
+    Laplace log-determinant with lme4's Fisher weights."""
+    if approximation not in APPROXIMATIONS:
+        raise ValueError(f"approximation must be one of {', '.join(APPROXIMATIONS)}; got {approximation!r}")
     problem = getattr(model, "_glmm_problem", None)
     if problem is None:
         d, fam = model.design, model.family
@@ -53,14 +65,21 @@ def glmm_problem(model) -> GlmmProblem:
             family=fam,
         )
         model._glmm_problem = problem
+    if approximation == "lme4" and getattr(problem.family, "has_dispersion", False):
+        return dataclasses.replace(problem, laplace_weights="fisher")
     return problem
 
 
 # ---------------------------------------------------------------------------------------------- compiled pieces
 @jax.jit
-def _start_beta(theta, problem):
-    beta, _, pdev, ok, _ = pirls(theta, jnp.zeros(problem.p, dtype=theta.dtype), problem, joint=True)
+def _start_beta(theta, problem, phi=None):
+    beta, _, pdev, ok, _ = pirls(theta, jnp.zeros(problem.p, dtype=theta.dtype), problem, joint=True, phi=phi)
     return beta, pdev, ok
+
+
+@jax.jit
+def _glm_mean(beta, problem):
+    return problem.family.linkinv(problem.X @ beta + problem.offset)
 
 
 def _objective(x, problem, nodes, weights):
@@ -94,10 +113,9 @@ def _at_optimum(x, problem, nodes, weights):
 @jax.jit
 def _state_at(x, problem):
     """The modes, Fisher weights, PIRLS status and lme4's RX fallback vcov at x, in one compiled program."""
-    nt = problem.structure.n_theta
-    theta, beta = x[:nt], x[nt:]
-    _, _, _, u, w, ok = laplace_parts(theta, beta, problem)
-    _, _, _, _, iters = pirls(theta, beta, problem)
+    theta, beta, phi = split_x(x, problem)
+    _, _, _, u, w, ok = laplace_parts(theta, beta, problem, phi)
+    _, _, _, _, iters = pirls(theta, beta, problem, phi=phi)
     # X alone: any further column in the span of [Z X] (a column of ones duplicates the intercept) makes the
     # tail singular, and whether its Cholesky then succeeds depends on the machine's rounding
     factor = factorize(theta, cross_products(problem.structure, problem.rows, w, problem.X), problem.structure)
@@ -128,9 +146,32 @@ def _check_method(model, method: str, nagq):
     return "agq", int(nagq)
 
 
+def _dispersion_start(model, problem, start):
+    """A dispersion family's d to start from: the family's fixed value, the user's start["dispersion"], or the
+    family's moment estimate from a GLM fitted at d = 1. None for binomial and Poisson."""
+    fam = problem.family
+    if not getattr(fam, "has_dispersion", False):
+        return None
+    if fam.dispersion is not None:
+        return fam.dispersion
+    if isinstance(start, dict) and start.get("dispersion") is not None:
+        d = float(start["dispersion"])
+        if not np.isfinite(d) or d <= 0:
+            raise ValueError(f"start['dispersion'] must be a positive number, got {start['dispersion']!r}")
+        return d
+    beta, _, _ = _start_beta(jnp.zeros(model.n_theta), problem, jnp.asarray(1.0))
+    beta = np.where(np.isfinite(np.asarray(beta)), np.asarray(beta), 0.0)
+    mu = np.asarray(_glm_mean(jnp.asarray(beta), problem))
+    d = model.design
+    return fam.dispersion_start(d.y, mu, d.weights, problem.p)
+
+
 def _start(model, problem, start) -> np.ndarray:
     nt, p = model.n_theta, problem.p
+    nd = problem.n_dispersion
     theta0, beta0 = model.theta_start(), None
+    phi0 = _dispersion_start(model, problem, start)
+    phi = None if phi0 is None else jnp.asarray(phi0)
     if start is not None:
         if isinstance(start, dict):
             theta0 = np.asarray(start.get("theta", theta0), dtype=np.float64)
@@ -138,18 +179,23 @@ def _start(model, problem, start) -> np.ndarray:
             beta0 = None if b is None else np.asarray(b, dtype=np.float64)
         else:
             s = np.asarray(start, dtype=np.float64).ravel()
-            if s.size not in (nt, nt + p):
-                raise ValueError(f"start must hold θ ({nt} values) or (θ, β) ({nt + p} values); got {s.size}")
-            theta0, beta0 = s[:nt], (s[nt:] if s.size == nt + p else None)
+            if s.size not in (nt, nt + p, nt + p + nd):
+                raise ValueError(f"start must hold θ ({nt} values) or (θ, β) ({nt + p} values)"
+                                 + (f" or (θ, β, log {problem.family.dispersion_name}) ({nt + p + 1} values)"
+                                    if nd else "") + f"; got {s.size}")
+            theta0, beta0 = s[:nt], (s[nt:nt + p] if s.size >= nt + p else None)
+            if nd and s.size == nt + p + nd:
+                phi0 = float(np.exp(s[-1]))
         if theta0.shape != (nt,) or (beta0 is not None and beta0.shape != (p,)):
             raise ValueError(f"start needs θ of length {nt} and β of length {p}")
     if beta0 is None:
-        beta, _, ok = _start_beta(jnp.asarray(theta0), problem)
+        beta, _, ok = _start_beta(jnp.asarray(theta0), problem, phi)
         beta0 = np.asarray(beta)
         if not bool(ok) or not np.all(np.isfinite(beta0)):
-            beta, _, _ = _start_beta(jnp.zeros_like(jnp.asarray(theta0)), problem)  # plain GLM
+            beta, _, _ = _start_beta(jnp.zeros_like(jnp.asarray(theta0)), problem, phi)  # plain GLM
             beta0 = np.where(np.isfinite(np.asarray(beta)), np.asarray(beta), 0.0)
-    return np.concatenate([theta0, beta0])
+    tail = [np.log([phi0])] if nd else []
+    return np.concatenate([theta0, beta0] + tail)
 
 
 def _run(x0, problem, nodes, weights, max_iter):
@@ -217,7 +263,8 @@ def _newton_polish(x, state, problem, nodes, weights, steps: int = 3):
 
 
 def _vcov(hess, nt, vcov_rx, messages) -> np.ndarray:
-    """β block of 2 H⁻¹ (lme4's use.hessian); lme4's RX fallback when H is not positive definite."""
+    """β block of 2 H⁻¹ (lme4's use.hessian), with log d's row and column for a dispersion family; lme4's RX
+    fallback when H is not positive definite (log d's entries then NaN)."""
     H = 0.5 * (hess + hess.T)
     try:
         if not np.all(np.isfinite(H)):
@@ -232,13 +279,36 @@ def _vcov(hess, nt, vcov_rx, messages) -> np.ndarray:
         "variance-covariance matrix computed from the Hessian is not positive definite or contains NA values: "
         "falling back to var-cov estimated from RX"
     )
+    extra = hess.shape[0] - nt - vcov_rx.shape[0]
+    if extra:
+        return np.pad(vcov_rx, (0, extra), constant_values=np.nan)
     return vcov_rx
 
 
-def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000, warn: bool = True):
-    """Fit model (binomial or Poisson family) by Laplace or AGQ; returns a `MixedModelResult`."""
+def _dispersion_results(model, problem, x, vcov_full):
+    """β's vcov and, for a dispersion family, extra entries: d, its standard error (delta method from log d's
+    variance in the joint Hessian) and the family with d filled in (for residuals, variance, simulate)."""
+    nt, p = model.n_theta, problem.p
+    fam = problem.family
+    if not getattr(fam, "has_dispersion", False):
+        return vcov_full, {}
+    _, _, phi = split_x(jnp.asarray(x), problem)
+    d = float(phi)
+    extra = {"dispersion": d, "family": fam.with_dispersion(d), "n_dispersion": problem.n_dispersion,
+             "approximation": "lme4" if problem.laplace_weights == "fisher" else "laplace"}
+    if problem.n_dispersion:
+        var_log = float(vcov_full[p, p])
+        extra["dispersion_se"] = d * np.sqrt(var_log) if var_log >= 0 else np.nan
+    else:
+        extra["dispersion_se"] = np.nan  # fixed, not estimated
+    return vcov_full[:p, :p], extra
+
+
+def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000, warn: bool = True,
+             approximation: str = "laplace"):
+    """Fit model by Laplace or AGQ; returns a `MixedModelResult`. approximation="lme4": see the module docstring."""
     method, nagq = _check_method(model, method, nagq)
-    problem = glmm_problem(model)
+    problem = glmm_problem(model, approximation)
     nt = model.n_theta
     x0 = _start(model, problem, start)
 
@@ -268,7 +338,8 @@ def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000,
     if not bool(state["ok"]):
         messages.append(f"PIRLS did not converge at the optimum (after {int(state['iters'])} iterations)")
     vcov_messages: list[str] = []
-    vcov = _vcov(hess, nt, np.asarray(state["vcov_rx"]), vcov_messages)
+    vcov, dispersion = _dispersion_results(model, problem, x,
+                                           _vcov(hess, nt, np.asarray(state["vcov_rx"]), vcov_messages))
     optinfo = _diagnose(model, x, grad, hess, bool(res.converged), int(res.n_iter), int(res.n_eval),
                         messages + vcov_messages)
 
@@ -282,7 +353,7 @@ def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000,
         model,
         method=method,
         theta=x[:nt],
-        beta=x[nt:],
+        beta=x[nt:nt + problem.p],
         vcov=vcov,
         sigma=None,
         b=b,
@@ -290,12 +361,32 @@ def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000,
         loglik=loglik,
         optinfo=optinfo,
         # vcov_rx: (R_Xᵀ R_X)⁻¹ from the PIRLS factor at the optimum (lme4's RX), for anova()'s F table
-        extra={"nagq": nagq, "working_weights": np.asarray(state["w"]), "vcov_rx": np.asarray(state["vcov_rx"])},
+        extra={"nagq": nagq, "working_weights": np.asarray(state["w"]), "vcov_rx": np.asarray(state["vcov_rx"]),
+               **dispersion},
     )
     if warn:
         _warn_separation(fit)
         model._warn(fit)
     return fit
+
+
+def glmm_objective(model, method: str, nagq: int = 1) -> GlmmObjective:
+    """The public objective (core/_problem.py) of the fit by `method`: x = (θ, β[, log dispersion]) from lme4's
+    start (θ = identity, β from PIRLS at that θ), lower bounds 0 on the diagonal of each T_k."""
+    method, nagq = _check_method(model, method, nagq)
+    problem = glmm_problem(model)
+    x0 = _start(model, problem, None)
+    nt, p, d = model.n_theta, problem.p, model.design
+    lower = np.concatenate([np.where(theta_diagonal_mask(model.qs), 0.0, -np.inf), np.full(x0.size - nt, -np.inf)])
+    names = list(model.theta_names) + list(d.x_names) + ["log_dispersion"] * (x0.size - nt - p)
+    nodes = node_weights = None
+    if method == "agq":
+        z, w = gauss_hermite(nagq)
+        nodes, node_weights = jnp.asarray(z), jnp.asarray(w)
+    family, extra = model.family, d.extra
+    return GlmmObjective(data=problem, x0=jnp.asarray(x0), lower=jnp.asarray(lower), nodes=nodes,
+                         node_weights=node_weights, method=method, names=tuple(names),
+                         log_constant=lambda y, weights: family.log_constant(y, weights, extra))
 
 
 def _warn_separation(fit) -> None:
@@ -310,3 +401,12 @@ def _warn_separation(fit) -> None:
             ConvergenceWarning,
             stacklevel=4,
         )
+
+
+def glmer_nb(formula: str, data, *, link: str = "log", nagq: int = 1, approximation: str = "laplace", **kwargs):
+    """Negative binomial (NB2) GLMM as lme4's glmer.nb: θ estimated, `fit.dispersion` is θ
+    (getME(fit, "glmer.nb.theta")). The default objective is the proper Laplace likelihood (glmmTMB's nbinom2);
+    approximation="lme4" gives glmer.nb's own (Fisher weights in the log-determinant; docs/families.md)."""
+    from ._model import glmer
+
+    return glmer(formula, data, family="nbinom2", link=link, nagq=nagq, approximation=approximation, **kwargs)

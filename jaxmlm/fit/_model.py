@@ -168,7 +168,7 @@ class Model:
     # ------------------------------------------------------------------ fitting
     def fit(self, method: str | None = None, *, start=None, max_iter: int = 1000, nagq: int | None = None,
             warn: bool = True, dtype: str = "float64", solver: str = "direct",
-            solver_options: dict | None = None) -> MixedModelResult:
+            solver_options: dict | None = None, approximation: str = "laplace") -> MixedModelResult:
         """Fit by 'reml' or 'ml' (Gaussian), or 'laplace' / 'agq' (binomial, Poisson).
 
         solver='iterative' (linear models): never factor; conjugate gradients for β and u and a stochastic
@@ -195,9 +195,10 @@ class Model:
             # system (under heap_allocations a 10M-row design's peak RSS rose from 2.4 to 4.3 GiB)
             self.linear_problem  # noqa: B018
         with fit_allocations():  # the host optimizer's many calls of one program (see _config.heap_allocations)
-            return self._fit(method, start=start, max_iter=max_iter, nagq=nagq, warn=warn, dtype=dtype)
+            return self._fit(method, start=start, max_iter=max_iter, nagq=nagq, warn=warn, dtype=dtype,
+                             approximation=approximation)
 
-    def _fit(self, method, *, start, max_iter, nagq, warn, dtype) -> MixedModelResult:
+    def _fit(self, method, *, start, max_iter, nagq, warn, dtype, approximation="laplace") -> MixedModelResult:
         if dtype not in ("float64", "float32"):
             raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
         if method is None:
@@ -214,7 +215,8 @@ class Model:
             raise ValueError(f"method={method!r} is for binomial and Poisson models; use 'reml' or 'ml'")
         from ._glmm import fit_glmm
 
-        return fit_glmm(self, method=method, nagq=nagq, start=start, max_iter=max_iter, warn=warn)
+        return fit_glmm(self, method=method, nagq=nagq, start=start, max_iter=max_iter, warn=warn,
+                        approximation=approximation)
 
     def _fit_linear(self, reml: bool, *, start=None, max_iter: int = 1000, warn: bool = True,
                     dtype: str = "float64") -> MixedModelResult:
@@ -586,7 +588,12 @@ def _data_name(data) -> str | None:
 @float64
 def lmer(formula: str, data: Any, reml: bool = True, weights: Any = None, offset: Any = None, *,
          na_action: str = "omit", start=None, **kwargs) -> MixedModelResult:
-    """Fit a linear mixed model as lme4's lmer()."""
+    """Fit a linear mixed model as lme4's lmer(). lme4's spellings: REML= for reml=, start={'theta': ...}."""
+    from ._lme4_args import lme4_alias, lmer_start, refuse_lme4_arguments
+
+    reml = lme4_alias(kwargs, "REML", reml, True, "reml")
+    refuse_lme4_arguments(kwargs, "lmer")
+    start = lmer_start(start)
     model = Model(formula, data, family="gaussian", weights=weights, offset=offset, na_action=na_action,
                   data_name=kwargs.pop("data_name", _data_name(data)))
     return model.fit(method="reml" if reml else "ml", start=start, **kwargs)
@@ -596,7 +603,14 @@ def lmer(formula: str, data: Any, reml: bool = True, weights: Any = None, offset
 def glmer(formula: str, data: Any, family: Any = "binomial", nagq: int = 1, weights: Any = None,
           offset: Any = None, *, link: str | None = None, na_action: str = "omit", start=None,
           **kwargs) -> MixedModelResult:
-    """Fit a generalized linear mixed model as lme4's glmer(); nagq=1 is Laplace, nagq>1 adaptive Gauss–Hermite."""
+    """Fit a generalized linear mixed model as lme4's glmer(); nagq=1 is Laplace, nagq>1 adaptive Gauss–Hermite.
+    lme4's spellings: nAGQ= for nagq=, start={'theta': ..., 'fixef': ...}; family a string or a jm.families object."""
+    from ._lme4_args import lme4_alias, refuse_lme4_arguments
+
+    nagq = lme4_alias(kwargs, "nAGQ", nagq, 1, "nagq")
+    if "REML" in kwargs:
+        kwargs["reml"] = kwargs.pop("REML")
+    refuse_lme4_arguments(kwargs, "glmer")
     model = Model(formula, data, family=family, weights=weights, offset=offset, link=link, na_action=na_action,
                   data_name=kwargs.pop("data_name", _data_name(data)))
     if model.is_gaussian:  # lme4's glmer hands gaussian (identity) to lmer, REML by default, with a warning

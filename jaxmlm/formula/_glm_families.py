@@ -234,3 +234,22 @@ class Poisson(_GlmFamily):
 
 register_family("binomial", Binomial)
 register_family("poisson", Poisson)
+
+
+def _register_dispersion_families() -> None:
+    """The families with a dispersion parameter, under R's and glmmTMB's names (keys are lower case)."""
+    from ._beta import Beta
+    from ._gamma import Gamma
+    from ._inverse_gaussian import InverseGaussian
+    from ._nbinom import NegativeBinomial1, NegativeBinomial2
+
+    for names, cls in ((("nbinom2", "negative_binomial", "negative.binomial", "negbin"), NegativeBinomial2),
+                       (("nbinom1",), NegativeBinomial1),
+                       (("gamma",), Gamma),
+                       (("inverse_gaussian", "inverse.gaussian"), InverseGaussian),
+                       (("beta", "beta_family"), Beta)):
+        for name in names:
+            register_family(name, cls)
+
+
+_register_dispersion_families()

@@ -189,6 +189,12 @@ def _random_effects(fit) -> str:
         lines.append(" ".join(c.ljust(w) for c, w in zip(r, widths)))
     groups = "; ".join(f"{g}, {n}" for g, n in fit.ngroups.items())  # as lme4 prints it
     lines.append(f"Number of obs: {fit.nobs}, groups:  {groups}")
+    if fit.dispersion is not None:  # a dispersion family's parameter, as glmmTMB prints it (with its SE)
+        fam = fit.family
+        se = fit.dispersion_se
+        se_text = f" (SE {r_format([se], 4)[0]})" if se is not None and np.isfinite(se) else " (fixed)"
+        lines.append(f"\nDispersion parameter for {fam.name} family ({fam.dispersion_name}): "
+                     f"{r_format([fit.dispersion], 4)[0]}{se_text}")
     return "Random effects:\n" + "\n".join(lines)
 
 

@@ -73,7 +73,19 @@ class MixedModelResult:
 
     @property
     def family(self):
-        return self.model.family
+        """The model's family; for a family with a dispersion parameter, with the fitted value filled in."""
+        return self.extra.get("family", self.model.family)
+
+    @property
+    def dispersion(self) -> float | None:
+        """R's sigma(fit) from glmmTMB for a family with a dispersion parameter (NB2: θ, as lme4's
+        getME(fit, "glmer.nb.theta"); NB1 and beta: φ; Gamma and inverse Gaussian: σ); None otherwise."""
+        return self.extra.get("dispersion")
+
+    @property
+    def dispersion_se(self) -> float | None:
+        """The dispersion's standard error, from the joint Hessian in (θ, β, log d) by the delta method."""
+        return self.extra.get("dispersion_se")
 
     @property
     def reml(self) -> bool:
@@ -124,7 +136,8 @@ class MixedModelResult:
     @property
     def n_params(self) -> int:
         """Parameters counted by AIC/BIC: β, θ, and σ for the Gaussian family."""
-        return len(self._beta) + len(self._theta) + (1 if self._sigma is not None else 0)
+        return (len(self._beta) + len(self._theta) + (1 if self._sigma is not None else 0)
+                + int(self.extra.get("n_dispersion", 0)))
 
     @property
     def aic(self) -> float:
@@ -398,6 +411,9 @@ class MixedModelResult:
                 rows.append(
                     dict(effect="ran_pars", group=r["grp"], term=f"cor__{r['var1']}.{r['var2']}", estimate=r["sdcor"])
                 )
+        if self.dispersion is not None:  # a dispersion family's parameter, with its standard error
+            rows.append(dict(effect="ran_pars", group="Residual", term=self.family.dispersion_name,
+                             estimate=self.dispersion, **{"std.error": self.dispersion_se}))
         return pd.DataFrame(rows, columns=["effect", "group", "term", "estimate", "std.error", "statistic"])
 
     def to_dict(self) -> dict[str, Any]:
@@ -416,6 +432,7 @@ class MixedModelResult:
             fixef={k: (None if np.isnan(v) else float(v)) for k, v in self.fixef.items()},
             se={k: (None if np.isnan(v) else float(v)) for k, v in self.se.items()},
             sigma=self._sigma,
+            dispersion=self.dispersion,
             varcorr=self.varcorr().replace({np.nan: None}).to_dict(orient="records"),
             singular=self.is_singular,
             converged=self.converged,
@@ -425,6 +442,10 @@ class MixedModelResult:
     def confint(self, method: str = "profile", level: float = 0.95, parm=None, **kwargs) -> pd.DataFrame:
         """Confidence intervals as lme4's confint: method 'profile', 'wald' or 'boot' (kwargs: nsim, seed)."""
         from ..inference._confint import confint
+
+        if self.dispersion is not None and method != "wald":
+            raise ValueError(f"confint(method={method!r}) is not available for the {self.family.name} family "
+                             "(its dispersion parameter is not profiled or bootstrapped); use method='wald'")
 
         return confint(self, method=method, level=level, parm=parm, **kwargs)
 
