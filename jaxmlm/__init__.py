@@ -23,10 +23,9 @@ from ._errors import (
     SingularFitWarning,
 )
 from .fit._model import Model, glmer, lmer
-from .fit._glmm import glmer_nb
-from . import families
 from .results._results import MixedModelResult, OptimizerInfo
 from .fit._batch import BatchResult
+from .fit._groups import GroupsResult, fit_groups
 from .inference._bootstrap import BootstrapResult
 from .formula._terms import parse_formula
 from .bayes._mrp import poststratify
@@ -45,11 +44,11 @@ __all__ = [
     "read_data",
     "lmer",
     "glmer",
-    "glmer_nb",
-    "families",
     "MixedModelResult",
     "OptimizerInfo",
     "BatchResult",
+    "GroupsResult",
+    "fit_groups",
     "BootstrapResult",
     "parse_formula",
     "enable_compilation_cache",
