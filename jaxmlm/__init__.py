@@ -25,8 +25,6 @@ from ._errors import (
 from .fit._model import Model, glmer, lmer
 from .fit._glmm import glmer_nb
 from . import families
-from .fit._glmm import glmer_nb
-from . import families
 from .results._results import MixedModelResult, OptimizerInfo
 from .fit._batch import BatchResult
 from .fit._groups import GroupsResult, fit_groups
@@ -48,8 +46,6 @@ __all__ = [
     "read_data",
     "lmer",
     "glmer",
-    "glmer_nb",
-    "families",
     "glmer_nb",
     "families",
     "MixedModelResult",
