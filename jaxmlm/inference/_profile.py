@@ -15,7 +15,9 @@ lme4 interpolates ζ with splines; we find the endpoints by root finding (Brent)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -23,15 +25,16 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from .._config import float64
 from ..core._blocks import Blocks
-from ._confint import interval_columns, variance_parameter_names, variance_parameters
+from ._confint import interval_columns, parameter_names, variance_parameter_names, variance_parameters
 from ..core._linalg import factorize
 from ..core._lmm import LinearProblem, fit_linear
 from ..optim._optimize import lbfgs_minimize
 from ..core._agq import agq_deviance
 from ..core._pirls import laplace_deviance
 
-__all__ = ["profile_intervals"]
+__all__ = ["profile_intervals", "profile_traces", "profile_coordinates", "ProfileCoordinate"]
 
 _LOG_2PI = float(np.log(2 * np.pi))
 
@@ -157,7 +160,31 @@ def _unconstrained(psi_hat, is_cor):
     return np.where(is_cor, np.arctanh(np.clip(psi_hat, -1 + 1e-12, 1 - 1e-12)), np.log(np.maximum(psi_hat, 1e-300)))
 
 
-def _glmm_intervals(fit, target, wanted) -> dict:
+@dataclasses.dataclass(frozen=True)
+class ProfileCoordinate:
+    """One profiled parameter: zeta(u) is the signed root of the deviance's rise with the parameter held at u on
+    its unconstrained scale (log for a standard deviation or σ, atanh for a correlation, itself for a fixed
+    effect); u_hat is the estimate there, step the first step of the search for an endpoint."""
+
+    name: str
+    kind: str  # "log" | "cor" | "fixed"
+    zeta: Callable[[float], float]
+    u_hat: float
+    step: float
+
+    def natural(self, u):
+        """The parameter's value at unconstrained u."""
+        return np.tanh(u) if self.kind == "cor" else np.exp(u) if self.kind == "log" else u
+
+
+def _zeta_of(evaluate, u_hat, d_hat):
+    def zeta(u):
+        return np.sign(u - u_hat) * np.sqrt(max(float(evaluate(u)) - d_hat, 0.0))
+
+    return zeta
+
+
+def _glmm_coordinates(fit, wanted) -> list[ProfileCoordinate]:
     from ..core._agq import gauss_hermite
     from ..fit._glmm import glmm_problem
 
@@ -172,52 +199,37 @@ def _glmm_intervals(fit, target, wanted) -> dict:
     x_names = list(model.design.x_names)
     beta_hat, se = fit.fixef[x_names].to_numpy(), fit.se[x_names].to_numpy()
     z_hat = np.concatenate([_unconstrained(variance_parameters(fit.theta, None, qs)[0], is_cor), beta_hat])
-    z_hat_j, d_hat = jnp.asarray(z_hat), fit.objective
-    rows = {}
+    z_hat_j = jnp.asarray(z_hat)
+    out = []
     for i, name in enumerate(var_names + x_names):
         if name not in wanted:
             continue
 
-        def zeta(u, i=i):
-            value, _ = _glmm_profile(z_hat_j, problem, i, jnp.asarray(u, dtype=jnp.float64), qs, nodes, node_weights)
-            return np.sign(u - z_hat[i]) * np.sqrt(max(float(value) - d_hat, 0.0))
+        def evaluate(u, i=i):
+            return _glmm_profile(z_hat_j, problem, i, jnp.asarray(u, dtype=jnp.float64), qs, nodes, node_weights)[0]
 
-        if i < nt:
-            rows[name] = _variance_interval(zeta, z_hat[i], bool(is_cor[i]), target)
-        else:
-            rows[name] = (_endpoint(zeta, z_hat[i], se[i - nt], -target, -np.inf, np.inf),
-                          _endpoint(zeta, z_hat[i], se[i - nt], target, -np.inf, np.inf))
-    return rows
+        kind = ("cor" if is_cor[i] else "log") if i < nt else "fixed"
+        step = 0.1 if i < nt else float(se[i - nt])
+        out.append(ProfileCoordinate(name, kind, _zeta_of(evaluate, z_hat[i], fit.objective), float(z_hat[i]), step))
+    return out
 
 
-def profile_intervals(fit, level: float, names=None, **_) -> pd.DataFrame:
+def _linear_coordinates(fit, wanted) -> list[ProfileCoordinate]:
     model = fit.model
-    target = stats.norm.ppf((1.0 + level) / 2.0)
-    var_names = variance_parameter_names(model)
-    all_names = var_names + list(model.design.x_names)
-    wanted = all_names if names is None else list(names)
-    if not model.is_gaussian:
-        rows = _glmm_intervals(fit, target, wanted)
-        index = [n for n in all_names if n in rows]
-        return pd.DataFrame([rows[n] for n in index], index=index, columns=interval_columns(level))
     ml = fit if fit.method == "ml" else model.fit(method="ml", warn=False)
-    problem, qs = model.linear_problem, model.qs
-    d_hat = ml.objective
-    rows = {}
-
+    problem, qs, d_hat = model.linear_problem, model.qs, ml.objective
+    var_names = variance_parameter_names(model)
     is_cor = np.array([n.startswith("cor_") for n in var_names])
     z_hat = _unconstrained(variance_parameters(ml.theta, ml.sigma, qs)[0], is_cor)
     z_hat_j = jnp.asarray(z_hat)
+    out = []
     for i, name in enumerate(var_names):
-        if name not in wanted:
-            continue
+        if name in wanted:
+            def evaluate(u, i=i):
+                return _variance_profile(z_hat_j, problem, i, jnp.asarray(u, dtype=jnp.float64), qs)[0]
 
-        def zeta(u, i=i):
-            value, _ = _variance_profile(z_hat_j, problem, i, jnp.asarray(u, dtype=jnp.float64), qs)
-            return np.sign(u - z_hat[i]) * np.sqrt(max(float(value) - d_hat, 0.0))
-
-        rows[name] = _variance_interval(zeta, z_hat[i], bool(is_cor[i]), target)
-
+            kind = "cor" if is_cor[i] else "log"
+            out.append(ProfileCoordinate(name, kind, _zeta_of(evaluate, z_hat[i], d_hat), float(z_hat[i]), 0.1))
     x_names = list(model.design.x_names)
     p = len(x_names)
     theta_ml = jnp.asarray(ml.theta)
@@ -229,13 +241,69 @@ def profile_intervals(fit, level: float, names=None, **_) -> pd.DataFrame:
         select[[k for k in range(p) if k != j], np.arange(p - 1)] = 1.0
         column = np.zeros(p + 1)
         column[j] = 1.0
-        sel_j, col_j = jnp.asarray(select), jnp.asarray(column)
 
-        def zeta(v, j=j, sel_j=sel_j, col_j=col_j):
-            value, _ = _fixed_profile(theta_ml, problem, sel_j, col_j, jnp.asarray(v, dtype=jnp.float64))
-            return np.sign(v - beta_hat[j]) * np.sqrt(max(float(value) - d_hat, 0.0))
+        def evaluate(v, sel_j=jnp.asarray(select), col_j=jnp.asarray(column)):
+            return _fixed_profile(theta_ml, problem, sel_j, col_j, jnp.asarray(v, dtype=jnp.float64))[0]
 
-        rows[name] = (_endpoint(zeta, beta_hat[j], se[j], -target, -np.inf, np.inf),
-                      _endpoint(zeta, beta_hat[j], se[j], target, -np.inf, np.inf))
-    index = [n for n in all_names if n in rows]
-    return pd.DataFrame([rows[n] for n in index], index=index, columns=interval_columns(level))
+        out.append(ProfileCoordinate(name, "fixed", _zeta_of(evaluate, beta_hat[j], d_hat), float(beta_hat[j]),
+                                     float(se[j])))
+    return out
+
+
+def profile_coordinates(fit, names=None) -> list[ProfileCoordinate]:
+    """The profiled parameters of `fit` (all, or those in `names`), in confint's row order."""
+    all_names = parameter_names(fit.model)
+    wanted = all_names if names is None else list(names)
+    coords = _linear_coordinates(fit, wanted) if fit.model.is_gaussian else _glmm_coordinates(fit, wanted)
+    order = {n: k for k, n in enumerate(all_names)}
+    return sorted(coords, key=lambda c: order[c.name])
+
+
+def _coordinate_interval(coord: ProfileCoordinate, target: float):
+    if coord.kind == "fixed":
+        return (_endpoint(coord.zeta, coord.u_hat, coord.step, -target, -np.inf, np.inf),
+                _endpoint(coord.zeta, coord.u_hat, coord.step, target, -np.inf, np.inf))
+    return _variance_interval(coord.zeta, coord.u_hat, coord.kind == "cor", target)
+
+
+def profile_intervals(fit, level: float, names=None, **_) -> pd.DataFrame:
+    target = stats.norm.ppf((1.0 + level) / 2.0)
+    coords = profile_coordinates(fit, names)
+    return pd.DataFrame([_coordinate_interval(c, target) for c in coords], index=[c.name for c in coords],
+                        columns=interval_columns(level))
+
+
+def _trace_range(coord: ProfileCoordinate, zeta_max: float):
+    """Unconstrained (low, high) where |ζ| reaches zeta_max, clipped for a variance whose deviance never rises
+    that far (4 log units below the estimate for an sd, |cor| ≤ 0.999)."""
+    if coord.kind == "fixed":
+        lim = (-np.inf, np.inf)
+    else:
+        lim = (-20.0, 20.0) if coord.kind == "cor" else (coord.u_hat - 30.0, coord.u_hat + 30.0)
+    low = _endpoint(coord.zeta, coord.u_hat, coord.step, -zeta_max, *lim)
+    high = _endpoint(coord.zeta, coord.u_hat, coord.step, zeta_max, *lim)
+    if coord.kind == "cor":
+        return max(low, -np.arctanh(0.999)), min(high, np.arctanh(0.999))
+    if coord.kind == "log":
+        return max(low, coord.u_hat - 4.0), min(high, coord.u_hat + 4.0)
+    return low, high
+
+
+@float64
+def profile_traces(fit, names=None, level: float = 0.99, n_points: int = 15) -> pd.DataFrame:
+    """lme4's as.data.frame(profile(fit)) in long form: columns `parameter`, `value` and `zeta`, n_points values
+    per parameter evenly spread (on its unconstrained scale) over where |ζ| ≤ qnorm((1 + level) / 2), plus the
+    estimate (ζ = 0); rows in confint's parameter order, values increasing."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    if int(n_points) < 3:
+        raise ValueError(f"n_points must be at least 3, got {n_points!r}")
+    zeta_max = stats.norm.ppf((1.0 + level) / 2.0)
+    frames = []
+    for coord in profile_coordinates(fit, names):
+        low, high = _trace_range(coord, zeta_max)
+        grid = np.linspace(low, high, int(n_points))
+        grid = np.sort(np.append(grid[np.abs(grid - coord.u_hat) > 1e-6 * (high - low)], coord.u_hat))
+        zeta = np.array([0.0 if u == coord.u_hat else coord.zeta(u) for u in grid])
+        frames.append(pd.DataFrame({"parameter": coord.name, "value": coord.natural(grid), "zeta": zeta}))
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,28 @@
+"""NUTS diagnostics through ArviZ (the `bayes` extra): trace and rank plots of a Posterior's draws."""
+
+from __future__ import annotations
+
+__all__ = ["trace", "rank"]
+
+
+def _arviz():
+    try:
+        import arviz as az
+    except ImportError as exc:
+        raise ImportError("trace and rank plots need ArviZ: pip install 'jaxmlm[bayes,plot]'") from exc
+    if not hasattr(az, "plot_trace"):
+        raise ImportError(f"trace and rank plots need ArviZ's plot_trace and plot_rank (ArviZ 0.x); "
+                          f"ArviZ {az.__version__} has neither")
+    return az
+
+
+def trace(posterior, var_names=None, **kwargs):
+    """ArviZ's plot_trace of `posterior` (jaxmlm's `Posterior`): per parameter the marginal density per chain and
+    the draws in order; returns ArviZ's array of Axes. var_names selects parameters (the names of posterior.draws)."""
+    return _arviz().plot_trace(posterior.to_arviz(), var_names=var_names, **kwargs)
+
+
+def rank(posterior, var_names=None, **kwargs):
+    """ArviZ's plot_rank: per parameter the histogram of the draws' ranks (over all chains) in each chain, flat
+    when the chains mix; returns ArviZ's array of Axes."""
+    return _arviz().plot_rank(posterior.to_arviz(), var_names=var_names, **kwargs)
