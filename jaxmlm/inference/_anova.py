@@ -45,7 +45,7 @@ _LRT_COLUMNS = ["npar", "AIC", "BIC", "logLik", "deviance", "Chisq", "Df", "Pr(>
 
 
 @float64
-def anova(*fits, names=None, refit: bool = True) -> AnovaTable:
+def anova(*fits, names=None, refit: bool = True, type=None, ddf: str = "satterthwaite") -> AnovaTable:
     """lme4's anova(): with one fit, the sequential F table of its fixed-effect terms; with several, their
     likelihood-ratio tests (ordered by number of parameters; REML fits refitted by ML unless refit=False).
 
@@ -62,7 +62,14 @@ def anova(*fits, names=None, refit: bool = True) -> AnovaTable:
     for i, fit in enumerate(fits):
         if not isinstance(fit, MixedModelResult):
             raise TypeError(f"anova() compares fitted models (MixedModelResult); argument {i + 1} is a "
-                            f"{type(fit).__name__}")
+                            f"{fit.__class__.__name__}")
+    if type is not None:
+        if len(fits) > 1:
+            raise ValueError("type= asks for the F tests of one model's terms (lmerTest's anova(fit, type = 3)); "
+                             "a comparison of several models is a likelihood-ratio table")
+        from ._anova_lmertest import lmertest_table
+
+        return lmertest_table(fits[0], type, ddf)
     if len(fits) == 1:
         if names is not None:
             raise ValueError("names= labels the models of a comparison; anova() of one model tabulates its terms")

@@ -6,7 +6,10 @@ conditional optimum; REML adds log|L_X|² − p log(2πσ²)) and V(ψ) = σ² (
     A = 2 H⁻¹ (H the Hessian of d at ψ̂: the asymptotic covariance of ψ̂),  g = ∂(cᵀVc)/∂ψ,
     df = 2 (cᵀVc)² / (gᵀ A g)
 
-for each coefficient (c a unit vector). lmerTest differentiates numerically (numDeriv); here H and ∂V/∂ψ are
+for each coefficient (c a unit vector), and for any contrast c (`contrast_df`, emmeans' linear functions). An F
+test of the q rows of L (`f_test`, lmerTest's contestMD) decomposes LVLᵀ = PDPᵀ into q independent t
+contrasts (rows of PᵀL) with df ν_m, and takes DenDF = 2E/(E − q), E = Σ ν_m/(ν_m − 2) (2 if any ν_m ≤ 2).
+lmerTest differentiates numerically (numDeriv); here H and ∂V/∂ψ are
 exact (JAX autodiff). As lmerTest, A is the pseudo-inverse over H's positive eigenvalues, with a warning for
 negative ones or ones close to zero.
 """
@@ -26,7 +29,17 @@ from .._errors import ConvergenceWarning
 from ..core._linalg import factorize
 from ..core._lmm import LinearProblem
 
-__all__ = ["satterthwaite_table"]
+__all__ = ["satterthwaite_table", "contrast_df", "f_test", "ddf_method"]
+
+
+def ddf_method(ddf) -> str:
+    """'satterthwaite' or 'kenward-roger' from the spellings lmerTest and emmeans accept."""
+    text = str(ddf).lower().replace("_", "-").replace(" ", "-")
+    if text == "satterthwaite":
+        return text
+    if text in ("kenward-roger", "kr"):
+        return "kenward-roger"
+    raise ValueError(f"ddf must be 'satterthwaite' or 'kenward-roger', got {ddf!r}")
 
 _LOG_2PI = float(np.log(2 * np.pi))
 _EIGEN_TOL = 1e-8  # lmerTest's tolerance for a zero eigenvalue of H
@@ -73,23 +86,69 @@ def _varpar_covariance(H: np.ndarray) -> np.ndarray:
     return 2.0 * (V / values[positive]) @ V.T
 
 
+def _pieces(fit):
+    """(A, J): the covariance of ψ̂ and ∂vcov(β)/∂ψ, computed once per fit."""
+    cached = fit.__dict__.get("_satterthwaite_pieces")
+    if cached is None:
+        if not fit.is_linear:
+            raise ValueError("Satterthwaite's degrees of freedom are for linear mixed models; a GLMM's fixed "
+                             "effects are tested by z (see summary())")
+        if fit.extra.get("solver") == "iterative":
+            raise ValueError("Satterthwaite's degrees of freedom need the direct solver (solver='direct')")
+        varpar = jnp.asarray(np.r_[fit.theta, fit.sigma])
+        H, J = _derivatives(varpar, fit.model.linear_problem, fit.reml)
+        cached = (_varpar_covariance(np.asarray(H)), np.asarray(J))
+        fit.__dict__["_satterthwaite_pieces"] = cached
+    return cached
+
+
+def contrast_df(fit, L) -> np.ndarray:
+    """Satterthwaite's df of each row c of L (rows × p): 2 (cᵀVc)² / (gᵀAg), g_k = cᵀ (∂V/∂ψ_k) c."""
+    A, J = _pieces(fit)
+    L = np.atleast_2d(np.asarray(L, dtype=np.float64))
+    variance = np.einsum("ri,ij,rj->r", L, fit._vcov, L)
+    grad = np.einsum("ri,ijk,rj->rk", L, J, L)
+    return 2.0 * variance**2 / np.einsum("ri,ik,rk->r", grad, A, grad)
+
+
+def f_test(fit, L, eps: float = np.sqrt(np.finfo(float).eps)) -> dict:
+    """lmerTest's contestMD for H0: Lβ = 0 — F, NumDF, DenDF, Pr(>F) and the sums of squares (σ² F NumDF)."""
+    L = np.atleast_2d(np.asarray(L, dtype=np.float64))
+    values, vectors = np.linalg.eigh(L @ fit._vcov @ L.T)
+    order = np.argsort(values)[::-1]  # R's eigen(): decreasing
+    values, vectors = values[order], vectors[:, order]
+    keep = values > max(eps * values[0], 0.0)
+    q = int(keep.sum())
+    PtL = (vectors.T @ L)[:q]
+    t2 = (PtL @ fit._beta) ** 2 / values[:q]
+    F = float(t2.sum() / q)
+    nu = contrast_df(fit, PtL)
+    return _f_row(fit, F, q, _combined_df(nu))
+
+
+def _combined_df(nu: np.ndarray, tol: float = 1e-8) -> float:
+    if len(nu) == 1:
+        return float(nu[0])
+    if np.all(np.abs(np.diff(nu)) < tol):
+        return float(np.mean(nu))
+    if np.any(nu <= 2):
+        return 2.0
+    E = float(np.sum(nu / (nu - 2)))
+    return 2.0 * E / (E - len(nu))
+
+
+def _f_row(fit, F: float, q: int, ddf: float, scale: float = 1.0) -> dict:
+    mean_sq = F * fit.sigma**2
+    return {"Sum Sq": mean_sq * q, "Mean Sq": mean_sq, "NumDF": q, "DenDF": ddf, "F value": F * scale,
+            "Pr(>F)": float(stats.f.sf(F * scale, q, ddf))}
+
+
 def satterthwaite_table(fit) -> pd.DataFrame:
     """Estimate, Std. Error, df, t value and Pr(>|t|) per fixed effect (lmerTest's summary table)."""
-    if not fit.is_linear:
-        raise ValueError("Satterthwaite's degrees of freedom are for linear mixed models; a GLMM's fixed effects "
-                         "are tested by z (see summary())")
-    if fit.extra.get("solver") == "iterative":
-        raise ValueError("Satterthwaite's degrees of freedom need the direct solver (solver='direct')")
-    model = fit.model
-    varpar = jnp.asarray(np.r_[fit.theta, fit.sigma])
-    H, J = _derivatives(varpar, model.linear_problem, fit.reml)
-    A = _varpar_covariance(np.asarray(H))
-    J = np.asarray(J)
-    names = list(model.design.x_names)
+    names = list(fit.model.design.x_names)
     beta, vcov = fit._beta, fit._vcov
     variance = np.diag(vcov)
-    grad = np.stack([J[j, j, :] for j in range(len(names))])  # ∂ Var(β_j) / ∂ψ
-    df = 2.0 * variance**2 / np.einsum("ji,ik,jk->j", grad, A, grad)
+    df = contrast_df(fit, np.eye(len(names)))
     t_value = beta / np.sqrt(variance)
     return pd.DataFrame({"Estimate": beta, "Std. Error": np.sqrt(variance), "df": df, "t value": t_value,
                          "Pr(>|t|)": 2.0 * stats.t.sf(np.abs(t_value), df)}, index=pd.Index(names))

@@ -115,7 +115,8 @@ def _title(fit, ddf=None) -> str:
     if fit.is_linear:
         how = "REML" if fit.reml else "maximum likelihood "
         if ddf is not None:  # lmerTest's title
-            return _method_title(f"Linear mixed model fit by {how}. t-tests use Satterthwaite's method",
+            method = "Kenward-Roger's" if str(ddf).lower().startswith("k") else "Satterthwaite's"
+            return _method_title(f"Linear mixed model fit by {how}. t-tests use {method} method",
                                  "lmerModLmerTest")
         return _method_title(f"Linear mixed model fit by {how}", "lmerMod")
     approx = "Laplace Approximation" if fit.method == "laplace" else f"Adaptive Gauss-Hermite Quadrature, nAGQ = {fit.extra.get('nagq', '?')}"

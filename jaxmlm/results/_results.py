@@ -64,7 +64,6 @@ class MixedModelResult:
         self.optinfo = optinfo
         self._condvar = condvar
         self.extra = extra or {}
-        self._t_tests = None  # lmerTest's table, once asked for
 
     # ------------------------------------------------------------------ basic numbers
     @property
@@ -370,8 +369,8 @@ class MixedModelResult:
 
     # ------------------------------------------------------------------ display
     def summary(self, ddf: str | None = None):
-        """lme4's summary; ddf="satterthwaite" adds lmerTest's degrees of freedom and p-values to the fixed effects
-        (linear models)."""
+        """lme4's summary; ddf="satterthwaite" or "kenward-roger" adds lmerTest's degrees of freedom and p-values to
+        the fixed effects (linear models)."""
         from ._display import Summary
 
         if ddf is not None:
@@ -379,15 +378,20 @@ class MixedModelResult:
         return Summary(self, ddf)
 
     def t_tests(self, ddf: str = "satterthwaite") -> pd.DataFrame:
-        """t-tests of the fixed effects as lmerTest's summary: Estimate, Std. Error, df (Satterthwaite), t value,
-        Pr(>|t|), one row per (kept) fixed effect. Linear mixed models only."""
-        if str(ddf).lower() != "satterthwaite":
-            raise ValueError(f"ddf must be 'satterthwaite' (Kenward-Roger is not implemented), got {ddf!r}")
-        if self._t_tests is None:  # a Hessian and a Jacobian: computed once per fit
-            from ..inference._satterthwaite import satterthwaite_table
+        """t-tests of the fixed effects as lmerTest's summary: Estimate, Std. Error, df, t value, Pr(>|t|), one row
+        per (kept) fixed effect. ddf="satterthwaite" (lmerTest's default) or "kenward-roger" (pbkrtest's adjusted
+        covariance and df; REML fits). Linear mixed models only."""
+        from ..inference._satterthwaite import ddf_method
 
-            self._t_tests = satterthwaite_table(self)
-        return self._t_tests.copy()
+        method = ddf_method(ddf)
+        tables = self.__dict__.setdefault("_t_test_tables", {})
+        if method not in tables:  # derivatives of the variance parameters: computed once per fit and method
+            if method == "satterthwaite":
+                from ..inference._satterthwaite import satterthwaite_table as table
+            else:
+                from ..inference._kenward_roger import kr_table as table
+            tables[method] = table(self)
+        return tables[method].copy()
 
     def __repr__(self) -> str:
         from ._display import short_text
@@ -449,12 +453,13 @@ class MixedModelResult:
 
         return confint(self, method=method, level=level, parm=parm, **kwargs)
 
-    def anova(self, *others, names=None, refit: bool = True) -> pd.DataFrame:
+    def anova(self, *others, names=None, refit: bool = True, type=None, ddf: str = "satterthwaite") -> pd.DataFrame:
         """lme4's anova(): alone, the sequential F table of the fixed-effect terms; with other fits, the
-        likelihood-ratio tests of all of them (`jm.anova`)."""
+        likelihood-ratio tests of all of them (`jm.anova`). type=3 or type=1 (one linear model): lmerTest's
+        Type III or Type I F tests with ddf="satterthwaite" or "kenward-roger" denominator df."""
         from ..inference._anova import anova
 
-        return anova(self, *others, names=names, refit=refit)
+        return anova(self, *others, names=names, refit=refit, type=type, ddf=ddf)
 
     def getme(self, name: str):
         """lme4's getME(fit, name): "X", "Z", "Zt", "Lambda", "Lambdat" (SciPy sparse), "Tlist", "theta", "beta",
