@@ -48,18 +48,24 @@ def test_point_fit_equals_hand_computation(fit, frame):
     assert jm.poststratify(fit, frame, weight="N", by=[])["estimate"].iloc[0] == overall["estimate"].iloc[0]
 
 
-def test_point_fit_simulation_sd_matches_delta_method(fit, frame):
-    """Gaussian model, one state's cells: the estimate is linear in (β, b_state), so its sd under the simulated
-    normal distribution is √(gᵀ vcov g + condvar) with g the weighted mean of X rows."""
+def test_point_fit_simulation_sd_matches_the_joint_covariance(fit, frame):
+    """Gaussian model, one state's cells: the estimate gᵀβ + b_B is linear in (β, b), so its sd under the joint
+    draws is √(aᵀ C a), C = σ² S M⁻¹ Sᵀ the dense joint covariance (S = diag(Λ, I)), a = (e_B, g)."""
+    from brute_force import dense_z_lambda
+
     out = jm.poststratify(fit, frame, weight="N", by="state", draws=20000, seed=2)
     sub = frame[frame["state"] == "B"]
     w = sub["N"].to_numpy() / sub["N"].sum()
     X = np.column_stack([np.ones(3), sub["age"] == "30-44", sub["age"] == "45+"]).astype(float)
-    g = w @ X
-    level = list(fit.ranef()["state"].index).index("B")
-    var = g @ fit.vcov.to_numpy() @ g + fit.condvar()[0][level, 0, 0]
+    d = fit.model.design
+    ZL = dense_z_lambda(d, fit.theta)
+    A = np.hstack([ZL, d.X])
+    M = A.T @ A + np.diag(np.r_[np.ones(ZL.shape[1]), np.zeros(d.X.shape[1])])
+    S = np.diag(np.r_[np.full(ZL.shape[1], fit.theta[0]), np.ones(d.X.shape[1])])
+    C = fit.sigma**2 * S @ np.linalg.inv(M) @ S.T
+    a = np.r_[np.eye(ZL.shape[1])[list(fit.ranef()["state"].index).index("B")], w @ X]
     got = out.set_index("state").loc["B", "sd"]
-    assert got == pytest.approx(np.sqrt(var), rel=0.03)
+    assert got == pytest.approx(np.sqrt(a @ C @ a), rel=0.03)  # Monte Carlo: 20000 draws, sd within 3%
 
 
 def test_posterior_uses_draws(fit, frame):
@@ -84,12 +90,14 @@ def test_posterior_uses_draws(fit, frame):
 
 def test_bad_frames(fit, frame):
     with pytest.raises(jm.DataError, match="'M'"):
-        jm.poststratify(fit, frame, weight="M")
+        jm.poststratify(fit, frame, weight="M", by=["state"])
     with pytest.raises(jm.DataError, match="region"):
         jm.poststratify(fit, frame, by=["region"])
     with pytest.raises(jm.DataError, match="non-negative"):
-        jm.poststratify(fit, frame.assign(N=-frame["N"]))
+        jm.poststratify(fit, frame.assign(N=-frame["N"]), by=["state"])
     with pytest.raises(jm.DataError, match="sum to zero"):
-        jm.poststratify(fit, frame.assign(N=np.where(frame["state"] == "A", 0.0, frame["N"])))
+        jm.poststratify(fit, frame.assign(N=np.where(frame["state"] == "A", 0.0, frame["N"])), by=["state"])
     with pytest.raises(TypeError, match="Posterior"):
-        jm.poststratify("not a fit", frame)
+        jm.poststratify("not a fit", frame, by=["state"])
+    with pytest.raises(jm.JaxmlmError, match="needs by="):
+        jm.poststratify(fit, frame)

@@ -1,16 +1,16 @@
 """Multilevel regression and post-stratification (MRP): cell predictions weighted up to population groups.
 
-For each cell (row of the post-stratification frame) the model predicts the response-scale mean; within each
+For each cell (row of the post-stratification frame) the model predicts the response-scale mean μ_c; within each
 ``by`` group the estimate is Σ N_c μ_c / Σ N_c over its cells. Cells whose grouping levels were not in the data
 get zero random effects for those terms (lme4's ``allow.new.levels``).
 
-Uncertainty:
+One compiled program (`_kernel`) does the work for every source of draws:
 * a ``Posterior``: every draw gives one set of group estimates; ``estimate`` is their mean, ``sd`` their standard
-  deviation, ``lower``/``upper`` their 2.5% and 97.5% quantiles.
-* a point fit: ``estimate`` is the plug-in value at (β̂, b̂). The interval comes from simulating β ~ N(β̂, vcov(β))
-  and, independently, each needed level's b ~ N(b̂, condvar(b)) (lme4's conditional variances), which ignores
-  the covariance between β̂ and b̂ and the uncertainty in θ — an approximation that is usually narrower than the
-  posterior's interval, most of all with few groups.
+  deviation, ``lower``/``upper`` their quantiles.
+* a point fit: ``estimate`` is the plug-in value at (β̂, b̂); the interval comes from joint draws of (β, b) from
+  their approximate posterior given θ̂ (`_joint`: the blocked factor of the fit, Fisher weights for a GLMM), and,
+  with ``theta_uncertainty=True`` (linear models), over θ's Wald approximation too.
+* a linear ``fit_batch`` result: the same per outcome, one block of rows per outcome.
 """
 
 from __future__ import annotations
@@ -19,108 +19,121 @@ import numpy as np
 import pandas as pd
 
 from .._config import float64
+from .._errors import DataError, JaxmlmError
 from ..formula._design import to_pandas
-from .._errors import DataError, DataTypeError
+from . import _cells, _joint, _kernel
 
 __all__ = ["poststratify"]
 
-
-def _group_matrix(frame: pd.DataFrame, weights: np.ndarray, by: list[str]):
-    """(keys frame, G × n matrix of within-group weight shares)."""
-    n = len(frame)
-    if by:
-        codes, uniques = pd.MultiIndex.from_frame(frame[by]).factorize(sort=True)
-        keys = uniques.to_frame(index=False)
-        keys.columns = by
-        n_groups = len(uniques)
-    else:
-        codes = np.zeros(n, dtype=np.int64)
-        keys = pd.DataFrame(index=[0])
-        n_groups = 1
-    totals = np.bincount(codes, weights=weights, minlength=n_groups)
-    empty = totals <= 0
-    if empty.any():
-        bad = keys[empty].iloc[0].to_dict() if by else {}
-        raise DataError(f"the post-stratification weights sum to zero in group {bad}")
-    share = np.zeros((n_groups, n))
-    share[codes, np.arange(n)] = weights / totals[codes]
-    return keys.reset_index(drop=True), share
+_REQUIRED = object()
+_POINT_FAMILIES = ("gaussian", "binomial", "poisson")
 
 
-def _point_fit_draws(fit, frame: pd.DataFrame, n_draws: int, seed: int) -> np.ndarray:
-    """Response-scale cell predictions simulated from the approximate normal distribution of (β, b)."""
-    model = fit.model
-    d = model.design
-    used = list(range(len(d.terms)))
-    X, zs, codes, offset, _ = model._new_rows(frame, used, True)
-    rng = np.random.default_rng(seed)
-    beta = rng.multivariate_normal(fit._beta, fit._vcov, size=n_draws, method="eigh")  # S × p
-    eta = beta @ X.T + offset[None, :]
-    condvar = fit.condvar()
-    for k, t in enumerate(d.terms):
-        idx = codes[k]
-        known = idx >= 0
-        if not known.any():
-            continue
-        needed, inverse = np.unique(idx[known], return_inverse=True)
-        mean = fit._b[k][needed]  # m × q
-        if condvar is None:
-            b = np.broadcast_to(mean, (n_draws,) + mean.shape)
-        else:
-            cov = condvar[k][needed]
-            chol = np.linalg.cholesky(cov + 1e-12 * np.eye(t.q) * np.maximum(np.trace(cov, axis1=1, axis2=2), 1e-300)[:, None, None])
-            b = mean[None] + np.einsum("mij,smj->smi", chol, rng.standard_normal((n_draws,) + mean.shape))
-        eta[:, known] += np.einsum("snq,nq->sn", b[:, inverse, :], zs[k][known])
-    fam = model.family
-    return np.asarray(fam.linkinv(eta)) if hasattr(fam, "linkinv") else eta
-
-
-@float64
-def poststratify(fit_or_posterior, frame, weight: str = "N", by=("state",), *, draws: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> pd.DataFrame:
-    """Post-stratified estimates per ``by`` group: DataFrame with the ``by`` columns, estimate, sd, lower, upper.
-
-    ``frame`` holds one row per population cell with every predictor of the model and the cell count ``weight``.
-    ``by=None`` or ``[]`` gives one overall row. For a point fit, ``draws`` simulations (seeded) give sd and the
-    interval; for a ``Posterior`` its own draws do.
-    """
-    from ._posterior import Posterior
-
-    frame = to_pandas(frame)
+def _check_options(draws, level, by):
+    if by is _REQUIRED:
+        raise JaxmlmError("poststratify needs by=: the frame's columns to group the estimates by, e.g. "
+                          "by=['state'] (by=[] gives one overall estimate)")
     if isinstance(by, str):
         by = [by]
     by = list(by or [])
-    for col in by + [weight]:
-        if col not in frame.columns:
-            raise DataError(f"the post-stratification frame has no column {col!r}")
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level!r}")
-    w = frame[weight]
-    if not pd.api.types.is_numeric_dtype(w) or pd.api.types.is_bool_dtype(w):
-        raise DataTypeError(f"weight column {weight!r} must be numeric, got {w.dtype}")
-    w = w.to_numpy(dtype=np.float64)
-    if not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise DataError(f"weight column {weight!r} must hold finite, non-negative counts")
+    if not isinstance(draws, (int, np.integer)) or draws < 2:
+        raise ValueError(f"draws must be an integer ≥ 2, got {draws!r}")
+    return by
+
+
+def _source_draws(source, draws: int, seed: int, theta_uncertainty: bool, responses):
+    """(model, β table, b tables, n_outcomes, outcome names, whether column 0 of each outcome is the plug-in mode).
+    Tables are flat over outcomes × draws: β (M·S × p), b_k (M·S × l_k × q_k)."""
+    from ..fit._batch import BatchResult
+    from ._posterior import Posterior
+
+    if isinstance(source, Posterior):
+        c, s = source.chains, source.n_draws
+        beta = source._beta.reshape(c * s, -1)
+        b = [x.reshape((c * s,) + x.shape[2:]) for x in source._b]
+        return source.model, beta, b, 1, None, False
+    if isinstance(source, BatchResult):
+        return _batch_source(source, draws, seed, responses)
+    if hasattr(source, "model") and hasattr(source, "condvar"):
+        family = getattr(source.model.family, "name", "gaussian")
+        if family not in _POINT_FAMILIES:
+            raise JaxmlmError(f"poststratify from a point fit supports the gaussian, binomial and poisson families, "
+                              f"not {family}; sample the model (model.sample()) and post-stratify the posterior")
+        sims, mode = _joint.point_fit_draws(source, draws, seed, theta_uncertainty)
+        beta = np.concatenate([np.asarray(mode["beta"])[None], np.asarray(sims["beta"])])
+        b = [np.concatenate([np.asarray(m)[None], np.asarray(x)]) for m, x in zip(mode["b"], sims["b"])]
+        return source.model, beta, b, 1, None, True
+    raise TypeError(f"poststratify needs a fitted model, a batch result or a Posterior, got {type(source).__name__}")
+
+
+def _batch_source(batch, draws: int, seed: int, responses):
+    model = batch.model
+    if not model.is_gaussian:
+        raise JaxmlmError("poststratify of a fit_batch result supports linear models; fit the GLMM outcomes one "
+                          "by one (jm.glmer) or sample them")
+    responses = getattr(batch, "responses", None) if responses is None else responses
+    if responses is None:
+        raise JaxmlmError("poststratify of a fit_batch result needs responses=: the Y the batch was fitted to")
+    Y = np.asarray(pd.DataFrame(responses).to_numpy(dtype=np.float64) if not isinstance(responses, np.ndarray)
+                   else responses, dtype=np.float64)
+    Y = Y[:, None] if Y.ndim == 1 else Y
+    if Y.shape != (model.design.n, len(batch)):
+        raise JaxmlmError(f"responses must be {model.design.n} × {len(batch)} (the batch's Y), got {Y.shape}")
+    sims, mode = _joint.batch_draws(batch, Y, draws, seed)
+    m = len(batch)
+    # outcome-major, the mode first in each outcome's block
+    join = lambda mk, xk: np.concatenate([np.asarray(mk)[:, None], np.swapaxes(np.asarray(xk), 0, 1)], axis=1)  # noqa: E731
+    beta = join(mode["beta"], sims["beta"])
+    b = [join(mk, xk) for mk, xk in zip(mode["b"], sims["b"])]
+    flat = lambda a: a.reshape((m * a.shape[1],) + a.shape[2:])  # noqa: E731
+    return model, flat(beta), [flat(x) for x in b], m, list(batch.columns), True
+
+
+def _table(keys, by, estimate, sd, lower, upper, outcomes):
+    """The result frame: (outcome,) by columns, estimate, sd, lower, upper; outcome-major rows."""
+    n_groups = len(keys)
+    base = keys if by else pd.DataFrame(index=range(n_groups))
+    parts = []
+    for j in range(estimate.shape[0]):
+        part = base.copy()
+        if outcomes is not None:
+            part.insert(0, "outcome", outcomes[j])
+        part["estimate"], part["sd"], part["lower"], part["upper"] = estimate[j], sd[j], lower[j], upper[j]
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+@float64
+def poststratify(fit_or_posterior, frame, weight: str = "N", by=_REQUIRED, *, draws: int = 1000, seed: int = 0,
+                 level: float = 0.95, theta_uncertainty: bool = False, responses=None, chunk_cells: int | None = None,
+                 chunk_draws: int | None = None) -> pd.DataFrame:
+    """Post-stratified estimates per ``by`` group: DataFrame with the ``by`` columns, estimate, sd, lower, upper.
+
+    ``frame`` holds one row per population cell with every predictor of the model and the cell count ``weight``.
+    ``by`` (required) lists the columns whose combinations are the groups (``["state"]``, ``["state", "age"]``);
+    ``[]`` gives one overall row. For a point fit, ``draws`` joint draws of (β, b) (seeded) give sd and the
+    interval, and ``theta_uncertainty=True`` (linear models) also draws θ; a ``Posterior`` uses its own draws. A
+    linear ``fit_batch`` result gives one block of rows per outcome (an ``outcome`` column first); pass the batch's
+    Y as ``responses``. chunk_cells / chunk_draws override the chunk sizes (default: from the free memory).
+    """
+    frame = to_pandas(frame)
+    by = _check_options(draws, level, by)
+    weights = _cells.check_weights(frame, weight)
     if len(frame) == 0:
         raise DataError("the post-stratification frame has no rows")
-    keys, share = _group_matrix(frame, w, by)
-
-    if isinstance(fit_or_posterior, Posterior):
-        pred = fit_or_posterior.predict(frame, allow_new_levels=True)
-        sims = pred.reshape(-1, pred.shape[-1]) @ share.T  # S × G
-        estimate = sims.mean(axis=0)
-    elif hasattr(fit_or_posterior, "predict") and hasattr(fit_or_posterior, "condvar"):
-        if not isinstance(draws, (int, np.integer)) or draws < 2:
-            raise ValueError(f"draws must be an integer ≥ 2, got {draws!r}")
-        point = fit_or_posterior.predict(frame, allow_new_levels=True).to_numpy(dtype=np.float64)
-        estimate = share @ point
-        sims = _point_fit_draws(fit_or_posterior, frame, int(draws), seed) @ share.T
+    group, keys, totals = _cells.group_codes(frame, weights, by)
+    model, beta, b, n_outcomes, outcomes, has_mode = _source_draws(fit_or_posterior, int(draws), seed,
+                                                                  theta_uncertainty, responses)
+    cells = _cells.cell_arrays(model, frame, group, weights)
+    q_total = sum(t.q for t in model.design.terms)
+    size_c, size_d = _kernel.chunk_sizes(len(frame), beta.shape[0], q_total, chunk_cells, chunk_draws)
+    sims = _kernel.group_draws(cells, beta, b, model.family, totals, size_c, size_d)
+    sims = sims.reshape(len(keys), n_outcomes, -1).transpose(1, 0, 2)  # outcomes × groups × draws
+    if has_mode:
+        estimate, sims = sims[..., 0], sims[..., 1:]
     else:
-        raise TypeError(f"poststratify needs a fitted model or a Posterior, got {type(fit_or_posterior).__name__}")
-    alpha = (1.0 - level) / 2.0
-    out = keys.copy() if by else pd.DataFrame(index=[0])
-    out["estimate"] = estimate
-    out["sd"] = sims.std(axis=0, ddof=1)
-    out["lower"] = np.quantile(sims, alpha, axis=0)
-    out["upper"] = np.quantile(sims, 1.0 - alpha, axis=0)
-    return out.reset_index(drop=True)
+        estimate = sims.mean(axis=-1)
+    sd, lower, upper = _kernel.summarize(np.asarray(sims), float(level))
+    return _table(keys, by, np.asarray(estimate), sd, lower, upper, outcomes)

@@ -1,0 +1,197 @@
+"""Joint draws of (β, b) from their approximate posterior at a point fit, through the blocked factor.
+
+For a linear mixed model at θ the spherical random effects u and β are jointly Gaussian given y:
+
+    (u, β) | y, θ, σ ~ N((û, β̂), σ² M⁻¹),   M = [[ΛᵀZᵀWZΛ + I, ΛᵀZᵀWX], [XᵀWZΛ, XᵀWX]],
+
+and M = L Lᵀ with L the Z and X rows of the blocked Cholesky factor the fit itself uses (`core._linalg`). So a
+draw is (û, β̂) + σ L⁻ᵀ ε with ε standard normal: one back substitution per draw, no inverse, no dense matrix of
+the random effects. For a GLMM the same holds with the Fisher weights at the optimum in W and σ = 1 (the Laplace
+approximation's Gaussian at the conditional mode). b = Λ u per term.
+
+With `theta_uncertainty` (linear models), θ is first drawn from its Wald approximation N(θ̂, 2 H⁻¹), H the Hessian
+of the profiled deviance (lme4's devfun, −2 log L) at θ̂, and every draw re-solves (û, β̂, σ̂) at its own θ.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..core._blocks import cross_products
+from ..core._linalg import Factor, factorize, solve_left_lower_t
+from .._errors import JaxmlmError
+from ..core._lmm import LinearProblem, linear_estimates, profiled_deviance
+
+__all__ = ["back_substitute", "point_fit_draws", "batch_draws"]
+
+
+def back_substitute(factor: Factor, structure, p: int, rhs_prefix, rhs_tail):
+    """x with Lᵀ x = r, L the blocked factor's rows of Z and of the first p F columns (X); a response row of the
+    factor, if any, is ignored. rhs_prefix: per prefix term (l_t, q_t); rhs_tail: (m_z + p,).
+    Returns (β part (p,), u per term (l_k, q_k), b = T_k u per term)."""
+    D, m_z = structure.n_prefix, structure.m_z
+    top = factor.tail[: m_z + p, : m_z + p]
+    x_tail = jax.scipy.linalg.solve_triangular(top, rhs_tail, lower=True, trans="T")
+    beta = x_tail[m_z:]
+    u_terms: list = [None] * structure.n_terms
+    b_terms: list = [None] * structure.n_terms
+    for i, k in enumerate(range(D, structure.n_terms)):
+        q, l = structure.qs[k], structure.n_levels[k]
+        off = structure.tail_offsets[i]
+        u_terms[k] = x_tail[off : off + l * q].reshape(l, q)
+        b_terms[k] = u_terms[k] @ factor.factors[k].T
+    b_tail = jnp.concatenate([b_terms[k].reshape(-1) for k in range(D, structure.n_terms)]) if m_z else None
+    for t in reversed(range(D)):
+        r = rhs_prefix[t] - jnp.einsum("lpq,p->lq", factor.fixed[t][:, :p, :], beta)
+        for i, k in enumerate(range(t + 1, D)):
+            r = r - jnp.einsum("lrq,lr->lq", factor.offdiag[t][i], u_terms[k][structure.parents[t][i]])
+        if m_z and factor.entries[t].shape[0]:  # entries are unscaled on the tail side: they meet b, not u
+            contrib = factor.entries[t] * b_tail[structure.entry_row[t]][:, None]
+            r = r - jax.ops.segment_sum(contrib, structure.entry_level[t], structure.n_levels[t])
+        u_terms[t] = solve_left_lower_t(factor.diag[t], r)
+        b_terms[t] = u_terms[t] @ factor.factors[t].T
+    return beta, tuple(u_terms), tuple(b_terms)
+
+
+def _noise(factor: Factor, structure, p: int, key):
+    """One draw of L⁻ᵀ ε: (δβ, δb per term) with covariance M⁻¹ (b = Λ u)."""
+    D = structure.n_prefix
+    keys = jax.random.split(key, D + 1)
+    rhs_prefix = [jax.random.normal(keys[t], (structure.n_levels[t], structure.qs[t]), factor.tail.dtype)
+                  for t in range(D)]
+    rhs_tail = jax.random.normal(keys[D], (structure.m_z + p,), factor.tail.dtype)
+    beta, _, b = back_substitute(factor, structure, p, rhs_prefix, rhs_tail)
+    return beta, b
+
+
+DRAW_CHUNK = 128  # draws per compiled call: one program serves any number of draws
+
+
+def _in_chunks(one_chunk, keys, *per_draw):
+    """Run one_chunk(keys_c, *per_draw_c) → (draws, mode) over fixed-size chunks of the leading (draw) axis:
+    (the draws concatenated, the first chunk's mode). The last chunk is padded (its extra draws dropped)."""
+    n = keys.shape[0]
+    pad = -n % DRAW_CHUNK
+    keys = jnp.concatenate([keys, keys[:pad]]) if pad else keys
+    per_draw = [jnp.concatenate([a, a[:pad]]) if pad else a for a in per_draw]
+    parts = [one_chunk(keys[i : i + DRAW_CHUNK], *(a[i : i + DRAW_CHUNK] for a in per_draw))
+             for i in range(0, n + pad, DRAW_CHUNK)]
+    draws = jax.tree.map(lambda *xs: jnp.concatenate(xs)[:n], *[part[0] for part in parts])
+    return draws, parts[0][1]
+
+
+@functools.partial(jax.jit, static_argnames=("reml",))
+def _lmm_mode(theta, problem, reml: bool):
+    est = linear_estimates(theta, problem, reml)
+    return dict(beta=est["beta"], b=tuple(est["b"]))
+
+
+def _lmm_at(theta, problem, key, reml: bool):
+    """One draw at θ: the modes and σ from the factor (as the fit's), plus σ L⁻ᵀ ε."""
+    est = linear_estimates(theta, problem, reml)
+    d_beta, d_b = _noise(est["factor"], problem.structure, problem.p, key)
+    return dict(beta=est["beta"] + est["sigma"] * d_beta,
+                b=tuple(bk + est["sigma"] * nk for bk, nk in zip(est["b"], d_b)))
+
+
+@functools.partial(jax.jit, static_argnames=("reml",))
+def _lmm_chunk(keys, theta, problem, reml: bool):
+    """Draws at one θ (the factor formed once for the chunk)."""
+    est = linear_estimates(theta, problem, reml)
+    d_beta, d_b = jax.vmap(lambda k: _noise(est["factor"], problem.structure, problem.p, k))(keys)
+    draws = dict(beta=est["beta"][None] + est["sigma"] * d_beta,
+                 b=tuple(bk[None] + est["sigma"] * nk for bk, nk in zip(est["b"], d_b)))
+    return draws, dict(beta=est["beta"], b=tuple(est["b"]))
+
+
+@functools.partial(jax.jit, static_argnames=("reml",))
+def _lmm_theta_chunk(keys, thetas, problem, reml: bool):
+    """One draw at each of the chunk's θ (no mode: it is the one at θ̂)."""
+    return jax.vmap(lambda k, th: _lmm_at(th, problem, k, reml))(keys, thetas), None
+
+
+@functools.partial(jax.jit, static_argnames=("reml",))
+def _deviance_hessian(theta, problem, reml: bool):
+    return jax.hessian(lambda th: profiled_deviance(th, problem, reml))(theta)
+
+
+def _theta_draws(theta_hat: np.ndarray, problem, reml: bool, n: int, seed: int) -> np.ndarray:
+    """θ ~ N(θ̂, 2 H⁻¹), H the Hessian of the profiled deviance (−2 log L) at θ̂. A boundary fit (a θ at 0) can
+    leave a flat or negative direction there: the covariance's negative eigenvalues are set to 0."""
+    H = np.asarray(_deviance_hessian(jnp.asarray(theta_hat), problem, reml))
+    evals, evecs = np.linalg.eigh(0.5 * (H + H.T))
+    inv_evals = np.where(evals > 1e-10 * max(evals.max(), 1e-300), 1.0 / np.where(evals > 0, evals, 1.0), 0.0)
+    root = evecs * np.sqrt(2.0 * inv_evals)[None, :]
+    eps = np.random.default_rng(seed).standard_normal((n, theta_hat.shape[0]))
+    return theta_hat[None] + eps @ root.T
+
+
+@jax.jit
+def _glmm_chunk(keys, theta, beta_hat, b_hat, structure, rows, weights, X):
+    """Draws around the fit's (β̂, b̂): the factor of [Z X] with the Fisher weights at the optimum, σ = 1."""
+    factor = factorize(theta, cross_products(structure, rows, weights, X), structure)
+    d_beta, d_b = jax.vmap(lambda k: _noise(factor, structure, X.shape[1], k))(keys)
+    return dict(beta=beta_hat[None] + d_beta, b=tuple(bk[None] + nk for bk, nk in zip(b_hat, d_b))), None
+
+
+def point_fit_draws(fit, n_draws: int, seed: int, theta_uncertainty: bool = False):
+    """(draws, mode) for a fitted model: dicts of beta (S × p / p) and b (per term S × l × q / l × q), as JAX
+    arrays. Linear models re-solve at θ̂ (the fit's own numbers); GLMMs use the fit's modes and Fisher weights."""
+    model = fit.model
+    keys = jax.random.split(jax.random.PRNGKey(seed), n_draws)
+    theta = jnp.asarray(fit._theta)
+    if model.is_gaussian:
+        reml = fit.method == "reml"
+        problem = model.linear_problem
+        if theta_uncertainty:
+            thetas = jnp.asarray(_theta_draws(fit._theta, problem, reml, n_draws, seed))
+            draws, _ = _in_chunks(lambda k, th: _lmm_theta_chunk(k, th, problem, reml), keys, thetas)
+            return draws, _lmm_mode(theta, problem, reml)
+        return _in_chunks(lambda k: _lmm_chunk(k, theta, problem, reml), keys)
+    if theta_uncertainty:
+        raise JaxmlmError("theta_uncertainty=True is available for linear models; for a GLMM use model.sample()")
+    d = model.design
+    beta_hat, b_hat = jnp.asarray(fit._beta), tuple(jnp.asarray(b) for b in fit._b)
+    weights, X = jnp.asarray(fit.extra["working_weights"]), jnp.asarray(d.X)
+    draws, _ = _in_chunks(lambda k: _glmm_chunk(k, theta, beta_hat, b_hat, model.structure, model.rows, weights, X),
+                          keys)
+    return draws, dict(beta=beta_hat, b=b_hat)
+
+
+def _outcome_problem(structure, rows, weights, X, y) -> LinearProblem:
+    """One outcome's statistics (missing values: weight 0 for that outcome)."""
+    observed = ~jnp.isnan(y)
+    w = jnp.where(observed, weights, 0.0)
+    F = jnp.concatenate([X, jnp.where(observed, y, 0.0)[:, None]], axis=1)
+    positive = w > 0
+    return LinearProblem(structure=structure, blocks=cross_products(structure, rows, w, F),
+                         n=jnp.sum(positive).astype(X.dtype), p=X.shape[1],
+                         sum_log_w=jnp.sum(jnp.where(positive, jnp.log(jnp.where(positive, w, 1.0)), 0.0)))
+
+
+@functools.partial(jax.jit, static_argnames=("reml",))
+def _batch_chunk(keys, thetas, Y, structure, rows, weights, X, reml: bool):
+    """`_lmm_chunk` for every column of Y at its own θ; keys: draws × outcomes × 2. Draw-first output."""
+
+    def one(theta, y, keys_j):
+        return _lmm_chunk(keys_j, theta, _outcome_problem(structure, rows, weights, X, y), reml=reml)
+
+    draws, modes = jax.vmap(one, in_axes=(0, 1, 1))(thetas, Y, keys)
+    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), draws), modes
+
+
+def batch_draws(batch, responses: np.ndarray, n_draws: int, seed: int):
+    """Per outcome of a linear `fit_batch` result (responses: n × m, the batch's Y): (draws, mode), draws with
+    axes draws × outcomes × …, modes outcomes × …; each outcome at its own θ̂."""
+    model = batch.model
+    d = model.design
+    m = responses.shape[1]
+    keys = jax.random.split(jax.random.PRNGKey(seed), n_draws * m).reshape(n_draws, m, -1)
+    args = (jnp.asarray(batch.theta), jnp.asarray(responses - d.offset[:, None]), model.structure, model.rows,
+            jnp.asarray(d.weights), jnp.asarray(d.X))
+    reml = batch.method == "reml"
+    return _in_chunks(lambda k: _batch_chunk(k, *args, reml=reml), keys)

@@ -1,0 +1,117 @@
+"""The compiled post-stratification program: Σ_c N_c μ_c(draw) per group, for every draw, in bounded memory.
+
+Draw tables are laid out with the draws on the minor axis, so a cell's random effect for all draws of a chunk is
+one contiguous row gathered from its level (b_k: levels × q × draws), and the group sums are row scatter-adds
+(`segment_sum` with the cells' group codes: no group-by-cell matrix). Cells are visited in chunks by a scan and
+draws in chunks by a map, so the working set is chunk_cells × chunk_draws × (a few + Σ q) numbers whatever the
+frame's size; the result is groups × draws.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._cells import Cells
+
+__all__ = ["group_draws", "chunk_sizes", "summarize"]
+
+_DEFAULT_CHUNK_DRAWS = 128
+_MAX_WORKING_BYTES = 256 << 20  # a working set well inside a cache-friendly, any-device budget
+
+
+def available_memory() -> int:
+    """Bytes free on the default device (the host's available memory on a CPU)."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        try:
+            stats = device.memory_stats()
+            return int(stats["bytes_limit"] - stats["bytes_in_use"])
+        except Exception:  # a backend without memory statistics
+            return 1 << 30
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 30
+
+
+def chunk_sizes(n_cells: int, n_draws: int, q_total: int, chunk_cells=None, chunk_draws=None):
+    """(cells, draws) per chunk: draws in chunks of 128 unless given, cells so the chunk's working set (η, μ and
+    one gathered row per term component, 8 bytes each) stays under a budget of the free memory."""
+    draws = int(chunk_draws) if chunk_draws else min(n_draws, _DEFAULT_CHUNK_DRAWS)
+    if chunk_cells:
+        return max(1, min(int(chunk_cells), n_cells)), max(1, min(draws, n_draws))
+    budget = min(_MAX_WORKING_BYTES, available_memory() // 8)
+    per_cell = 8 * draws * (3 + q_total)
+    cells = max(256, budget // per_cell)
+    cells = 1 << int(np.floor(np.log2(cells)))
+    return int(min(cells, n_cells)), int(min(draws, n_draws))
+
+
+def _pad_rows(a: jax.Array, rows: int) -> jax.Array:
+    pad = rows - a.shape[0]
+    return a if pad == 0 else jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)], axis=0)
+
+
+def _inverse_link(family, eta):
+    return family.linkinv(eta) if hasattr(family, "linkinv") else eta
+
+
+def _chunk_sums(cells: Cells, beta_t, tables, family, n_groups: int, chunk_cells: int):
+    """Σ N μ per group for one chunk of draws (beta_t: p × s, tables[k]: (levels + 1) × q × s): (groups, s)."""
+    n_chunks = cells.weight.shape[0] // chunk_cells
+
+    def step(acc, i):
+        take = lambda a: jax.lax.dynamic_slice_in_dim(a, i * chunk_cells, chunk_cells, axis=0)  # noqa: E731
+        eta = take(cells.X) @ beta_t + take(cells.offset)[:, None]
+        for codes, z, table in zip(cells.codes, cells.z, tables):
+            rows = table[take(codes)]  # (chunk, q, s): contiguous rows of draws
+            eta = eta + jnp.einsum("cq,cqs->cs", take(z), rows)
+        mu = _inverse_link(family, eta)
+        acc = acc + jax.ops.segment_sum(take(cells.weight)[:, None] * mu, take(cells.group), n_groups)
+        return acc, None
+
+    acc = jnp.zeros((n_groups, beta_t.shape[1]), beta_t.dtype)
+    acc, _ = jax.lax.scan(step, acc, jnp.arange(n_chunks))
+    return acc
+
+
+@functools.partial(jax.jit, static_argnames=("family", "n_groups", "chunk_cells"))
+def _draw_chunk_sums(cells: Cells, beta, b_terms, family, n_groups: int, chunk_cells: int):
+    """One chunk of draws (beta: s × p, b_terms[k]: s × levels × q): Σ N μ per group, (groups, s)."""
+    tables = []
+    for b in b_terms:  # a zero row for unseen levels, then the draws last
+        b = jnp.concatenate([b, jnp.zeros((b.shape[0], 1, b.shape[2]), b.dtype)], axis=1)
+        tables.append(b.transpose(1, 2, 0))
+    return _chunk_sums(cells, beta.T, tables, family, n_groups, chunk_cells)
+
+
+def group_draws(cells: Cells, beta, b_terms, family, totals, chunk_cells: int, chunk_draws: int) -> np.ndarray:
+    """Per group and draw, Σ N μ / Σ N: (groups, draws). beta: draws × p; b_terms[k]: draws × levels × q.
+
+    Cells are padded to a multiple of chunk_cells (weight 0: they add nothing; code 0: any valid level) and the
+    draws run in chunks of chunk_draws (the last padded), so one compiled program serves any number of draws."""
+    n_groups = int(totals.shape[0])
+    rows = -(-cells.weight.shape[0] // chunk_cells) * chunk_cells
+    cells = jax.tree.map(lambda a: _pad_rows(jnp.asarray(a), rows), cells)
+    n_draws = beta.shape[0]
+    pad = -n_draws % chunk_draws
+    beta = np.concatenate([beta, np.repeat(beta[:1], pad, axis=0)]) if pad else beta
+    b_terms = [np.concatenate([b, np.repeat(b[:1], pad, axis=0)]) if pad else b for b in b_terms]
+    parts = []
+    for i in range(0, n_draws + pad, chunk_draws):
+        sl = slice(i, i + chunk_draws)
+        parts.append(_draw_chunk_sums(cells, jnp.asarray(beta[sl]), tuple(jnp.asarray(b[sl]) for b in b_terms),
+                                      family, n_groups, chunk_cells))
+    sums = np.concatenate([np.asarray(part) for part in parts], axis=1)[:, :n_draws]
+    return sums / np.asarray(totals)[:, None]
+
+
+def summarize(sims: np.ndarray, level: float):
+    """sd, lower and upper quantiles over the last axis (draws)."""
+    alpha = (1.0 - level) / 2.0
+    return sims.std(axis=-1, ddof=1), np.quantile(sims, alpha, axis=-1), np.quantile(sims, 1.0 - alpha, axis=-1)
