@@ -129,9 +129,11 @@ class _Parser:
     def fail(self, what: str):
         kind, value, pos = self.peek()
         found = "the end" if kind == "end" else repr(value)
-        if kind == "end" and self.text.count("(") > self.text.count(")"):
+        opened = sum(1 for k, v, _ in self.tokens if k == "op" and v == "(")
+        closed = sum(1 for k, v, _ in self.tokens if k == "op" and v == ")")
+        if kind == "end" and opened > closed:
             raise FormulaError(f"unbalanced parentheses in formula text {self.text!r}")
-        if value == ")":
+        if value == ")" and closed > opened:
             raise FormulaError(f"unbalanced ')' in formula text {self.text!r}")
         raise FormulaError(f"cannot parse formula text {self.text!r}: expected {what}, found {found} at position {pos}")
 
