@@ -52,9 +52,9 @@ def check_against_r(fit, ref, *, loglik_rtol=1e-6):
 
 @pytest.mark.parametrize("case, family", [
     ("grouse_nbinom2_tmb", "nbinom2"),
-    ("grouse_nbinom1_tmb", "nbinom1"),
+    pytest.param("grouse_nbinom1_tmb", "nbinom1", marks=pytest.mark.slow),
     ("sim_gamma_log_tmb", jm.families.Gamma(link="log")),
-    ("sim_beta_tmb", "beta"),
+    pytest.param("sim_beta_tmb", "beta", marks=pytest.mark.slow),
 ])
 def test_proper_laplace_against_glmmtmb(case, family, reference):
     ref = reference[case]
@@ -67,6 +67,7 @@ def test_proper_laplace_against_glmmtmb(case, family, reference):
     assert fit.aic == pytest.approx(ref["aic"], rel=1e-6, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_glmer_nb_lme4_approximation(reference):
     """approximation="lme4" is glmer.nb's objective (Fisher weights in the log-determinant); lme4 reaches θ by
     optimize() on log θ (its tol 5e-5), so the dispersion is compared at 1e-4 relative."""
