@@ -15,8 +15,6 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import optax.tree_utils as otu
 
 __all__ = ["OptimResult", "bfgs_minimize", "central_difference_hessian", "cobyqa_minimize", "host_bfgs_minimize",
            "lbfgs_minimize"]
@@ -53,6 +51,9 @@ def lbfgs_minimize(
 ) -> OptimResult:
     """Minimize fun(x, *args) from x0. Converged when the gradient's max-norm is below gtol·(1 + |f|), or when
     the relative decrease has stayed below ftol for three iterations in a row (the limit of float64 arithmetic)."""
+
+    import optax  # here, not at import: only profiles use it, and it is slow to import
+    import optax.tree_utils as otu
 
     def f(x):
         return fun(x, *args)
