@@ -21,7 +21,7 @@ import jax
 
 from ._errors import PrecisionError
 
-__all__ = ["float64", "float64_methods", "require_float64", "enable_compilation_cache", "heap_allocations",
+__all__ = ["float64", "float64_methods", "caller_precision", "require_float64", "enable_compilation_cache", "heap_allocations",
            "fit_allocations"]
 
 
@@ -41,6 +41,13 @@ def float64(fn):
 
     wrapped._jaxmlm_float64 = True
     return wrapped
+
+
+def caller_precision(fn):
+    """Mark a public method that runs under its caller's float64 setting instead (it takes JAX arrays that may be
+    traced by the caller's transformation, and checks the setting itself): `float64_methods` leaves it alone."""
+    fn._jaxmlm_float64 = True
+    return fn
 
 
 _WRAPPED_DUNDERS = ("__init__", "__call__", "__repr__", "__str__", "__getitem__", "__len__")

@@ -171,22 +171,22 @@ def lower_weights(G: jax.Array) -> jax.Array:
     return jnp.where(i > j, 2.0 * G, jnp.where(i == j, G, 0.0))
 
 
-@jax.custom_jvp
-def inverse_from_cholesky(L: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def inverse_from_cholesky(L: jax.Array, host_lapack: bool = True) -> jax.Array:
     """The lower triangle (zeros above) of (L Lᵀ)⁻¹ from the lower factor L: LAPACK's potri on the CPU host for
-    large matrices (n³/3 + n³/3 flops with the triangular shapes used), else a triangular solve against I and a
-    product."""
+    large matrices (n³/3 + n³/3 flops with the triangular shapes used) when host_lapack, else a triangular solve
+    against I and a product (pure XLA: what the public objective uses, for any backend and transformation)."""
     n = L.shape[-1]
-    if _host_lapack(n):
+    if host_lapack and _host_lapack(n):
         return lower(jax.pure_callback(_potri, jax.ShapeDtypeStruct(L.shape, L.dtype), L, vmap_method="sequential"))
     Linv = jax.lax.linalg.triangular_solve(L, jnp.eye(n, dtype=L.dtype), left_side=True, lower=True)
     return lower(Linv.T @ Linv)
 
 
 @inverse_from_cholesky.defjvp
-def _inverse_from_cholesky_jvp(primals, tangents):
+def _inverse_from_cholesky_jvp(host_lapack, primals, tangents):
     (L,), (dL,) = primals, tangents
-    G_lower = inverse_from_cholesky(L)
+    G_lower = inverse_from_cholesky(L, host_lapack)
     G = symmetric_from_lower(G_lower)
     dS = dL @ L.T + L @ dL.T
     return G_lower, lower(-(G @ dS @ G))
@@ -289,8 +289,14 @@ def _tail_values(diag_L: jax.Array, m_z: int, p: int) -> jax.Array:
     return jnp.stack([2.0 * jnp.sum(d[:m_z]), 2.0 * jnp.sum(d[m_z : m_z + p]), 2.0 * d[-1]])
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def tail_log_terms(S: jax.Array, m_z: int, p: int) -> jax.Array:
+def tail_log_terms(S: jax.Array, m_z: int, p: int, host_lapack: bool = True) -> jax.Array:
+    """[log det S_zz, log det of the X block's Schur complement, log r²] of the tail matrix S (see
+    `_tail_log_terms`). host_lapack=False keeps the derivative in XLA (no host callback)."""
+    return _tail_log_terms(S, m_z, p, bool(host_lapack))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def _tail_log_terms(S: jax.Array, m_z: int, p: int, host_lapack: bool) -> jax.Array:
     """[log det S_zz, log det of the X block's Schur complement (2 Σ log diag L_xx), log r² (r = L_yy)] of the
     tail matrix S = [[S_zz, ·, ·], [·, S_xx, ·], [·, ·, S_yy]] given by its lower triangle, through its Cholesky
     factor L.
@@ -304,14 +310,14 @@ def tail_log_terms(S: jax.Array, m_z: int, p: int) -> jax.Array:
     return _tail_values(jnp.diagonal(cholesky_of_lower(S)), m_z, p)
 
 
-@tail_log_terms.defjvp
-def _tail_log_terms_jvp(m_z, p, primals, tangents):
+@_tail_log_terms.defjvp
+def _tail_log_terms_jvp(m_z, p, host_lapack, primals, tangents):
     (S,), (dS,) = primals, tangents
     L = cholesky_of_lower(S)
     values = _tail_values(jnp.diagonal(L), m_z, p)
     m = S.shape[0]
     Lb = L[: m - 1, : m - 1]
-    G_z = inverse_from_cholesky(L[:m_z, :m_z]) if m_z else jnp.zeros((0, 0), S.dtype)
+    G_z = inverse_from_cholesky(L[:m_z, :m_z], host_lapack) if m_z else jnp.zeros((0, 0), S.dtype)
     # Bᵀ = L_b⁻ᵀ E_x: the X rows of L_b⁻¹, by one triangular solve with p right-hand sides
     E_x = jnp.eye(m - 1, dtype=S.dtype)[:, m_z:]
     Bt = jax.lax.linalg.triangular_solve(Lb, E_x, left_side=True, lower=True, transpose_a=True)

@@ -115,10 +115,12 @@ def deviance_from_factor(factor: Factor, problem: LinearProblem, reml: bool) -> 
     return logdet + n * (1.0 + _LOG_2PI + jnp.log(r2 / n)) - problem.sum_log_w
 
 
-def profiled_deviance(theta: jax.Array, problem: LinearProblem, reml: bool = False) -> jax.Array:
-    """-2 × profiled log-likelihood (ML) or the REML criterion at θ. Pure; jit/grad/vmap-able."""
+def profiled_deviance(theta: jax.Array, problem: LinearProblem, reml: bool = False,
+                      host_lapack: bool = True) -> jax.Array:
+    """-2 × profiled log-likelihood (ML) or the REML criterion at θ. Pure; jit/grad/vmap-able. host_lapack=False:
+    the gradient of a large dense tail stays in XLA too (no host callback; `_linalg.inverse_from_cholesky`)."""
     prefix, S = eliminate_prefix(theta, problem.blocks, problem.structure)
-    logdet_z, logdet_x, log_r2 = tail_log_terms(S, problem.structure.m_z, problem.p)
+    logdet_z, logdet_x, log_r2 = tail_log_terms(S, problem.structure.m_z, problem.p, host_lapack)
     return _deviance(prefix.logdet_prefix() + logdet_z, logdet_x, log_r2, problem, reml)
 
 

@@ -37,6 +37,7 @@ from ..core._covariance import canonical_theta, theta_diagonal_mask
 from .._errors import ConvergenceWarning
 from ..core._linalg import factorize
 from ..optim._optimize import central_difference_hessian, host_bfgs_minimize
+from ..core._problem import GlmmObjective
 from ..core._pirls import GlmmProblem, fisher_weights, laplace_deviance, laplace_parts, pirls, split_x
 from ..results._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
 
@@ -367,6 +368,25 @@ def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000,
         _warn_separation(fit)
         model._warn(fit)
     return fit
+
+
+def glmm_objective(model, method: str, nagq: int = 1) -> GlmmObjective:
+    """The public objective (core/_problem.py) of the fit by `method`: x = (θ, β[, log dispersion]) from lme4's
+    start (θ = identity, β from PIRLS at that θ), lower bounds 0 on the diagonal of each T_k."""
+    method, nagq = _check_method(model, method, nagq)
+    problem = glmm_problem(model)
+    x0 = _start(model, problem, None)
+    nt, p, d = model.n_theta, problem.p, model.design
+    lower = np.concatenate([np.where(theta_diagonal_mask(model.qs), 0.0, -np.inf), np.full(x0.size - nt, -np.inf)])
+    names = list(model.theta_names) + list(d.x_names) + ["log_dispersion"] * (x0.size - nt - p)
+    nodes = node_weights = None
+    if method == "agq":
+        z, w = gauss_hermite(nagq)
+        nodes, node_weights = jnp.asarray(z), jnp.asarray(w)
+    family, extra = model.family, d.extra
+    return GlmmObjective(data=problem, x0=jnp.asarray(x0), lower=jnp.asarray(lower), nodes=nodes,
+                         node_weights=node_weights, method=method, names=tuple(names),
+                         log_constant=lambda y, weights: family.log_constant(y, weights, extra))
 
 
 def _warn_separation(fit) -> None:

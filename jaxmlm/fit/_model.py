@@ -14,15 +14,18 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .._config import fit_allocations, float64, float64_methods
+import jax
+
+from .._config import caller_precision, fit_allocations, float64, float64_methods, require_float64
 from ..core._blocks import build_structure, row_data
 from ..optim._convergence import check_convergence
-from ..core._covariance import canonical_theta, theta_diagonal_mask, theta_start, theta_to_matrices
+from ..core._covariance import canonical_theta, theta_diagonal_mask, theta_names, theta_start, theta_to_matrices
 from ..formula._design import build_design, check_linear_model, to_pandas
 from .._errors import ConvergenceWarning, DataError, FormulaError, NewLevelError, SingularFitWarning
 from ..formula._family import get_family
 from ..core._lmm import (deviance_and_gradient, deviance_value, gradients_at_points, linear_diagnostics, linear_estimates,
-                   make_linear_problem, split_problem)
+                   make_linear_problem, profiled_deviance, split_problem)
+from ..core._problem import LinearObjective, LinearRows
 from ..optim._optimize import central_difference_hessian, cobyqa_minimize, host_bfgs_minimize
 from ..results._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
 from ..formula._terms import parse_formula
@@ -156,10 +159,58 @@ class Model:
             return self._evaluation_problem
         return split_problem(problem)
 
-    def deviance(self, theta, reml: bool = False) -> float:
-        """Profiled deviance (ML) or REML criterion at θ, as lme4's devfun."""
+    @caller_precision
+    def deviance(self, theta, reml: bool = False):
+        """Profiled deviance (ML) or REML criterion at θ, as lme4's devfun.
+
+        θ as a JAX array (under `jax.enable_x64`): a JAX scalar, traceable (jit, grad, hessian, vmap; no host
+        callback). θ as NumPy or a list: a float (np.float64), computed in float64 whatever the caller's setting."""
         self._require_gaussian("deviance")
+        if isinstance(theta, jax.Array):  # tracers too
+            require_float64("Model.deviance on JAX arrays")
+            return profiled_deviance(theta, self._for_evaluation(), reml, host_lapack=False)
+        with jax.enable_x64(True):
+            return np.float64(self._deviance_value(theta, reml))
+
+    def _deviance_value(self, theta, reml: bool) -> float:
+        """The objective at θ as a float, by the fit's own compiled program."""
         return float(deviance_value(jnp.asarray(theta, dtype=jnp.float64), self._for_evaluation(), reml))
+
+    @property
+    def theta_names(self) -> list[str]:
+        """lme4's names of θ's elements (getME(fit, "theta")): 'Subject.(Intercept)', 'Subject.Days.(Intercept)'."""
+        d = self.design
+        return theta_names(d.group_names, [t.column_names for t in d.terms])
+
+    def theta_lower(self) -> np.ndarray:
+        """lme4's lower bounds on θ: 0 on the diagonal of each T_k, -inf below it."""
+        return np.where(theta_diagonal_mask(self.qs), 0.0, -np.inf)
+
+    def problem(self, method: str | None = None, nagq: int = 1):
+        """The objective of `method` ('reml', 'ml', 'laplace', 'agq') as a pure JAX function of one flat
+        parameter vector, with its start, bounds and names (core/_problem.py; docs/core.md shows its use).
+        Linear models: x = θ (β and σ profiled out). Generalized: x = (θ, β[, log dispersion])."""
+        if method is None:
+            method = "reml" if self.is_gaussian else ("agq" if nagq > 1 else "laplace")
+        method = str(method).lower()
+        if method not in _METHODS:
+            raise ValueError(f"method must be one of {', '.join(_METHODS)}; got {method!r}")
+        if method in ("reml", "ml"):
+            self._require_gaussian(f"method={method!r}")
+            return self._linear_objective(method)
+        if self.is_gaussian:
+            raise ValueError(f"method={method!r} is for generalized models; use 'reml' or 'ml'")
+        from ._glmm import glmm_objective
+
+        return glmm_objective(self, method, nagq)
+
+    def _linear_objective(self, method: str) -> LinearObjective:
+        d = self.design
+        source = LinearRows(structure=self.structure, rows=self.rows, weights=jnp.asarray(d.weights),
+                            X=jnp.asarray(d.X), offset=jnp.asarray(d.offset))
+        return LinearObjective(data=self._for_evaluation(), x0=jnp.asarray(self.theta_start()),
+                               lower=jnp.asarray(self.theta_lower()), source=source, method=method,
+                               names=tuple(self.theta_names), beta_names=tuple(d.x_names))
 
     def _require_gaussian(self, what: str) -> None:
         if not self.is_gaussian:
