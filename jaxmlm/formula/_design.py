@@ -2,7 +2,7 @@
 
 The design holds everything that depends on the data but not on the parameters: the fixed-effects matrix X,
 the response, prior weights and offset, and for each random-effects term its grouping codes, level labels and
-model-matrix columns z. Terms are ordered as lme4 orders them (decreasing number of levels, ties in formula
+model-matrix columns z (R's model.matrix, see `_modelmatrix`). Terms are ordered as lme4 orders them (decreasing number of levels, ties in formula
 order), which fixes θ's layout and the elimination order of the blocked Cholesky.
 
 All input checks live here, so that a bad model fails with a message naming the column or term before any
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 import warnings
 from typing import Any
 
@@ -35,7 +34,7 @@ from ._modelmatrix import build_model_matrix, evaluate, evaluate_numeric
 from ._parser import Name, parse_expression
 from ._terms import ParsedFormula, RandomTerm, expand_terms, expression_names
 
-__all__ = ["TermData", "Design", "build_design", "to_pandas", "lme4_column_name"]
+__all__ = ["TermData", "Design", "build_design", "to_pandas"]
 
 
 @dataclasses.dataclass
@@ -122,18 +121,6 @@ def to_pandas(data: Any, columns: Any = None) -> pd.DataFrame:
     if isinstance(data, dict):
         return pd.DataFrame(data)
     raise DataTypeError(f"data must be a pandas or polars DataFrame, got {type(data).__name__}")
-
-
-# formulaic's 'f[T.b]' (treatment), 'f[b]' (full-rank indicator) and 'f[.L]', 'f[^4]' (contr.poly) → R's 'fb',
-# 'fb', 'f.L', 'f^4'
-_T_LEVEL = re.compile(r"([^\[\]:]+)\[(?:T\.)?([^\]]+)\]")
-
-
-def lme4_column_name(name: str) -> str:
-    """formulaic's 'f[T.b]:x' → lme4's 'fb:x', 'f[.L]' → 'f.L'; 'Intercept' → '(Intercept)'."""
-    if name == "Intercept":
-        return "(Intercept)"
-    return _T_LEVEL.sub(lambda m: m.group(1) + m.group(2), name)
 
 
 def _check_columns(names: set[str], frame: pd.DataFrame, where: str) -> None:

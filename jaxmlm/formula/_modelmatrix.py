@@ -15,7 +15,7 @@ same columns can be built on new data for prediction.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -330,7 +330,8 @@ def _interact(blocks: list[tuple[np.ndarray, list[str]]]) -> tuple[np.ndarray, l
 
 @dataclasses.dataclass
 class ModelMatrixSpec:
-    """What it takes to build a model matrix again on new data (formulaic's ModelSpec, for R's model.matrix)."""
+    """What it takes to build a model matrix again on new data: `get_model_matrix(frame)`, and `term_indices`
+    (each term → its columns) for anova."""
 
     intercept: bool
     terms: list[Term]
