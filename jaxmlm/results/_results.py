@@ -461,6 +461,16 @@ class MixedModelResult:
 
         return anova(self, *others, names=names, refit=refit, type=type, ddf=ddf)
 
+    def emmeans(self, specs, by=None, type: str = "link", pairwise: bool = False, adjust: str = "tukey",
+                level: float = 0.95, lmer_df: str = "satterthwaite"):
+        """Estimated marginal means as emmeans (its reference grid: numeric covariates at their means, other
+        factors averaged with equal weights), with pairwise contrasts and adjusted p-values (pairwise=True returns
+        (means, contrasts)); see inference/_emmeans.py."""
+        from ..inference._emmeans import emmeans
+
+        return emmeans(self, specs, by=by, type=type, pairwise=pairwise, adjust=adjust, level=level,
+                       lmer_df=lmer_df)
+
     def getme(self, name: str):
         """lme4's getME(fit, name): "X", "Z", "Zt", "Lambda", "Lambdat" (SciPy sparse), "Tlist", "theta", "beta",
         "b", "u", "sigma", "y", "mu", "offset", "weights", "flist", "cnms", "Gp", "lower", "is_REML", "n_rtrms"."""
