@@ -29,6 +29,7 @@ import pandas as pd
 
 from .._config import float64
 from .._errors import DataError, FormulaError, JaxmlmError, MissingValuesWarning
+from .._warn import user_stacklevel
 from ..core._covariance import canonical_theta, theta_diagonal_mask, theta_names, theta_start
 from ..core._lmm import LinearProblem, profiled_deviance
 from ..core._padding import complete_statistics, complete_structure, round_up
@@ -376,7 +377,7 @@ def _without_missing_groups(frame, group, weights, offset):
     keep = group >= 0
     if keep.all():
         return frame, group, weights, offset
-    warnings.warn(f"{int((~keep).sum())} row(s) with a missing `by` value dropped", MissingValuesWarning, stacklevel=3)
+    warnings.warn(f"{int((~keep).sum())} row(s) with a missing `by` value dropped", MissingValuesWarning, stacklevel=user_stacklevel())
     cut = lambda v: v if v is None or isinstance(v, str) else np.asarray(v)[keep]  # noqa: E731
     return frame.loc[keep].reset_index(drop=True), group[keep], cut(weights), cut(offset)
 

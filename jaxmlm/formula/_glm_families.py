@@ -22,6 +22,7 @@ import pandas as pd
 from scipy import special
 
 from .._errors import FamilyError, FormulaError, ResponseError
+from .._warn import user_stacklevel
 from ._family import numeric_response, register_family
 
 __all__ = ["Link", "Binomial", "Poisson", "LINKS"]
@@ -152,7 +153,7 @@ class Binomial(_GlmFamily):
     @staticmethod
     def _warn_non_integer(successes, name):
         if np.any(np.abs(successes - np.round(successes)) > 1e-3):
-            warnings.warn(f"non-integer #successes in the binomial response {name!r}", UserWarning, stacklevel=5)
+            warnings.warn(f"non-integer #successes in the binomial response {name!r}", UserWarning, stacklevel=user_stacklevel())
 
     def variance(self, mu):
         return mu * (1.0 - mu)
@@ -205,7 +206,7 @@ class Poisson(_GlmFamily):
                 "Poisson deviance, which is defined for any y >= 0 (as R's glm fits them), but the Poisson "
                 "probability of a non-integer is 0, so logLik is -inf and AIC, BIC and deviance inf, as R reports "
                 "them",
-                UserWarning, stacklevel=5)
+                UserWarning, stacklevel=user_stacklevel())
             return y, np.asarray(prior_weights, dtype=np.float64), {"non_integer": True}
         return y, np.asarray(prior_weights, dtype=np.float64), {}
 

@@ -20,6 +20,7 @@ from scipy import stats
 
 from .._config import float64
 from .._errors import DataError
+from .._warn import user_stacklevel
 
 __all__ = ["anova", "drop1", "AnovaTable"]
 
@@ -92,7 +93,7 @@ def _lrt_table(fits, names, refit: bool) -> pd.DataFrame:
                         "refit the REML fits by ML (refit=True, the default)")
     elif all(reml) and len({tuple(f.design.x_names) for f in fits}) > 1:
         warnings.warn("the REML criteria of models with different fixed effects are not comparable; "
-                      "anova(..., refit=True) compares their ML fits", UserWarning, stacklevel=3)
+                      "anova(..., refit=True) compares their ML fits", UserWarning, stacklevel=user_stacklevel())
     for n, f in zip(names, fits):
         if not np.isfinite(f.loglik):
             raise DataError(f"the log-likelihood of {n} is not finite ({f.loglik}), so no likelihood-ratio test "

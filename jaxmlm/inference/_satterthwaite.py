@@ -26,6 +26,7 @@ import pandas as pd
 from scipy import stats
 
 from .._errors import ConvergenceWarning
+from .._warn import user_stacklevel
 from ..core._linalg import factorize
 from ..core._lmm import LinearProblem
 
@@ -81,7 +82,7 @@ def _varpar_covariance(H: np.ndarray) -> np.ndarray:
             k = int(mask.sum())
             listed = " ".join(f"{x:.1e}" for x in values[mask])
             warnings.warn(text.format(k=k, e="eigenvalues" if k > 1 else "eigenvalue", v=listed),
-                          ConvergenceWarning, stacklevel=4)
+                          ConvergenceWarning, stacklevel=user_stacklevel())
     V = vectors[:, positive]
     return 2.0 * (V / values[positive]) @ V.T
 
