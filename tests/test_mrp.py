@@ -69,13 +69,14 @@ def test_point_fit_simulation_sd_matches_the_joint_covariance(fit, frame):
 
 
 def test_posterior_uses_draws(fit, frame):
-    """A Posterior built from given draws: estimates are the mean over draws of the weighted cell means."""
+    """A Posterior built from given draws: estimates are the mean over draws of the weighted cell means. (Its
+    random-effect sds are 0, so state E, not in the poll, gets zero effects in every draw as predict() gives.)"""
     model = fit.model
     rng = np.random.default_rng(0)
     c, s, p = 2, 50, len(fit.fixef)
     beta = fit.fixef.to_numpy()[None, None, :] + 0.1 * rng.normal(size=(c, s, p))
     b = fit.ranef()["state"].to_numpy()[None, None] + 0.2 * rng.normal(size=(c, s, 4, 1))
-    post = Posterior(model, beta=beta, theta=np.ones((c, s, 1)), sigma=np.ones((c, s)), sd=[np.ones((c, s, 1))],
+    post = Posterior(model, beta=beta, theta=np.ones((c, s, 1)), sigma=np.ones((c, s)), sd=[np.zeros((c, s, 1))],
                      cor=[None], b=[b], diverging=np.zeros((c, s), bool), family="gaussian", link="identity")
     out = jm.poststratify(post, frame, weight="N", by=["state"])
     pred = post.predict(frame, allow_new_levels=True).reshape(c * s, -1)

@@ -20,7 +20,8 @@ __all__ = ["Cells", "cell_arrays", "group_codes", "check_weights"]
 
 
 class Cells(eqx.Module):
-    """One row per population cell. codes[k] is n_levels[k] for a level the model never saw (zero effect)."""
+    """One row per population cell. codes[k] ≥ n_levels[k] for levels the model never saw: n_levels[k] + j for
+    the j-th distinct one (n_new[k] of them)."""
 
     X: jax.Array  # (C, p)
     offset: jax.Array  # (C,)
@@ -28,6 +29,7 @@ class Cells(eqx.Module):
     z: tuple[jax.Array, ...]  # per term (C, q_k)
     group: jax.Array  # (C,) int32, the cell's `by` group
     weight: jax.Array  # (C,) population count
+    n_new: tuple[int, ...] = eqx.field(static=True, default=())  # per term, distinct levels not in the data
 
 
 def _distinct(frame: pd.DataFrame, columns: list[str], what: str):
@@ -71,7 +73,8 @@ def _model_matrix(spec, frame: pd.DataFrame, what: str, data_columns) -> np.ndar
 
 
 def _term_codes(term, frame: pd.DataFrame) -> np.ndarray:
-    """Codes of the term's levels (lme4's labels 'a:b' for interactions); unseen levels get n_levels."""
+    """(codes, number of unseen levels): codes of the term's levels (lme4's labels 'a:b' for interactions),
+    unseen levels numbered from n_levels on."""
     factors = list(term.term.factors)
     for name in factors:
         if name not in frame.columns:
@@ -80,8 +83,9 @@ def _term_codes(term, frame: pd.DataFrame) -> np.ndarray:
     codes, combos = _distinct(frame, factors, f"grouping factor of {term.term.text}")
     labels = combos.astype(str).agg(":".join, axis=1)
     idx = pd.Index(term.levels.astype(str)).get_indexer(labels)
-    idx = np.where(idx < 0, term.n_levels, idx)
-    return idx[codes].astype(np.int32)
+    unseen = idx < 0
+    idx[unseen] = term.n_levels + np.arange(int(unseen.sum()))
+    return idx[codes].astype(np.int32), int(unseen.sum())
 
 
 def check_weights(frame: pd.DataFrame, weight: str) -> np.ndarray:
@@ -136,8 +140,11 @@ def cell_arrays(model, frame: pd.DataFrame, group: np.ndarray, weights: np.ndarr
 
         for expr in d.formula.offsets:
             offset = offset + np.asarray(_evaluate(expr, frame, "offset()"), dtype=np.float64)
-    codes, zs = [], []
+    codes, zs, n_new = [], [], []
     for t in d.terms:
-        codes.append(_term_codes(t, frame))
+        term_codes, unseen = _term_codes(t, frame)
+        codes.append(term_codes)
+        n_new.append(unseen)
         zs.append(_model_matrix(t.z_spec, frame, f"the term {t.term.text}", data_columns))
-    return Cells(X=X, offset=offset, codes=tuple(codes), z=tuple(zs), group=group, weight=weights)
+    return Cells(X=X, offset=offset, codes=tuple(codes), z=tuple(zs), group=group, weight=weights,
+                 n_new=tuple(n_new))

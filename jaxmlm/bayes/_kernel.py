@@ -82,16 +82,14 @@ def _chunk_sums(cells: Cells, beta_t, tables, family, n_groups: int, chunk_cells
 
 @functools.partial(jax.jit, static_argnames=("family", "n_groups", "chunk_cells"))
 def _draw_chunk_sums(cells: Cells, beta, b_terms, family, n_groups: int, chunk_cells: int):
-    """One chunk of draws (beta: s × p, b_terms[k]: s × levels × q): Σ N μ per group, (groups, s)."""
-    tables = []
-    for b in b_terms:  # a zero row for unseen levels, then the draws last
-        b = jnp.concatenate([b, jnp.zeros((b.shape[0], 1, b.shape[2]), b.dtype)], axis=1)
-        tables.append(b.transpose(1, 2, 0))
+    """One chunk of draws (beta: s × p, b_terms[k]: s × levels × q, a row for every code the cells use):
+    Σ N μ per group, (groups, s)."""
+    tables = [b.transpose(1, 2, 0) for b in b_terms]  # the draws last
     return _chunk_sums(cells, beta.T, tables, family, n_groups, chunk_cells)
 
 
 def group_draws(cells: Cells, beta, b_terms, family, totals, chunk_cells: int, chunk_draws: int) -> np.ndarray:
-    """Per group and draw, Σ N μ / Σ N: (groups, draws). beta: draws × p; b_terms[k]: draws × levels × q.
+    """Per group and draw, Σ N μ / Σ N: (groups, draws). beta: draws × p; b_terms[k]: draws × codes × q.
 
     Cells are padded to a multiple of chunk_cells (weight 0: they add nothing; code 0: any valid level) and the
     draws run in chunks of chunk_draws (the last padded), so one compiled program serves any number of draws."""

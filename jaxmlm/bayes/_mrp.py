@@ -1,8 +1,10 @@
 """Multilevel regression and post-stratification (MRP): cell predictions weighted up to population groups.
 
 For each cell (row of the post-stratification frame) the model predicts the response-scale mean μ_c; within each
-``by`` group the estimate is Σ N_c μ_c / Σ N_c over its cells. Cells whose grouping levels were not in the data
-get zero random effects for those terms (lme4's ``allow.new.levels``).
+``by`` group the estimate is Σ N_c μ_c / Σ N_c over its cells. A grouping level that was not in the data (a state
+nobody was polled in) gets a zero random effect in the plug-in estimate (lme4's ``allow.new.levels``) and, in
+every draw, an effect drawn from N(0, Σ_k) with that draw's covariance of the term (rstanarm's treatment of new
+levels), so its interval carries the between-level variation.
 
 One compiled program (`_kernel`) does the work for every source of draws:
 * a ``Posterior``: every draw gives one set of group estimates; ``estimate`` is their mean, ``sd`` their standard
@@ -15,11 +17,14 @@ One compiled program (`_kernel`) does the work for every source of draws:
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 
 from .._config import float64
 from .._errors import DataError, JaxmlmError
+from ..core._covariance import theta_to_matrices
 from ..formula._design import to_pandas
 from . import _cells, _joint, _kernel
 
@@ -43,17 +48,46 @@ def _check_options(draws, level, by):
     return by
 
 
-def _source_draws(source, draws: int, seed: int, theta_uncertainty: bool, responses):
-    """(model, β table, b tables, n_outcomes, outcome names, whether column 0 of each outcome is the plug-in mode).
-    Tables are flat over outcomes × draws: β (M·S × p), b_k (M·S × l_k × q_k)."""
+@dataclasses.dataclass
+class _Draws:
+    """Draw tables flat over outcomes × draws: beta (M·S × p), b[k] (M·S × l_k × q_k), and per draw the factor
+    F_k (M·S × q_k × q_k, F Fᵀ the term's covariance) from which a level the data never saw is drawn."""
+
+    model: object
+    beta: np.ndarray
+    b: list
+    factors: list
+    n_outcomes: int = 1
+    outcomes: list | None = None
+    has_mode: bool = False  # whether the first draw of each outcome is the plug-in mode (no new-level noise)
+
+
+def _posterior_factors(post) -> list:
+    out = []
+    for sd, cor in zip(post._sd, post._cor):
+        sd = sd.reshape((-1, sd.shape[-1]))
+        if cor is None:
+            out.append(sd[:, :, None] * np.eye(sd.shape[-1])[None])
+        else:
+            chol = np.linalg.cholesky(cor.reshape((-1,) + cor.shape[-2:]))
+            out.append(sd[:, :, None] * chol)
+    return out
+
+
+def _scaled_factors(theta: np.ndarray, qs, scale: np.ndarray) -> list:
+    """scale × T_k per draw from θ per draw (rows of theta), lme4's layout."""
+    mats = [theta_to_matrices(th, qs) for th in np.atleast_2d(theta)]
+    return [np.stack([m[k] for m in mats]) * np.asarray(scale)[:, None, None] for k in range(len(qs))]
+
+
+def _source_draws(source, draws: int, seed: int, theta_uncertainty: bool, responses) -> _Draws:
     from ..fit._batch import BatchResult
     from ._posterior import Posterior
 
     if isinstance(source, Posterior):
         c, s = source.chains, source.n_draws
-        beta = source._beta.reshape(c * s, -1)
         b = [x.reshape((c * s,) + x.shape[2:]) for x in source._b]
-        return source.model, beta, b, 1, None, False
+        return _Draws(source.model, source._beta.reshape(c * s, -1), b, _posterior_factors(source))
     if isinstance(source, BatchResult):
         return _batch_source(source, draws, seed, responses)
     if hasattr(source, "model") and hasattr(source, "condvar"):
@@ -64,11 +98,14 @@ def _source_draws(source, draws: int, seed: int, theta_uncertainty: bool, respon
         sims, mode = _joint.point_fit_draws(source, draws, seed, theta_uncertainty)
         beta = np.concatenate([np.asarray(mode["beta"])[None], np.asarray(sims["beta"])])
         b = [np.concatenate([np.asarray(m)[None], np.asarray(x)]) for m, x in zip(mode["b"], sims["b"])]
-        return source.model, beta, b, 1, None, True
+        scale = 1.0 if source.sigma is None else source.sigma
+        factors = _scaled_factors(source._theta, source.model.qs, np.array([scale]))
+        factors = [np.broadcast_to(f, (draws + 1,) + f.shape[1:]) for f in factors]
+        return _Draws(source.model, beta, b, factors, has_mode=True)
     raise TypeError(f"poststratify needs a fitted model, a batch result or a Posterior, got {type(source).__name__}")
 
 
-def _batch_source(batch, draws: int, seed: int, responses):
+def _batch_source(batch, draws: int, seed: int, responses) -> _Draws:
     model = batch.model
     if not model.is_gaussian:
         raise JaxmlmError("poststratify of a fit_batch result supports linear models; fit the GLMM outcomes one "
@@ -76,8 +113,8 @@ def _batch_source(batch, draws: int, seed: int, responses):
     responses = getattr(batch, "responses", None) if responses is None else responses
     if responses is None:
         raise JaxmlmError("poststratify of a fit_batch result needs responses=: the Y the batch was fitted to")
-    Y = np.asarray(pd.DataFrame(responses).to_numpy(dtype=np.float64) if not isinstance(responses, np.ndarray)
-                   else responses, dtype=np.float64)
+    Y = np.asarray(responses if isinstance(responses, np.ndarray) else pd.DataFrame(responses).to_numpy(),
+                   dtype=np.float64)
     Y = Y[:, None] if Y.ndim == 1 else Y
     if Y.shape != (model.design.n, len(batch)):
         raise JaxmlmError(f"responses must be {model.design.n} × {len(batch)} (the batch's Y), got {Y.shape}")
@@ -85,10 +122,29 @@ def _batch_source(batch, draws: int, seed: int, responses):
     m = len(batch)
     # outcome-major, the mode first in each outcome's block
     join = lambda mk, xk: np.concatenate([np.asarray(mk)[:, None], np.swapaxes(np.asarray(xk), 0, 1)], axis=1)  # noqa: E731
-    beta = join(mode["beta"], sims["beta"])
-    b = [join(mk, xk) for mk, xk in zip(mode["b"], sims["b"])]
     flat = lambda a: a.reshape((m * a.shape[1],) + a.shape[2:])  # noqa: E731
-    return model, flat(beta), [flat(x) for x in b], m, list(batch.columns), True
+    beta = flat(join(mode["beta"], sims["beta"]))
+    b = [flat(join(mk, xk)) for mk, xk in zip(mode["b"], sims["b"])]
+    factors = _scaled_factors(np.repeat(batch.theta, draws + 1, axis=0), model.qs,
+                              np.repeat(batch.sigma, draws + 1))
+    return _Draws(model, beta, b, factors, m, list(batch.columns), True)
+
+
+def _with_new_levels(source: _Draws, n_new, seed: int) -> list:
+    """b tables with rows for the frame's unseen levels: drawn from N(0, F Fᵀ) per draw (the effect of a level
+    with no data), zero in the plug-in columns."""
+    rng = np.random.default_rng([seed, 1])
+    out = []
+    for b, F, k in zip(source.b, source.factors, n_new):
+        if not k:
+            out.append(b)
+            continue
+        z = rng.standard_normal((b.shape[0], k, b.shape[2]))
+        new = np.einsum("sij,snj->sni", F, z)
+        if source.has_mode:
+            new.reshape((source.n_outcomes, -1) + new.shape[1:])[:, 0] = 0.0
+        out.append(np.concatenate([b, new], axis=1))
+    return out
 
 
 def _table(keys, by, estimate, sd, lower, upper, outcomes):
@@ -124,16 +180,17 @@ def poststratify(fit_or_posterior, frame, weight: str = "N", by=_REQUIRED, *, dr
     if len(frame) == 0:
         raise DataError("the post-stratification frame has no rows")
     group, keys, totals = _cells.group_codes(frame, weights, by)
-    model, beta, b, n_outcomes, outcomes, has_mode = _source_draws(fit_or_posterior, int(draws), seed,
-                                                                  theta_uncertainty, responses)
+    source = _source_draws(fit_or_posterior, int(draws), seed, theta_uncertainty, responses)
+    model = source.model
     cells = _cells.cell_arrays(model, frame, group, weights)
+    b = _with_new_levels(source, cells.n_new, seed)
     q_total = sum(t.q for t in model.design.terms)
-    size_c, size_d = _kernel.chunk_sizes(len(frame), beta.shape[0], q_total, chunk_cells, chunk_draws)
-    sims = _kernel.group_draws(cells, beta, b, model.family, totals, size_c, size_d)
-    sims = sims.reshape(len(keys), n_outcomes, -1).transpose(1, 0, 2)  # outcomes × groups × draws
-    if has_mode:
+    size_c, size_d = _kernel.chunk_sizes(len(frame), source.beta.shape[0], q_total, chunk_cells, chunk_draws)
+    sims = _kernel.group_draws(cells, source.beta, b, model.family, totals, size_c, size_d)
+    sims = sims.reshape(len(keys), source.n_outcomes, -1).transpose(1, 0, 2)  # outcomes × groups × draws
+    if source.has_mode:
         estimate, sims = sims[..., 0], sims[..., 1:]
     else:
         estimate = sims.mean(axis=-1)
     sd, lower, upper = _kernel.summarize(np.asarray(sims), float(level))
-    return _table(keys, by, np.asarray(estimate), sd, lower, upper, outcomes)
+    return _table(keys, by, np.asarray(estimate), sd, lower, upper, source.outcomes)

@@ -1,0 +1,138 @@
+"""MRP end to end on an Xbox-shaped poll: fit + post-stratification with 1000-draw intervals, jaxmlm against lme4.
+
+One run simulates the poll (`jaxmlm.datasets.simulate.xbox_poll`), writes its binomial cells and the population
+frame to CSV, and then, each in a fresh child process reading those files:
+* jaxmlm: `glmer` (cold: compiling included, no persistent compilation cache; then warm, the same fit again) and
+  `poststratify(..., by=["state"], draws=1000)` (cold, then warm);
+* lme4 (Rscript): `glmer` with its defaults, then predict(newdata = population, type = "response",
+  allow.new.levels = TRUE) and the weighted sum by state (point estimates: lme4 has no interval for this).
+The table compares times, the deviance and the state estimates; the JSON goes to benchmarks/results/mrp.json.
+
+Run:  python benchmarks/bench_mrp.py [--n 750148] [--interactions] [--no-r] [--draws 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+
+_R_SCRIPT = r"""
+suppressPackageStartupMessages({library(lme4); library(jsonlite)})
+args <- commandArgs(trailingOnly = TRUE)
+cells <- read.csv(args[1], stringsAsFactors = TRUE)
+pop <- read.csv(args[2], stringsAsFactors = TRUE)
+formula <- as.formula(args[3])
+t0 <- proc.time()[["elapsed"]]
+fit <- glmer(formula, data = cells, family = binomial)
+t1 <- proc.time()[["elapsed"]]
+mu <- predict(fit, newdata = pop, type = "response", allow.new.levels = TRUE)
+est <- tapply(pop$N * mu, pop$state, sum) / tapply(pop$N, pop$state, sum)
+t2 <- proc.time()[["elapsed"]]
+cat(toJSON(list(fit_s = t1 - t0, predict_sum_s = t2 - t1, deviance = -2 * as.numeric(logLik(fit)),
+                state = names(est), estimate = as.numeric(est),
+                version = as.character(packageVersion("lme4"))), digits = NA, auto_unbox = TRUE))
+"""
+
+
+def _child_jaxmlm(cells_csv: str, pop_csv: str, formula: str, draws: int) -> dict:
+    import pandas as pd
+
+    import jaxmlm as jm
+
+    cells, pop = pd.read_csv(cells_csv), pd.read_csv(pop_csv)
+    out = {}
+    for run in ("cold", "warm"):
+        start = time.perf_counter()
+        fit = jm.glmer(formula, cells, family="binomial")
+        out[f"fit_{run}_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        table = jm.poststratify(fit, pop, weight="N", by=["state"], draws=draws, seed=1)
+        out[f"poststratify_{run}_s"] = time.perf_counter() - start
+    out.update(deviance=float(fit.deviance), converged=bool(fit.converged), state=list(table["state"].astype(str)),
+               estimate=table["estimate"].tolist(), lower=table["lower"].tolist(), upper=table["upper"].tolist())
+    return out
+
+
+def _run_child(args: list[str], env: dict) -> dict:
+    proc = subprocess.run(args, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="MRP on an Xbox-shaped poll: jaxmlm against lme4")
+    parser.add_argument("--n", type=int, default=750_148)
+    parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--interactions", action="store_true", help="add (1|state:age) and (1|sex:race)")
+    parser.add_argument("--no-r", action="store_true", help="skip lme4")
+    parser.add_argument("--child", nargs=4, metavar=("CELLS", "POP", "FORMULA", "DRAWS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        cells_csv, pop_csv, formula, draws = args.child
+        print(json.dumps(_child_jaxmlm(cells_csv, pop_csv, formula, int(draws))))
+        return
+
+    import numpy as np
+
+    from jaxmlm.datasets.simulate import xbox_formula, xbox_poll
+
+    poll = xbox_poll(args.n, seed=0)
+    formula = xbox_formula(args.interactions)
+    record = dict(n_interviews=args.n, n_cells=len(poll.cells), n_population_cells=len(poll.population),
+                  formula=formula, draws=args.draws, cpu_count=os.cpu_count())
+    with tempfile.TemporaryDirectory() as tmp:
+        cells_csv, pop_csv = os.path.join(tmp, "cells.csv"), os.path.join(tmp, "population.csv")
+        poll.cells.to_csv(cells_csv, index=False)
+        poll.population.drop(columns="p_true").to_csv(pop_csv, index=False)
+        env = dict(os.environ, JAXMLM_NO_CACHE="1")
+        record["jaxmlm"] = _run_child([sys.executable, __file__, "--child", cells_csv, pop_csv, formula,
+                                       str(args.draws)], env)
+        if not args.no_r:
+            script = os.path.join(tmp, "mrp.R")
+            pathlib.Path(script).write_text(_R_SCRIPT)
+            start = time.perf_counter()
+            record["lme4"] = _run_child(["Rscript", script, cells_csv, pop_csv, formula], dict(os.environ))
+            record["lme4"]["process_s"] = time.perf_counter() - start
+    truth = poll.truth.reindex(record["jaxmlm"]["state"]).to_numpy()
+    jx = record["jaxmlm"]
+    est = np.asarray(jx["estimate"])
+    jx["mean_abs_error"] = float(np.mean(np.abs(est - truth)))
+    jx["coverage"] = float(np.mean((np.asarray(jx["lower"]) <= truth) & (truth <= np.asarray(jx["upper"]))))
+    record["raw_mean_abs_error"] = float(np.nanmean(np.abs(poll.raw.reindex(jx["state"]).to_numpy() - truth)))
+    if "lme4" in record:
+        lme4_est = dict(zip(record["lme4"]["state"], record["lme4"]["estimate"]))
+        record["max_abs_estimate_difference"] = float(np.max(np.abs(est - [lme4_est[s] for s in jx["state"]])))
+    _report(record)
+    RESULTS.mkdir(exist_ok=True)
+    name = f"mrp_{args.n}{'_interactions' if args.interactions else ''}.json"
+    (RESULTS / name).write_text(json.dumps(record, indent=1))
+    print(f"written to benchmarks/results/{name}")
+
+
+def _report(record: dict) -> None:
+    jx = record["jaxmlm"]
+    print(f"Xbox-shaped poll: {record['n_interviews']:,} interviews, {record['n_cells']:,} binomial cells, "
+          f"{record['n_population_cells']:,} population cells; {record['draws']} draws")
+    print(f"{'':>8} {'fit cold':>9} {'fit warm':>9} {'MRP cold':>9} {'MRP warm':>9} {'deviance':>14}")
+    print(f"{'jaxmlm':>8} {jx['fit_cold_s']:9.1f} {jx['fit_warm_s']:9.1f} {jx['poststratify_cold_s']:9.2f} "
+          f"{jx['poststratify_warm_s']:9.2f} {jx['deviance']:14.4f}")
+    if "lme4" in record:
+        r = record["lme4"]
+        print(f"{'lme4':>8} {r['fit_s']:9.1f} {'':>9} {r['predict_sum_s']:9.2f} {'(point)':>9} {r['deviance']:14.4f}")
+        print(f"largest difference between the two engines' state estimates: "
+              f"{record['max_abs_estimate_difference']:.2e}")
+    print(f"state estimates: mean absolute error {jx['mean_abs_error']:.4f} (raw poll {record['raw_mean_abs_error']:.4f}), "
+          f"95% intervals cover {jx['coverage']:.0%} of states")
+
+
+if __name__ == "__main__":
+    main()
