@@ -206,6 +206,7 @@ def test_the_response_as_a_random_effects_predictor_warns(formula):
     ("y ~ x^2 + (1 | g)", []),  # legal in R: x^2 is the term x
     ("y ~ foo(x) + (1 | g)", ["foo()", "not one jaxmlm evaluates"]),
     ("y ~ a + (1 | g) + (x | `no such`)", ["'no such'"]),
+    ("y ~ my var + (1 | g)", ["cannot parse", "backticks", "`my var`"]),
 ])
 def test_formula_errors_name_the_term(formula, words):
     if not words:
@@ -225,3 +226,11 @@ def test_backticked_keyword_names_as_response_and_predictors():
     np.testing.assert_array_equal(fixed.X, plain.X)
     np.testing.assert_array_equal(fixed.y, DATA["y"].to_numpy())
     assert fixed.terms[0].group_name == "def" and fixed.terms[0].column_names == ["(Intercept)", "class"]
+
+
+def test_a_bar_inside_I_is_rs_logical_or():
+    design = _design("y ~ I(x < 0.8 | x > 1.5) + (I(z > 0 & t > 1) | g)")
+    assert design.x_names == ["(Intercept)", "I(x < 0.8 | x > 1.5)TRUE"]
+    np.testing.assert_array_equal(design.X[:, 1], ((DATA.x < 0.8) | (DATA.x > 1.5)).to_numpy())
+    assert design.terms[0].column_names == ["(Intercept)", "I(z > 0 & t > 1)TRUE"]
+    np.testing.assert_array_equal(design.terms[0].z[:, 1], ((DATA.z > 0) & (DATA.t > 1)).to_numpy())

@@ -135,7 +135,11 @@ class _Parser:
             raise FormulaError(f"unbalanced parentheses in formula text {self.text!r}")
         if value == ")" and closed > opened:
             raise FormulaError(f"unbalanced ')' in formula text {self.text!r}")
-        raise FormulaError(f"cannot parse formula text {self.text!r}: expected {what}, found {found} at position {pos}")
+        hint = ""
+        if kind == "name" and self.i > 0 and self.tokens[self.i - 1][0] == "name":
+            hint = f" (a name with spaces or symbols needs R's backticks: `{self.tokens[self.i - 1][1]} {value}`)"
+        raise FormulaError(f"cannot parse formula text {self.text!r}: expected {what}, found {found} at position "
+                           f"{pos}{hint}")
 
     def binary_left(self, ops: tuple[str, ...], operand) -> Node:
         node = operand()

@@ -22,6 +22,8 @@ __all__ = ["ParsedFormula", "RandomTerm", "Term", "parse_formula", "expression_n
 
 # glmmTMB's spellings of a term's covariance structure; "us" (unstructured) is lme4's `(x | g)`
 COVARIANCE_STRUCTURES = ("us", "diag", "cs", "ar1")
+# calls in which `|` is R's logical or, as in I(x < 0 | x > 1), not a random-effects bar
+_LOGICAL_OR_CALLS = ("I", "as.numeric", "as.integer", "as.double", "factor", "as.factor", "ordered")
 _OTHER_GLMMTMB_STRUCTURES = ("toep", "ou", "exp", "gau", "mat", "rr", "homdiag", "homcs", "hetar1", "propto")
 
 
@@ -187,7 +189,8 @@ def _bar_of(node: Node) -> tuple[str, BinOp] | None:
     """A random-effects term: (covariance, the bar) for `(x | g)`, `(x || g)` or `cs(x | g)` etc.; else None."""
     if isinstance(node, Paren) and isinstance(node.inner, BinOp) and node.inner.op in ("|", "||"):
         return "us", node.inner
-    if isinstance(node, Call) and len(node.args) == 1 and isinstance(node.args[0], BinOp) and node.args[0].op == "|":
+    if isinstance(node, Call) and len(node.args) == 1 and isinstance(node.args[0], BinOp) and node.args[0].op == "|" \
+            and node.func not in _LOGICAL_OR_CALLS:
         if node.func in COVARIANCE_STRUCTURES:
             return node.func, node.args[0]
         if node.func in _OTHER_GLMMTMB_STRUCTURES:
@@ -205,8 +208,9 @@ def _has_bar(node: Node) -> bool:
         return _has_bar(node.inner)
     if isinstance(node, Unary):
         return _has_bar(node.operand)
-    if isinstance(node, Call):
-        return any(_has_bar(a) for a in node.args)
+    if isinstance(node, Call):  # inside I(), log() etc. `|` is R's logical or; only the wrappers hold bars
+        known = node.func in COVARIANCE_STRUCTURES + _OTHER_GLMMTMB_STRUCTURES
+        return known and any(isinstance(a, BinOp) and a.op == "|" for a in node.args)
     return False
 
 
