@@ -14,10 +14,11 @@ import pandas as pd
 from scipy import special, stats
 
 from .._config import float64_methods
+from .._memory import check_fits_in_memory
+from .._memory import chunk_size as memory_chunk_size
 
 __all__ = ["Posterior", "split_rhat", "ess_bulk"]
 
-_CHUNK = 256  # draws per block in predict (bounds memory at chunk × rows × q)
 
 
 def split_rhat(x: np.ndarray) -> float:
@@ -174,11 +175,14 @@ class Posterior:
         )
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False, type: str = "response"):
+    def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False, type: str = "response", *,
+                chunk_size: int | None = None):
         """Predictions for every draw: array chains × draws × rows (response scale, or link with type='link').
 
         re_form as in ``MixedModelResult.predict``; levels not seen in fitting get zero random effects when
-        allow_new_levels=True (lme4's convention), else raise ``NewLevelError``.
+        allow_new_levels=True (lme4's convention), else raise ``NewLevelError``. The draws are worked in chunks
+        sized to the available memory (chunk_size= draws per chunk overrides it); a result that cannot fit in
+        memory is refused before anything is computed.
         """
         from ..results._results import MixedModelResult
 
@@ -190,24 +194,28 @@ class Posterior:
             X, zs, codes, offset = d.X, [t.z for t in d.terms], [t.codes for t in d.terms], d.offset
         else:
             X, zs, codes, offset, _ = self.model._new_rows(newdata, used, allow_new_levels)
-        c, s = self.chains, self.n_draws
+        c, s, n_rows = self.chains, self.n_draws, X.shape[0]
+        check_fits_in_memory(8.0 * c * s * n_rows, f"predict() of {c * s} draws × {n_rows} rows",
+                             "predict fewer rows of newdata at a time")
+        # per draw: the chunk's η row, and per term the gathered random effects (rows × q) and their product
+        per_draw = 8.0 * n_rows * (2 + sum(2 * self._b[k].shape[-1] for k in used))
+        size = memory_chunk_size(c * s, per_draw, override=chunk_size)
         beta = self._beta.reshape(c * s, -1)
-        eta = np.empty((c * s, X.shape[0]))
-        for start in range(0, c * s, _CHUNK):
-            sl = slice(start, min(start + _CHUNK, c * s))
+        out = np.empty((c * s, n_rows))
+        for start in range(0, c * s, size):
+            sl = slice(start, min(start + size, c * s))
             block = beta[sl] @ X.T + offset[None, :]
             for k in used:
                 known = codes[k] >= 0
                 b = self._b[k].reshape((c * s,) + self._b[k].shape[2:])[sl]
                 block[:, known] += np.einsum("snq,nq->sn", b[:, codes[k][known], :], zs[k][known])
-            eta[sl] = block
-        if type == "link":
-            out = eta
-        elif hasattr(self.model.family, "linkinv"):  # the family's own inverse link (R's clamps)
-            out = np.asarray(self.model.family.linkinv(eta))
-        else:
-            out = _inverse_link(eta, self.link)
-        return out.reshape(c, s, X.shape[0])
+            out[sl] = block if type == "link" else self._response_scale(block)
+        return out.reshape(c, s, n_rows)
+
+    def _response_scale(self, eta: np.ndarray) -> np.ndarray:
+        if hasattr(self.model.family, "linkinv"):  # the family's own inverse link (R's clamps)
+            return np.asarray(self.model.family.linkinv(eta))
+        return _inverse_link(eta, self.link)
 
     # ------------------------------------------------------------------ ArviZ
     def to_arviz(self):

@@ -5,7 +5,10 @@ Only the response enters the statistics [Z X y]ᵀW[Z X y] through its y-parts: 
 each response adds a few segment sums over the rows. A response with missing values gets zero weight on those
 rows; that changes its Z and X blocks too, so such columns get the full statistics of their own weights (and their
 own effective n). The dense BFGS loop of `_optimize.bfgs_minimize` (one evaluation per pass, no nested line
-search) runs vmapped over a chunk of responses at a time, so memory stays bounded by the chunk size.
+search) runs vmapped over a chunk of responses at a time. Chunks are sized to the memory the machine has
+(`_memory`), the offset is taken off chunk by chunk and the scans for missing values go by blocks of columns, so
+beside the caller's Y and the results (a few numbers per response) memory stays bounded by the chunk size,
+whatever the number of responses.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import functools
 import os
 import sys
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +29,8 @@ import pandas as pd
 from .._config import float64, float64_methods
 from ..core._blocks import Blocks, RowData, Structure, cross_products
 from ..core._covariance import canonical_theta, theta_diagonal_mask, theta_names
-from .._errors import DataError, DataTypeError
+from .._errors import ConvergenceWarning, DataError, DataTypeError
+from .._memory import DEFAULT_FRACTION, available_bytes
 from ..core._linalg import factorize, solve_coefficients
 from ..core._lmm import LinearProblem, deviance_from_factor, profiled_deviance
 from ..optim._optimize import bfgs_minimize
@@ -141,7 +146,7 @@ def _estimates(theta, problem: LinearProblem, reml: bool):
 
 @functools.partial(jax.jit, static_argnames=("reml", "max_iter", "complete"))
 def _fit_chunk(structure, rows, base, X, weights, Y, theta0, diag_mask, reml: bool, max_iter: int, complete: bool):
-    """Fit the columns of Y (n × c) at once.
+    """Fit the columns of Y (n × c) at once, column j from θ0[j] (θ0: c × k).
 
     complete=True: no missing values, so the Z/X blocks are shared and each column adds its y-parts. Otherwise
     each column's statistics come from its own weights (missing rows weighted 0) and its own effective n.
@@ -160,9 +165,9 @@ def _fit_chunk(structure, rows, base, X, weights, Y, theta0, diag_mask, reml: bo
         return LinearProblem(structure=structure, blocks=cross_products(structure, rows, w, F),
                              n=jnp.sum(w > 0).astype(jnp.float64), p=p, sum_log_w=_sum_log_w(w))
 
-    def one(y):
+    def one(y, start):
         problem = problem_for(y)
-        res = bfgs_minimize(profiled_deviance, theta0, problem, reml, max_iter=max_iter, gtol=_BATCH_GTOL)
+        res = bfgs_minimize(profiled_deviance, start, problem, reml, max_iter=max_iter, gtol=_BATCH_GTOL)
         snapped = jnp.where(diag_mask & (jnp.abs(res.x) < SINGULAR_TOL), 0.0, res.x)
         f_snapped = profiled_deviance(snapped, problem, reml)
         keep = jnp.isfinite(f_snapped) & (f_snapped <= res.value + 1e-10 * jnp.abs(res.value))
@@ -171,10 +176,30 @@ def _fit_chunk(structure, rows, base, X, weights, Y, theta0, diag_mask, reml: bo
         return dict(theta=theta, beta=beta, se=se, sigma=sigma, objective=objective, converged=res.converged,
                     n_iter=res.n_iter, nobs=problem.n)
 
-    return jax.vmap(one, in_axes=1)(Y)
+    return jax.vmap(one, in_axes=(1, 0))(Y, theta0)
 
 
 # ---------------------------------------------------------------------------------------------- driver
+def _take_better(res: dict, which: np.ndarray, retry: dict) -> None:
+    """Replace res's rows `which` by retry's where retry's objective is lower (or res's is not finite)."""
+    old = res["objective"][which]
+    better = ~np.isfinite(old) | (retry["objective"] < old - 1e-9 * (1.0 + np.abs(old)))
+    rows = np.flatnonzero(which)[better]
+    for k in res:
+        res[k][rows] = retry[k][better]
+
+
+def _leave_boundary_saddles(res: dict, refit, diag: np.ndarray) -> None:
+    """A zero diagonal θ is a stationary point whatever the data (the deviance is even in each column of T), so
+    the unconstrained search can stop there at a saddle. As a single fit does (`Model._leave_boundary_saddle`),
+    search again from just off the boundary, and keep what is lower. refit(which, starts) fits those columns."""
+    zero = diag[None, :] & (res["theta"] == 0)
+    which = zero.any(axis=1) & np.isfinite(res["objective"])
+    if which.any():
+        starts = np.where(zero[which], 0.01, res["theta"][which])
+        _take_better(res, which, refit(which, starts))
+
+
 def _as_matrix(model, Y) -> tuple[np.ndarray, pd.Index]:
     """Y as an (n × m) float array in the model's rows; a DataFrame indexed like the data is aligned by index."""
     d = model.design
@@ -206,20 +231,55 @@ def _as_matrix(model, Y) -> tuple[np.ndarray, pd.Index]:
             f"Y has {values.shape[0]} rows but the model uses {d.n} rows of its data (after dropping rows with "
             "missing values); give one row per model row, or a DataFrame indexed like the data"
         )
-    if np.isinf(values).any():
+    if any(np.isinf(block).any() for block in _column_blocks(values)):
         raise DataError("Y contains infinite values")
     return values, columns
 
 
-def _default_chunk(model, complete: bool) -> int:
-    """Columns per vmapped chunk so that the statistics, intermediates and optimizer state stay near _CHUNK_BYTES."""
+def _column_blocks(values: np.ndarray, block_bytes: int = 64 * 2**20):
+    """Views of values' columns in blocks of about block_bytes, so that a scan's temporaries stay small."""
+    step = max(1, block_bytes // max(8 * values.shape[0], 1))
+    return (values[:, i : i + step] for i in range(0, values.shape[1], step))
+
+
+def observed_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column: the number of observed (non-NaN) rows, and whether any row is missing."""
+    counts = np.concatenate([np.sum(~np.isnan(block), axis=0) for block in _column_blocks(values)])
+    return counts, counts < values.shape[0]
+
+
+def user_stacklevel() -> int:
+    """The stacklevel of warnings.warn, called from the caller of this, that names the first frame outside
+    jaxmlm (the user's call, however many of jaxmlm's wrappers lie between)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_unfitted(columns, failed: np.ndarray, too_few: np.ndarray, n_needed: int) -> None:
+    """Say which columns came back NaN, and why (results are NaN there, never silently)."""
+    for mask, reason in ((too_few, f"have too few observed rows (at most {n_needed})"),
+                         (failed & ~too_few, "gave a non-finite objective at every start")):
+        if mask.any():
+            names = ", ".join(map(repr, list(columns[np.flatnonzero(mask)][:5])))
+            more = f" and {int(mask.sum()) - 5} more" if mask.sum() > 5 else ""
+            warnings.warn(f"fit_batch: {int(mask.sum())} response column(s) {reason}, so their results are NaN: "
+                          f"{names}{more}", ConvergenceWarning, stacklevel=user_stacklevel())
+
+
+def _default_chunk(model, complete: bool, workers: int = 1) -> int:
+    """Columns per vmapped chunk so that the statistics, intermediates and optimizer state stay near _CHUNK_BYTES,
+    or less when the machine has less memory to spare for `workers` chunks at once."""
     s, d = model.structure, model.design
     p = d.X.shape[1]
     block_floats = sum(l * q * (q + p + 1) for l, q in zip(s.n_levels[: s.n_prefix], s.qs[: s.n_prefix]))
     block_floats += sum(int(e.shape[0]) * q for e, q in zip(s.entry_level, s.qs)) + (s.m_z + p + 1) ** 2
     row_floats = d.n * (2 + sum(q * q for q in s.qs))
     per_column = 8 * 6 * (block_floats + s.n_pairs + (0 if complete else row_floats + s.m_z**2)) + 8 * 60 * s.n_theta
-    return int(max(1, min(_CHUNK_MAX, _CHUNK_BYTES // per_column)))
+    budget = min(_CHUNK_BYTES, DEFAULT_FRACTION * available_bytes() / max(workers, 1))
+    return int(max(1, min(_CHUNK_MAX, budget // per_column)))
 
 
 class _Progress:
@@ -277,35 +337,38 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
     if not model.is_gaussian:
         return _fit_glmm_batch(model, values, columns, method, nagq, chunk_size, max_iter, progress, t0, start)
     d, reml = model.design, method == "reml"
-    values = values - d.offset[:, None]
     m, p = values.shape[1], d.X.shape[1]
     theta0 = model.start_theta(start)
 
-    n_obs = np.sum(~np.isnan(values), axis=0)
+    n_obs, missing = observed_counts(values)
     too_few = n_obs <= p + (1 if reml else 0)
-    missing = np.isnan(values).any(axis=0)
     groups = [(np.flatnonzero(~missing & ~too_few), True), (np.flatnonzero(missing & ~too_few), False)]
+    max_workers = max(1, min(os.cpu_count() or 1, 8))
 
     out = dict(theta=np.full((m, model.n_theta), np.nan), beta=np.full((m, p), np.nan), se=np.full((m, p), np.nan),
                sigma=np.full(m, np.nan), objective=np.full(m, np.nan), converged=np.zeros(m, bool),
                n_iter=np.zeros(m, np.int64), nobs=n_obs.astype(np.float64))
     X, weights = jnp.asarray(d.X), jnp.asarray(d.weights)
     base = _base_blocks(model.structure, model.rows, weights, X)
-    mask = jnp.asarray(theta_diagonal_mask(model.qs))
+    diag = theta_diagonal_mask(model.qs)
+    mask = jnp.asarray(diag)
     chunks = []
     for idx, complete in groups:
         if idx.size:
-            size = chunk_size or min(_default_chunk(model, complete), 1 << int(np.ceil(np.log2(idx.size))))
+            size = chunk_size or min(_default_chunk(model, complete, max_workers),
+                                     1 << int(np.ceil(np.log2(idx.size))))
             chunks += [(idx[i : i + size], complete, size) for i in range(0, idx.size, size)]
     bar = _Progress(m, enabled=(len(chunks) > 1) if progress is None else bool(progress))
 
-    def run(cols, complete, size, start_theta):
-        Yc = values[:, cols]
+    def run(cols, complete, size, starts):
+        Yc = values[:, cols] - d.offset[:, None]  # the offset comes off chunk by chunk: no copy of all of Y
+        starts = np.broadcast_to(starts, (len(cols), theta0.size))
         if len(cols) < size:  # pad with copies of the first column: one compiled program per chunk size
             Yc = np.concatenate([Yc, np.repeat(Yc[:, :1], size - len(cols), axis=1)], axis=1)
-        res = _fit_chunk(model.structure, model.rows, base, X, weights, jnp.asarray(Yc), jnp.asarray(start_theta),
+            starts = np.concatenate([starts, np.repeat(starts[:1], size - len(cols), axis=0)])
+        res = _fit_chunk(model.structure, model.rows, base, X, weights, jnp.asarray(Yc), jnp.asarray(starts),
                          mask, reml=reml, max_iter=max_iter, complete=complete)
-        return {k: np.asarray(v)[: len(cols)] for k, v in res.items()}
+        return {k: np.array(v)[: len(cols)] for k, v in res.items()}
 
     @float64  # in a worker thread: JAX's float64 setting is per thread
     def process(chunk):
@@ -315,21 +378,21 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
         for scale in (0.5, 0.1):  # a non-finite evaluation: restart from a smaller start, as a single fit does
             if not bad.any():
                 break
-            retry = run(cols[bad], complete, size, theta0 * scale)
-            for k in res:
-                res[k][bad] = retry[k]
+            _take_better(res, bad, run(cols[bad], complete, size, theta0 * scale))
             bad = ~np.isfinite(res["objective"])
+        _leave_boundary_saddles(res, lambda which, starts: run(cols[which], complete, size, starts), diag)
         res["converged"] = res["converged"] & np.isfinite(res["objective"])
         return cols, res
 
     # XLA runs these small vectorized programs on one core each: chunks go to a thread per core
-    workers = max(1, min(os.cpu_count() or 1, len(chunks), 8))
+    workers = max(1, min(max_workers, len(chunks)))
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         for cols, res in pool.map(process, chunks):
             for k in out:
                 out[k][cols] = res[k]
             bar.update(len(cols))
     bar.close()
+    warn_unfitted(columns, ~np.isfinite(out["objective"]), too_few, p + (1 if reml else 0))
     theta = canonical_theta(out["theta"], model.qs)
     return BatchResult(model=model, method=method, columns=columns, theta=theta.reshape(m, model.n_theta),
                        beta=out["beta"], se_beta=out["se"], sigma=out["sigma"], objective=out["objective"],
@@ -345,6 +408,7 @@ def _fit_glmm_batch(model, values, columns, method, nagq, chunk_size, max_iter, 
     res = fit_glmm_batch(model, values, columns, method=method, nagq=nagq, chunk_size=chunk_size,
                          max_iter=max_iter, bar=bar, start=start)
     bar.close()
+    warn_unfitted(columns, ~np.isfinite(res["objective"]), np.zeros(m, bool), 0)
     return BatchResult(model=model, method=res["method"], columns=columns, theta=res["theta"], beta=res["beta"],
                        se_beta=res["se"], sigma=np.full(m, np.nan), objective=res["objective"],
                        loglik=res["loglik"], converged=res["converged"] & np.isfinite(res["objective"]), nobs=res["nobs"].astype(np.int64),

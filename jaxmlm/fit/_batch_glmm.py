@@ -4,15 +4,20 @@ The GLMM problem differs between columns only in its response, its prior weights
 and the family's normalizing constant, so one compiled program fits a whole chunk: the starting β comes from a
 joint PIRLS at θ = lme4's start, then a quasi-Newton fit on (θ, β) as a single fit's first stage does, by the
 batch optimizer (`bfgs_minimize`: one evaluation per loop pass, so vmapped columns never wait on one another's line
-searches). Standard errors come from the exact Hessian of each column's deviance, as in a single fit. (A single fit
-also tries a few Newton steps at the end; the batch stops at the gradient tolerance, which keeps objectives within
-1e-6 relative.)
+searches). Standard errors come from the exact Hessian of each column's deviance, as in a single fit; where that
+Hessian is not positive definite (a boundary fit, say) they fall back, as a single fit does and with its warning, to
+lme4's RX (the PIRLS factor at the optimum). (A single fit also tries a few Newton steps at the end; the batch
+stops at the gradient tolerance, which keeps objectives within 1e-6 relative.)
+
+Memory: each chunk's responses, prior weights and constants are prepared when the chunk runs, and chunks are sized
+to the machine (`_memory`), so beside the caller's Y only a chunk's working set is held.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 
 import equinox as eqx
 import jax
@@ -21,8 +26,9 @@ import numpy as np
 import pandas as pd
 
 from ..core._covariance import canonical_theta
-from .._errors import DataError
-from ._glmm import _objective, glmm_problem
+from .._errors import ConvergenceWarning, DataError
+from .._memory import chunk_size as memory_chunk_size
+from ._glmm import _objective, _state_at, glmm_problem
 from ..optim._optimize import bfgs_minimize
 from ..core._pirls import pirls
 
@@ -69,12 +75,32 @@ def fit_glmm_chunk(problem, Y, W, constants, theta0, nodes, node_weights, max_it
         if nodes is not None:  # AGQ continues from the Laplace optimum, as a single fit does
             res = bfgs_minimize(_objective, res.x, prob, nodes, node_weights, max_iter=max_iter, gtol=1e-8)
         hess = jax.hessian(_objective)(res.x, prob, nodes, node_weights)
-        cov = 2.0 * jnp.linalg.inv(hess)
-        se = jnp.sqrt(jnp.diagonal(cov)[nt:])
+        H = 0.5 * (hess + hess.T)
+        positive_definite = jnp.all(jnp.isfinite(jnp.linalg.cholesky(H)))
+        variance = jnp.diagonal(2.0 * jnp.linalg.inv(H))[nt:]
+        usable = positive_definite & jnp.all(jnp.isfinite(variance)) & jnp.all(variance > 0)
+        se = jnp.where(usable, jnp.sqrt(jnp.where(usable, variance, 1.0)), jnp.nan)
         return dict(theta=res.x[:nt], beta=res.x[nt:], se=se, objective=res.value, converged=res.converged,
-                    n_iter=res.n_iter, nobs=jnp.sum(w > 0))
+                    n_iter=res.n_iter, nobs=jnp.sum(w > 0), hessian_ok=usable)
 
     return jax.vmap(one, in_axes=(1, 1, 0))(Y, W, constants)
+
+
+def _rx_standard_errors(problem, x, y, w, c) -> np.ndarray:
+    """lme4's fallback standard errors from RX (the PIRLS factor at the optimum x), as a single fit's `_vcov`."""
+    prob = eqx.tree_at(lambda p: (p.y, p.weights, p.constant), problem, (y, w, c))
+    vcov_rx = np.asarray(_state_at(jnp.asarray(x), prob)["vcov_rx"])
+    return np.sqrt(np.diag(vcov_rx))
+
+
+def _bytes_per_column(problem, nt: int) -> float:
+    """A rough working set of one column's fit: per-row arrays of PIRLS and its two Newton steps under the
+    Hessian's forward-over-reverse passes, the blocked statistics, and the optimizer's dense state."""
+    s = problem.structure
+    n, p, k = int(problem.X.shape[0]), problem.p, nt + problem.p
+    per_row = 8 * n * (6 + sum(q * q for q in s.qs) + p) * 2 * (k + 1)
+    blocks = 8 * (sum(l * q * (q + p + 2) for l, q in zip(s.n_levels, s.qs)) + (s.m_z + p + 1) ** 2) * (k + 1)
+    return per_row + blocks + 8 * 60 * k * k
 
 
 def fit_glmm_batch(model, values, columns, *, method: str, nagq, chunk_size, max_iter: int, bar, start=None):
@@ -87,29 +113,49 @@ def fit_glmm_batch(model, values, columns, *, method: str, nagq, chunk_size, max
     if getattr(model.family, "has_dispersion", False):
         raise ValueError(f"fit_batch (and bootstrap) are for the binomial and Poisson families; fit each response of "
                          f"the {model.family.name} family with Model.fit")
-    Y, W, constants, non_integer = glmm_columns(model, values, columns)
     problem = glmm_problem(model)
     nodes = node_weights = None
     if method == "agq":
         z, w = gauss_hermite(nagq)
         nodes, node_weights = jnp.asarray(z), jnp.asarray(w)
-    m = Y.shape[1]
-    size = int(chunk_size or min(64, 1 << int(np.ceil(np.log2(max(m, 1))))))
+    m, nt = values.shape[1], model.n_theta
+    size = memory_chunk_size(m, _bytes_per_column(problem, nt), override=chunk_size, maximum=64)
+    size = min(size, 1 << int(np.ceil(np.log2(max(m, 1)))))  # no padding past the batch itself
     theta0 = jnp.asarray(model.start_theta(start))
     out: dict[str, list] = {}
-    for start in range(0, m, size):
-        cols = np.arange(start, min(start + size, m))
-        pad = size - len(cols)
-        take = np.concatenate([cols, np.repeat(cols[:1], pad)])  # one compiled program per chunk size
-        res = fit_glmm_chunk(problem, jnp.asarray(Y[:, take]), jnp.asarray(W[:, take]),
-                             jnp.asarray(constants[take]), theta0, nodes, node_weights, max_iter)
+    fallback = []
+    for first in range(0, m, size):
+        cols = np.arange(first, min(first + size, m))
+        take = np.concatenate([cols, np.repeat(cols[:1], size - len(cols))])  # one compiled program per chunk size
+        Y, W, constants, non_integer = glmm_columns(model, values[:, take], columns[take])
+        res = fit_glmm_chunk(problem, jnp.asarray(Y), jnp.asarray(W), jnp.asarray(constants), theta0, nodes,
+                             node_weights, max_iter)
+        res = {k: np.asarray(v)[: len(cols)] for k, v in res.items()}
+        res["constants"], res["non_integer"] = constants[: len(cols)], non_integer[: len(cols)]
+        x = np.concatenate([res["theta"], res["beta"]], axis=1)
+        for j in np.flatnonzero(~res["hessian_ok"] & np.isfinite(res["objective"])):
+            res["se"][j] = _rx_standard_errors(problem, x[j], Y[:, j], W[:, j], constants[j])
+            fallback.append(columns[cols[j]])
         for k, v in res.items():
-            out.setdefault(k, []).append(np.asarray(v)[: len(cols)])
+            out.setdefault(k, []).append(v)
         bar.update(len(cols))
     res = {k: np.concatenate(v) for k, v in out.items()}
+    _warn_fallback(fallback)
     res["theta"] = canonical_theta(res["theta"], model.qs)
+    constants, non_integer = res.pop("constants"), res.pop("non_integer")
     # lme4's loglik scale: Laplace objective is −2 log L; AGQ's leaves the constants out (kept as a single fit does)
     res["loglik"] = -res["objective"] / 2.0 if method == "laplace" else -(res["objective"] + constants) / 2.0
     res["loglik"] = np.where(non_integer, -np.inf, res["loglik"])
     res["method"] = method
     return res
+
+
+def _warn_fallback(columns) -> None:
+    from ._batch import user_stacklevel
+
+    if columns:
+        listed = ", ".join(map(repr, columns[:5])) + (f" and {len(columns) - 5} more" if len(columns) > 5 else "")
+        warnings.warn(
+            f"fit_batch: for {len(columns)} response column(s) ({listed}) the variance-covariance matrix computed "
+            "from the Hessian is not positive definite or contains NA values: falling back to var-cov estimated "
+            "from RX", ConvergenceWarning, stacklevel=user_stacklevel())

@@ -2,6 +2,10 @@
 
 As lme4's bootMer(fit, FUN, nsim, type = "parametric"): new random effects and residuals for each sample
 (`fit.simulate`), each refitted by the fit's own method, starting from the fit's θ as lme4's refit() does.
+
+Samples are simulated and refitted in blocks sized to the machine's memory (`_memory`; `block_size=` overrides),
+from one random generator, so the draws do not depend on the blocking and memory does not grow with n beyond the
+table of estimates (n × parameters).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .._config import float64_methods
+from .._memory import chunk_size as memory_chunk_size
 from ._confint import interval_columns, parameter_names, variance_parameters
 
 __all__ = ["BootstrapResult", "bootstrap"]
@@ -41,18 +46,50 @@ class BootstrapResult:
         return f"BootstrapResult({len(self.draws)} samples, {int(self.converged.sum())} converged)"
 
 
-def bootstrap(fit, n: int = 500, seed: int = 0, *, chunk_size=None, progress=None) -> BootstrapResult:
+_BLOCK_MULTIPLE = 128  # blocks of a multiple of fit_batch's largest vectorized chunk: its programs are reused
+
+
+def _bytes_per_sample(model) -> float:
+    """A sample's simulated response and the copies fit_batch makes of it (its chunk, a GLMM's prior weights)."""
+    return 8.0 * model.design.n * 6
+
+
+def _concatenate(batches, n: int):
+    """One BatchResult of the refits of every block, in sample order."""
+    from ..fit._batch import BatchResult
+
+    first = batches[0]
+    arrays = {f: np.concatenate([getattr(b, f) for b in batches])
+              for f in ("theta", "beta", "se_beta", "sigma", "objective", "loglik", "converged", "nobs", "n_iter")}
+    return BatchResult(model=first.model, method=first.method, columns=pd.RangeIndex(n), **arrays,
+                       seconds=float(sum(b.seconds for b in batches)))
+
+
+def bootstrap(fit, n: int = 500, seed: int = 0, *, chunk_size=None, block_size=None,
+              progress=None) -> BootstrapResult:
+    """n parametric bootstrap samples of fit, refitted (see the module docstring). chunk_size: responses per
+    vectorized step of the refits (`fit_batch`); block_size: samples simulated and refitted at a time (default
+    from the available memory)."""
     model = fit.model
-    if int(n) != n or n < 2:
+    if isinstance(n, bool) or int(n) != n or n < 2:
         raise ValueError(f"n (the number of bootstrap samples) must be an integer ≥ 2, got {n!r}")
-    sims = fit.simulate(int(n), seed=seed)  # a binomial model's as proportions on its trials, as fit_batch takes
+    n = int(n)
+    block = memory_chunk_size(n, _bytes_per_sample(model), override=block_size, name="block_size")
+    if block_size is None and block < n:
+        block = max(_BLOCK_MULTIPLE, block // _BLOCK_MULTIPLE * _BLOCK_MULTIPLE)
+    rng = np.random.default_rng(seed)
     start = None if fit.is_singular else fit.theta
-    batch = model.fit_batch(sims.to_numpy(), method=fit.method, start=start, chunk_size=chunk_size,
-                            progress=progress, nagq=fit.extra.get("nagq"))
+    batches = []
+    for first in range(0, n, block):
+        # a binomial model's samples as proportions on its trials, as fit_batch takes them
+        sims = fit._simulate_draws(rng, min(block, n - first))
+        batches.append(model.fit_batch(sims, method=fit.method, start=start, chunk_size=chunk_size,
+                                       progress=progress, nagq=fit.extra.get("nagq")))
+    batch = _concatenate(batches, n)
     names = parameter_names(model)
     sigma = batch.sigma if model.is_gaussian else None  # binomial and Poisson models have no σ
     values = np.column_stack([variance_parameters(batch.theta, sigma, model.qs), batch.beta])
-    draws = pd.DataFrame(values, columns=names, index=pd.RangeIndex(int(n), name="sample"))
+    draws = pd.DataFrame(values, columns=names, index=pd.RangeIndex(n, name="sample"))
     est = np.concatenate([variance_parameters(fit.theta, fit.sigma, model.qs)[0],
                           fit.fixef[model.design.x_names].to_numpy()])
     return BootstrapResult(estimate=pd.Series(est, index=names), draws=draws, converged=batch.converged.copy(),

@@ -346,7 +346,12 @@ class MixedModelResult:
         """n responses simulated from the fitted model (new random effects unless use_u=True), as lme4's simulate.
         Binomial responses come as proportions of successes, the form `fit_batch` takes (lme4 returns a
         successes/failures matrix for a cbind() response): multiply by the trials for counts."""
-        rng = np.random.default_rng(seed)
+        sims = self._simulate_draws(np.random.default_rng(seed), n, use_u)
+        return pd.DataFrame(sims, index=self.design.row_index, columns=[f"sim_{i + 1}" for i in range(n)])
+
+    def _simulate_draws(self, rng, n: int, use_u: bool = False) -> np.ndarray:
+        """n simulated responses (rows × n) from the generator rng; successive calls on one generator continue
+        one sequence, so a bootstrap drawn in blocks gets the samples that one call would give."""
         d = self.design
         T = theta_to_matrices(self._theta, self.model.qs)
         sims = np.empty((d.n, n))
@@ -365,7 +370,7 @@ class MixedModelResult:
             else:
                 w = np.where(d.weights > 0, d.weights, np.inf)
                 sims[:, i] = eta + scale * rng.standard_normal(d.n) / np.sqrt(w)
-        return pd.DataFrame(sims, index=d.row_index, columns=[f"sim_{i + 1}" for i in range(n)])
+        return sims
 
     # ------------------------------------------------------------------ display
     def summary(self, ddf: str | None = None):
