@@ -1,0 +1,255 @@
+"""The accelerator run: the large workloads in one go, each in a child process with its own time limit, every
+time and objective written to one results file (JSON lines). `benchmarks/device.sh` installs jaxmlm and calls
+this; `--scale small` runs the same workloads at tiny sizes (on the CPU in the tests).
+
+    python benchmarks/device_run.py --scale full --out device_results.jsonl [--budget 480] [--only a,b]
+
+Workloads (full scale):
+* slope_10m_1m: y ~ x + (x | g), 10M rows × 1M groups, ML, fitted twice (cold: compiles included; warm);
+* ml32m_direct / ml32m_iterative: rating ~ 1 + (1 | user) + (1 | item), 32M rows, 200,948 users × 84,432
+  items with heavy-tailed counts (MovieLens ml-32m's shape), ML by the direct path (dense item tail, ~57 GB)
+  and by the iterative path (conjugate gradients, stochastic log-determinant);
+* batch_100k: 100,000 simulated responses on sleepstudy's design in one fit_batch (REML);
+* xbox_mrp: an Xbox-poll-shaped MRP (750k respondents in state × sex × race × age × education × party ×
+  ideology × past vote cells, a binomial GLMM with seven random intercepts on the cell counts, then
+  poststratification by state over the 176,256 population cells);
+* groups_1000: fit_groups on 1,000 datasets of 50-500 rows and 5-50 levels (benchmarks/bench_groups.py).
+
+The first line of the file describes the run (JAX version, backend, devices); then one line per workload with
+its status ('ok', 'failed' with the error's last lines, or 'timeout'), phase times in seconds, objective and
+convergence. A workload that fails or runs out of time does not stop the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# name → (full-scale sizes, small sizes, share of the time budget)
+WORKLOADS = {
+    "slope_10m_1m": (dict(rows=10_000_000, groups=1_000_000), dict(rows=20_000, groups=2_000), 0.20),
+    "ml32m_direct": (dict(rows=32_000_000, users=200_948, items=84_432), dict(rows=20_000, users=400, items=150),
+                     0.20),
+    "ml32m_iterative": (dict(rows=32_000_000, users=200_948, items=84_432), dict(rows=20_000, users=400, items=150),
+                        0.25),
+    "batch_100k": (dict(responses=100_000), dict(responses=64), 0.12),
+    "xbox_mrp": (dict(respondents=750_000, draws=1000, terms=7), dict(respondents=5_000, draws=100, terms=2), 0.13),
+    "groups_1000": (dict(datasets=1000), dict(datasets=8), 0.10),
+}
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def _quiet():
+    import warnings
+
+    warnings.simplefilter("ignore")
+
+
+# ---------------------------------------------------------------------------------------------- workloads
+def run_slope(sizes: dict) -> dict:
+    import jaxmlm as jm
+    from benchmarks.workloads import _synthetic
+
+    data, t_data = _timed(lambda: _synthetic(sizes["rows"], sizes["groups"], slope=True, binary=False, seed=1))
+    model, t_model = _timed(lambda: jm.Model("y ~ x + (x | g)", data))
+    fit, t_cold = _timed(lambda: model.fit(method="ml", warn=False))
+    refit, t_warm = _timed(lambda: model.fit(method="ml", warn=False))
+    return dict(seconds=dict(data=t_data, model=t_model, fit_cold=t_cold, fit_warm=t_warm), objective=fit.objective,
+                objective_warm=refit.objective, converged=bool(fit.converged), theta=list(map(float, fit.theta)))
+
+
+def _movielens(sizes: dict):
+    from benchmarks.workloads import _movielens_like
+
+    return _timed(lambda: _movielens_like(sizes["rows"], sizes["users"], sizes["items"], seed=1))
+
+
+def run_ml32m(sizes: dict, solver: str) -> dict:
+    import jaxmlm as jm
+
+    data, t_data = _movielens(sizes)
+    model, t_model = _timed(lambda: jm.Model("rating ~ 1 + (1 | user) + (1 | item)", data))
+    fit, t_fit = _timed(lambda: model.fit(method="ml", solver=solver, warn=False))
+    out = dict(seconds=dict(data=t_data, model=t_model, fit_cold=t_fit), objective=fit.objective,
+               converged=bool(fit.converged), theta=list(map(float, fit.theta)), sigma=fit.sigma)
+    if solver == "iterative":
+        out["objective_se"] = float(fit.extra.get("objective_se", float("nan")))
+    return out
+
+
+def run_batch(sizes: dict) -> dict:
+    import numpy as np
+
+    import jaxmlm as jm
+
+    model = jm.Model("Reaction ~ Days + (Days | Subject)", jm.datasets.load("sleepstudy"))
+    fit = model.fit(method="reml", warn=False)
+    Y, t_sim = _timed(lambda: fit.simulate(sizes["responses"], seed=2024).to_numpy())
+    batch, t_cold = _timed(lambda: model.fit_batch(Y, method="reml", progress=False))
+    return dict(seconds=dict(simulate=t_sim, fit_batch=t_cold), objective=float(np.nanmean(batch.objective)),
+                converged=int(batch.converged.sum()), responses=int(Y.shape[1]))
+
+
+XBOX_FACTORS = dict(state=51, race=4, age=4, edu=4, party=3, ideology=3, lastvote=3)  # sex: a fixed effect
+
+
+def xbox_poll(respondents: int, seed: int = 7):
+    """An Xbox-shaped poll (Wang, Rothschild, Goel & Gelman 2015): respondents in demographic cells, skewed
+    towards the young and male as the Xbox panel was, a vote for one side drawn from additive cell effects;
+    returned as the poll's cell counts (yes, no) and the population's cells with counts N."""
+    import itertools
+
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    names = ["sex"] + list(XBOX_FACTORS)
+    sizes = [2] + list(XBOX_FACTORS.values())
+    cells = pd.DataFrame(list(itertools.product(*[range(s) for s in sizes])), columns=names)
+    effects = {k: rng.normal(0, 0.4, s) for k, s in zip(names, sizes)}
+    eta = -0.1 + sum(effects[k][cells[k].to_numpy()] for k in names)
+    population = rng.gamma(0.6, 1.0, len(cells)) * 1e3
+    skew = np.exp(1.2 * (cells["sex"] == 0) - 0.5 * cells["age"].to_numpy())  # young men answer most
+    share = population * skew
+    counts = rng.multinomial(respondents, share / share.sum())
+    yes = rng.binomial(counts, 1 / (1 + np.exp(-eta)))
+    poll = cells.assign(yes=yes, no=counts - yes)[counts > 0].reset_index(drop=True)
+    for frame in (poll, cells):
+        for k in names:
+            frame[k] = frame[k].astype("category" if k != "sex" else np.float64)
+    return poll, cells.assign(N=np.round(population).astype(np.int64))
+
+
+def run_xbox(sizes: dict) -> dict:
+    import jaxmlm as jm
+
+    (poll, population), t_data = _timed(lambda: xbox_poll(sizes["respondents"]))
+    terms = list(XBOX_FACTORS)[: sizes["terms"]]  # the small scale keeps the first few (state, race)
+    formula = "cbind(yes, no) ~ sex + " + " + ".join(f"(1 | {k})" for k in terms)
+    fit, t_fit = _timed(lambda: jm.glmer(formula, poll, family="binomial", warn=False))
+    table, t_mrp = _timed(lambda: jm.poststratify(fit, population, weight="N", by=["state"], draws=sizes["draws"]))
+    return dict(seconds=dict(data=t_data, fit_cold=t_fit, poststratify=t_mrp), objective=fit.objective,
+                converged=bool(fit.converged), formula=formula, poll_cells=len(poll), population_cells=len(population),
+                states=len(table), estimate_mean=float(table["estimate"].mean()))
+
+
+def run_groups(sizes: dict) -> dict:
+    from benchmarks.bench_groups import FORMULA, long_frame
+
+    import jaxmlm as jm
+
+    frame, t_data = _timed(lambda: long_frame(sizes["datasets"], seed=1))
+    result, t_fit = _timed(lambda: jm.fit_groups(FORMULA, frame, by="dataset", method="ml"))
+    return dict(seconds=dict(data=t_data, fit_groups=t_fit), objective=float(result.objective.sum()),
+                converged=int(result.converged.sum()), datasets=len(result), buckets=len(result.buckets))
+
+
+RUNNERS = {
+    "slope_10m_1m": run_slope,
+    "ml32m_direct": lambda s: run_ml32m(s, "direct"),
+    "ml32m_iterative": lambda s: run_ml32m(s, "iterative"),
+    "batch_100k": run_batch,
+    "xbox_mrp": run_xbox,
+    "groups_1000": run_groups,
+}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def environment(scale: str) -> dict:
+    import jax
+
+    devices = jax.devices()
+    return dict(workload="_environment", scale=scale, jax=jax.__version__, backend=jax.default_backend(),
+                devices=[str(d) for d in devices], device_kind=devices[0].device_kind, python=sys.version.split()[0],
+                started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+
+def child(name: str, scale: str, out: str) -> None:
+    """Run one workload and write its record (a child process: its memory goes back when it ends)."""
+    _quiet()
+    import jax
+
+    if name == "_environment":
+        pathlib.Path(out).write_text(json.dumps(environment(scale)))
+        return
+    full, small, _ = WORKLOADS[name]
+    record = RUNNERS[name](full if scale == "full" else small)
+    record.update(workload=name, scale=scale, status="ok", backend=jax.default_backend())
+    pathlib.Path(out).write_text(json.dumps(record, default=float))
+
+
+def run_one(name: str, scale: str, limit_s: float, env: dict) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "record.json")
+        cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--child", name, "--scale", scale, "--out", out]
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=max(limit_s, 1.0))
+        except subprocess.TimeoutExpired:
+            return dict(workload=name, scale=scale, status="timeout", limit_s=limit_s,
+                        wall_s=time.perf_counter() - start)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0 or not os.path.exists(out):
+            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-12:]
+            return dict(workload=name, scale=scale, status="failed", returncode=proc.returncode, wall_s=wall,
+                        error="\n".join(tail))
+        record = json.loads(pathlib.Path(out).read_text())
+        record["wall_s"] = wall
+        return record
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scale", choices=("full", "small"), default="full")
+    parser.add_argument("--out", default="device_results.jsonl")
+    parser.add_argument("--budget", type=float, default=480.0, help="seconds for all workloads together")
+    parser.add_argument("--only", default="", help="comma-separated workload names")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.scale, args.out)
+        return 0
+    names = [n for n in args.only.split(",") if n] or list(WORKLOADS)
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workload(s) {unknown}; known: {', '.join(WORKLOADS)}")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # the direct ml-32m tail alone is ~57 GB
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    deadline = time.perf_counter() + args.budget
+    share_left = sum(WORKLOADS[n][2] for n in names)
+    with open(args.out, "w") as results:
+        # the backend, read in a child: JAX in this process would hold the accelerator's memory all along
+        info = run_one("_environment", args.scale, 120.0, env)
+        results.write(json.dumps(info, default=float) + "\n")
+        results.flush()
+        print(f"backend: {info.get('backend')} {info.get('devices')}", flush=True)
+        for name in names:
+            left = deadline - time.perf_counter()
+            limit = left * WORKLOADS[name][2] / share_left  # the time that earlier workloads left goes on
+            share_left -= WORKLOADS[name][2]
+            record = run_one(name, args.scale, limit, env)
+            results.write(json.dumps(record, default=float) + "\n")
+            results.flush()
+            print(f"{name}: {record['status']} ({record.get('wall_s', 0.0):.1f} s) objective "
+                  f"{record.get('objective')}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
