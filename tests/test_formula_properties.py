@@ -42,8 +42,7 @@ DATA = pd.DataFrame({
 
 # atoms: a column or an R expression of columns, in R's spelling
 ATOMS = ["x", "z", "t", "a", "b", "I(t^2)", "I(t**2 - x)", "log(x)", "exp(-z/2)", "factor(t)", "I(x > 1)",
-         "sqrt(x)", "poly(x, 2)", "I((t + 1)^-1)", "scale(z)"]
-FACTORS = ["a", "b", "factor(t)"]
+         "sqrt(x)", "poly(x, 2)", "I((t + 1)^-1)", "scale(z)", "C(a, sum)", 'relevel(a, "r")', "C(b, helmert)"]
 
 
 def _expression(draw_atoms, ops):

@@ -4,8 +4,8 @@ Each variable of a term (a column, or an R expression such as `I(Time^2)`, `log(
 is evaluated here with R's meaning (`^` is a power, names are R's) into numeric columns or a factor. A factor is
 coded as R codes it (TermCode in R's model.c): by contrasts where the term without that factor is in the model
 before it (or is the empty term), else by one indicator per level; without an intercept the first factor of the
-first term holding one gets indicators. Contrasts are R's defaults: treatment for unordered factors, contr.poly
-for ordered ones. Columns of an interaction are products with the first variable varying fastest, and are named
+first term holding one gets indicators. Contrasts are R's defaults (treatment for unordered factors, contr.poly
+for ordered ones) unless C(f, contr.sum) and the like name others. Columns of an interaction are products with the first variable varying fastest, and are named
 as R names them (`fb:x`, `poly(x, 2)1`, `o.L`, `I(x > 2)TRUE`).
 
 A ``ModelMatrixSpec`` keeps what the training data fixed (factor levels, poly() and scale() coefficients), so the
@@ -40,6 +40,7 @@ class Factor:
     codes: np.ndarray  # (n,) int64
     levels: list[str]
     ordered: bool = False
+    contrasts: str = ""  # set by C(f, ...): "treatment", "sum", "helmert", "poly", "SAS"; "" is R's default
 
 
 def format_number(value: float) -> str:
@@ -76,7 +77,7 @@ def _as_factor(value, where: str) -> Factor:
         used = np.flatnonzero(np.bincount(value.codes, minlength=len(value.levels)))
         remap = np.full(len(value.levels), -1, dtype=np.int64)
         remap[used] = np.arange(len(used))
-        return Factor(remap[value.codes], [value.levels[i] for i in used], value.ordered)
+        return dataclasses.replace(value, codes=remap[value.codes], levels=[value.levels[i] for i in used])
     x = _one_column(value, where)
     if value.logical:
         return Factor(x.astype(np.int64), ["FALSE", "TRUE"])
@@ -176,13 +177,46 @@ class _Evaluator:
         if func in ("factor", "as.factor", "ordered") and len(args) == 1:
             value = _as_factor(self(args[0]), self.where)
             return dataclasses.replace(value, ordered=value.ordered or func == "ordered")
+        if func == "C" and len(positional) == 2:
+            return self.contrasts(node, positional)
+        if func == "relevel" and (len(positional) == 2 or (len(positional) == 1 and "ref" in keywords)):
+            return self.relevel(node, positional[0], positional[1] if len(positional) == 2 else keywords["ref"])
         if func == "poly":
             return self.poly(node, positional, keywords)
         if func == "scale" and len(positional) == 1:
             return self.scale(node, positional[0], keywords)
         raise FormulaError(f"{self.where}: the function {func}() in {deparse(node)!r} is not one jaxmlm evaluates "
-                           "(it reads I, log, exp, sqrt, abs, factor, ordered, poly, scale, pmin, pmax and R's "
-                           "arithmetic)")
+                           "(it reads I, log, exp, sqrt, abs, factor, ordered, relevel, C, poly, scale, pmin, pmax "
+                           "and R's arithmetic)")
+
+    def contrasts(self, node: Call, args: list) -> Factor:
+        """R's C(f, contr): contr.treatment, contr.sum, contr.helmert, contr.poly, contr.SAS, by name, as a string
+        or abbreviated (C(f, sum))."""
+        spec = args[1].inner if isinstance(args[1], Paren) else args[1]
+        name = spec.value if isinstance(spec, Str) else spec.id if isinstance(spec, Name) else ""
+        kind = name[len("contr."):] if name.startswith("contr.") else name
+        if kind not in _CONTRASTS:
+            raise FormulaError(f"{self.where}: unknown contrasts {deparse(args[1])!r} in {deparse(node)!r} (use "
+                               "contr.treatment, contr.sum, contr.helmert, contr.poly or contr.SAS)")
+        factor = _factor_of(self(args[0]))
+        if factor is None:
+            raise FormulaError(f"{self.where}: C() needs a factor, but {deparse(args[0])!r} is not one")
+        return dataclasses.replace(_as_factor(factor, self.where), contrasts=kind)
+
+    def relevel(self, node: Call, arg: Node, ref: Node) -> Factor:
+        """R's relevel(f, ref): the reference level first, the others in their order."""
+        factor = _factor_of(self(arg))
+        ref_label = ref.value if isinstance(ref, Str) else format_number(self.constant(ref))
+        if factor is None or factor.ordered:
+            raise FormulaError(f"{self.where}: relevel() needs an unordered factor: {deparse(node)!r}")
+        if ref_label not in factor.levels:
+            raise FormulaError(f"{self.where}: 'ref' {ref_label!r} in {deparse(node)!r} is not a level of "
+                               f"{deparse(arg)!r} (levels: {', '.join(factor.levels[:8])})")
+        k = factor.levels.index(ref_label)
+        order = [k] + [i for i in range(len(factor.levels)) if i != k]
+        position = np.empty(len(order), dtype=np.int64)
+        position[order] = np.arange(len(order))
+        return dataclasses.replace(factor, codes=position[factor.codes], levels=[factor.levels[i] for i in order])
 
     def constant(self, node: Node) -> float:
         inner = node.inner if isinstance(node, Paren) else node
@@ -278,6 +312,31 @@ def _contr_poly(n_levels: int) -> np.ndarray:
 _POLY_NAMES = [".L", ".Q", ".C"]
 
 
+def _contr_sum(levels: list[str]) -> tuple[np.ndarray, list[str]]:
+    k = len(levels)
+    return np.vstack([np.eye(k - 1), -np.ones((1, k - 1))]), [str(j) for j in range(1, k)]
+
+
+def _contr_helmert(levels: list[str]) -> tuple[np.ndarray, list[str]]:
+    k = len(levels)
+    matrix = np.zeros((k, k - 1))
+    for j in range(k - 1):
+        matrix[: j + 1, j] = -1.0
+        matrix[j + 1, j] = j + 1.0
+    return matrix, [str(j) for j in range(1, k)]
+
+
+# R's contrast functions: (levels) → (k × (k-1) matrix, column suffixes as model.matrix names them)
+_CONTRASTS: dict[str, Callable] = {
+    "treatment": lambda levels: (np.eye(len(levels))[:, 1:], list(levels[1:])),
+    "SAS": lambda levels: (np.eye(len(levels))[:, :-1], list(levels[:-1])),
+    "sum": _contr_sum,
+    "helmert": _contr_helmert,
+    "poly": lambda levels: (_contr_poly(len(levels)),
+                            [_POLY_NAMES[j] if j < 3 else f"^{j + 1}" for j in range(len(levels) - 1)]),
+}
+
+
 def _coded_columns(value, coding: str, label: str) -> tuple[np.ndarray, list[str]]:
     factor = _factor_of(value)
     if factor is None:
@@ -290,10 +349,9 @@ def _coded_columns(value, coding: str, label: str) -> tuple[np.ndarray, list[str
     if len(factor.levels) < 2:
         raise FormulaError(f"contrasts can be applied only to factors with 2 or more levels: {label!r} has "
                            f"{len(factor.levels)}")
-    if factor.ordered:
-        names = [label + (_POLY_NAMES[j] if j < 3 else f"^{j + 1}") for j in range(len(factor.levels) - 1)]
-        return onehot @ _contr_poly(len(factor.levels)), names
-    return onehot[:, 1:], [label + level for level in factor.levels[1:]]
+    kind = factor.contrasts or ("poly" if factor.ordered else "treatment")
+    matrix, suffixes = _CONTRASTS[kind](factor.levels)
+    return onehot @ matrix, [label + suffix for suffix in suffixes]
 
 
 def _term_codings(intercept: bool, terms: list[Term], is_factor: dict[str, bool],
@@ -354,7 +412,7 @@ class ModelMatrixSpec:
         if (codes < 0).any():
             new = sorted({factor.levels[c] for c in factor.codes[codes < 0]})[:5]
             raise DataError(f"{self.where}: factor {label!r} has new level(s) {', '.join(map(repr, new))}")
-        return Factor(codes.astype(np.int64), list(self.levels[label]), factor.ordered)
+        return dataclasses.replace(factor, codes=codes.astype(np.int64), levels=list(self.levels[label]))
 
     def columns(self, frame: pd.DataFrame, training: bool = False) -> np.ndarray:
         n = len(frame)

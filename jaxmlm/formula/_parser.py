@@ -331,5 +331,6 @@ def names_in(node: Node) -> set[str]:
     if isinstance(node, BinOp):
         return names_in(node.left) | names_in(node.right)
     if isinstance(node, Call):
-        return set().union(*(names_in(a) for a in node.args)) if node.args else set()
+        args = node.args[:1] if node.func == "C" else node.args  # C(f, contr.sum): the second names contrasts
+        return set().union(*(names_in(a) for a in args)) if args else set()
     return set()

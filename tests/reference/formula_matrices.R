@@ -53,7 +53,10 @@ formulas <- c(
   "yield ~ x + (1 | g) + (0 + x | g)",
   "yield ~ x + (-1 + x | g) + (1 | g:h)",
   "yield ~ x:f + a.b:h + (x:f | g)",
-  "yield ~ (x + a.b) * h + ((1 | g) + (0 + x | g))"
+  "yield ~ (x + a.b) * h + ((1 | g) + (0 + x | g))",
+  "yield ~ C(f, contr.sum) + C(class, helmert) + (1 | g)",
+  "yield ~ relevel(f, \"b\") * x + (C(h, sum) | g)",
+  "yield ~ C(o, treatment) + C(f, \"contr.SAS\") + relevel(class, ref = \"hi\"):x + (1 | g)"
 )
 
 # lme4 cannot evaluate factor() around a grouping factor (it looks for the variable in the model frame), where
