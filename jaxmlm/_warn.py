@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
+# lme4's "see help('isSingular')" becomes a pointer to jaxmlm's own page
+SINGULAR_NOTE = "boundary (singular) fit: see 'Singular fits' in jaxmlm's docs/errors.md (lme4's help('isSingular'))"
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 

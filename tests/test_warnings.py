@@ -2,6 +2,8 @@
 
 import warnings
 
+import numpy as np
+import pandas as pd
 import pytest
 
 import jaxmlm as jm
@@ -46,3 +48,16 @@ def test_nested_calls_inside_the_package_are_skipped(depth, monkeypatch):
 
     # inner's frames (depth + 1 of them) and this test's frame all lie "inside"; pytest's caller is the first out
     assert inner(depth) == depth + 3
+
+
+def test_singular_and_missing_value_warnings_point_at_the_caller():
+    data = jm.datasets.load("sleepstudy").copy()
+    data.loc[3, "Days"] = float("nan")
+    caught = _caught(lambda: jm.lmer("Reaction ~ Days + (1 | Subject)", data), jm.MissingValuesWarning)
+    assert [w.filename for w in caught] == [__file__]
+    rng = np.random.default_rng(5)
+    flat = pd.DataFrame({"y": rng.normal(size=40), "g": np.tile(list("abcde"), 8)})
+    flat["y"] -= flat.groupby("g")["y"].transform("mean")  # no variation between groups: a zero variance
+    caught = _caught(lambda: jm.lmer("y ~ 1 + (1 | g)", flat), jm.SingularFitWarning)
+    assert [w.filename for w in caught] == [__file__]
+    assert "docs/errors.md" in str(caught[0].message)

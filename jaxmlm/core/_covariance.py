@@ -78,18 +78,19 @@ def _sd_cor(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def varcorr_frame(group_names, column_names, covariances, sigma: float | None) -> pd.DataFrame:
     """Rows as R's as.data.frame(VarCorr(fit)): per term its variances, then covariances (lower triangle by
-    columns: var1 is the column's name, var2 the row's), then the residual."""
+    columns: var1 is the column's name, var2 the row's), then the residual. A name that R shows as NA (var2 of
+    a variance, var1 and var2 of the residual) is NaN, whatever the model's terms."""
     rows = []
     for grp, names, cov in zip(group_names, column_names, covariances):
         sd, cor = _sd_cor(cov)
         for i, name in enumerate(names):
-            rows.append(dict(grp=grp, var1=name, var2=None, vcov=cov[i, i], sdcor=sd[i]))
+            rows.append(dict(grp=grp, var1=name, var2=np.nan, vcov=cov[i, i], sdcor=sd[i]))
         q = len(names)
         for c in range(q):
             for r in range(c + 1, q):
                 rows.append(dict(grp=grp, var1=names[c], var2=names[r], vcov=cov[r, c], sdcor=cor[r, c]))
     if sigma is not None:
-        rows.append(dict(grp="Residual", var1=None, var2=None, vcov=float(sigma) ** 2, sdcor=float(sigma)))
+        rows.append(dict(grp="Residual", var1=np.nan, var2=np.nan, vcov=float(sigma) ** 2, sdcor=float(sigma)))
     return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
 
 

@@ -22,6 +22,7 @@ from ..optim._convergence import check_convergence
 from ..core._covariance import canonical_theta, theta_diagonal_mask, theta_names, theta_start, theta_to_matrices
 from ..formula._design import build_design, check_linear_model, to_pandas
 from .._errors import ConvergenceWarning, DataError, FormulaError, NewLevelError, SingularFitWarning
+from .._warn import SINGULAR_NOTE, user_stacklevel
 from ..formula._family import get_family
 from ..core._lmm import (deviance_and_gradient, deviance_value, gradients_at_points, linear_diagnostics, linear_estimates,
                    make_linear_problem, profiled_deviance, split_problem)
@@ -134,6 +135,14 @@ class Model:
 
     def theta_start(self) -> np.ndarray:
         return theta_start(self.qs)
+
+    def __repr__(self) -> str:
+        d = self.design
+        groups = ", ".join(f"{g} ({n} levels)" for g, n in d.ngroups.items())
+        family = f"{getattr(self.family, 'name', 'gaussian')} ({getattr(self.family, 'link', 'identity')})"
+        data = f" of {self.data_name}" if self.data_name else ""
+        return (f"<jaxmlm.Model {d.formula.text}: {family}; {d.n} rows{data}; groups {groups}; "
+                f"{d.p} fixed effects, {self.n_theta} theta>")
 
     def start_theta(self, start=None) -> np.ndarray:
         """θ to start from: lme4's start when `start` is None, else `start`, checked to hold θ in lme4's layout."""
@@ -509,16 +518,16 @@ class Model:
     @staticmethod
     def _warn(fit: MixedModelResult) -> None:
         if fit.is_singular:
-            warnings.warn("boundary (singular) fit: see help('isSingular')", SingularFitWarning, stacklevel=3)
+            warnings.warn(SINGULAR_NOTE, SingularFitWarning, stacklevel=user_stacklevel())
         if not fit.converged:
             warnings.warn(
                 "; ".join(fit.optinfo.messages) or f"optimizer did not converge (max|grad| = {fit.optinfo.grad_max:.3g})",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
         else:
             for m in fit.optinfo.messages:
-                warnings.warn(m, ConvergenceWarning, stacklevel=3)
+                warnings.warn(m, ConvergenceWarning, stacklevel=user_stacklevel())
 
     # ------------------------------------------------------------------ conditional variances of b
     def _conditional_variances(self, theta, sigma, extra) -> list[np.ndarray] | None:
@@ -543,7 +552,7 @@ class Model:
             warnings.warn(
                 f"conditional variances need the inverse of a {total}×{total} system; skipped above 6000",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
             return None
         import scipy.sparse as sp
@@ -669,7 +678,7 @@ def glmer(formula: str, data: Any, family: Any = "binomial", nagq: int = 1, weig
             "calling glmer() with family=gaussian (identity link) as a shortcut to lmer() is deprecated; "
             "please call lmer() directly",
             FutureWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
         return model.fit(method="reml" if kwargs.pop("reml", True) else "ml", start=start, **kwargs)
     return model.fit(method="agq" if nagq > 1 else "laplace", nagq=nagq, start=start, **kwargs)

@@ -28,6 +28,7 @@ from .._errors import (
     MissingValuesWarning,
     RankDeficiencyWarning,
 )
+from .._warn import user_stacklevel
 from ._family import numeric_response
 from ._ingest import column_names, is_arrow_source, read_frame
 from ._modelmatrix import build_model_matrix, evaluate, evaluate_numeric
@@ -224,7 +225,7 @@ def _drop_rank_deficient(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, l
         f"fixed-effect model matrix is rank deficient so dropping {dropped} column{'s' if dropped > 1 else ''} / "
         f"coefficient{'s' if dropped > 1 else ''} ({', '.join(names[i] for i in sorted(set(range(X.shape[1])) - set(keep)))})",
         RankDeficiencyWarning,
-        stacklevel=4,
+        stacklevel=user_stacklevel(),
     )
     return X[:, keep], [names[i] for i in keep]
 
@@ -302,7 +303,7 @@ def _warn_response_as_predictor(parsed: ParsedFormula) -> None:
                 f"the response variable {shared[0]!r} is used as a random-effects predictor in {term.text}; "
                 "the model explains the response by itself (a degenerate fit); did you mean another column?",
                 FormulaWarning,
-                stacklevel=5,
+                stacklevel=user_stacklevel(),
             )
             return
 
@@ -368,7 +369,8 @@ def build_design(
                 f"{n_missing} row{'s' if n_missing > 1 else ''} with missing values (in {', '.join(map(repr, bad_cols)) or 'weights/offset'}); "
                 "na_action='raise' refuses them (the default 'omit' drops them)"
             )
-        warnings.warn(f"{n_missing} row(s) with missing values dropped", MissingValuesWarning, stacklevel=3)
+        warnings.warn(f"{n_missing} row(s) with missing values dropped", MissingValuesWarning,
+                      stacklevel=user_stacklevel())
         keep = ~missing
         frame = frame.loc[keep]
         for c in frame.attrs.get("string_columns", ()):  # read from Arrow strings: levels are the strings left

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .._warn import SINGULAR_NOTE
+
 __all__ = ["Summary", "short_text"]
 
 
@@ -155,7 +157,8 @@ def _scaled_residuals(res: np.ndarray) -> str:
     return _named_vector(["Min", "1Q", "Median", "3Q", "Max"], r_format(q, 4))
 
 
-def _random_effects(fit) -> str:
+def _random_effects(fit, variance: bool = True) -> str:
+    """lme4's random-effects block: summary's Variance and Std.Dev. columns, or print()'s Std.Dev. alone."""
     vc = fit.varcorr()
     lines = []
     max_q = max(t.q for t in fit.design.terms)
@@ -184,6 +187,8 @@ def _random_effects(fit) -> str:
         width = max(len(t) for t in texts)
         for row, text in zip(rows, texts):
             row[column] = text.rjust(width)
+    if not variance:
+        header, rows = header[:2] + header[3:], [r[:2] + r[3:] for r in rows]
     widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(header)]
     lines.append(" ".join(h.ljust(w) for h, w in zip(header, widths)))
     for r in rows:
@@ -305,16 +310,7 @@ class Summary:
         corr = _correlation(fit)
         if corr:
             parts += ["", corr]
-        notes = []
-        if fit.is_singular:
-            notes.append("boundary (singular) fit: see help('isSingular')")
-        if not fit.converged:
-            notes.append(f"convergence: the optimizer stopped with max|grad| = {fit.optinfo.grad_max:.3g}")
-        notes.extend(fit.optinfo.messages)
-        if notes:
-            method = getattr(fit.optinfo, "method", None) or "L-BFGS"
-            parts += [f"optimizer ({method}) convergence code: 0 (OK)" if fit.converged else "", *notes]
-        return "\n".join(p for p in parts if p is not None)
+        return "\n".join(p for p in parts + _notes(fit) if p is not None)
 
     __repr__ = __str__
 
@@ -322,7 +318,63 @@ class Summary:
         p.text(str(self))
 
 
+def _notes(fit) -> list[str]:
+    """The optimizer's line and its notes (singular fit, convergence, messages), as lme4's .prt.warn; none if
+    there is nothing to say."""
+    notes = []
+    if fit.is_singular:
+        notes.append(SINGULAR_NOTE)
+    if not fit.converged:
+        notes.append(f"convergence: the optimizer stopped with max|grad| = {fit.optinfo.grad_max:.3g}")
+    notes.extend(fit.optinfo.messages)
+    if not notes:
+        return []
+    method = getattr(fit.optinfo, "method", None) or "L-BFGS"
+    return [f"optimizer ({method}) convergence code: 0 (OK)" if fit.converged else "", *notes]
+
+
+def _named_vector_lines(names: list[str], texts: list[str], gap: int = 2, width: int = 80) -> str:
+    """R's print of a named character vector (quote = FALSE, print.gap = gap): every field right-justified to
+    the widest name or value and followed by the gap, as many fields to a line as fit in `width`."""
+    field = max(len(x) for x in list(names) + list(texts))
+    per_line = max(1, width // (field + gap))
+    lines = []
+    for start in range(0, len(names), per_line):
+        for row in (names[start : start + per_line], texts[start : start + per_line]):
+            lines.append("".join(x.rjust(field) + " " * gap for x in row))
+    return "\n".join(lines)
+
+
+def _print_criteria(fit) -> str:
+    """print.merMod's .prt.aictab(·, 4): the REML criterion, or AIC, BIC, logLik, deviance and df.resid."""
+    if fit.reml:
+        return f"REML criterion at convergence: {r_format([round(fit.objective, 4)], 7)[0]}"
+    values = r_format(np.round([fit.aic, fit.bic, fit.loglik, fit.deviance], 4), 7)
+    return _named_vector(["AIC", "BIC", "logLik", "deviance", "df.resid"], values + [str(fit.nobs - fit.n_params)])
+
+
+def _print_fixed(fit) -> str:
+    kept = fit.fixef[fit.design.x_names]
+    if kept.empty:
+        return "No fixed effect coefficients"
+    text = "Fixed Effects:\n" + _named_vector_lines(list(kept.index), r_format(kept.to_numpy(), 4))
+    dropped = [n for n in fit.design.x_names_all if n not in fit.design.x_names]
+    if dropped:
+        text += f"\nfit warnings:\nfixed-effect model matrix is rank deficient so dropping {len(dropped)} " + (
+            "columns / coefficients" if len(dropped) > 1 else "column / coefficient")
+    return text
+
+
 def short_text(fit) -> str:
-    kind = "lmer" if fit.is_linear else "glmer"
-    crit = f"REML criterion {fit.objective:.4f}" if fit.reml else f"logLik {fit.loglik:.4f}"
-    return f"<jaxmlm {kind} fit: {fit.design.formula.text}; {crit}; nobs {fit.nobs}>"
+    """What print(fit) shows in R (print.merMod): title, formula, data, the fit criteria, the random effects'
+    standard deviations and correlations, the numbers of observations and groups, and the fixed effects."""
+    data_name = fit.model.data_name
+    parts = [
+        _title(fit),
+        f"Formula: {fit.design.formula.text}",
+        f"   Data: {data_name}" if data_name else None,
+        _print_criteria(fit),
+        _random_effects(fit, variance=False),
+        _print_fixed(fit),
+    ]
+    return "\n".join(p for p in parts + _notes(fit) if p is not None)

@@ -44,6 +44,13 @@ out <- list(
   sleepstudy_fixed = capture.output(printCoefmat(coef(summary(sleep_fit)), digits = 4)),
   pastes_random = random_block(lmer(strength ~ 1 + (1 | batch/cask), Pastes)),
   sleepstudy_ml_head = head_block(lmer(Reaction ~ Days + (Days | Subject), sleepstudy, REML = FALSE)),
+  print_fits = list(  # print(fit): lme4's short form
+    sleepstudy_reml = capture.output(print(sleep_fit)),
+    sleepstudy_ml = capture.output(print(lmer(Reaction ~ Days + (Days | Subject), sleepstudy, REML = FALSE))),
+    pastes_reml = capture.output(print(lmer(strength ~ 1 + (1 | batch/cask), Pastes))),
+    cbpp_laplace = capture.output(print(glmer(cbind(incidence, size - incidence) ~ period + (1 | herd), cbpp,
+                                              binomial)))
+  ),
   glmm_titles = lapply(c(1, 9), function(n) {
     fit <- glmer(cbind(incidence, size - incidence) ~ period + (1 | herd), cbpp, binomial, nAGQ = n)
     head(capture.output(print(summary(fit), correlation = FALSE)), 3)
