@@ -46,6 +46,9 @@ _LAZY_NAMES = {
     "poststratify": "bayes._mrp",
     "anova": "inference._anova",
     "drop1": "inference._anova",
+    "power_sim": "inference._power",
+    "power_curve": "inference._power",
+    "PowerResult": "inference._power",
     "read_data": "formula._ingest",
     "Posterior": "bayes._posterior",
     "enable_compilation_cache": "_config",
@@ -60,6 +63,9 @@ __all__ = [
     "poststratify",
     "anova",
     "drop1",
+    "power_sim",
+    "power_curve",
+    "PowerResult",
     "read_data",
     "lmer",
     "glmer",
@@ -119,4 +125,5 @@ if TYPE_CHECKING:  # what static analysers and IDEs see
     from .formula._terms import parse_formula
     from .inference._anova import anova, drop1
     from .inference._bootstrap import BootstrapResult
+    from .inference._power import PowerResult, power_curve, power_sim
     from .results._results import MixedModelResult, OptimizerInfo
