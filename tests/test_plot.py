@@ -240,15 +240,28 @@ def test_mrp_plot_bad_input():
 
 
 # ---------------------------------------------------------------------------------------------- NUTS
-@pytest.mark.slow
-def test_trace_and_rank_plots(sleepstudy, tmp_path):
+class _Draws:
+    """What trace() and rank() use of a Posterior: to_arviz(). Sampling one here would cost a NUTS compile for
+    a test of two calls into ArviZ (test_bayes checks Posterior.to_arviz itself)."""
+
+    def __init__(self, az, draws):
+        self._az, self._draws = az, draws
+
+    def to_arviz(self):
+        return self._az.from_dict(posterior=self._draws)
+
+
+def test_trace_and_rank_plots(tmp_path):
     az = pytest.importorskip("arviz")
     if not hasattr(az, "plot_trace"):
         pytest.skip("ArviZ without plot_trace (1.x)")
-    post = jm.Model("Reaction ~ Days + (1 | Subject)", sleepstudy).sample(chains=2, draws=60, warmup=60, seed=1)
+    rng = np.random.default_rng(0)
+    post = _Draws(az, {"sigma": 25 + rng.standard_normal((2, 80)), "Days": 10 + rng.standard_normal((2, 80))})
     axes = plot.trace(post, var_names=["sigma"])
     assert np.asarray(axes).shape == (1, 2)
-    assert len(np.asarray(axes)[0, 1].lines) >= 2  # one trace per chain
+    assert len(np.asarray(axes)[0, 1].lines) == 2  # one trace per chain
+    assert "sigma" in np.asarray(axes)[0, 0].get_title()
     _render(axes, tmp_path / "trace.png")
-    ranks = plot.rank(post, var_names=["sigma"])
+    ranks = np.ravel(plot.rank(post, var_names=["sigma", "Days"]))
+    assert len(ranks) == 2 and "sigma" in ranks[0].get_title()
     _render(ranks, tmp_path / "rank.png")
