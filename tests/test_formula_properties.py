@@ -7,7 +7,7 @@
   changes the column names accordingly and nothing else.
 - R's formula algebra: a*b = a + b + a:b, (a + b)^2 = a*b, a %in% b = a:b, a/b = a + a:b, `**` = `^`, and the
   three spellings of "no intercept" agree.
-- Grouping: (1 | a/b) is (1 | a) + (1 | b:a), and a:b's levels are the pairs present.
+- Grouping: (1 | a/b) is (1 | b:a) + (1 | a), and a:b's levels are the pairs present.
 """
 
 import warnings
@@ -176,7 +176,7 @@ def test_nested_grouping_is_the_outer_factor_plus_the_interaction(outer, inner):
     if outer == inner:
         return
     nested = _design(f"y ~ x + (1 | {outer}/{inner})")
-    explicit = _design(f"y ~ x + (1 | {outer}) + (1 | {inner}:{outer})")
+    explicit = _design(f"y ~ x + (1 | {inner}:{outer}) + (1 | {outer})")  # lme4's expandSlash: inner first
     assert [t.group_name for t in nested.terms] == [t.group_name for t in explicit.terms]
     for one, two in zip(nested.terms, explicit.terms):
         np.testing.assert_array_equal(one.codes, two.codes)

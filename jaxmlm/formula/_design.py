@@ -2,8 +2,9 @@
 
 The design holds everything that depends on the data but not on the parameters: the fixed-effects matrix X,
 the response, prior weights and offset, and for each random-effects term its grouping codes, level labels and
-model-matrix columns z (R's model.matrix, see `_modelmatrix`). Terms are ordered as lme4 orders them (decreasing number of levels, ties in formula
-order), which fixes θ's layout and the elimination order of the blocked Cholesky.
+model-matrix columns z (R's model.matrix, see `_modelmatrix`). Terms are ordered as lme4 orders them
+(decreasing number of levels; `_lme4_term_order` says how ties go), which fixes θ's layout and the elimination
+order of the blocked Cholesky.
 
 All input checks live here, so that a bad model fails with a message naming the column or term before any
 JAX code is traced.
@@ -443,8 +444,7 @@ def build_design(
                 formula_position=pos,
             )
         )
-    # lme4's order: decreasing number of levels, ties kept in formula order
-    terms.sort(key=lambda t: (-t.n_levels, t.formula_position))
+    terms = _lme4_term_order(terms)
 
     return Design(
         formula=parsed,
@@ -462,6 +462,16 @@ def build_design(
         response_name=parsed.response,
         extra=extra,
     )
+
+
+def _lme4_term_order(terms: list[TermData]) -> list[TermData]:
+    """lme4's order (mkReTrms): kept as written when the numbers of levels already do not increase, else
+    rev(order(levels)) — decreasing numbers of levels, ties in reverse formula order."""
+    n_levels = [t.n_levels for t in terms]
+    if all(a >= b for a, b in zip(n_levels, n_levels[1:])):
+        return terms
+    ascending = sorted(range(len(terms)), key=lambda k: n_levels[k])  # stable, as R's order()
+    return [terms[k] for k in reversed(ascending)]
 
 
 def _fixed_terms(parsed: ParsedFormula):

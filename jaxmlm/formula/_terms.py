@@ -233,32 +233,31 @@ def _interaction(node: Node, bar_text: str) -> list[tuple[str, str]]:
 
 
 def _group_factors(node: Node, bar_text: str) -> list[list[tuple[str, str]]]:
-    """'a/b/c' → [a], [b, a], [c, b, a] (lme4's expandSlash naming); 'a:b' → [a, b]."""
+    """'a/b/c' → [c, b, a], [b, a], [a] (lme4's expandSlash: the innermost interaction first); 'a:b' → [a, b]."""
     node = node.inner if isinstance(node, Paren) and isinstance(node.inner, BinOp) and node.inner.op == "/" else node
     if isinstance(node, BinOp) and node.op == "/":
         outer_sets = _group_factors(node.left, bar_text)
         inner = _interaction(node.right, bar_text)
-        return outer_sets + [inner + outer_sets[-1]]
+        return [inner + outer_sets[0]] + outer_sets
     return [_interaction(node, bar_text)]
 
 
 def _random_terms(covariance: str, bar: BinOp, bar_text: str) -> list[RandomTerm]:
+    """The terms of one bar in lme4's order: (x || g/h) is expandDoubleVerts' (1 | g/h) + (0 + x | g/h), each
+    then expanded by expandSlash into (· | h:g) + (· | g)."""
     if _has_bar(bar.left) or _has_bar(bar.right):
         raise FormulaError(f"random-effects term {bar_text!r} has more than one bar")
-    out: list[RandomTerm] = []
-    for factor_set in _group_factors(bar.right, bar_text):
-        columns = tuple(c for c, _ in factor_set)
-        labels = tuple(label for _, label in factor_set)
-        labels = labels if labels != columns else ()
-        if bar.op == "|" and covariance != "diag":
-            out.append(RandomTerm(deparse(bar.left), columns, bar_text, covariance, labels))
-            continue
-        # (x || g) and diag(x | g) → (1 | g) + (0 + x | g) + ...: one term per left-side term, as lme4 expands it
+    if bar.op == "|" and covariance != "diag":
+        pieces, kind = [deparse(bar.left)], covariance
+    else:  # (x || g) and diag(x | g) → (1 | g) + (0 + x | g) + ...: one term per left-side term, as lme4 expands it
         intercept, terms = expand_terms(bar.left, f"random-effects term {bar_text}")
-        kind = "diag" if covariance == "diag" else "us"
-        if intercept:
-            out.append(RandomTerm("1", columns, bar_text, kind, labels))
-        out.extend(RandomTerm(f"0 + {t}", columns, bar_text, kind, labels) for t in terms)
+        pieces, kind = ["1"] * intercept + [f"0 + {t}" for t in terms], "diag" if covariance == "diag" else "us"
+    out: list[RandomTerm] = []
+    for lhs in pieces:
+        for factor_set in _group_factors(bar.right, bar_text):
+            columns = tuple(c for c, _ in factor_set)
+            labels = tuple(label for _, label in factor_set)
+            out.append(RandomTerm(lhs, columns, bar_text, kind, labels if labels != columns else ()))
     return out
 
 

@@ -59,6 +59,38 @@ formulas <- c(
   "yield ~ C(o, treatment) + C(f, \"contr.SAS\") + relevel(class, ref = \"hi\"):x + (1 | g)"
 )
 
+# and formulas drawn at random from the constructs, in every position (fixed part, random-effects predictor with
+# and without its intercept, correlated or not, grouping by a factor, an interaction or a nesting)
+set.seed(17)
+atoms <- c("x", "a.b", "Time", "f", "h", "o", "class", "I(Time^2)", "log(x)", "factor(Time)", "poly(x, 2)",
+           "`my var`", "C(f, sum)", "I(x > 1)")
+draw_expr <- function(max_atoms) {
+  chosen <- sample(atoms, sample(1:max_atoms, 1))
+  ops <- sample(c(" + ", " * ", ":"), length(chosen), replace = TRUE)
+  text <- chosen[1]
+  for (j in seq_along(chosen)[-1]) text <- paste0(text, ops[j], chosen[j])
+  text
+}
+draw_formula <- function() {
+  fixed <- paste0(sample(c("", "0 + ", "-1 + "), 1, prob = c(3, 1, 1)), draw_expr(3))
+  group <- sample(c("g", "k", "g:h", "g/h", "h:g"), 1)
+  lhs <- sample(c("1", "draw", "0 + draw", "draw - 1"), 1)
+  lhs <- sub("draw", draw_expr(2), lhs)
+  bar <- sample(c(" | ", " || "), 1, prob = c(3, 1))
+  extra <- sample(c("", " + (1 | k)", " + (0 + x | g)"), 1)
+  paste0("yield ~ ", fixed, " + (", lhs, bar, group, ")", extra)
+}
+drawn <- unique(replicate(60, draw_formula()))
+# jaxmlm refuses a slope on a variable that also groups the term (constant within its levels), as in (h | g:h)
+slope_on_grouping <- function(text) {
+  any(vapply(findbars(as.formula(text)), function(b) any(all.vars(b[[2]]) %in% all.vars(b[[3]])), NA))
+}
+usable <- Filter(function(text) {
+  ok <- try(!slope_on_grouping(text) && !is.null(suppressMessages(lFormula(as.formula(text), d))), silent = TRUE)
+  isTRUE(ok)
+}, drawn)
+formulas <- c(formulas, head(usable, 40))
+
 # lme4 cannot evaluate factor() around a grouping factor (it looks for the variable in the model frame), where
 # jaxmlm reads it as the factor it is: the Python tests fit this spelling against the R formula above
 jaxmlm_spellings <- list("yield ~ factor(Time) + (1 | k)" = "yield ~ factor(Time) + (1 | factor(k))")
