@@ -38,7 +38,7 @@ from ..formula._family import get_family
 from ..formula._terms import parse_formula
 from ..optim._batch_bfgs import host_batch_bfgs_minimize
 from ..results._results import SINGULAR_TOL
-from ._batch import _estimates, _sum_log_w
+from ._batch import _estimates
 
 __all__ = ["GroupsResult", "fit_groups"]
 
