@@ -21,6 +21,7 @@ from ._cells import Cells
 __all__ = ["group_draws", "chunk_sizes", "summarize"]
 
 _DEFAULT_CHUNK_DRAWS = 128
+_MIN_GROUPS = 64
 _MAX_WORKING_BYTES = 256 << 20  # a working set well inside a cache-friendly, any-device budget
 
 
@@ -41,15 +42,19 @@ def available_memory() -> int:
 
 def chunk_sizes(n_cells: int, n_draws: int, q_total: int, chunk_cells=None, chunk_draws=None):
     """(cells, draws) per chunk: draws in chunks of 128 unless given, cells so the chunk's working set (η, μ and
-    one gathered row per term component, 8 bytes each) stays under a budget of the free memory."""
-    draws = int(chunk_draws) if chunk_draws else min(n_draws, _DEFAULT_CHUNK_DRAWS)
+    one gathered row per term component, 8 bytes each) stays under a budget of the free memory. Sizes are powers
+    of two (a frame is padded up to its chunk), so frames and draw counts of similar sizes share one program."""
+    draws = int(chunk_draws) if chunk_draws else _DEFAULT_CHUNK_DRAWS
     if chunk_cells:
-        return max(1, min(int(chunk_cells), n_cells)), max(1, min(draws, n_draws))
+        return max(1, min(int(chunk_cells), n_cells)), max(1, draws)
     budget = min(_MAX_WORKING_BYTES, available_memory() // 8)
     per_cell = 8 * draws * (3 + q_total)
-    cells = max(256, budget // per_cell)
-    cells = 1 << int(np.floor(np.log2(cells)))
-    return int(min(cells, n_cells)), int(min(draws, n_draws))
+    cells = 1 << int(np.floor(np.log2(max(256, budget // per_cell))))
+    return int(min(cells, _next_power_of_two(n_cells))), draws
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(0, int(np.ceil(np.log2(max(n, 1)))))
 
 
 def _pad_rows(a: jax.Array, rows: int) -> jax.Array:
@@ -93,7 +98,8 @@ def group_draws(cells: Cells, beta, b_terms, family, totals, chunk_cells: int, c
 
     Cells are padded to a multiple of chunk_cells (weight 0: they add nothing; code 0: any valid level) and the
     draws run in chunks of chunk_draws (the last padded), so one compiled program serves any number of draws."""
-    n_groups = int(totals.shape[0])
+    # padded (the extra groups stay empty) so that tables by state, by state × age or overall share a program
+    n_groups = max(_MIN_GROUPS, _next_power_of_two(int(totals.shape[0])))
     rows = -(-cells.weight.shape[0] // chunk_cells) * chunk_cells
     cells = jax.tree.map(lambda a: _pad_rows(jnp.asarray(a), rows), cells)
     n_draws = beta.shape[0]
@@ -105,7 +111,7 @@ def group_draws(cells: Cells, beta, b_terms, family, totals, chunk_cells: int, c
         sl = slice(i, i + chunk_draws)
         parts.append(_draw_chunk_sums(cells, jnp.asarray(beta[sl]), tuple(jnp.asarray(b[sl]) for b in b_terms),
                                       family, n_groups, chunk_cells))
-    sums = np.concatenate([np.asarray(part) for part in parts], axis=1)[:, :n_draws]
+    sums = np.concatenate([np.asarray(part) for part in parts], axis=1)[: totals.shape[0], :n_draws]
     return sums / np.asarray(totals)[:, None]
 
 
