@@ -355,7 +355,35 @@ def build_design(
     w_arg = _vector_argument(weights, frame, n_rows, "weights")
     o_arg = _vector_argument(offset, frame, n_rows, "offset")
 
-    # --- missing values: drop (and say how many) or refuse ---------------------------------------------------
+    frame, w_arg, o_arg, n_missing = _drop_missing(parsed, frame, w_arg, o_arg, na_action)
+    y, prior_w, extra = _response(parsed, frame, family, w_arg)
+    X_all, x_spec = build_model_matrix(*_fixed_terms(parsed), frame, "the fixed-effects part")
+    x_names_all = list(x_spec.column_names)
+    if not np.isfinite(X_all).all():
+        bad = [x_names_all[j] for j in range(X_all.shape[1]) if not np.isfinite(X_all[:, j]).all()]
+        raise DataError(f"fixed-effects column {bad[0]!r} has non-finite values")
+    X, x_names = _drop_rank_deficient(X_all, x_names_all)
+    return Design(
+        formula=parsed,
+        X=X,
+        x_names=x_names,
+        x_names_all=x_names_all,
+        x_spec=x_spec,
+        y=y,
+        weights=np.asarray(prior_w, dtype=np.float64),
+        offset=_offset(parsed, frame, o_arg),
+        terms=_lme4_term_order([_term_data(pos, term, frame, check_levels) for pos, term in enumerate(parsed.random)]),
+        n_dropped=n_missing,
+        row_index=frame.index,
+        has_user_weights=w_arg is not None,
+        response_name=parsed.response,
+        extra=extra,
+    )
+
+
+def _drop_missing(parsed: ParsedFormula, frame: pd.DataFrame, w_arg, o_arg, na_action: str):
+    """Rows with a missing value in a column the model uses (or in weights/offset): dropped with a warning, or
+    refused; then the numeric columns used must be finite. Returns (frame, weights, offset, rows dropped)."""
     used = set(_formula_columns(parsed, None, None))  # weights= and offset= arrays are checked below
     used_cols = [c for c in frame.columns if c in used]
     missing = frame[used_cols].isna().any(axis=1).to_numpy().copy()  # writable (pandas may hand out a view)
@@ -380,17 +408,17 @@ def build_design(
         o_arg = None if o_arg is None else o_arg[keep]
         if frame.shape[0] == 0:
             raise DataError("no rows left after dropping rows with missing values")
-    n = frame.shape[0]
-
-    # --- numeric columns used must be finite -------------------------------------------------------------------
     for c in used_cols:
         col = frame[c]
         if col.dtype.kind == "f" and not np.isfinite(col.to_numpy()).all():
             raise DataError(f"column {c!r} has non-finite values (inf); remove or recode them")
+    return frame, w_arg, o_arg, n_missing
 
-    # --- response -------------------------------------------------------------------------------------------------
+
+def _response(parsed: ParsedFormula, frame: pd.DataFrame, family, w_arg):
+    """(y, prior weights, family-specific details) as the family prepares them."""
     raw_parts = [frame[p] if p in frame.columns else _response_part(p, frame) for p in parsed.response_parts]
-    prior_w = np.ones(n) if w_arg is None else w_arg
+    prior_w = np.ones(frame.shape[0]) if w_arg is None else w_arg
     if w_arg is not None:
         if not np.isfinite(w_arg).all():
             raise DataError("weights must be finite")
@@ -400,68 +428,34 @@ def build_design(
     y = np.asarray(y, dtype=np.float64)
     if not np.isfinite(y).all():
         raise DataError(f"response {parsed.response!r} has non-finite values")
+    return y, prior_w, extra
 
-    # --- fixed effects --------------------------------------------------------------------------------------------
-    fixed_intercept, fixed_terms = _fixed_terms(parsed)
-    X_all, x_spec = build_model_matrix(fixed_intercept, fixed_terms, frame, "the fixed-effects part")
-    x_names_all = list(x_spec.column_names)
-    if not np.isfinite(X_all).all():
-        bad = [x_names_all[j] for j in range(X_all.shape[1]) if not np.isfinite(X_all[:, j]).all()]
-        raise DataError(f"fixed-effects column {bad[0]!r} has non-finite values")
-    X, x_names = _drop_rank_deficient(X_all, x_names_all)
 
-    # --- offset ---------------------------------------------------------------------------------------------------
-    off = np.zeros(n) if o_arg is None else o_arg.copy()
+def _offset(parsed: ParsedFormula, frame: pd.DataFrame, o_arg) -> np.ndarray:
+    off = np.zeros(frame.shape[0]) if o_arg is None else o_arg.copy()
     for expr in parsed.offsets:
         off = off + numeric_response(_evaluate(expr, frame, "offset()"), f"offset({expr})")
     if not np.isfinite(off).all():
         raise DataError("offset has non-finite values")
+    return off
 
-    # --- random-effects terms ---------------------------------------------------------------------------------------
-    terms: list[TermData] = []
-    for pos, term in enumerate(parsed.random):
-        where = f"random-effects term {term.text}"
-        z, z_spec = build_model_matrix(*expand_terms(parse_expression(term.lhs), where), frame, where)
-        if z.shape[1] == 0:
-            raise FormulaError(f"random-effects term {term.text} has no columns")
-        if not np.isfinite(z).all():
-            raise DataError(f"random-effects term {term.text} has non-finite values")
-        codes, levels = _grouping_codes(frame, term.factors)
-        if check_levels and len(levels) < 2:
-            raise DataError(
-                f"grouping factor {term.group_name!r} in {term.text} has {len(levels)} level; "
-                "grouping factors must have > 1 sampled level"
-            )
-        terms.append(
-            TermData(
-                term=term,
-                group_name=term.group_name,
-                column_names=list(z_spec.column_names),
-                levels=levels,
-                codes=codes,
-                z=z,
-                z_spec=z_spec,
-                formula_position=pos,
-            )
+
+def _term_data(pos: int, term: RandomTerm, frame: pd.DataFrame, check_levels: bool) -> TermData:
+    """One random-effects term on the data: its z columns (model.matrix of its left side) and grouping codes."""
+    where = f"random-effects term {term.text}"
+    z, z_spec = build_model_matrix(*expand_terms(parse_expression(term.lhs), where), frame, where)
+    if z.shape[1] == 0:
+        raise FormulaError(f"random-effects term {term.text} has no columns")
+    if not np.isfinite(z).all():
+        raise DataError(f"random-effects term {term.text} has non-finite values")
+    codes, levels = _grouping_codes(frame, term.factors)
+    if check_levels and len(levels) < 2:
+        raise DataError(
+            f"grouping factor {term.group_name!r} in {term.text} has {len(levels)} level; "
+            "grouping factors must have > 1 sampled level"
         )
-    terms = _lme4_term_order(terms)
-
-    return Design(
-        formula=parsed,
-        X=X,
-        x_names=x_names,
-        x_names_all=x_names_all,
-        x_spec=x_spec,
-        y=y,
-        weights=np.asarray(prior_w, dtype=np.float64),
-        offset=off,
-        terms=terms,
-        n_dropped=n_missing,
-        row_index=frame.index,
-        has_user_weights=w_arg is not None,
-        response_name=parsed.response,
-        extra=extra,
-    )
+    return TermData(term=term, group_name=term.group_name, column_names=list(z_spec.column_names), levels=levels,
+                    codes=codes, z=z, z_spec=z_spec, formula_position=pos)
 
 
 def _lme4_term_order(terms: list[TermData]) -> list[TermData]:
