@@ -5,8 +5,9 @@ is evaluated here with R's meaning (`^` is a power, names are R's) into numeric 
 coded as R codes it (TermCode in R's model.c): by contrasts where the term without that factor is in the model
 before it (or is the empty term), else by one indicator per level; without an intercept the first factor of the
 first term holding one gets indicators. Contrasts are R's defaults (treatment for unordered factors, contr.poly
-for ordered ones) unless C(f, contr.sum) and the like name others. Columns of an interaction are products with the first variable varying fastest, and are named
-as R names them (`fb:x`, `poly(x, 2)1`, `o.L`, `I(x > 2)TRUE`).
+for ordered ones) unless C(f, contr.sum) and the like name others. Columns of an interaction are products with
+the first variable varying fastest, and are named as R names them (`fb:x`, `poly(x, 2)1`, `o.L`,
+`I(x > 2)TRUE`).
 
 A ``ModelMatrixSpec`` keeps what the training data fixed (factor levels, poly() and scale() coefficients), so the
 same columns can be built on new data for prediction.
@@ -123,7 +124,8 @@ class _Evaluator:
     def __call__(self, node: Node):
         if isinstance(node, Name):
             if node.id in _CONSTANTS and node.id not in self.frame.columns:
-                return Numeric(np.full((self.n, 1), _CONSTANTS[node.id]), logical=node.id in ("TRUE", "T", "FALSE", "F"))
+                logical = node.id in ("TRUE", "T", "FALSE", "F")
+                return Numeric(np.full((self.n, 1), _CONSTANTS[node.id]), logical=logical)
             return _column(self.frame, node.id)
         if isinstance(node, Num):
             return self.scalar(node.value)

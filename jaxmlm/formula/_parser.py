@@ -315,7 +315,8 @@ def deparse(node: Node) -> str:
             return f"{deparse(node.left)} {node.op} {deparse(node.right)}"
         return f"{deparse(node.left)}{node.op}{deparse(node.right)}"
     if isinstance(node, Call):
-        args = [(f"{k} = " if k else "") + deparse(a) for a, k in zip(node.args, node.keywords or (None,) * len(node.args))]
+        keywords = node.keywords or (None,) * len(node.args)
+        args = [(f"{k} = " if k else "") + deparse(a) for a, k in zip(node.args, keywords)]
         return f"{deparse_name(node.func)}({', '.join(args)})"
     raise TypeError(f"not an expression node: {node!r}")
 
