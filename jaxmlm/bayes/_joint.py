@@ -131,10 +131,15 @@ def _theta_draws(theta_hat: np.ndarray, problem, reml: bool, n: int, seed: int) 
 
 
 @jax.jit
-def _glmm_chunk(keys, theta, beta_hat, b_hat, structure, rows, weights, X):
-    """Draws around the fit's (β̂, b̂): the factor of [Z X] with the Fisher weights at the optimum, σ = 1."""
-    factor = factorize(theta, cross_products(structure, rows, weights, X), structure)
-    d_beta, d_b = jax.vmap(lambda k: _noise(factor, structure, X.shape[1], k))(keys)
+def _fisher_factor(theta, structure, rows, weights, X):
+    """The factor of [Z X] with the Fisher weights at a GLMM's optimum."""
+    return factorize(theta, cross_products(structure, rows, weights, X), structure)
+
+
+@jax.jit
+def _glmm_chunk(keys, factor, structure, beta_hat, b_hat):
+    """Draws around the fit's (β̂, b̂) from the Laplace approximation's Gaussian (σ = 1)."""
+    d_beta, d_b = jax.vmap(lambda k: _noise(factor, structure, beta_hat.shape[0], k))(keys)
     return dict(beta=beta_hat[None] + d_beta, b=tuple(bk[None] + nk for bk, nk in zip(b_hat, d_b))), None
 
 
@@ -157,8 +162,8 @@ def point_fit_draws(fit, n_draws: int, seed: int, theta_uncertainty: bool = Fals
     d = model.design
     beta_hat, b_hat = jnp.asarray(fit._beta), tuple(jnp.asarray(b) for b in fit._b)
     weights, X = jnp.asarray(fit.extra["working_weights"]), jnp.asarray(d.X)
-    draws, _ = _in_chunks(lambda k: _glmm_chunk(k, theta, beta_hat, b_hat, model.structure, model.rows, weights, X),
-                          keys)
+    factor = _fisher_factor(theta, model.structure, model.rows, weights, X)
+    draws, _ = _in_chunks(lambda k: _glmm_chunk(k, factor, model.structure, beta_hat, b_hat), keys)
     return draws, dict(beta=beta_hat, b=b_hat)
 
 
