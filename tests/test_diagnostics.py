@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 import jaxmlm as jm
+from jaxmlm.optim._optimize import OptimResult
 
 DYE = "Yield ~ 1 + (1 | Batch)"
 SLEEP = "Reaction ~ Days + (Days | Subject)"
@@ -66,9 +67,12 @@ def test_negative_hessian_eigenvalue_is_a_degenerate_hessian(dyestuff):
     """lme4's 'degenerate Hessian' rule, on a Hessian with a negative eigenvalue at an interior θ."""
     model = jm.Model("Reaction ~ Days + (Days | Subject)", jm.datasets.load("sleepstudy"))
     theta = np.array([0.9, 0.1, 0.2])
-    info = model._diagnose("L-BFGS", theta, np.zeros(3), np.diag([4.0, -1.0, 2.0]), True, 5, 7, [])
-    assert any("degenerate Hessian" in m for m in info.messages)
-    info = model._diagnose("L-BFGS", theta, np.zeros(3), np.diag([4.0, 1.0, 2.0]), True, 5, 7, [])
+    res = OptimResult(x=theta, value=np.asarray(1.0), grad=np.zeros(3), n_iter=np.asarray(5), n_eval=np.asarray(7),
+                      converged=np.asarray(True))
+    kwargs = dict(initial=model.theta_start(), fmin=1.0, method="reml", max_iter=1000)
+    info = model._diagnose("BFGS", theta, np.zeros(3), np.diag([4.0, -1.0, 2.0]), res, [], **kwargs)
+    assert any("degenerate Hessian" in m for m in info.messages) and not info.converged
+    info = model._diagnose("BFGS", theta, np.zeros(3), np.diag([4.0, 1.0, 2.0]), res, [], **kwargs)
     assert info.messages == () and info.converged
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..core._agq import MAX_NAGQ, agq_deviance, gauss_hermite
 from ..core._blocks import cross_products
-from ..optim._convergence import check_convergence
+from ..optim._summary import OptSummary, summarize
 from ..core._covariance import canonical_theta, theta_diagonal_mask
 from .._errors import ConvergenceWarning
 from ..core._linalg import factorize
@@ -217,17 +217,18 @@ def _run(x0, problem, nodes, weights, max_iter):
     return res, messages
 
 
-def _diagnose(model, x, grad, hess, converged, n_iter, n_eval, messages) -> OptimizerInfo:
-    """lme4's checks on (θ, β): the Hessian-scaled gradient (tolerance 0.002) and the Hessian's eigenvalues."""
+def _diagnose(model, x, grad, hess, res, messages, *, initial, fmin, method, nagq, max_iter) -> OptSummary:
+    """The fit's OptSummary, with lme4's checks on (θ, β): the Hessian-scaled gradient (tolerance 0.002) and the
+    Hessian's eigenvalues. Evaluations and iterations are the last stage's (for nAGQ > 1 the quadrature search
+    from the Laplace optimum); `initial` is the Laplace search's start."""
     nt = model.n_theta
     mask = np.concatenate([theta_diagonal_mask(model.qs), np.zeros(x.size - nt, bool)])
     interior = ~(mask & (np.abs(x) < SINGULAR_TOL))
-    grad_max = float(np.max(np.abs(grad))) if grad.size else 0.0
-    ok, eig, found = check_convergence(grad, hess, interior)
-    converged = converged and ok
-    messages = list(messages) + found
-    return OptimizerInfo(method="BFGS", converged=bool(converged), n_iter=n_iter, n_eval=n_eval,
-                         grad_max=grad_max, hessian_eigenvalues=eig, messages=tuple(messages))
+    lower = np.where(mask, 0.0, -np.inf)
+    return summarize(optimizer="BFGS", method=method, result=res, initial=initial, lower=lower, final=x,
+                     fmin=fmin, grad=grad, hessian=hess,
+                     interior=interior, max_evaluations=max_iter, gtol=1e-8, ftol=1e-13, messages=messages,
+                     nagq=nagq)
 
 
 def _newton_polish(x, state, problem, nodes, weights, steps: int = 3):
@@ -340,8 +341,8 @@ def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000,
     vcov_messages: list[str] = []
     vcov, dispersion = _dispersion_results(model, problem, x,
                                            _vcov(hess, nt, np.asarray(state["vcov_rx"]), vcov_messages))
-    optinfo = _diagnose(model, x, grad, hess, bool(res.converged), int(res.n_iter), int(res.n_eval),
-                        messages + vcov_messages)
+    optsum = _diagnose(model, x, grad, hess, res, messages + vcov_messages, initial=x0, fmin=objective,
+                       method=method, nagq=nagq, max_iter=max_iter)
 
     factors = [np.asarray(T) for T in state["factors"]]
     b = [np.asarray(u) @ T.T for u, T in zip(state["u"], factors)]
@@ -359,7 +360,8 @@ def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000,
         b=b,
         objective=objective,
         loglik=loglik,
-        optinfo=optinfo,
+        optinfo=optsum.info(),
+        optsum=optsum,
         # vcov_rx: (R_Xᵀ R_X)⁻¹ from the PIRLS factor at the optimum (lme4's RX), for anova()'s F table
         extra={"nagq": nagq, "working_weights": np.asarray(state["w"]), "vcov_rx": np.asarray(state["vcov_rx"]),
                **dispersion},

@@ -18,7 +18,7 @@ import jax
 
 from .._config import caller_precision, fit_allocations, float64, float64_methods, require_float64
 from ..core._blocks import build_structure, row_data
-from ..optim._convergence import check_convergence
+from ..optim._summary import OptSummary, summarize
 from ..core._covariance import canonical_theta, theta_diagonal_mask, theta_names, theta_start, theta_to_matrices
 from ..formula._design import build_design, check_linear_model, to_pandas
 from .._errors import ConvergenceWarning, DataError, FormulaError, NewLevelError, SingularFitWarning
@@ -307,16 +307,8 @@ class Model:
         else:
             grad, hess = linear_diagnostics(jnp.asarray(theta), self._for_evaluation(), reml,
                                             theta.size <= _HESSIAN_MAX_PARAMS)
-        optinfo = self._diagnose(
-            "COBYQA" if self._derivative_free else "BFGS",
-            theta,
-            np.asarray(grad),
-            None if hess is None else np.asarray(hess),
-            bool(res.converged),
-            int(res.n_iter),
-            int(res.n_eval),
-            messages,
-        )
+        optsum = self._diagnose("COBYQA" if self._derivative_free else "BFGS", theta, grad, hess, res, messages,
+                                initial=theta0, fmin=objective, method="reml" if reml else "ml", max_iter=max_iter)
         loglik = -objective / 2.0  # lme4's logLik: of the REML criterion for REML fits
         fit = MixedModelResult(
             self,
@@ -328,7 +320,8 @@ class Model:
             b=[np.asarray(x) for x in est["b"]],
             objective=objective,
             loglik=loglik,
-            optinfo=optinfo,
+            optinfo=optsum.info(),
+            optsum=optsum,
         )
         if warn:
             self._warn(fit)
@@ -378,12 +371,12 @@ class Model:
         messages = []
         if float(est["cg_residual"]) > 1e-6:
             messages.append(f"conjugate gradients stopped at relative residual {float(est['cg_residual']):.2g}")
-        optinfo = self._diagnose("COBYQA (iterative)", theta, grad, hess, bool(res.converged), int(res.n_iter),
-                                 int(res.n_eval), messages)
+        optsum = self._diagnose("COBYQA (iterative)", theta, grad, hess, res, messages, initial=theta0, fmin=value,
+                                method=method, max_iter=max_iter)
         fit = MixedModelResult(
             self, method=method, theta=theta, beta=np.asarray(est["beta"]), vcov=np.asarray(est["vcov"]),
             sigma=float(est["sigma"]), b=[np.asarray(x) for x in est["b"]], objective=value, loglik=-value / 2.0,
-            optinfo=optinfo,
+            optinfo=optsum.info(), optsum=optsum,
             extra=dict(solver="iterative", objective_se=float(est["objective_se"]), n_probes=n_probes,
                        lanczos_steps=steps, cg_iterations=int(est["cg_iterations"])),
         )
@@ -498,22 +491,15 @@ class Model:
             return snapped
         return theta
 
-    def _diagnose(self, method, theta, grad, hessian, converged, n_iter, n_eval, messages) -> OptimizerInfo:
-        """lme4's convergence checks: gradient at the optimum and the Hessian's eigenvalues (interior θ only)."""
-        grad_max = float(np.max(np.abs(grad))) if grad.size else 0.0
+    def _diagnose(self, optimizer, theta, grad, hessian, res, messages, *, initial, fmin, method,
+                  max_iter) -> OptSummary:
+        """The fit's OptSummary, with lme4's convergence checks: gradient at the optimum and the Hessian's
+        eigenvalues (interior θ only). Tolerances are the optimizer's (`_minimize`, `_optimize`)."""
         interior = ~(theta_diagonal_mask(self.qs) & (theta < SINGULAR_TOL))
-        ok, eig, found = check_convergence(grad, hessian, interior)
-        converged = converged and ok
-        messages = list(messages) + found
-        return OptimizerInfo(
-            method=method,
-            converged=bool(converged),
-            n_iter=n_iter,
-            n_eval=n_eval,
-            grad_max=grad_max,
-            hessian_eigenvalues=eig,
-            messages=tuple(messages),
-        )
+        tolerances = dict(xtol=1e-6) if optimizer.startswith("COBYQA") else dict(gtol=1e-9, ftol=1e-13)
+        return summarize(optimizer=optimizer, method=method, result=res, initial=initial, lower=self.theta_lower(),
+                         final=theta, fmin=fmin, grad=grad, hessian=None if hessian is None else np.asarray(hessian),
+                         interior=interior, max_evaluations=max_iter, messages=messages, **tolerances)
 
     @staticmethod
     def _warn(fit: MixedModelResult) -> None:

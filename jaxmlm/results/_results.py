@@ -51,6 +51,7 @@ class MixedModelResult:
         optinfo: OptimizerInfo,
         condvar: list[np.ndarray] | None = None,
         extra: dict | None = None,
+        optsum=None,
     ):
         self.model = model
         self.method = method
@@ -62,6 +63,7 @@ class MixedModelResult:
         self._objective = float(objective)
         self._loglik = float(loglik)
         self.optinfo = optinfo
+        self.optsum = optsum  # what the optimizer did (optim/_summary.OptSummary; MixedModels.jl's optsum)
         self._condvar = condvar
         self.extra = extra or {}
 
