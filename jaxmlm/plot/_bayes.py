@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 __all__ = ["trace", "rank"]
 
 
@@ -16,13 +18,19 @@ def _arviz():
     return az
 
 
+def _tidy(axes):
+    """ArviZ's grid with its panel titles clear of the axes above (tight layout)."""
+    np.ravel(axes)[0].figure.tight_layout()
+    return axes
+
+
 def trace(posterior, var_names=None, **kwargs):
     """ArviZ's plot_trace of `posterior` (jaxmlm's `Posterior`): per parameter the marginal density per chain and
     the draws in order; returns ArviZ's array of Axes. var_names selects parameters (the names of posterior.draws)."""
-    return _arviz().plot_trace(posterior.to_arviz(), var_names=var_names, **kwargs)
+    return _tidy(_arviz().plot_trace(posterior.to_arviz(), var_names=var_names, **kwargs))
 
 
 def rank(posterior, var_names=None, **kwargs):
     """ArviZ's plot_rank: per parameter the histogram of the draws' ranks (over all chains) in each chain, flat
     when the chains mix; returns ArviZ's array of Axes."""
-    return _arviz().plot_rank(posterior.to_arviz(), var_names=var_names, **kwargs)
+    return _tidy(_arviz().plot_rank(posterior.to_arviz(), var_names=var_names, **kwargs))
