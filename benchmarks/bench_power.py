@@ -6,6 +6,8 @@ set to 3 (ms per day), each tested by the likelihood ratio of ML fits with and w
   included), warm_s a second call with another seed.
 * lme4 (simr's method, since simr is not packaged for Debian): simulate(fit, newparams=) then, per simulation,
   refit() of both models and anova() — the loop simr's powerSim runs. Timed once (the loop is its own warm run).
+* jaxmlm on lme4's responses: `power_sim(..., responses=Y)` on the very responses lme4 simulated, so that the two
+  powers differ only where the fits do (lme4 sometimes stops short of the reduced model's optimum).
 
 Run alone (`python benchmarks/bench_power.py`, prints a markdown table and the powers) or call `run(results)`.
 """
@@ -13,10 +15,14 @@ Run alone (`python benchmarks/bench_power.py`, prints a markdown table and the p
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import tempfile
 import time
 import warnings
+
+import numpy as np
 
 import jaxmlm as jm
 from jaxmlm.inference._power import clopper_pearson
@@ -57,6 +63,7 @@ p <- vapply(sims, function(y) {
   suppressMessages(anova(f0, f1))[["Pr(>Chisq)"]][2]
 }, numeric(1))
 elapsed <- proc.time()[["elapsed"]] - t0
+write.csv(as.matrix(sims), "%s", row.names = FALSE)
 cat(toJSON(list(seconds = elapsed, power = mean(p < 0.05), n_sim = length(p)), digits = NA, auto_unbox = TRUE))
 """
 
@@ -64,13 +71,24 @@ cat(toJSON(list(seconds = elapsed, power = mean(p < 0.05), n_sim = length(p)), d
 def _lme4(results: list) -> None:
     if shutil.which("Rscript") is None:
         return
-    out = subprocess.run(["Rscript", "-e", _R_CODE % (EFFECT, N_SIM)], capture_output=True, text=True)
-    if out.returncode != 0:
-        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "sims.csv")
+        out = subprocess.run(["Rscript", "-e", _R_CODE % (EFFECT, N_SIM, path)], capture_output=True, text=True)
+        if out.returncode != 0:
+            return
+        Y = np.loadtxt(path, delimiter=",", skiprows=1)
     got = json.loads(out.stdout.strip().splitlines()[-1])
     lower, upper = clopper_pearson(int(round(got["power"] * got["n_sim"])), got["n_sim"])
     results.append(dict(workload="power_sim_1000", engine="lme4 loop (simr's method)", cold_s=got["seconds"],
                         warm_s=got["seconds"], power=got["power"], lower=lower, upper=upper, n_sim=got["n_sim"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = jm.lmer(FORMULA, jm.datasets.load("sleepstudy"), reml=False)
+        t = time.perf_counter()
+        res = jm.power_sim(fit, "Days", responses=Y)
+        elapsed = time.perf_counter() - t
+    results.append(dict(workload="power_sim_1000", engine="jaxmlm on lme4's responses", cold_s=elapsed,
+                        warm_s=elapsed, power=res.power, lower=res.lower, upper=res.upper, n_sim=res.n_sim))
 
 
 def run(results: list) -> list:

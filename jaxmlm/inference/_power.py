@@ -166,10 +166,11 @@ def _data(model) -> pd.DataFrame:
 
 @float64
 def power_sim(fit_or_model, test: str, n_sim: int = 1000, alpha: float = 0.05, seed: int = 0, effect=None,
-              method: str = "lrt", params=None) -> PowerResult:
+              method: str = "lrt", params=None, responses=None) -> PowerResult:
     """Power of the test of fixed-effect term `test` (its label as anova() prints it) at level alpha, from n_sim
     responses simulated at the fit's parameters (or `params` for a Model), `effect` ({column: value}, or a number
-    for a one-column term) replacing fixed effects; method "lrt" or "t" (see the module's text)."""
+    for a one-column term) replacing fixed effects; method "lrt" or "t" (see the module's text). `responses`
+    (rows × simulations, e.g. lme4's simulate()) are tested instead of simulating (n_sim, seed and effect unused)."""
     if method not in ("lrt", "t"):
         raise ValueError(f"method must be 'lrt' (likelihood ratio) or 't' (Wald t), got {method!r}")
     if int(n_sim) != n_sim or n_sim < 1:
@@ -184,7 +185,14 @@ def power_sim(fit_or_model, test: str, n_sim: int = 1000, alpha: float = 0.05, s
                 raise DataError(f"effect= as a number sets a one-column term; give {{column: value}} for {label!r}")
             effect = {model.design.x_names[cols[0]]: float(effect)}
         beta = _beta_vector(model, {**dict(zip(model.design.x_names, beta)), **effect})
-    Y = simulate_responses(model, beta, theta, sigma, int(n_sim), seed)
+    if responses is None:
+        Y = simulate_responses(model, beta, theta, sigma, int(n_sim), seed)
+    else:
+        Y = np.asarray(responses, dtype=np.float64)
+        if Y.ndim != 2 or Y.shape[0] != model.design.n:
+            raise DataError(f"responses must be a matrix of {model.design.n} rows (one per row of the model's "
+                            f"data) by simulations, got shape {Y.shape}")
+        n_sim = Y.shape[1]
     p = _p_values(model, fit, Y, label, text, cols, method)  # Satterthwaite df depend on θ and σ, not on β
     done = np.isfinite(p)
     k, n = int(np.sum(p[done] < alpha)), int(done.sum())
