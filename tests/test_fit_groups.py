@@ -64,30 +64,35 @@ def test_slopes_ml_equal_single_fits():
     rng = np.random.default_rng(1)
     shapes = [(40, 5), (64, 8), (90, 12)]
     parts = [_dataset(rng, n, l) for n, l in shapes * 4]
-    result = jm.fit_groups("y ~ x + (x | g)", _long_frame(parts), by="experiment", method="ml")
+    result = jm.fit_groups("y ~ x + (x | g)", _long_frame(parts), by="experiment", method="ml", min_bucket=1)
     assert result.buckets == [((8,), 8), ((16,), 4)]  # levels 5-8 → 8, 9-16 → 16: powers of two
     _check_against_single(result, _single_fits("y ~ x + (x | g)", parts, reml=False), parts)
     assert (result.ngroups["g"].to_numpy() == [l for _, l in shapes * 4]).all()
 
 
-def test_intercepts_reml_equal_single_fits():
+def test_intercepts_reml_weighted_equal_single_fits():
+    """Random intercepts, REML, prior weights (one of them 0: that row counts in neither n nor Σ log w)."""
     rng = np.random.default_rng(2)
     parts = [_dataset(rng, n, l) for n, l in [(30, 6), (45, 6), (60, 11)] * 4]
-    result = jm.fit_groups("y ~ x + (1 | g)", _long_frame(parts), by="experiment")
+    for p in parts:
+        p["w"] = rng.uniform(0.5, 2.0, len(p))
+        p.loc[p.index[-1], "w"] = 0.0
+    result = jm.fit_groups("y ~ x + (1 | g)", _long_frame(parts), by="experiment", weights="w")
     assert result.method == "reml"
-    _check_against_single(result, _single_fits("y ~ x + (1 | g)", parts, reml=True), parts)
+    fits = [jm.lmer("y ~ x + (1 | g)", p, reml=True, weights="w", warn=False) for p in parts]
+    _check_against_single(result, fits, parts)
 
 
 @pytest.mark.slow
 def test_crossed_factors_equal_single_fits():
     """Two crossed grouping factors: the second term in the padded dense tail, coupled to every level of the
-    first; ML and REML."""
+    first (ML; the dense-criterion test covers REML on crossed designs)."""
     rng = np.random.default_rng(3)
-    parts = [_dataset(rng, n, l, extra_levels=h) for n, l, h in [(60, 8, 3), (80, 7, 4), (70, 10, 3)] * 3]
-    for reml in (False, True):
-        result = jm.fit_groups("y ~ x + (1 | g) + (1 | h)", _long_frame(parts), by="experiment",
-                               method="reml" if reml else "ml")
-        _check_against_single(result, _single_fits("y ~ x + (1 | g) + (1 | h)", parts, reml), parts)
+    parts = [_dataset(rng, n, l, extra_levels=h) for n, l, h in [(60, 8, 3), (70, 10, 3)] * 3]
+    result = jm.fit_groups("y ~ x + (1 | g) + (1 | h)", _long_frame(parts), by="experiment", method="ml",
+                           min_bucket=1)
+    assert len(result.buckets) == 2
+    _check_against_single(result, _single_fits("y ~ x + (1 | g) + (1 | h)", parts, False), parts)
 
 
 def test_padded_objective_is_the_dense_criterion():
@@ -189,6 +194,17 @@ def test_bad_arguments(small_frame, kwargs, error, message):
 
 
 # ---------------------------------------------------------------------------------------------- padding
+def test_small_buckets_join_larger_ones():
+    from jaxmlm.fit._groups import _bucket_levels
+
+    levels = np.array([[5, 3], [6, 3], [12, 3], [13, 3], [14, 3], [30, 2], [7, 9]])
+    padded = _bucket_levels(levels, np.arange(7), 2.0, min_bucket=3)
+    # (8, 4) has 2 groups: into (16, 4), which holds it on both terms; (32, 4) and (8, 16) have no larger bucket
+    np.testing.assert_array_equal(padded, [[16, 4]] * 5 + [[32, 4], [8, 16]])
+    np.testing.assert_array_equal(_bucket_levels(levels, np.arange(7), 2.0, min_bucket=1),
+                                  [[8, 4], [8, 4], [16, 4], [16, 4], [16, 4], [32, 4], [8, 16]])
+
+
 def test_round_up_ladder():
     assert [round_up(n) for n in (1, 4, 5, 8, 9, 33)] == [4, 4, 8, 8, 16, 64]
     assert [round_up(n, 1.5) for n in (5, 7, 10, 14)] == [6, 9, 14, 14]
@@ -230,3 +246,14 @@ def test_padded_statistics_and_levels_add_nothing(x64):
                                 n=jnp.asarray(n_pos[0]), p=2, sum_log_w=jnp.asarray(sum_log_w[0]))
         values.append(float(jax.jit(profiled_deviance, static_argnames="reml")(jnp.asarray(theta), problem, True)))
     assert values[1] == pytest.approx(values[0], rel=1e-13)
+
+
+def test_by_several_columns_and_missing_by_values(small_frame):
+    frame = small_frame.assign(site=small_frame.experiment.astype(object), year=2020)
+    frame.loc[3, "site"] = None
+    with pytest.warns(jm.MissingValuesWarning, match="1 row"):
+        several = jm.fit_groups("y ~ x + (1 | g)", frame, by=["site", "year"])
+    assert list(several.groups) == [("e000", 2020), ("e001", 2020)]
+    one = jm.fit_groups("y ~ x + (1 | g)", frame.drop(index=3), by="site")
+    np.testing.assert_allclose(several.objective.to_numpy(), one.objective.to_numpy(), rtol=1e-12)
+    assert one.nobs["e000"] == 29

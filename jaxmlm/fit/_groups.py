@@ -180,14 +180,16 @@ def _group_index(frame: pd.DataFrame, by) -> tuple[np.ndarray, pd.Index]:
     if not by_columns or missing:
         raise DataError(f"by column {missing[0] if missing else by!r} is not in the data; columns are "
                         f"{list(frame.columns)[:10]}")
-    grouped = frame.groupby(by_columns if len(by_columns) > 1 else by_columns[0], sort=True, dropna=True,
-                            observed=True)
-    group = grouped.ngroup().to_numpy()
-    labels = pd.Index(list(grouped.groups.keys())) if len(by_columns) == 1 else pd.MultiIndex.from_tuples(
-        list(grouped.groups.keys()), names=by_columns)
+    key = by_columns if len(by_columns) > 1 else by_columns[0]
+    group = frame.groupby(key, sort=True, dropna=True, observed=True).ngroup().to_numpy(dtype=np.float64)
+    group = np.where(np.isnan(group), -1, group).astype(np.int64)
+    ids, first = np.unique(group, return_index=True)  # each group's first row, in the order of the group ids
+    first = first[ids >= 0]
     if len(by_columns) == 1:
-        labels = labels.rename(by_columns[0])
-    return np.where(np.isnan(group.astype(np.float64)), -1, group).astype(np.int64), labels
+        labels = pd.Index(frame[by_columns[0]].to_numpy()[first], name=by_columns[0])
+    else:
+        labels = pd.MultiIndex.from_frame(frame[by_columns].iloc[first])
+    return group, labels
 
 
 def _refusals(design, layout: _Layout, y: np.ndarray, reml: bool) -> np.ndarray:
@@ -243,11 +245,28 @@ class _Chunk:
     p: int
 
 
-def _bucket_levels(n_levels: np.ndarray, growth: float) -> np.ndarray:
-    """Padded levels per group and term: each count rounded up on the ladder of `growth` (from 4)."""
+def _bucket_levels(n_levels: np.ndarray, fitted: np.ndarray, growth: float, min_bucket: int) -> np.ndarray:
+    """Padded levels per group and term: each count rounded up on the ladder of `growth` (from 4). A bucket of
+    fewer than `min_bucket` groups then joins the smallest larger bucket that holds it on every term (its own
+    compile would cost more than the padding), smallest buckets first."""
     sizes = np.unique(n_levels)
     ladder = dict(zip(sizes.tolist(), [round_up(int(s), growth) for s in sizes]))
-    return np.vectorize(ladder.__getitem__, otypes=[np.int64])(n_levels) if n_levels.size else n_levels
+    padded = np.vectorize(ladder.__getitem__, otypes=[np.int64])(n_levels) if n_levels.size else n_levels.copy()
+    if fitted.size == 0:
+        return padded
+    keys, inverse, counts = np.unique(padded[fitted], axis=0, return_inverse=True, return_counts=True)
+    order = np.argsort(np.prod(keys.astype(np.float64), axis=1), kind="stable")
+    into = np.arange(len(keys))  # the bucket each bucket's groups end in
+    for i in order:
+        if counts[i] >= min_bucket:
+            continue
+        larger = [j for j in order if j != i and counts[j] > 0 and np.all(keys[j] >= keys[i])]
+        if larger:  # `order` is by size, so the first is the smallest
+            counts[larger[0]] += counts[i]
+            counts[i] = 0
+            into[into == i] = larger[0]
+    padded[fitted] = keys[into[inverse.reshape(-1)]]
+    return padded
 
 
 def _chunks(design, layout: _Layout, fitted: np.ndarray, structures: dict, padded: np.ndarray,
@@ -420,13 +439,14 @@ def _structures(design, padded: np.ndarray, fitted: np.ndarray, labels) -> dict:
 @float64
 def fit_groups(formula: str, data, by, family="gaussian", method: str | None = None, *, weights=None, offset=None,
                na_action: str = "omit", errors: str = "raise", start=None, chunk_size: int | None = None,
-               growth: float = 2.0, max_iter: int = 1000) -> GroupsResult:
+               growth: float = 2.0, min_bucket: int | None = None, max_iter: int = 1000) -> GroupsResult:
     """Fit `formula` separately on each `by` group of one long frame, as `lmer` on that group's rows would.
 
     by: a column (or list of columns) of `data`; rows with a missing `by` value are dropped. method: 'reml'
     (default) or 'ml'. Groups are padded into size buckets (levels per term rounded up by `growth`: 2 gives
     powers of two) and fitted `chunk_size` (default 128) at a time in vmapped compiled programs, one optimizer
-    compile per bucket. weights / offset: column names (or arrays of the data's length). errors: 'raise' (default)
+    compile per bucket; a bucket of fewer than `min_bucket` groups (default: the chunk size) joins a larger one.
+    weights / offset: column names (or arrays of the data's length). errors: 'raise' (default)
     refuses, before anything compiles, when a group's single fit would (too few rows or levels, a constant
     response, a rank-deficient fixed-effects matrix in that group); 'skip' fits the others and lists those in
     `result.skipped`. start: θ in the layout of the whole frame's terms (default lme4's start)."""
@@ -454,7 +474,7 @@ def fit_groups(formula: str, data, by, family="gaussian", method: str | None = N
                          f"shape {theta0.shape}")
     _refuse_or_skip(reasons, labels, errors)
     fitted = np.flatnonzero(pd.isna(reasons))
-    padded = _bucket_levels(layout.n_levels, growth)
+    padded = _bucket_levels(layout.n_levels, fitted, growth, (chunk_size or _CHUNK) if min_bucket is None else min_bucket)
     structures = _structures(design, padded, fitted, labels)
     chunks = _chunks(design, layout, fitted, structures, padded, chunk_size or _CHUNK) if fitted.size else []
     out = _fit_chunks(chunks, structures, theta0, qs, reml, max_iter, len(labels), design.p)
