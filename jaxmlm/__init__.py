@@ -19,6 +19,7 @@ from ._errors import (
     DataTypeError,
     FamilyError,
     FormulaError,
+    FormulaWarning,
     JaxmlmError,
     MissingValuesWarning,
     NewLevelError,
@@ -94,6 +95,7 @@ __all__ = [
     "SingularFitWarning",
     "RankDeficiencyWarning",
     "MissingValuesWarning",
+    "FormulaWarning",
 ]
 
 
