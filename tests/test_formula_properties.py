@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jaxmlm as jm
-from jaxmlm._errors import FormulaWarning
 from jaxmlm.formula._design import build_design
 from jaxmlm.formula._family import get_family
 from jaxmlm.formula._terms import parse_formula
@@ -189,7 +188,7 @@ def test_nested_grouping_is_the_outer_factor_plus_the_interaction(outer, inner):
 
 @pytest.mark.parametrize("formula", ["y ~ x + (y | g)", "log(y + 5) ~ x + (0 + y | g)", "y ~ x + diag(y + x | g)"])
 def test_the_response_as_a_random_effects_predictor_warns(formula):
-    with pytest.warns(FormulaWarning, match="'y'"):
+    with pytest.warns(jm.FormulaWarning, match="'y'"):
         jm.Model(formula, DATA)
 
 
