@@ -90,9 +90,8 @@ def split_levels(blocks: Blocks) -> Blocks:
     """The same values with every per-level element an array of its own: diag and offdiag as nested tuples
     [i][j] of (l,) arrays, fixed as a tuple of q (f, l) arrays, entries as a tuple of q (nnz,) arrays
     (`_levelwise.unpack` takes either form). A program that takes stacked blocks as arguments reads their elements
-    as slices, which XLA's CPU backend copies out on every call: at 1M rows × 100k levels (intercept + slope) a
-    value-and-gradient call took 25 ms on stacked blocks against 14 ms on split ones (and on blocks compiled in
-    as constants). The optimizer's programs therefore take split blocks (`split_problem`)."""
+    as slices, which XLA's CPU backend copies out on every call (nearly doubling a large model's evaluation:
+    docs/scale.md). The optimizer's programs therefore take split blocks (`split_problem`)."""
     def split(A):
         return tuple(tuple(A[i, j] for j in range(A.shape[1])) for i in range(A.shape[0]))
 
@@ -130,9 +129,8 @@ def _pairs_within_levels(levels: np.ndarray, rows: np.ndarray, m_z: int):
     b_sorted = np.repeat(starts[lv], reps) + offsets
     a = order[a_sorted]
     b = order[b_sorted]
-    # order the pairs by their target's row, so the scatter into the m_z × m_z tail walks it row by row: at
-    # InstEval's 1.8M pairs the scatter took 3 ms instead of 15 ms in random order (the sort is a radix sort on
-    # 16-bit keys, ~12 ms once)
+    # order the pairs by their target's row, so the scatter into the m_z × m_z tail walks it row by row (several
+    # times faster than in random order; the sort, on 16-bit keys where they fit, runs once: docs/scale.md)
     key = rows[a]
     by_row = np.argsort(key.astype(np.int16) if m_z < 2**15 else key, kind="stable")
     a, b = a[by_row], b[by_row]
@@ -285,7 +283,7 @@ def cross_products(structure: Structure, rows: RowData, weights: jax.Array, F: j
             vals = wF[:, None, :] * rows.z[k][:, :, None]  # (n, qk, f)
             tail_fz = tail_fz + _segsum(vals.reshape(-1, f), tail_idx[i].reshape(-1), m_z).T
     # Σ_rows F Fᵀ w as a fused elementwise product and reduction: XLA's CPU dot for this (f × n)·(n × f) shape
-    # with n in the millions was 2-3x slower (14 ms against 5-10 ms at n = 1M, f = 3)
+    # with n in the millions was slower (docs/scale.md)
     tail_ff = jnp.sum(F[:, :, None] * wF[:, None, :], axis=0)
     level_minor = lambda a: jnp.moveaxis(a, 0, -1)  # noqa: E731  (once per pass over the rows)
     return Blocks(

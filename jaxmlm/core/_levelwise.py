@@ -1,10 +1,10 @@
 """Small per-level matrices held level-minor ("struct of arrays"), with unrolled arithmetic.
 
 A prefix term with l levels carries l small blocks (q × q, q' × q, f × q). Stored as (l, q, q) arrays, every XLA
-CPU operation on them runs over a minor dimension of 1-6 elements and is not vectorized: at 100k levels and q = 2
-the congruence TᵀAT took 3.4 ms as a batched einsum, and scaling + Cholesky + log det 10.6 ms. Held instead as
-Python lists of arrays whose *last* axis is the level — element (i, j) of every level in one contiguous vector —
-and combined by unrolled scalar formulas, the same work is a few fused elementwise loops over l: 0.25 and 0.54 ms.
+CPU operation on them runs over a minor dimension of 1-6 elements and is not vectorized. Held instead as Python
+lists of arrays whose *last* axis is the level — element (i, j) of every level in one contiguous vector — and
+combined by unrolled scalar formulas, the same work is a few fused elementwise loops over l, an order of
+magnitude faster (docs/scale.md).
 (Broadcast-and-reduce forms in this layout were no better than the batched einsum: XLA's CPU reductions over a
 non-minor axis are slow, so the small dimensions are unrolled in Python instead.)
 

@@ -29,11 +29,10 @@ from ._blocks import Blocks, Structure
 __all__ = ["Factor", "theta_to_factors", "factorize", "eliminate_prefix", "tail_log_terms", "solve_coefficients",
            "solve_left_lower_t", "inverse_from_cholesky"]
 
-# The inverse S_zz⁻¹ that the gradient needs comes from LAPACK's potri on the host (a callback) for dense tails at
-# least this large on the CPU: at n = 1146 (InstEval's tail) it took 15-20 ms against 75-100 ms for a triangular
-# solve against I plus a product in XLA, and a whole L-BFGS fit went from 7.4 s to 6.1 s. The factor itself stays
-# in XLA: a host potrf was slower end to end (InstEval fitted without derivatives: 3.8 s against 3.0 s; tails of
-# 250-400 columns: 10-15% slower), and programs with callbacks are not kept in the persistent compilation cache.
+# Inside fits, the inverse S_zz⁻¹ that the gradient needs comes from LAPACK's potri on the host (a callback) for
+# dense tails at least this large on the CPU, several times faster there than XLA's triangular solve and product;
+# the factor itself stays in XLA, which was faster end to end (measurements: docs/scale.md). The public objective
+# (`_problem`) never takes the callback.
 _HOST_LAPACK_MIN = 512
 
 

@@ -37,24 +37,20 @@ _METHODS = ("reml", "ml", "laplace", "agq")
 _HESSIAN_MAX_PARAMS = 60  # exact Hessian diagnostics for models up to this many θ
 # The convergence checks need the gradient and Hessian at θ. Up to this many θ the Hessian comes from central
 # differences of the exact (autodiff) gradient at θ ± δe_j: 2k calls of the optimizer's own value-and-gradient
-# program, so nothing more compiles (jax.hessian's forward-over-reverse program took 1.6 s of sleepstudy's first
-# fit). Dividing gradient differences by δ = 1e-5 keeps ~1e-8 relative accuracy (lme4 differences the deviance
-# itself, dividing by δ²). Forward differences would save k gradients (~12% of a repeat fit at 1M × 100k) but
-# are only ~1e-5 accurate, too coarse for a zero eigenvalue to show an unidentifiable model. Beyond 10 θ the
-# exact Hessian is cheaper than 2k gradients.
+# program, so nothing more compiles (jax.hessian's program compiles slowly). Dividing gradient differences by
+# δ = 1e-5 keeps ~1e-8 relative accuracy (lme4 differences the deviance itself, dividing by δ²); forward
+# differences would be ~1e-5 accurate, too coarse for a zero eigenvalue to show an unidentifiable model. Beyond
+# 10 θ the exact Hessian is cheaper than 2k gradients. (Measurements behind these thresholds: docs/scale.md.)
 _STENCIL_MAX_PARAMS = 10
 # ... computed by separate calls of that program for statistics of up to this many numbers; past it a call of its
 # own costs enough more than a gradient inside a program that the 2k gradients run in one compiled call (one more
-# program, ~1 s to compile). At 1M rows × 100k levels × (intercept + slope), 400k numbers, separate calls won both
-# ways (first fit 2.4-2.6 s against 3.1-3.8 s, repeat fits 0.57-0.62 s against 0.72-0.80 s); at 10M rows × 1M
-# levels, 4M numbers, the one call did (first fit 12.5 s against 14.6 s, repeats 8-10 s against 11-12 s).
+# program to compile).
 _STENCIL_MAX_SIZE = 1_000_000
 # Dense tails at least this large are fitted without derivatives (COBYQA, as lme4 fits with BOBYQA) and checked
 # with lme4's finite-difference derivatives. There an evaluation costs O(m³) and its gradient ~4x more (the
-# inverse S⁻¹ and the backward pass through the entry pairs): on InstEval (m = 1142) an evaluation takes ~27-33 ms
-# and value + gradient ~140 ms, so 75 COBYQA evaluations (2-2.5 s) beat 22 gradient-based ones (3 s), and the
-# 19-point difference stencil (~0.6 s) beats 2k gradients (~0.85 s) and the autodiff Hessian (~2 s). Smaller models
-# keep gradient-based BFGS (`_minimize`), where an evaluation with its gradient takes microseconds to tens of ms.
+# inverse S⁻¹ and the backward pass through the entry pairs), so a derivative-free search with more evaluations
+# and lme4's difference stencil cost less than gradient-based BFGS and 2k gradients. Smaller models keep
+# gradient-based BFGS (`_minimize`), where an evaluation with its gradient is cheap.
 _DERIVATIVE_FREE_TAIL = 512
 
 
@@ -252,7 +248,7 @@ class Model:
             raise ValueError("solver_options are for solver='iterative'")
         if self.is_gaussian and (method is None or str(method).lower() in ("reml", "ml")):
             # the statistics first, under the allocator's defaults: their pass's large temporaries go back to the
-            # system (under heap_allocations a 10M-row design's peak RSS rose from 2.4 to 4.3 GiB)
+            # system (under heap_allocations the peak memory of a large design nearly doubled: docs/scale.md)
             self.linear_problem  # noqa: B018
         with fit_allocations():  # the host optimizer's many calls of one program (see _config.heap_allocations)
             return self._fit(method, start=start, max_iter=max_iter, nagq=nagq, warn=warn, dtype=dtype,
@@ -415,11 +411,10 @@ class Model:
     def _minimize(self, theta0, reml: bool, max_iter: int, problem=None, initial_radius: float = 1.0):
         """One optimizer run from θ0 on `problem` (default: the float64 statistics): BFGS on the host around the
         compiled value-and-gradient program, or COBYQA for large dense tails (lower bounds 0 on the diagonal of each
-        T_k, as lme4). BFGS, not a compiled optimizer loop (`_lmm.fit_linear`): on 1M rows that loop compiled in
-        1.4-1.9 s, most of a first fit, where the value-and-gradient program compiles in ~0.5 s and the host loop
-        adds microseconds per evaluation. The price is in run time where evaluations are dear: at 1M rows × 100k
-        levels the host search takes 17 evaluations of ~20 ms where the compiled loop took 12 of ~12 ms (a call
-        of its own allocates its temporaries afresh; `_config.heap_allocations` keeps that cheap when asked). A float32
+        T_k, as lme4). BFGS, not a compiled optimizer loop (`_lmm.fit_linear`): that loop compiles several times
+        slower than the value-and-gradient program, most of a first fit, while the host loop adds microseconds
+        per evaluation. The price is in run time where evaluations are dear (a call of its own allocates its
+        temporaries afresh; `_config.heap_allocations` keeps that cheap when asked; docs/scale.md). A float32
         search stops at float32's tolerances (relative gradient 1e-6, stall 1e-9); `initial_radius` bounds the
         first step (small for a polish)."""
         problem = self._for_evaluation(problem)
