@@ -119,3 +119,25 @@ def test_interval_labels_and_bad_input(fits):
         reml.confint("bogus")
     with pytest.raises(ValueError, match="unknown parameter"):
         reml.confint("wald", parm="nope")
+
+
+def test_profile_of_a_singular_fit():
+    """A variance estimated at 0 (Dyestuff2): its interval is [0, upper] as lme4's, and a fixed effect's profile
+    leaves the boundary where holding the effect makes a positive variance better. lme4 interpolates its profile
+    by splines (~1e-4 relative), so the endpoints are also checked exactly: at each, the ML deviance of the model
+    with the effect held (an offset), refitted, lies 1.96² above the optimum."""
+    data = jm.datasets.load("Dyestuff2")
+    ref = json.loads((REFERENCE_DIR / "lme4_profile_singular.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the singular fits warn
+        ml = jm.lmer("Yield ~ 1 + (1 | Batch)", data, reml=False)
+        reml = jm.lmer("Yield ~ 1 + (1 | Batch)", data)
+        assert ml.theta[0] == reml.theta[0] == ref["dyestuff2_reml"]["theta"] == 0
+        ci = reml.confint()  # profiled on the ML deviance, as lme4 (its ML intervals are the same numbers)
+        _compare(ci, dict(ref["dyestuff2_reml"], rows=list(ci.index)), rtol=1e-3)
+        assert ci.iloc[0, 0] == 0.0
+        target = stats.norm.ppf(0.975) ** 2
+        for end in ci.loc["(Intercept)"]:
+            held = jm.lmer("Yield ~ 0 + (1 | Batch)", data, reml=False, offset=np.full(len(data), end))
+            assert held.objective - ml.objective == pytest.approx(target, rel=1e-6)
+            assert held.theta[0] > 0  # the variance left the boundary there

@@ -27,6 +27,7 @@ from scipy import optimize, stats
 
 from .._config import float64
 from ..core._blocks import Blocks
+from ..core._covariance import theta_diagonal_mask
 from ._confint import interval_columns, parameter_names, variance_parameter_names, variance_parameters
 from ..core._linalg import factorize
 from ..core._lmm import LinearProblem, fit_linear
@@ -140,9 +141,26 @@ def _endpoint(zeta, u_hat, step, target, lower_limit, upper_limit):
     return np.nan
 
 
-def _variance_interval(zeta, z_hat_i, is_cor, target):
+# A standard deviation below this fraction of its scale is at the boundary (lme4's singularity tolerance on θ)
+_BOUNDARY_SD = float(np.log(1e-4))
+
+
+def _boundary_sd_interval(zeta, log_scale, target):
+    """(0, upper) for a standard deviation estimated at (or next to) 0, as lme4 reports it. Its deviance is flat
+    from the estimate (log sd far below any scale of the data) up to about the data's scale, so the search for the
+    upper end starts at the boundary's edge there (1e-4 of the scale) rather than at the estimate, whose
+    neighbourhood would never see the deviance rise."""
+    start = log_scale + _BOUNDARY_SD
+    hi = _endpoint(zeta, start, 0.5, target, start, log_scale + 30.0)
+    return 0.0, float(np.exp(hi))
+
+
+def _variance_interval(zeta, z_hat_i, is_cor, target, log_scale=0.0):
     """(lower, upper) of one sd or cor from its ζ on the unconstrained scale; a bound that the deviance never
-    reaches is the parameter's own limit (sd 0, cor ±1)."""
+    reaches is the parameter's own limit (sd 0, cor ±1). log_scale: log of the scale the sd is measured against
+    (σ for a linear model, 1 on a GLMM's link scale)."""
+    if not is_cor and z_hat_i < log_scale + _BOUNDARY_SD:
+        return _boundary_sd_interval(zeta, log_scale, target)
     lim = (-20.0, 20.0) if is_cor else (z_hat_i - 30.0, z_hat_i + 30.0)
     lo = _endpoint(zeta, z_hat_i, 0.1, -target, *lim)
     hi = _endpoint(zeta, z_hat_i, 0.1, target, *lim)
@@ -154,6 +172,15 @@ def _variance_interval(zeta, z_hat_i, is_cor, target):
         lo_v = -1.0 if lo == lim[0] else lo_v
         hi_v = 1.0 if hi == lim[1] else hi_v
     return lo_v, hi_v
+
+
+def _off_boundary(z, is_sd, log_scale):
+    """Starting coordinates for the profiles' inner searches: a log sd at the boundary (far below its scale) moved
+    to 1e-2 of the scale. There the deviance is flat in log sd, so a search started at the estimate could never
+    leave it, even where holding another parameter makes a positive variance better; started off it, the search
+    returns to the boundary where that is best."""
+    floor = log_scale + _BOUNDARY_SD
+    return np.where(is_sd & (z < floor), log_scale + np.log(1e-2), z)
 
 
 def _unconstrained(psi_hat, is_cor):
@@ -171,6 +198,7 @@ class ProfileCoordinate:
     zeta: Callable[[float], float]
     u_hat: float
     step: float
+    log_scale: float = 0.0  # a standard deviation's scale (log σ for a linear model's sd_ rows), see _variance_interval
 
     def natural(self, u):
         """The parameter's value at unconstrained u."""
@@ -199,7 +227,8 @@ def _glmm_coordinates(fit, wanted) -> list[ProfileCoordinate]:
     x_names = list(model.design.x_names)
     beta_hat, se = fit.fixef[x_names].to_numpy(), fit.se[x_names].to_numpy()
     z_hat = np.concatenate([_unconstrained(variance_parameters(fit.theta, None, qs)[0], is_cor), beta_hat])
-    z_hat_j = jnp.asarray(z_hat)
+    is_sd = np.r_[~is_cor, np.zeros(len(x_names), bool)]
+    z_hat_j = jnp.asarray(_off_boundary(z_hat, is_sd, 0.0))
     out = []
     for i, name in enumerate(var_names + x_names):
         if name not in wanted:
@@ -221,7 +250,9 @@ def _linear_coordinates(fit, wanted) -> list[ProfileCoordinate]:
     var_names = variance_parameter_names(model)
     is_cor = np.array([n.startswith("cor_") for n in var_names])
     z_hat = _unconstrained(variance_parameters(ml.theta, ml.sigma, qs)[0], is_cor)
-    z_hat_j = jnp.asarray(z_hat)
+    log_sigma = float(np.log(ml.sigma))
+    is_sd = ~is_cor & (np.asarray(var_names) != "sigma")
+    z_hat_j = jnp.asarray(_off_boundary(z_hat, is_sd, log_sigma))
     out = []
     for i, name in enumerate(var_names):
         if name in wanted:
@@ -229,10 +260,12 @@ def _linear_coordinates(fit, wanted) -> list[ProfileCoordinate]:
                 return _variance_profile(z_hat_j, problem, i, jnp.asarray(u, dtype=jnp.float64), qs)[0]
 
             kind = "cor" if is_cor[i] else "log"
-            out.append(ProfileCoordinate(name, kind, _zeta_of(evaluate, z_hat[i], d_hat), float(z_hat[i]), 0.1))
+            out.append(ProfileCoordinate(name, kind, _zeta_of(evaluate, z_hat[i], d_hat), float(z_hat[i]), 0.1,
+                                         log_scale=log_sigma if name != "sigma" else 0.0))
     x_names = list(model.design.x_names)
     p = len(x_names)
-    theta_ml = jnp.asarray(ml.theta)
+    # θ off the boundary, for the same reason as `_off_boundary`
+    theta_ml = jnp.asarray(np.where(theta_diagonal_mask(qs) & (ml.theta < 1e-4), 1e-2, ml.theta))
     beta_hat, se = ml.fixef[x_names].to_numpy(), ml.se[x_names].to_numpy()
     for j, name in enumerate(x_names):
         if name not in wanted:
@@ -263,7 +296,7 @@ def _coordinate_interval(coord: ProfileCoordinate, target: float):
     if coord.kind == "fixed":
         return (_endpoint(coord.zeta, coord.u_hat, coord.step, -target, -np.inf, np.inf),
                 _endpoint(coord.zeta, coord.u_hat, coord.step, target, -np.inf, np.inf))
-    return _variance_interval(coord.zeta, coord.u_hat, coord.kind == "cor", target)
+    return _variance_interval(coord.zeta, coord.u_hat, coord.kind == "cor", target, coord.log_scale)
 
 
 def profile_intervals(fit, level: float, names=None, **_) -> pd.DataFrame:
