@@ -257,3 +257,30 @@ def test_by_several_columns_and_missing_by_values(small_frame):
     one = jm.fit_groups("y ~ x + (1 | g)", frame.drop(index=3), by="site")
     np.testing.assert_allclose(several.objective.to_numpy(), one.objective.to_numpy(), rtol=1e-12)
     assert one.nobs["e000"] == 29
+
+
+def test_batch_bfgs_runs_host_bfgs_per_problem():
+    """The batched host BFGS takes, problem by problem, the passes of `host_bfgs_minimize` (same points, values
+    and evaluation counts), each problem stopping on its own test while the others go on."""
+    from jaxmlm.optim._batch_bfgs import host_batch_bfgs_minimize
+    from jaxmlm.optim._optimize import host_bfgs_minimize
+
+    centres = np.array([[1.0, -2.0], [0.5, 3.0], [-1.0, 0.2]])
+    scales = np.array([[1.0, 30.0], [4.0, 1.0], [1.0, 1.0]])
+
+    def one(x, c, s):  # a curved valley: not quadratic, so the line search and the BFGS update both work
+        d = x - c
+        return float(np.sum(s * d**2) + 0.1 * np.sum(d**4)), 2 * s * d + 0.4 * d**3
+
+    def batch(X):
+        out = [one(x, c, s) for x, c, s in zip(X, centres, scales)]
+        return np.array([v for v, _ in out]), np.array([g for _, g in out])
+
+    starts = np.zeros((3, 2))
+    together = host_batch_bfgs_minimize(batch, starts)
+    for i in range(3):
+        alone = host_bfgs_minimize(lambda x: one(x, centres[i], scales[i]), starts[i])
+        np.testing.assert_allclose(together.x[i], alone.x, rtol=1e-12, atol=1e-14)
+        assert together.n_eval[i] == alone.n_eval and together.n_iter[i] == alone.n_iter
+        assert bool(together.converged[i]) and bool(alone.converged)
+    np.testing.assert_allclose(together.x, centres, atol=1e-6)
