@@ -1,12 +1,13 @@
 """Designs of different sizes in one compiled program: size buckets and padding.
 
-A compiled objective fixes every size of the blocked system (rows, levels per term). To fit many designs that
-differ in rows and levels with few compiles, each design is padded up to its bucket's sizes:
+A compiled objective fixes every size of the blocked system. To fit many designs that differ in rows and levels
+with few compiles, each design is padded up to its bucket's levels per term:
 
-* padded rows get prior weight 0 (and zero z, X, y, level 0): they add nothing to any segment sum, and the
-  objective's n (rows with positive weight) and Σ log w count the real rows only;
 * padded levels have no rows, so their block of ΛᵀZᵀWZΛ is zero and their block of ΛᵀZᵀWZΛ + I is I: Cholesky
-  factor I, log determinant 0, u = 0. They change nothing in the objective.
+  factor I, log determinant 0, u = 0. They change nothing in the objective;
+* rows need no padding: the objective sees the rows only through the statistics [Z X y]ᵀW[Z X y], which
+  `complete_statistics` sums over each design's real rows (so n, the rows with positive weight, and Σ log w
+  count real rows only).
 
 A bucket's block structure is built from its *complete* design: every level of the first term meets every level
 of each later term. The first term stays block-diagonal (the prefix); every later term goes to the dense tail,

@@ -3,10 +3,11 @@
 `fit_batch` fits many responses on one design. Here every group has its own rows and its own levels, so its own
 design. The formula is evaluated once on the whole frame (one fixed-effects matrix, one set of columns); each
 group's rows are then recoded to the levels it has, and the groups are sorted into size buckets (levels per
-term rounded up, `_padding.round_up`). A bucket shares one block structure (`_padding.complete_structure`) and
-one compiled, vmapped optimizer program (the dense BFGS of `fit_batch`); its groups' rows are padded with
-weight-0 rows and its levels with empty ones, which change nothing in the objective. The statistics pass is a
-program of its own, compiled per row size (cheap), so rows need no bucket of their own in the optimizer.
+term rounded up, `_padding.round_up`; a bucket of few groups joins a larger one). A bucket shares one block
+structure (`_padding.complete_structure`), in which a group's missing levels are empty ones that change nothing
+in the objective, and one compiled program: objective, gradient and estimates of a chunk of groups, vmapped,
+called once per pass by a batched BFGS on the host (`optim._batch_bfgs`). The statistics of a chunk are summed in
+NumPy over its real rows (`_padding.complete_statistics`), so no row count enters a compiled shape.
 
 Each group's fit is its single fit's (`lmer` on its rows): same objective, θ, β and σ. What a single fit would
 refuse (too few rows or levels, a constant response, a rank-deficient X in that group) is refused per group
