@@ -33,16 +33,23 @@ class Cells(eqx.Module):
 
 
 def _distinct(frame: pd.DataFrame, columns: list[str], what: str):
-    """(row → distinct-combination index, frame of the distinct combinations); missing values are an error."""
+    """(row → distinct-combination index, frame of the distinct combinations); missing values are an error.
+    Per-column codes combined in mixed radix and one np.unique: much faster than a MultiIndex on 10⁵ rows."""
     if not columns:
         return np.zeros(len(frame), dtype=np.int64), pd.DataFrame(index=[0])
-    codes, uniques = pd.MultiIndex.from_frame(frame[columns]).factorize()
-    if (codes < 0).any() or frame[columns].isna().to_numpy().any():
-        bad = [c for c in columns if frame[c].isna().any()]
+    bad = [c for c in columns if frame[c].isna().any()]
+    if bad:
         raise DataError(f"the post-stratification frame has missing values in column {bad[0]!r} ({what})")
-    combos = uniques.to_frame(index=False)
-    combos.columns = columns
-    return codes, combos
+    key, radix = np.zeros(len(frame), dtype=np.int64), 1
+    for c in columns:
+        codes, uniques = pd.factorize(frame[c])
+        if radix * max(len(uniques), 1) >= 1 << 62:  # recode before the key overflows
+            key = np.unique(key, return_inverse=True)[1].astype(np.int64)
+            radix = int(key.max()) + 1
+        key = key * len(uniques) + codes
+        radix *= max(len(uniques), 1)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return inverse.reshape(-1), frame[columns].iloc[first].reset_index(drop=True)
 
 
 def _spec_columns(spec, frame: pd.DataFrame, data_columns) -> list[str]:

@@ -3,8 +3,8 @@
 Draw tables are laid out with the draws on the minor axis, so a cell's random effect for all draws of a chunk is
 one contiguous row gathered from its level (b_k: levels × q × draws), and the group sums are row scatter-adds
 (`segment_sum` with the cells' group codes: no group-by-cell matrix). Cells are visited in chunks by a scan and
-draws in chunks by a map, so the working set is chunk_cells × chunk_draws × (a few + Σ q) numbers whatever the
-frame's size; the result is groups × draws.
+draws in chunks (one compiled call each), so the working set is chunk_cells × chunk_draws × (a few + Σ q) numbers
+whatever the frame's size; the result is groups × draws.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from ._cells import Cells
 
 __all__ = ["group_draws", "chunk_sizes", "summarize"]
 
-_DEFAULT_CHUNK_DRAWS = 128
+_CPU_CHUNK_DRAWS, _CPU_CHUNK_BYTES = 64, 256 << 10
+_DEVICE_CHUNK_DRAWS = 256
 _MIN_GROUPS = 64
-_MAX_WORKING_BYTES = 256 << 20  # a working set well inside a cache-friendly, any-device budget
+_MAX_WORKING_BYTES = 1 << 30
 
 
 def available_memory() -> int:
@@ -41,15 +42,21 @@ def available_memory() -> int:
 
 
 def chunk_sizes(n_cells: int, n_draws: int, q_total: int, chunk_cells=None, chunk_draws=None):
-    """(cells, draws) per chunk: draws in chunks of 128 unless given, cells so the chunk's working set (η, μ and
-    one gathered row per term component, 8 bytes each) stays under a budget of the free memory. Sizes are powers
-    of two (a frame is padded up to its chunk), so frames and draw counts of similar sizes share one program."""
-    draws = int(chunk_draws) if chunk_draws else _DEFAULT_CHUNK_DRAWS
+    """(cells, draws) per chunk, powers of two (a frame is padded up to its chunk, so frames and draw counts of
+    similar sizes share one program). On a CPU the chunk's arrays are kept cache-sized (64 draws × 512 cells, 256
+    KiB each: on two cores, 174,560 cells × 1000 draws ran 2-4× faster than with 16384-cell chunks); on an
+    accelerator the chunk's working set (η, μ and a gathered row per term component) fills a share of the free
+    memory instead."""
+    on_cpu = jax.devices()[0].platform == "cpu"
+    draws = int(chunk_draws) if chunk_draws else (_CPU_CHUNK_DRAWS if on_cpu else _DEVICE_CHUNK_DRAWS)
     if chunk_cells:
         return max(1, min(int(chunk_cells), n_cells)), max(1, draws)
-    budget = min(_MAX_WORKING_BYTES, available_memory() // 8)
-    per_cell = 8 * draws * (3 + q_total)
-    cells = 1 << int(np.floor(np.log2(max(256, budget // per_cell))))
+    if on_cpu:
+        cells = max(1, _CPU_CHUNK_BYTES // (8 * draws))
+    else:
+        budget = min(_MAX_WORKING_BYTES, available_memory() // 8)
+        cells = max(256, budget // (8 * draws * (3 + q_total)))
+    cells = 1 << int(np.floor(np.log2(cells)))
     return int(min(cells, _next_power_of_two(n_cells))), draws
 
 
