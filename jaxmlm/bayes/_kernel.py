@@ -44,9 +44,8 @@ def available_memory() -> int:
 def chunk_sizes(n_cells: int, n_draws: int, q_total: int, chunk_cells=None, chunk_draws=None):
     """(cells, draws) per chunk, powers of two (a frame is padded up to its chunk, so frames and draw counts of
     similar sizes share one program). On a CPU the chunk's arrays are kept cache-sized (64 draws × 512 cells, 256
-    KiB each: on two cores, 174,560 cells × 1000 draws ran 2-4× faster than with 16384-cell chunks); on an
-    accelerator the chunk's working set (η, μ and a gathered row per term component) fills a share of the free
-    memory instead."""
+    KiB each), which beat chunks that fill memory (docs/bayes_mrp.md); on an accelerator the chunk's working set
+    (η, μ and a gathered row per term component) fills a share of the free memory instead."""
     on_cpu = jax.devices()[0].platform == "cpu"
     draws = int(chunk_draws) if chunk_draws else (_CPU_CHUNK_DRAWS if on_cpu else _DEVICE_CHUNK_DRAWS)
     if chunk_cells:
