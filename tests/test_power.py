@@ -118,3 +118,23 @@ def test_refusals():
         jm.power_sim(fit.model, "x", n_sim=2)
     with pytest.raises(ValueError, match="one of along"):
         jm.power_curve(fit, "x", breaks=[3])
+
+
+@pytest.mark.slow  # GLMM batch compiles and four glmer fits
+def test_glmm_batch_equals_single_fits():
+    """cbpp's binomial GLMM: simulated counts out of each herd-period's trials, the Laplace likelihood-ratio test of
+    period in one batch against glmer fits of each simulation."""
+    cbpp = jm.datasets.load("cbpp")
+    formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    fit = jm.glmer(formula, cbpp, family="binomial")
+    result = jm.power_sim(fit, "period", n_sim=2, seed=5, effect={"period4": -0.5})
+    beta = fit.fixef.to_numpy().copy()
+    beta[3] = -0.5
+    Y = simulate_responses(fit.model, beta, fit.theta, None, 2, 5)
+    for i in range(2):
+        one = cbpp.assign(incidence=np.round(Y[:, i] * cbpp["size"]))
+        full = jm.glmer(formula, one, family="binomial")
+        reduced = jm.glmer("cbind(incidence, size - incidence) ~ 1 + (1 | herd)", one, family="binomial")
+        p = stats.chi2.sf(2 * (full.loglik - reduced.loglik), 3)
+        np.testing.assert_allclose(result.p_values[i], p, rtol=1e-4)
+    assert result.test == "likelihood ratio"

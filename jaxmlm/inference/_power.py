@@ -1,12 +1,12 @@
-"""Power by simulation, as simr's powerSim and powerCurve, for linear mixed models.
+"""Power by simulation, as simr's powerSim and powerCurve, for linear mixed models and binomial or Poisson GLMMs.
 
 `power_sim` draws n_sim responses from the model at given parameters (a fit's β, θ, σ, with `effect` replacing
 fixed effects), refits all of them in one vmapped batch (`Model.fit_batch`), tests one fixed-effect term in every
 simulation and reports the share of rejections at level alpha with its Clopper–Pearson 95% interval. Tests:
 
-- "lrt" (default): likelihood ratio of ML fits with and without the term, χ² on the term's number of columns
+- "lrt" (default): likelihood ratio of ML (GLMM: Laplace, or the fit's nAGQ) fits with and without the term, χ² on the term's number of columns
   (simr's "lr" method, its default for terms of several columns);
-- "t": for a one-column term, the Wald t of the REML fit, β̂/se, against Student's t with Satterthwaite's df of
+- "t": for a one-column term, the Wald t of the REML fit (for a GLMM the Wald z of summary(), normal), β̂/se, against Student's t with Satterthwaite's df of
   the model fitted to the data given (a fit) or to the first simulation (a Model): one df for all simulations,
   exact in balanced designs, an approximation otherwise (simr's "t" uses the residual df, "kr" refits each).
 
@@ -72,16 +72,20 @@ def _parameters(fit_or_model, params):
         beta, theta, sigma = fit._beta.copy(), fit.theta, fit.sigma
     elif isinstance(fit_or_model, Model):
         fit, model = None, fit_or_model
-        if not isinstance(params, dict) or not {"beta", "theta", "sigma"} <= set(params):
-            raise ValueError("power_sim of a Model needs params=dict(beta=..., theta=..., sigma=...) to simulate from")
+        needed = {"beta", "theta", "sigma"} if model.is_gaussian else {"beta", "theta"}
+        if not isinstance(params, dict) or not needed <= set(params):
+            raise ValueError("power_sim of a Model needs params=dict(beta=..., theta=..., sigma=...) to simulate "
+                             "from (no sigma for a binomial or Poisson model)")
         beta = _beta_vector(model, params["beta"])
-        theta, sigma = np.asarray(params["theta"], dtype=np.float64), float(params["sigma"])
+        theta = np.asarray(params["theta"], dtype=np.float64)
+        sigma = float(params["sigma"]) if model.is_gaussian else None
         if theta.shape != (model.n_theta,):
             raise ValueError(f"params['theta'] must have {model.n_theta} entries (lme4's layout), got {theta.shape}")
     else:
         raise TypeError(f"power_sim takes a fitted linear mixed model or a Model, got {type(fit_or_model).__name__}")
-    if not model.is_gaussian:
-        raise DataError("power_sim simulates linear mixed models (family='gaussian') only")
+    if not model.is_gaussian and getattr(model.family, "name", "") not in ("binomial", "poisson"):
+        raise DataError("power_sim simulates linear mixed models and binomial or Poisson GLMMs; "
+                        f"the {model.family.name} family is not supported yet")
     return model, fit, beta, theta, sigma
 
 
@@ -103,16 +107,23 @@ def _beta_vector(model, values) -> np.ndarray:
 
 @float64
 def simulate_responses(model, beta, theta, sigma, n_sim: int, seed: int) -> np.ndarray:
-    """n × n_sim responses y = Xβ + Σ_k z_k·b_k[level] + offset + σ ε/√w, b_k = σ T_k u (u, ε standard normal)."""
+    """n × n_sim responses: η = Xβ + Σ_k z_k·b_k[level] + offset with b_k = s T_k u (u standard normal; s = σ for a
+    linear model, 1 for a GLMM), then y = η + σ ε/√w, or the family's draws at μ = g⁻¹(η) (binomial responses as
+    proportions of the trials, the form fit_batch takes)."""
     from ..core._covariance import theta_to_matrices
 
     d = model.design
+    scale = 1.0 if sigma is None else sigma
     keys = jax.random.split(jax.random.key(seed), len(d.terms) + 1)
     eta = jnp.asarray(d.X @ beta + d.offset)[:, None]
     for key, t, T in zip(keys[1:], d.terms, theta_to_matrices(theta, model.qs)):
         u = jax.random.normal(key, (n_sim, t.n_levels, t.q), dtype=jnp.float64)
-        b = sigma * u @ jnp.asarray(T).T  # (n_sim, levels, q)
+        b = scale * u @ jnp.asarray(T).T  # (n_sim, levels, q)
         eta = eta + jnp.einsum("nq,snq->ns", jnp.asarray(t.z), b[:, jnp.asarray(t.codes), :])
+    if sigma is None:  # the family's draws, simulations along the leading axis so that trials broadcast
+        mu = np.asarray(model.family.linkinv(eta)).T
+        rng = np.random.default_rng(seed)
+        return np.asarray(model.family.simulate(rng, mu, d.weights, d.extra), dtype=np.float64).T
     noise = jax.random.normal(keys[0], (d.n, n_sim), dtype=jnp.float64)
     return np.asarray(eta + sigma * noise / jnp.sqrt(jnp.asarray(d.weights))[:, None])
 
@@ -132,14 +143,21 @@ def _term(model, term: str):
 
 
 def _p_values(model, fit, Y, term, text, cols, test):
+    how = dict(method="ml") if model.is_gaussian else dict(method="laplace")
+    if fit is not None and fit.method == "agq":
+        how = dict(method="agq", nagq=int(fit.extra["nagq"]))
     if test == "lrt":
-        full = model.fit_batch(Y, method="ml", progress=False)
-        reduced = model.update(f". ~ . - {text}").fit_batch(Y, method="ml", progress=False)
+        full = model.fit_batch(Y, progress=False, **how)
+        reduced = model.update(f". ~ . - {text}").fit_batch(Y, progress=False, **how)
         chisq = np.maximum(0.0, 2.0 * (full.loglik - reduced.loglik))
         ok = full.converged & reduced.converged
         return np.where(ok, stats.chi2.sf(chisq, len(cols)), np.nan)
     if len(cols) != 1:
         raise DataError(f"the t test is for a term of one column; {term!r} has {len(cols)} (use test='lrt')")
+    if not model.is_gaussian:  # a GLMM's Wald z, as summary()
+        batch = model.fit_batch(Y, progress=False, **how)
+        z_value = batch.beta[:, cols[0]] / batch.se_beta[:, cols[0]]
+        return np.where(batch.converged, 2.0 * stats.norm.sf(np.abs(z_value)), np.nan)
     batch = model.fit_batch(Y, method="reml", progress=False)
     if fit is None or not fit.reml:
         fit = _fit_to(model, Y[:, 0])
@@ -197,7 +215,8 @@ def power_sim(fit_or_model, test: str, n_sim: int = 1000, alpha: float = 0.05, s
     done = np.isfinite(p)
     k, n = int(np.sum(p[done] < alpha)), int(done.sum())
     lower, upper = clopper_pearson(k, n)
-    return PowerResult(term=label, test="likelihood ratio" if method == "lrt" else "Wald t", alpha=alpha,
+    wald = "Wald t" if model.is_gaussian else "Wald z"
+    return PowerResult(term=label, test="likelihood ratio" if method == "lrt" else wald, alpha=alpha,
                        power=k / n if n else float("nan"), lower=lower, upper=upper, successes=k, n_sim=n,
                        n_failed=int(n_sim) - n, p_values=p, nobs=model.design.n)
 
