@@ -77,6 +77,8 @@ def test_glmm_means_on_both_scales():
     assert list(link.contrasts["contrast"]) == [r["contrast"] for r in CASES["cbpp_period_link"]["contrasts"]["tukey"]]
     np.testing.assert_allclose(response.contrasts["odds_ratio"], np.exp(link.contrasts["estimate"]), rtol=1e-12)
     np.testing.assert_allclose(response.contrasts["z_ratio"], link.contrasts["z_ratio"], rtol=1e-12)
+    text = repr(response).splitlines()
+    assert text[0] == "$emmeans" and "$contrasts" in text and "period1 / period2" in repr(response)
 
 
 @pytest.mark.parametrize("adjust", _ADJUSTS)

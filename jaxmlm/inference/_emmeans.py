@@ -37,6 +37,9 @@ class Emmeans(NamedTuple):
     emmeans: pd.DataFrame
     contrasts: pd.DataFrame
 
+    def __repr__(self) -> str:  # as R prints an emm_list
+        return f"$emmeans\n{self.emmeans.to_string()}\n\n$contrasts\n{self.contrasts.to_string()}"
+
 
 def emmeans(fit, specs, by=None, type: str = "link", pairwise: bool = False, adjust: str = "tukey",
             level: float = 0.95, lmer_df: str = "satterthwaite"):
