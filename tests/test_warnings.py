@@ -61,3 +61,10 @@ def test_singular_and_missing_value_warnings_point_at_the_caller():
     caught = _caught(lambda: jm.lmer("y ~ 1 + (1 | g)", flat), jm.SingularFitWarning)
     assert [w.filename for w in caught] == [__file__]
     assert "docs/errors.md" in str(caught[0].message)
+
+
+def test_batch_warning_points_at_the_caller():
+    model = jm.Model("Reaction ~ Days + (1 | Subject)", jm.datasets.load("sleepstudy"))
+    Y = np.column_stack([model.design.y, np.full(model.design.n, np.nan)])  # the second column has no rows
+    caught = _caught(lambda: model.fit_batch(Y), jm.ConvergenceWarning)
+    assert caught and all(w.filename == __file__ for w in caught), [(w.filename, w.lineno) for w in caught]

@@ -30,6 +30,7 @@ from .._config import float64, float64_methods
 from ..core._blocks import Blocks, RowData, Structure, cross_products
 from ..core._covariance import canonical_theta, theta_diagonal_mask, theta_names
 from .._errors import ConvergenceWarning, DataError, DataTypeError
+from .._warn import user_stacklevel  # noqa: F401  (also used by _batch_glmm)
 from .._memory import DEFAULT_FRACTION, available_bytes
 from ..core._linalg import factorize, solve_coefficients
 from ..core._lmm import LinearProblem, deviance_from_factor, profiled_deviance
@@ -246,16 +247,6 @@ def observed_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per column: the number of observed (non-NaN) rows, and whether any row is missing."""
     counts = np.concatenate([np.sum(~np.isnan(block), axis=0) for block in _column_blocks(values)])
     return counts, counts < values.shape[0]
-
-
-def user_stacklevel() -> int:
-    """The stacklevel of warnings.warn, called from the caller of this, that names the first frame outside
-    jaxmlm (the user's call, however many of jaxmlm's wrappers lie between)."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def warn_unfitted(columns, failed: np.ndarray, too_few: np.ndarray, n_needed: int) -> None:
