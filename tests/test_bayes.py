@@ -83,6 +83,14 @@ def test_sleepstudy_posterior(sleep_model):
     check_random_effect_draws_near_conditional_modes(post, sleep_model)
     check_predict_shapes_and_population_level(post)
     check_to_arviz_or_clear_import_error(post)
+    check_no_silent_nan(post)
+
+
+def check_no_silent_nan(sleep_posterior):
+    from test_no_silent_nan import posterior_problems
+
+    problems = posterior_problems(sleep_posterior)
+    assert not problems, "\n".join(problems)
 
 
 def check_posterior_means_near_lme4(sleep_posterior):
