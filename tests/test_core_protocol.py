@@ -205,3 +205,17 @@ def test_problem_rejects_unknown_methods(sleep_model, cbpp_model):
         cbpp_model.problem("reml")
     with pytest.raises(ValueError, match="generalized"):
         sleep_model.problem("laplace")
+
+
+def test_host_lapack_path_runs_under_scoped_float64(monkeypatch):
+    """The fits' host LAPACK inverse (forced on here for a small tail) returns float64 through a callback that
+    JAX checks in its own thread, where the scoped float64 setting is off: the value and gradient still arrive
+    in float64 and equal the pure-XLA path's."""
+    monkeypatch.setattr(_linalg, "_HOST_LAPACK_MIN", 0)
+    crossed = jm.Model("y ~ 1 + (1 | a) + (1 | b)", _crossed_frame())
+    with jax.enable_x64(True):
+        x = jnp.asarray([0.8, 0.6])
+        value, grad = deviance_and_gradient(x, crossed.linear_problem, True)
+        assert grad.dtype == jnp.float64
+        pure = jax.grad(crossed.problem("reml").objective)(x)
+    np.testing.assert_allclose(grad, pure, rtol=1e-10)

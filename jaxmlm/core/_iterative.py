@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._callback import float64_callback
 from ._linalg import theta_to_factors
 from ._lmm import _deviance
 
@@ -211,8 +212,7 @@ def _lanczos_quadrature(apply, probes, steps: int):
 
     zeros = jnp.zeros_like(norms2)
     _, (alphas, betas) = jax.lax.scan(step, (Q0, jnp.zeros_like(Q0), zeros), None, length=steps)
-    log_quadrature = jax.pure_callback(_tridiagonal_log_quadrature, jax.ShapeDtypeStruct(norms2.shape, norms2.dtype),
-                                       alphas, betas, vmap_method="sequential")
+    log_quadrature = float64_callback(_tridiagonal_log_quadrature, norms2.shape, alphas, betas)
     return norms2 * log_quadrature
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import scipy.linalg
 
 from . import _levelwise as lw
+from ._callback import float64_callback
 from ._blocks import Blocks, Structure
 
 __all__ = ["Factor", "theta_to_factors", "factorize", "eliminate_prefix", "tail_log_terms", "solve_coefficients",
@@ -177,7 +178,7 @@ def inverse_from_cholesky(L: jax.Array, host_lapack: bool = True) -> jax.Array:
     against I and a product (pure XLA: what the public objective uses, for any backend and transformation)."""
     n = L.shape[-1]
     if host_lapack and _host_lapack(n):
-        return lower(jax.pure_callback(_potri, jax.ShapeDtypeStruct(L.shape, L.dtype), L, vmap_method="sequential"))
+        return lower(float64_callback(_potri, L.shape, L).astype(L.dtype))
     Linv = jax.lax.linalg.triangular_solve(L, jnp.eye(n, dtype=L.dtype), left_side=True, lower=True)
     return lower(Linv.T @ Linv)
 
