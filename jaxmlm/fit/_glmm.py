@@ -35,6 +35,7 @@ from ..core._blocks import cross_products
 from ..optim._summary import OptSummary, summarize
 from ..core._covariance import canonical_theta, theta_diagonal_mask
 from .._errors import ConvergenceWarning
+from .._warn import user_stacklevel
 from ..core._linalg import factorize
 from ..optim._optimize import central_difference_hessian, host_bfgs_minimize
 from ..core._problem import GlmmObjective
@@ -401,7 +402,7 @@ def _warn_separation(fit) -> None:
             "fitted probabilities numerically 0 or 1 occurred: the fixed effects may be (quasi-)completely "
             "separated, so their estimates and standard errors are unreliable",
             ConvergenceWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
 
 
