@@ -130,8 +130,8 @@ def _report(record: dict) -> None:
         print(f"{'lme4':>8} {r['fit_s']:9.1f} {'':>9} {r['predict_sum_s']:9.2f} {'(point)':>9} {r['deviance']:14.4f}")
         print(f"largest difference between the two engines' state estimates: "
               f"{record['max_abs_estimate_difference']:.2e}")
-    print(f"state estimates: mean absolute error {jx['mean_abs_error']:.4f} (raw poll {record['raw_mean_abs_error']:.4f}), "
-          f"95% intervals cover {jx['coverage']:.0%} of states")
+    print(f"state estimates: mean absolute error {jx['mean_abs_error']:.4f} "
+          f"(raw poll {record['raw_mean_abs_error']:.4f}), 95% intervals cover {jx['coverage']:.0%} of states")
 
 
 if __name__ == "__main__":

@@ -121,8 +121,12 @@ def _batch_source(batch, draws: int, seed: int, responses) -> _Draws:
     sims, mode = _joint.batch_draws(batch, Y, draws, seed)
     m = len(batch)
     # outcome-major, the mode first in each outcome's block
-    join = lambda mk, xk: np.concatenate([np.asarray(mk)[:, None], np.swapaxes(np.asarray(xk), 0, 1)], axis=1)  # noqa: E731
-    flat = lambda a: a.reshape((m * a.shape[1],) + a.shape[2:])  # noqa: E731
+    def join(mk, xk):
+        return np.concatenate([np.asarray(mk)[:, None], np.swapaxes(np.asarray(xk), 0, 1)], axis=1)
+
+    def flat(a):
+        return a.reshape((m * a.shape[1],) + a.shape[2:])
+
     beta = flat(join(mode["beta"], sims["beta"]))
     b = [flat(join(mk, xk)) for mk, xk in zip(mode["b"], sims["b"])]
     factors = _scaled_factors(np.repeat(batch.theta, draws + 1, axis=0), model.qs,
