@@ -12,9 +12,10 @@ def _arviz():
         import arviz as az
     except ImportError as exc:
         raise ImportError("trace and rank plots need ArviZ: pip install 'jaxmlm[bayes,plot]'") from exc
-    if not hasattr(az, "plot_trace"):
-        raise ImportError(f"trace and rank plots need ArviZ's plot_trace and plot_rank (ArviZ 0.x); "
-                          f"ArviZ {az.__version__} has neither")
+    major = int(str(az.__version__).split(".")[0])
+    if major >= 1 or not hasattr(az, "plot_trace"):  # 1.x's plots return PlotCollections, not matplotlib Axes
+        raise ImportError(f"trace and rank plots need ArviZ 0.x (its plot_trace and plot_rank draw matplotlib "
+                          f"Axes); ArviZ {az.__version__} is installed: pip install 'arviz<1'")
     return az
 
 
