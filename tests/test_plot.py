@@ -96,10 +96,34 @@ def test_shrinkage_bad_input(sleep_fit):
         plot.shrinkage(sleep_fit, "herd")
     with pytest.raises(ValueError, match="columns must name"):
         plot.shrinkage(sleep_fit, columns=["Reaction"])
+
+
+def test_shrinkage_of_a_glmm_is_the_per_group_glm(tmp_path):
+    """cbpp: each herd's own logistic intercept (periods held at the GLMM's estimates as an offset) against a
+    direct minimization of that herd's binomial deviance; the pooled one likewise over all herds."""
+    from scipy import optimize
+
     glmm = jm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", jm.datasets.load("cbpp"),
                     family="binomial")
-    with pytest.raises(jm.FamilyError, match="linear mixed model"):
-        plot.shrinkage(glmm)
+    table, complete = plot.shrinkage_table(glmm)
+    d = glmm.design
+    offset = d.X[:, 1:] @ glmm.fixef[d.x_names].to_numpy()[1:]
+    codes = d.terms[0].codes
+
+    def own(rows):
+        def deviance(a):
+            eta = a + offset[rows]
+            return -np.sum(d.weights[rows] * (d.y[rows] * eta - np.logaddexp(0.0, eta)))
+
+        return optimize.minimize_scalar(deviance, bounds=(-10, 10), method="bounded", options={"xatol": 1e-10}).x
+
+    for h in range(0, 15, 4):
+        np.testing.assert_allclose(table["no_pooling_(Intercept)"].iloc[h], own(codes == h), atol=1e-6)
+    np.testing.assert_allclose(complete["(Intercept)"], own(np.ones(len(codes), dtype=bool)), atol=1e-6)
+    np.testing.assert_allclose(table["weight"].sum(), d.weights.sum())
+    ax = plot.shrinkage(glmm)
+    assert ax.get_xlabel() == "trials in herd" and ax.get_ylabel() == "(Intercept) (link scale)"
+    _render(ax, tmp_path / "shrinkage_glmm.png")
 
 
 # ---------------------------------------------------------------------------------------------- random effects

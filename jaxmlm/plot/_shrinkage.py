@@ -1,12 +1,13 @@
-"""The shrinkage plot: per group, the no-pooling estimate (a least-squares fit of that group alone), the
-complete-pooling estimate (one fit ignoring the groups) and the multilevel estimate (lme4's coef()), with an
-arrow from each group's own estimate to its partially pooled one. Groups with few rows or noisy data move
-furthest towards the population value: the picture that explains partial pooling.
+"""The shrinkage plot: per group, the no-pooling estimate (a fit of that group alone), the complete-pooling
+estimate (one fit ignoring the groups) and the multilevel estimate (lme4's coef()), with an arrow from each
+group's own estimate to its partially pooled one. Groups with few rows or noisy data move furthest towards the
+population value: the picture that explains partial pooling.
 
-The no-pooling and complete-pooling fits regress y − offset − X₋ β̂₋ on the grouping factor's random-effects
-columns, where X₋ are the fixed-effects columns that are not among them (held at the mixed model's estimates),
-with the model's prior weights. For `Reaction ~ Days + (Days | Subject)` that is lm(Reaction ~ Days) per subject
-and over all of them.
+The no-pooling and complete-pooling fits regress y on the grouping factor's random-effects columns with the
+fixed-effects columns that are not among them (X₋) held at the mixed model's estimates, as an offset, with the
+model's prior weights: least squares for a linear model (for `Reaction ~ Days + (Days | Subject)`,
+lm(Reaction ~ Days) per subject and over all of them), the family's GLM by Fisher scoring for a generalized
+one, on the link scale. A group whose own GLM has no finite estimate (all successes, or none) has none.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .._errors import FamilyError
 from ._common import group_term_indices, new_axes
 
 __all__ = ["shrinkage", "shrinkage_table"]
+
+_SCORING_STEPS = 40
+_SEPARATED = 12.0  # |own coefficient| on the link scale past which a group's GLM is taken as separated
 
 _NO_POOL = dict(marker="o", facecolors="none", edgecolors="#1f77b4", s=30, label="no pooling (per-group fit)")
 _PARTIAL = dict(marker="o", color="#d62728", s=22, label="multilevel (partial pooling)")
@@ -45,14 +48,44 @@ def _solve_full_rank(gram, rhs):
     return out
 
 
+def _glm_by_fisher_scoring(fit, z, eta_held, codes, n_groups, start):
+    """Per group, the family's GLM of y on z with offset eta_held (prior weights as the model's), by Fisher
+    scoring from `start` (G × q): NaN for groups whose estimate runs off (separation) or whose ZᵀWZ is singular."""
+    fam, y, w = fit.family, fit.design.y, np.asarray(fit.design.weights, dtype=np.float64)
+    coef = np.array(start, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for _ in range(_SCORING_STEPS):
+            eta = eta_held + np.sum(z * np.nan_to_num(coef)[codes], axis=1)
+            mu = np.asarray(fam.linkinv(eta))
+            slope = np.asarray(fam.mu_eta(eta))
+            working_weight = w * slope**2 / np.maximum(np.asarray(fam.variance(mu)), 1e-300)
+            gram, rhs = _weighted_normal_equations(z, (y - mu) / np.where(slope > 0, slope, np.inf),
+                                                   working_weight, codes, n_groups)
+            coef = coef + _solve_full_rank(gram, rhs)
+    coef[~np.all(np.abs(coef) < _SEPARATED, axis=1)] = np.nan
+    return coef
+
+
+def _own_and_pooled(fit, z, offset, codes, n_groups, multilevel):
+    """(no-pooling G × q, complete pooling q) estimates: least squares, or the GLM by Fisher scoring."""
+    d = fit.design
+    if fit.is_linear:
+        r = d.y - offset
+        w = np.asarray(d.weights, dtype=np.float64)
+        gram, rhs = _weighted_normal_equations(z, r, w, codes, n_groups)
+        return _solve_full_rank(gram, rhs), _solve_full_rank(gram.sum(axis=0)[None], rhs.sum(axis=0)[None])[0]
+    own = _glm_by_fisher_scoring(fit, z, offset, codes, n_groups, multilevel)
+    pooled = _glm_by_fisher_scoring(fit, z, offset, np.zeros_like(codes), 1, multilevel.mean(axis=0)[None])[0]
+    return own, pooled
+
+
 def shrinkage_table(fit, term=None):
     """(per-level DataFrame, complete-pooling Series) behind `shrinkage`.
 
-    The frame is indexed by level with columns `n` (rows), `no_pooling_<col>` and `multilevel_<col>` per
-    random-effects column of the grouping factor; no-pooling values are NaN for groups whose rows cannot
-    identify their own coefficients."""
-    if not fit.is_linear:
-        raise FamilyError("the shrinkage plot compares per-group least-squares fits: it needs a linear mixed model")
+    The frame is indexed by level with columns `n` (rows), `weight` (the prior weights' sum: a binomial
+    model's trials), `no_pooling_<col>` and `multilevel_<col>` per random-effects column of the grouping
+    factor (a GLMM's on the link scale); no-pooling values are NaN for groups whose rows cannot identify their
+    own coefficients."""
     d = fit.design
     group, ks = group_term_indices(fit, term)
     columns = [c for k in ks for c in d.terms[k].column_names]
@@ -61,13 +94,12 @@ def shrinkage_table(fit, term=None):
     levels = d.terms[ks[0]].levels.astype(str)
     beta = fit.fixef[d.x_names].to_numpy(dtype=np.float64)
     held = [j for j, name in enumerate(d.x_names) if name not in columns]
-    r = d.y - d.offset - d.X[:, held] @ beta[held]
-    w = np.asarray(d.weights, dtype=np.float64)
-    gram, rhs = _weighted_normal_equations(z, r, w, codes, len(levels))
-    no_pool = _solve_full_rank(gram, rhs)
-    complete = _solve_full_rank(gram.sum(axis=0)[None], rhs.sum(axis=0)[None])[0]
     multilevel = fit.coef()[group][columns].to_numpy(dtype=np.float64)
-    table = pd.DataFrame({"n": np.bincount(codes, minlength=len(levels))}, index=pd.Index(levels, name=group))
+    no_pool, complete = _own_and_pooled(fit, z, d.offset + d.X[:, held] @ beta[held], codes, len(levels),
+                                        multilevel)
+    table = pd.DataFrame({"n": np.bincount(codes, minlength=len(levels)),
+                          "weight": np.bincount(codes, weights=d.weights, minlength=len(levels))},
+                         index=pd.Index(levels, name=group))
     for c, name in enumerate(columns):
         table[f"no_pooling_{name}"] = no_pool[:, c]
     for c, name in enumerate(columns):
@@ -104,8 +136,8 @@ def _spread_sizes(n, order_by):
     return n + 0.35 * gap * (2.0 * rank / max(len(n) - 1, 1) - 1.0)
 
 
-def _one_column(ax, table, complete, col, group):
-    n = table["n"].to_numpy(dtype=float)
+def _one_column(ax, table, complete, col, group, size_label):
+    n = table["weight" if size_label.startswith("trials") else "n"].to_numpy(dtype=float)
     own, pooled = table[f"no_pooling_{col}"].to_numpy(), table[f"multilevel_{col}"].to_numpy()
     x = _spread_sizes(n, pooled)
     _arrows(ax, x, own, x, pooled)
@@ -113,19 +145,19 @@ def _one_column(ax, table, complete, col, group):
     ax.scatter(x[ok], own[ok], **_NO_POOL)
     ax.scatter(x, pooled, **_PARTIAL)
     ax.axhline(complete[col], color="black", lw=1.2, ls="--", label="complete pooling")
-    ax.set_xlabel(f"rows in {group}")
+    ax.set_xlabel(f"{size_label} in {group}")
     ax.set_ylabel(col)
     ax.set_title(f"Shrinkage of {group}'s {col}")
 
 
 def shrinkage(fit, term=None, columns=None, ax=None):
-    """Draw the shrinkage plot of a linear mixed model's grouping factor `term` ("Subject", or a term's text
+    """Draw the shrinkage plot of a mixed model's grouping factor `term` ("Subject", or a term's text
     "Days | Subject"; default: the formula's first); returns the Axes.
 
     With two or more random-effects columns (e.g. `(Days | Subject)`) the plane of the first two (or `columns`)
     shows each group's own fit, its multilevel estimate and the arrow between them, and the complete-pooling
-    estimate as a star. With one column (`(1 | g)`) the estimates are drawn against the group's number of rows,
-    the complete-pooling estimate as a dashed line."""
+    estimate as a star. With one column (`(1 | g)`) the estimates are drawn against the group's number of rows
+    (a binomial model's trials), the complete-pooling estimate as a dashed line. A GLMM's are on the link scale."""
     table, complete = shrinkage_table(fit, term)
     group = table.index.name
     names = list(complete.index)
@@ -137,6 +169,9 @@ def shrinkage(fit, term=None, columns=None, ax=None):
     if len(chosen) == 2:
         _two_columns(ax, table, complete, chosen[0], chosen[1], group)
     else:
-        _one_column(ax, table, complete, chosen[0], group)
+        binomial = getattr(fit.family, "name", "") == "binomial"
+        _one_column(ax, table, complete, chosen[0], group, "trials" if binomial else "rows")
+    if not fit.is_linear:
+        ax.set_ylabel(f"{ax.get_ylabel()} (link scale)")
     ax.legend(fontsize="small", frameon=False)
     return ax
