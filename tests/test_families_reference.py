@@ -93,6 +93,25 @@ def test_glmer_nb_is_nbinom2(reference):
     assert "Dispersion parameter for nbinom2 family (theta): 3.306" in str(fit.summary())
 
 
+@pytest.mark.parametrize("case, family", [
+    pytest.param("sim_gamma_log_lme4", jm.families.Gamma(link="log"), marks=pytest.mark.slow),
+    pytest.param("sim_ig_log_lme4", jm.families.inverse_gaussian(link="log"), marks=pytest.mark.slow),
+])
+def test_gamma_inverse_gaussian_lme4_approximation(case, family, reference):
+    """approximation="lme4" is glmer's own objective for these families (the modes and Fisher log-determinant at
+    σ = 1, R's family AIC with σ² = deviance/n): lme4's logLik, fixef, SEs, θ and sigma(fit), and its VarCorr
+    (standard deviations θσ and a Residual row), AIC counting σ."""
+    ref = reference[case]
+    fit = jm.glmer(ref["formula"], simulated(), family=family, approximation="lme4")
+    check_against_r(fit, dict(ref, dispersion=ref["sigma"], dispersion_se=None))
+    np.testing.assert_allclose(fit.theta, np.atleast_1d(ref["theta"]), atol=1e-3)
+    assert fit.sigma == pytest.approx(ref["sigma"], rel=1e-4)
+    assert fit.aic == pytest.approx(ref["aic"], rel=1e-6)
+    vc = fit.varcorr()
+    assert list(vc["grp"]) == ["g", "Residual"]
+    assert vc["sdcor"].iloc[0] == pytest.approx(ref["theta"] * ref["sigma"], rel=1e-3)
+
+
 def test_gamma_lme4_loglik_is_not_the_likelihood(reference):
     """lme4's Gamma glmer ignores the dispersion inside its Laplace objective and plugs deviance/n into logLik
     afterwards: its logLik lies above the proper Laplace maximum (glmmTMB's, which we reproduce)."""

@@ -38,7 +38,10 @@ density in u (for a non-canonical link it differs from the Fisher weights). PIRL
 the *exact* gradient of log p in η (the working response η + (y − μ)/μ' only holds for exponential families;
 NB1 and beta are not), so its fixed point is the true mode; the two differentiable Newton steps use W_obs. The
 problem's `laplace_weights="fisher"` keeps the Fisher weights in the log-determinant instead: lme4's glmer.nb
-objective (its PIRLS works with expected information).
+objective (its PIRLS works with expected information). `laplace_weights="plugin"` is lme4's glmer objective for
+Gamma and inverse Gaussian: no dispersion coordinate; the mode and the Fisher-weight log-determinant at d = 1 (the
+penalized deviance Σ devresid + ‖u‖²), plus the family's AIC term with σ² = Σ devresid / Σ w plugged in (R's
+`family$aic`, its +2 included), which is lme4's −2 logLik (not a likelihood: docs/families.md).
 """
 
 from __future__ import annotations
@@ -77,7 +80,8 @@ class GlmmProblem(eqx.Module):
     offset: jax.Array
     constant: jax.Array  # family constant c(y), see module docstring
     family: object = eqx.field(static=True)
-    # dispersion families: "observed" (exact Laplace, glmmTMB) or "fisher" (lme4's glmer.nb) weights in log det
+    # dispersion families: "observed" (exact Laplace, glmmTMB) or "fisher" (lme4's glmer.nb) weights in log det,
+    # or "plugin" (lme4's Gamma / inverse Gaussian glmer objective, see the module docstring)
     laplace_weights: str = eqx.field(static=True, default="observed")
 
     @property
@@ -88,6 +92,8 @@ class GlmmProblem(eqx.Module):
     def n_dispersion(self) -> int:
         """1 when the family's dispersion parameter is estimated (the last coordinate of x, on the log scale)."""
         fam = self.family
+        if self.laplace_weights == "plugin":
+            return 0
         return int(getattr(fam, "has_dispersion", False) and fam.dispersion is None)
 
 
@@ -97,6 +103,8 @@ def split_x(x, problem: GlmmProblem):
     fam = problem.family
     if not getattr(fam, "has_dispersion", False):
         return x[:nt], x[nt:nt + p], None
+    if problem.laplace_weights == "plugin":  # lme4's Gamma / inverse Gaussian: the mode at d = 1
+        return x[:nt], x[nt:nt + p], jnp.asarray(1.0, dtype=x.dtype)
     if fam.dispersion is not None:
         return x[:nt], x[nt:nt + p], jnp.asarray(fam.dispersion, dtype=x.dtype)
     return x[:nt], x[nt:nt + p], jnp.exp(x[nt + p])
@@ -150,10 +158,14 @@ def eta_derivatives(problem: GlmmProblem, eta, phi):
     return g, h
 
 
+def _away_from_zero(w, delta: float = 1e-8):
+    return jnp.where(jnp.abs(w) < delta, jnp.where(w < 0, -delta, delta), w)
+
+
 def laplace_weights(problem: GlmmProblem, eta, phi=None):
     """The weights of the Laplace log-determinant: lme4's Fisher weights for binomial and Poisson; for a
     dispersion family the observed ones (exact Hessian), or Fisher's under laplace_weights="fisher"."""
-    if phi is None or problem.laplace_weights == "fisher":
+    if phi is None or problem.laplace_weights in ("fisher", "plugin"):
         return fisher_weights(problem, eta, phi)[0]
     return eta_derivatives(problem, eta, phi)[1]
 
@@ -168,9 +180,19 @@ def _scoring_residual(problem: GlmmProblem, eta, phi):
     return w, jnp.where(w > 0, -g / jnp.where(w > 0, w, 1.0), 0.0)
 
 
-def _solve_u(problem: GlmmProblem, theta, w, z):
+def _unused_tail_positive(blocks):
+    """Blocks whose F-by-F entry is replaced by a huge constant. With observed weights (negative in some rows)
+    FᵀWF minus its Schur correction can be negative: the unused last pivot of the factor would be NaN and, though
+    u and log det never read it, reverse-mode derivatives would pick the NaN up through it."""
+    f = blocks.tail_ff.shape[0]
+    return eqx.tree_at(lambda b: b.tail_ff, blocks, 1e150 * jnp.eye(f, dtype=blocks.tail_ff.dtype))
+
+
+def _solve_u(problem: GlmmProblem, theta, w, z, observed: bool = False):
     """u = (ΛᵀZᵀWZΛ + I)⁻¹ΛᵀZᵀWz on the blocked factor."""
     blocks = cross_products(problem.structure, problem.rows, w, z[:, None])
+    if observed:
+        blocks = _unused_tail_positive(blocks)
     factor = factorize(theta, blocks, problem.structure)
     _, u, _ = solve_coefficients(factor, problem.structure, 0)
     return u
@@ -263,10 +285,11 @@ def newton_step(u_terms, theta, beta, problem: GlmmProblem, phi=None):
     eta_z = random_part(problem.structure, problem.rows, theta, u_terms)
     eta = problem.X @ beta + problem.offset + eta_z
     if phi is not None:
-        # observed curvature, which may be negative in some rows (the sum with I stays positive near the mode)
-        g, w = eta_derivatives(problem, eta, phi)
-        nonzero = jnp.abs(w) > 1e-300
-        resid = jnp.where(nonzero, -g / jnp.where(nonzero, w, 1.0), 0.0)
+        # observed curvature, which may be negative in some rows (the sum with I stays positive near the mode).
+        # A row's weight that crosses 0 (inverse Gaussian's at y = μ/2) is kept 1e-8 away from it: the working
+        # residual −g/w, whose derivative g/w² would overflow there, stays finite; the Hessian moves by ≤ 1e-8
+        w, g = _away_from_zero(eta_derivatives(problem, eta, phi)[1]), eta_derivatives(problem, eta, phi)[0]
+        resid = -g / w
     elif fam.canonical:
         w, mu, d = fisher_weights(problem, eta)
         resid = jnp.where(w > 0, (problem.y - mu) / d, 0.0)
@@ -278,7 +301,7 @@ def newton_step(u_terms, theta, beta, problem: GlmmProblem, phi=None):
         g = jax.vmap(jax.grad(half_dev))(eta, problem.y, problem.weights)
         w = jax.vmap(jax.grad(jax.grad(half_dev)))(eta, problem.y, problem.weights)
         resid = jnp.where(w > 0, -g / jnp.where(w > 0, w, 1.0), 0.0)
-    return _solve_u(problem, theta, w, eta_z + resid)
+    return _solve_u(problem, theta, w, eta_z + resid, observed=phi is not None)
 
 
 def mode_at(theta, beta, problem: GlmmProblem, phi=None):
@@ -300,7 +323,10 @@ def laplace_parts(theta, beta, problem: GlmmProblem, phi=None):
     w = laplace_weights(problem, eta, phi)
     # only the Z part of L is used; a ones column stays positive definite against ΛᵀZᵀWZΛ + I (the +I)
     ones = jnp.ones((eta.shape[0], 1), dtype=eta.dtype)
-    factor = factorize(theta, cross_products(problem.structure, problem.rows, w, ones), problem.structure)
+    blocks = cross_products(problem.structure, problem.rows, w, ones)
+    if phi is not None:
+        blocks = _unused_tail_positive(blocks)
+    factor = factorize(theta, blocks, problem.structure)
     logdet = factor.logdet_z(problem.structure.m_z)
     return dev, _penalty(u), logdet, u, w, ok
 
@@ -309,5 +335,15 @@ def laplace_deviance(x, problem: GlmmProblem) -> jax.Array:
     """lme4's Laplace objective at x = (θ, β), or the proper Laplace −2 log L at x = (θ, β, log d) for a
     dispersion family. Pure; jit/grad/hessian-able."""
     theta, beta, phi = split_x(x, problem)
-    dev, pen, logdet, _, _, _ = laplace_parts(theta, beta, problem, phi)
+    dev, pen, logdet, u, _, _ = laplace_parts(theta, beta, problem, phi)
+    if problem.laplace_weights == "plugin":
+        return pen + logdet + plugin_aic(problem, theta, beta, u)[0]
     return dev + pen + logdet + problem.constant
+
+
+def plugin_aic(problem: GlmmProblem, theta, beta, u):
+    """lme4's Gamma / inverse Gaussian likelihood term: R's family$aic with σ² = Σ devresid / Σ w, and that σ."""
+    fam = problem.family
+    mu = fam.linkinv(problem.X @ beta + problem.offset + random_part(problem.structure, problem.rows, theta, u))
+    sigma = jnp.sqrt(jnp.sum(fam.deviance_residuals(problem.y, mu, problem.weights)) / jnp.sum(problem.weights))
+    return jnp.sum(fam.neg2_logp(problem.y, mu, problem.weights, sigma)) + 2.0, mu

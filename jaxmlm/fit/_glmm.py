@@ -17,8 +17,9 @@ log-likelihood comparable with the Laplace fit's (AIC/BIC use it).
 
 Families with a dispersion parameter d (negative binomial, Gamma, inverse Gaussian, beta) add log d as the last
 coordinate of x = (θ, β, log d), estimated jointly (glmmTMB's way) on the proper Laplace likelihood (`_pirls`);
-its standard error comes from the same Hessian. approximation="lme4" keeps lme4's Fisher weights in the Laplace
-log-determinant: lme4's glmer.nb objective (docs/families.md).
+its standard error comes from the same Hessian. approximation="lme4" is lme4's objective: for NB2 glmer.nb's (Fisher
+weights in the Laplace log-determinant), for Gamma and inverse Gaussian glmer's (no dispersion coordinate; σ
+plugged in from the deviance, lme4's sigma(fit) reported; docs/families.md).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from .._warn import user_stacklevel
 from ..core._linalg import factorize
 from ..optim._optimize import central_difference_hessian, host_bfgs_minimize
 from ..core._problem import GlmmObjective
-from ..core._pirls import GlmmProblem, fisher_weights, laplace_deviance, laplace_parts, pirls, split_x
+from ..core._pirls import (GlmmProblem, laplace_deviance, laplace_parts, mode_at, pirls, plugin_aic,
+                           split_x)
 from ..results._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
 
 __all__ = ["fit_glmm", "glmm_problem", "glmer_nb", "APPROXIMATIONS"]
@@ -48,8 +50,8 @@ APPROXIMATIONS = ("laplace", "lme4")
 
 
 def glmm_problem(model, approximation: str = "laplace") -> GlmmProblem:
-    """The model's GLMM problem, built once and kept on the model. approximation="lme4": a dispersion family's
-    Laplace log-determinant with lme4's Fisher weights."""
+    """The model's GLMM problem, built once and kept on the model. approximation="lme4": lme4's objective for a
+    dispersion family (NB2: Fisher weights in the log-determinant; Gamma, inverse Gaussian: the plug-in σ)."""
     if approximation not in APPROXIMATIONS:
         raise ValueError(f"approximation must be one of {', '.join(APPROXIMATIONS)}; got {approximation!r}")
     problem = getattr(model, "_glmm_problem", None)
@@ -67,8 +69,15 @@ def glmm_problem(model, approximation: str = "laplace") -> GlmmProblem:
         )
         model._glmm_problem = problem
     if approximation == "lme4" and getattr(problem.family, "has_dispersion", False):
-        return dataclasses.replace(problem, laplace_weights="fisher")
+        name = problem.family.name
+        if name not in _LME4_WEIGHTS:
+            raise ValueError(f"approximation='lme4' is for the families lme4 fits ({', '.join(_LME4_WEIGHTS)}); "
+                             f"lme4 has no {name} family")
+        return dataclasses.replace(problem, laplace_weights=_LME4_WEIGHTS[name])
     return problem
+
+
+_LME4_WEIGHTS = {"nbinom2": "fisher", "Gamma": "plugin", "inverse_gaussian": "plugin"}
 
 
 # ---------------------------------------------------------------------------------------------- compiled pieces
@@ -153,6 +162,8 @@ def _dispersion_start(model, problem, start):
     fam = problem.family
     if not getattr(fam, "has_dispersion", False):
         return None
+    if problem.laplace_weights == "plugin":  # lme4's Gamma / inverse Gaussian: the modes at d = 1
+        return 1.0
     if fam.dispersion is not None:
         return fam.dispersion
     if isinstance(start, dict) and start.get("dispersion") is not None:
@@ -294,6 +305,8 @@ def _dispersion_results(model, problem, x, vcov_full):
     fam = problem.family
     if not getattr(fam, "has_dispersion", False):
         return vcov_full, {}
+    if problem.laplace_weights == "plugin":
+        return vcov_full[:p, :p], _plugin_sigma(problem, x)
     _, _, phi = split_x(jnp.asarray(x), problem)
     d = float(phi)
     extra = {"dispersion": d, "family": fam.with_dispersion(d), "n_dispersion": problem.n_dispersion,
@@ -311,6 +324,8 @@ def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000,
     """Fit model by Laplace or AGQ; returns a `MixedModelResult`. approximation="lme4": see the module docstring."""
     method, nagq = _check_method(model, method, nagq)
     problem = glmm_problem(model, approximation)
+    if method == "agq" and problem.laplace_weights == "plugin":
+        raise ValueError("approximation='lme4' for the Gamma and inverse Gaussian families is Laplace only (nagq=1)")
     nt = model.n_theta
     x0 = _start(model, problem, start)
 
@@ -357,7 +372,7 @@ def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000,
         theta=x[:nt],
         beta=x[nt:nt + problem.p],
         vcov=vcov,
-        sigma=None,
+        sigma=dispersion.pop("sigma", None),
         b=b,
         objective=objective,
         loglik=loglik,
@@ -404,6 +419,25 @@ def _warn_separation(fit) -> None:
             ConvergenceWarning,
             stacklevel=user_stacklevel(),
         )
+
+
+@jax.jit
+def _plugin_state(x, problem):
+    theta, beta, phi = split_x(x, problem)
+    u, _, _ = mode_at(theta, beta, problem, phi)
+    _, mu = plugin_aic(problem, theta, beta, u)
+    pearson = jnp.sum(problem.weights * (problem.y - mu) ** 2 / problem.family.variance(mu))
+    return pearson + sum(jnp.sum(v**2) for v in u)
+
+
+def _plugin_sigma(problem, x):
+    """lme4's sigma(fit) for a Gamma / inverse Gaussian glmer: √((Pearson χ² + ‖u‖²)/n), its residual scale (lme4
+    reports the random effects' standard deviations as θσ and counts σ in AIC)."""
+    n = int(np.sum(np.asarray(problem.weights) > 0))
+    sigma = float(np.sqrt(float(_plugin_state(jnp.asarray(x), problem)) / n))
+    fam = problem.family
+    return {"dispersion": sigma, "dispersion_se": np.nan, "family": fam.with_dispersion(sigma), "sigma": sigma,
+            "approximation": "lme4"}
 
 
 def glmer_nb(formula: str, data, *, link: str = "log", nagq: int = 1, approximation: str = "laplace", **kwargs):
