@@ -48,6 +48,9 @@ def main() -> None:
     save(plot.shrinkage(fit), "shrinkage")
     uneven = sleepstudy.iloc[[i for i in range(len(sleepstudy)) if i % 10 < 2 + (i // 10) % 8]]
     save(plot.shrinkage(jm.lmer("Reaction ~ Days + (1 | Subject)", uneven)), "shrinkage_1d")
+    cbpp = jm.datasets.load("cbpp")
+    herd_fit = jm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial")
+    save(plot.shrinkage(herd_fit), "shrinkage_glmm")
     save(plot.caterpillar(fit), "caterpillar")
     save(plot.residuals(fit), "residuals")
     save(plot.qq(fit), "qq")
