@@ -5,7 +5,7 @@ The accessors are found by introspection (every public property, attribute and m
 new accessor is covered without editing this file. Methods that need arguments, or that refit the model, are called
 through the explicit tables (`FIT_CALLS`, `DEAR_CALLS`, `POSTERIOR_CALLS`); a public name that is neither callable
 without arguments nor in a table fails the test, so it cannot slip past unchecked. Models: linear (REML, ML,
-singular), binomial (Laplace, AGQ), Poisson, batches and bootstraps of both kinds; the posterior's walk runs in
+singular, rank-deficient), binomial (Laplace, AGQ, perfectly separated), Poisson, batches and bootstraps of both kinds; the posterior's walk runs in
 test_bayes on the posterior sampled there.
 """
 
@@ -38,6 +38,15 @@ def _singular_data():
     return pd.DataFrame({"y": 1.0 + 0.5 * x + rng.normal(size=g.size), "x": x, "g": g.astype(str)})
 
 
+def _hard_data():
+    """Perfect separation (y = 1 exactly where x > 0) and a rank-deficient fixed part (x2 = 2 x)."""
+    rng = np.random.default_rng(0)
+    g = np.repeat(np.arange(10), 8)
+    x = rng.normal(size=g.size)
+    y = rng.normal(size=g.size) + rng.normal(size=10)[g]
+    return pd.DataFrame({"y": y, "s": (x > 0).astype(float), "x": x, "x2": 2 * x, "g": g.astype(str)})
+
+
 @pytest.fixture(scope="module")
 def fits():
     sleep = jm.datasets.load("sleepstudy")
@@ -52,6 +61,9 @@ def fits():
         out["glmm_laplace"] = jm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp)
         out["glmm_agq"] = jm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, nagq=5)
         out["glmm_poisson"] = jm.glmer("TICKS ~ YEAR + cHEIGHT + (1 | BROOD)", grouse, family="poisson")
+        hard = _hard_data()
+        out["glmm_separated"] = jm.glmer("s ~ x + (1 | g)", hard, family="binomial")
+        out["lmm_rank_deficient"] = jm.lmer("y ~ x + x2 + (1 | g)", hard)
     return out
 
 
@@ -183,21 +195,43 @@ def _is_variance_parameter(name) -> bool:
 # value without them. Wald intervals of the variance parameters (lme4 returns NA), tidy()'s std.error and
 # statistic of the variance parameters (broom.mixed leaves them NA), and lme4's lower bound -Inf on θ's
 # off-diagonal entries.
+def _dropped(f) -> list[str]:
+    """Fixed-effect columns dropped for rank deficiency (lme4's fixef(add.dropped = TRUE) shows them as NA, after
+    the RankDeficiencyWarning of the fit)."""
+    d = f.model.design
+    return [n for n in d.x_names_all if n not in d.x_names]
+
+
+def _tidy(f, v):
+    v = v.loc[~v["term"].isin(_dropped(f))]
+    return v.loc[v["effect"] == "fixed"], v.loc[v["effect"] != "fixed", "estimate"]
+
+
+def _drop1(f, v):
+    """drop1's first row is the model itself (nothing dropped, no test; R prints it blank), and a term whose
+    columns another term spans drops no parameter, so it has no test either (R's NA)."""
+    v = v.drop(index="<none>")
+    return v.drop(columns=["Pr(Chi)"]), v.loc[v["npar"] > 0, "Pr(Chi)"]
+
+
 NA_BY_CONVENTION = {
     "confint(wald)": lambda f, v: v.loc[[n for n in v.index if not _is_variance_parameter(n)]],
-    "tidy": lambda f, v: (v.loc[v["effect"] == "fixed"], v.loc[v["effect"] != "fixed", "estimate"]),
+    "tidy": _tidy,
+    "fixef": lambda f, v: v.drop(index=_dropped(f), errors="ignore"),
+    "se": lambda f, v: v.drop(index=_dropped(f), errors="ignore"),
+    "getme('fixef')": lambda f, v: v.drop(index=_dropped(f), errors="ignore"),
+    "coef": lambda f, v: {k: frame.drop(columns=_dropped(f)) for k, frame in v.items()},
     "getme('lower')": lambda f, v: v[theta_diagonal_mask(f.model.qs)],
     # varcorr's var1 / var2 hold names (all NA, so read as numbers, when no term has a correlation)
     "varcorr": lambda f, v: v.drop(columns=["var1", "var2"]),
-    # drop1's first row is the model itself: nothing dropped, no test (R prints it blank)
-    "drop1(Chisq)": lambda f, v: v.drop(index="<none>"),
+    "drop1(Chisq)": _drop1,
     # a binomial or Poisson batch has no σ, as a single fit's sigma is None
     "sigma": lambda f, v: v[~np.isnan(v)] if isinstance(v, np.ndarray) and not f.model.is_gaussian else v,
 }
 
 
 @pytest.mark.parametrize("name", ["lmm_reml", "lmm_ml", "lmm_singular", "glmm_laplace", "glmm_agq",
-                                  "glmm_poisson"])
+                                  "glmm_poisson", "glmm_separated", "lmm_rank_deficient"])
 def test_fitted_model_accessors_are_finite_or_explained(fits, name):
     problems = walk(fits[name], FIT_CALLS, FIT_SKIP)
     assert not problems, "\n".join(problems)
@@ -218,7 +252,7 @@ DEAR_CALLS = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["lmm_reml", "lmm_singular", "glmm_laplace", "glmm_agq"])
+@pytest.mark.parametrize("name", ["lmm_reml", "lmm_singular", "glmm_laplace", "glmm_agq", "glmm_separated"])
 def test_dear_accessors_are_finite_or_explained(fits, name):
     fit = fits[name]
     calls = {k: v for k, v in DEAR_CALLS.items() if fit.is_linear or k != "t_tests"}

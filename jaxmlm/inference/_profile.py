@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Callable
 
 import jax
@@ -26,6 +27,8 @@ import pandas as pd
 from scipy import optimize, stats
 
 from .._config import float64
+from .._errors import ConvergenceWarning
+from .._warn import user_stacklevel
 from ..core._blocks import Blocks
 from ..core._covariance import theta_diagonal_mask
 from ._confint import interval_columns, parameter_names, variance_parameter_names, variance_parameters
@@ -294,9 +297,22 @@ def profile_coordinates(fit, names=None) -> list[ProfileCoordinate]:
 
 def _coordinate_interval(coord: ProfileCoordinate, target: float):
     if coord.kind == "fixed":
-        return (_endpoint(coord.zeta, coord.u_hat, coord.step, -target, -np.inf, np.inf),
+        ends = (_endpoint(coord.zeta, coord.u_hat, coord.step, -target, -np.inf, np.inf),
                 _endpoint(coord.zeta, coord.u_hat, coord.step, target, -np.inf, np.inf))
-    return _variance_interval(coord.zeta, coord.u_hat, coord.kind == "cor", target, coord.log_scale)
+    else:
+        ends = _variance_interval(coord.zeta, coord.u_hat, coord.kind == "cor", target, coord.log_scale)
+    return tuple(_unbounded_if_not_reached(coord.name, end, side) for end, side in zip(ends, (-1, 1)))
+
+
+def _unbounded_if_not_reached(name: str, end: float, side: int) -> float:
+    """An end the deviance never rose to (the search gave up: a flat profile, as under separation) is ±inf, with
+    a warning, rather than a silent NaN."""
+    if not np.isnan(end):
+        return end
+    warnings.warn(f"the profile of {name} never rises to the interval's level on its {'upper' if side > 0 else 'lower'} "
+                  "side (the deviance is flat there: separated or unidentified fixed effects?), so that end is "
+                  f"{'+' if side > 0 else '-'}inf", ConvergenceWarning, stacklevel=user_stacklevel())
+    return side * np.inf
 
 
 def profile_intervals(fit, level: float, names=None, **_) -> pd.DataFrame:
