@@ -323,10 +323,11 @@ def profile_intervals(fit, level: float, names=None, **_) -> pd.DataFrame:
 
 
 def _trace_range(coord: ProfileCoordinate, zeta_max: float):
-    """Unconstrained (low, high) where |ζ| reaches zeta_max, clipped for a variance whose deviance never rises
-    that far (4 log units below the estimate for an sd, |cor| ≤ 0.999)."""
+    """Unconstrained (low, high) where |ζ| reaches zeta_max, clipped where the deviance never rises that far
+    (4 log units from the estimate for an sd, |cor| ≤ 0.999, 20 standard errors for a fixed effect: a flat
+    profile, as under separation, is drawn flat rather than searched without end)."""
     if coord.kind == "fixed":
-        lim = (-np.inf, np.inf)
+        lim = (coord.u_hat - 20.0 * coord.step, coord.u_hat + 20.0 * coord.step)
     else:
         lim = (-20.0, 20.0) if coord.kind == "cor" else (coord.u_hat - 30.0, coord.u_hat + 30.0)
     low = _endpoint(coord.zeta, coord.u_hat, coord.step, -zeta_max, *lim)
