@@ -246,6 +246,11 @@ def cross_products(structure: Structure, rows: RowData, weights: jax.Array, F: j
     w = weights
     f = F.shape[1]
     wF = F * w[:, None]
+    # the tail terms' Z columns side by side (n, s), s = Σ q over tail terms: the tail's statistics are one
+    # segment sum each over all tail terms, not one per term (or pair of terms), so the program's size does not
+    # grow with the number of terms
+    tail_terms = range(D, structure.n_terms)
+    tail_z = jnp.concatenate([rows.z[k] for k in tail_terms], axis=1) if len(tail_terms) else None
     diag, offdiag, fixed, entries = [], [], [], []
     for t in range(D):
         zt = rows.z[t]
@@ -257,31 +262,28 @@ def cross_products(structure: Structure, rows: RowData, weights: jax.Array, F: j
         )
         fixed.append(_segsum(F[:, :, None] * wz[:, None, :], ct, nl[t]))
         nnz = int(structure.entry_level[t].shape[0])
-        vals = jnp.zeros((nnz, qs[t]), dtype=F.dtype)
-        for i, k in enumerate(range(D, structure.n_terms)):
-            qk = qs[k]
-            ids = rows.row_entry[t][i][:, None] + jnp.arange(qk, dtype=jnp.int32)[None, :]
-            contrib = rows.z[k][:, :, None] * wz[:, None, :]  # (n, qk, qt)
-            vals = vals + _segsum(contrib.reshape(-1, qs[t]), ids.reshape(-1), nnz)
-        entries.append(vals)
+        if len(tail_terms):
+            # every tail term's entries in one segment sum (the entries of different terms are disjoint)
+            ids = jnp.concatenate([rows.row_entry[t][i][:, None] + jnp.arange(qs[k], dtype=jnp.int32)[None, :]
+                                   for i, k in enumerate(tail_terms)], axis=1)  # (n, s)
+            contrib = tail_z[:, :, None] * wz[:, None, :]  # (n, s, qt)
+            entries.append(_segsum(contrib.reshape(-1, qs[t]), ids.reshape(-1), nnz))
+        else:
+            entries.append(jnp.zeros((nnz, qs[t]), dtype=F.dtype))
     m_z = structure.m_z
     tail_zz = jnp.zeros((m_z, m_z), dtype=F.dtype)
     tail_fz = jnp.zeros((f, m_z), dtype=F.dtype)
-    tail_idx = []
-    for i, k in enumerate(range(D, structure.n_terms)):
-        tail_idx.append(rows.tail_row[i][:, None] + jnp.arange(qs[k], dtype=jnp.int32)[None, :])  # (n, qk)
     if m_z:
-        flat = jnp.zeros((m_z * m_z,), dtype=F.dtype)
-        for i, k in enumerate(range(D, structure.n_terms)):
-            wzk = rows.z[k] * w[:, None]
-            for j, k2 in enumerate(range(D, structure.n_terms)):
-                target = tail_idx[i][:, :, None].astype(jnp.int64 if m_z * m_z > 2**31 - 1 else jnp.int32) * m_z + tail_idx[j][:, None, :]
-                vals = wzk[:, :, None] * rows.z[k2][:, None, :]
-                flat = flat + _segsum(vals.reshape(-1), target.reshape(-1), m_z * m_z)
-        tail_zz = flat.reshape(m_z, m_z)
-        for i, k in enumerate(range(D, structure.n_terms)):
-            vals = wF[:, None, :] * rows.z[k][:, :, None]  # (n, qk, f)
-            tail_fz = tail_fz + _segsum(vals.reshape(-1, f), tail_idx[i].reshape(-1), m_z).T
+        # each row's tail columns (n, s); every (column, column) pair of a row lands in its own cell of the tail
+        tail_idx = jnp.concatenate([rows.tail_row[i][:, None] + jnp.arange(qs[k], dtype=jnp.int32)[None, :]
+                                    for i, k in enumerate(tail_terms)], axis=1)
+        wz_tail = tail_z * w[:, None]
+        wide = jnp.int64 if m_z * m_z > 2**31 - 1 else jnp.int32
+        target = tail_idx[:, :, None].astype(wide) * m_z + tail_idx[:, None, :]
+        vals = wz_tail[:, :, None] * tail_z[:, None, :]
+        tail_zz = _segsum(vals.reshape(-1), target.reshape(-1), m_z * m_z).reshape(m_z, m_z)
+        vals = wF[:, None, :] * tail_z[:, :, None]  # (n, s, f)
+        tail_fz = _segsum(vals.reshape(-1, f), tail_idx.reshape(-1), m_z).T
     # Σ_rows F Fᵀ w as a fused elementwise product and reduction: XLA's CPU dot for this (f × n)·(n × f) shape
     # with n in the millions was slower (docs/scale.md)
     tail_ff = jnp.sum(F[:, :, None] * wF[:, None, :], axis=0)
