@@ -193,8 +193,8 @@ def test_the_response_as_a_random_effects_predictor_warns(formula):
 
 
 @pytest.mark.parametrize("formula, words", [
-    ("y ~ x + cs(x | g)", ["cs()", "not supported yet", "cs(x | g)"]),
-    ("y ~ x + ar1(0 + factor(t) | g)", ["ar1()", "not supported yet", "ar1(0 + factor(t) | g)"]),
+    ("y ~ x + ar1(0 + factor(t) + x | g)", ["ar1()", "one factor", "ar1(0 + factor(t) + x | g)"]),
+    ("y ~ x + ar1(factor(t) | g)", ["ar1()", "intercept", "ar1(0 + factor(t) | g)"]),
     ("y ~ x + ar1(0 + x | g)", ["ar1()", "'x'", "needs a factor"]),
     ("y ~ x + toep(x | g)", ["toep()", "not supported"]),
     ("y ~ x + foo(x | g)", ["unknown covariance structure", "foo()"]),

@@ -20,6 +20,7 @@ from .._config import caller_precision, fit_allocations, float64, float64_method
 from ..core._blocks import build_structure, row_data
 from ..optim._summary import OptSummary, summarize
 from ..core._covariance import canonical_theta, theta_diagonal_mask, theta_names, theta_start, theta_to_matrices
+from ..core._structures import is_structured, psi_names, structures_for
 from ..formula._design import build_design, check_linear_model, to_pandas
 from .._errors import ConvergenceWarning, DataError, FormulaError, NewLevelError, SingularFitWarning
 from .._warn import SINGULAR_NOTE, user_stacklevel
@@ -128,6 +129,17 @@ class Model:
     @property
     def n_theta(self) -> int:
         return sum(q * (q + 1) // 2 for q in self.qs)
+
+    @property
+    def structures(self):
+        """Per term its covariance structure (core/_structures.py): the map from its parameters ψ to its θ."""
+        return structures_for(self.design)
+
+    @property
+    def psi_names(self) -> list[str]:
+        """Names of the covariance parameters ψ the optimizer works on (θ's names when no term is cs()/ar1())."""
+        d = self.design
+        return psi_names(self.structures, d.group_names, [t.column_names for t in d.terms])
 
     def theta_start(self) -> np.ndarray:
         return theta_start(self.qs)
@@ -269,6 +281,11 @@ class Model:
             raise ValueError("dtype='float32' is offered for linear mixed models ('reml', 'ml') only")
         if self.is_gaussian:
             raise ValueError(f"method={method!r} is for binomial and Poisson models; use 'reml' or 'ml'")
+        if is_structured(self.structures):  # cs() / ar1() terms: the search runs on their parameters ψ
+            from ._structured import fit_glmm_structured
+
+            return fit_glmm_structured(self, method=method, nagq=nagq, start=start, max_iter=max_iter, warn=warn,
+                                       approximation=approximation)
         from ._glmm import fit_glmm
 
         return fit_glmm(self, method=method, nagq=nagq, start=start, max_iter=max_iter, warn=warn,
@@ -276,6 +293,12 @@ class Model:
 
     def _fit_linear(self, reml: bool, *, start=None, max_iter: int = 1000, warn: bool = True,
                     dtype: str = "float64") -> MixedModelResult:
+        if is_structured(self.structures):  # cs() / ar1() terms: the search runs on their parameters ψ
+            if dtype != "float64":
+                raise ValueError("dtype='float32' is not offered for models with cs() or ar1() terms")
+            from ._structured import fit_linear_structured
+
+            return fit_linear_structured(self, reml, start=start, max_iter=max_iter, warn=warn)
         problem = self.linear_problem
         search = problem if dtype == "float64" else _cast_problem(problem, jnp.dtype(dtype))
         theta0 = self.start_theta(start)

@@ -273,17 +273,21 @@ def _check_formula_columns(parsed: ParsedFormula, frame: pd.DataFrame) -> None:
 
 
 # the covariance structures the fitters implement; the others of COVARIANCE_STRUCTURES parse but are refused here
-SUPPORTED_COVARIANCES = ("us", "diag")
+SUPPORTED_COVARIANCES = ("us", "diag", "cs", "ar1")
 
 
 def _check_covariances(parsed: ParsedFormula, frame: pd.DataFrame) -> None:
-    """cs()/ar1() terms: refused with a message naming the term (ar1's left side must be one factor)."""
+    """ar1() terms need one factor on the left of the bar and no intercept; structures not implemented are refused
+    (messages name the term)."""
     for term in parsed.random:
         if term.covariance == "ar1":
             intercept, lhs_terms = expand_terms(parse_expression(term.lhs), f"random-effects term {term.text}")
             variables = [v for t in lhs_terms for v in t.variables]
             if len(variables) != 1 or len(lhs_terms) != 1:
                 raise FormulaError(f"ar1() needs one factor on the left of its bar, as in ar1(0 + time | g): "
+                                   f"{term.text}")
+            if intercept:  # glmmTMB's ar1 is over the factor's levels, one column each: no intercept column
+                raise FormulaError(f"ar1() takes no intercept: write ar1(0 + {variables[0]} | {term.group_name}) for "
                                    f"{term.text}")
             value = evaluate(variables[0], frame, f"random-effects term {term.text}")
             if not hasattr(value, "levels"):
@@ -485,7 +489,9 @@ def check_linear_model(design: Design) -> None:
                 f"observations ({n}); the random effects would be confounded with the residual"
             )
     n_re = sum(t.n_levels * t.q for t in design.terms)
-    if n_re >= n and len(design.terms) == 1 and design.terms[0].q > 1:
+    # lme4's check is for unstructured terms; an ar1()/cs() term's few parameters can be identified (glmmTMB fits
+    # ar1(0 + time | g) with one observation per time point)
+    if n_re >= n and len(design.terms) == 1 and design.terms[0].q > 1 and design.terms[0].term.covariance == "us":
         raise DataError(
             f"number of observations (={n}) <= number of random effects (={n_re}) for term "
             f"{design.terms[0].term.text}; the random-effects parameters and the residual variance are "

@@ -136,8 +136,9 @@ class MixedModelResult:
 
     @property
     def n_params(self) -> int:
-        """Parameters counted by AIC/BIC: β, θ, and σ for the Gaussian family."""
-        return (len(self._beta) + len(self._theta) + (1 if self._sigma is not None else 0)
+        """Parameters counted by AIC/BIC: β, θ (or a cs()/ar1() model's ψ), and σ for the Gaussian family."""
+        return (len(self._beta) + int(self.extra.get("n_covariance", len(self._theta)))
+                + (1 if self._sigma is not None else 0)
                 + int(self.extra.get("n_dispersion", 0)))
 
     @property
