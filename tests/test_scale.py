@@ -28,7 +28,8 @@ def _generic(S):
 def spd():
     rng = np.random.default_rng(3)
     A = rng.standard_normal((M_Z + P + 1, 12))
-    return jnp.asarray(A @ A.T + 0.5 * np.eye(M_Z + P + 1))
+    with jax.enable_x64(True):  # a module fixture is set up before the tests' x64 fixture
+        return jnp.asarray(A @ A.T + 0.5 * np.eye(M_Z + P + 1))
 
 
 def test_tail_terms_value_gradient_and_hessian_match_a_generic_cholesky(spd):

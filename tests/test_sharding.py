@@ -15,6 +15,7 @@ FAKE_DEVICES = textwrap.dedent(
     """
     import json, os
     import jax, numpy as np
+    jax.config.update("jax_enable_x64", True)  # the core is called directly below: float64 is the caller's to set
     import jaxmlm as jm
     from jaxmlm.core._lmm import fit_linear
     from jaxmlm.core._shard import row_mesh, sharded_linear_problem
@@ -45,6 +46,7 @@ TWO_PROCESSES = textwrap.dedent(
     """
     import json, sys
     import jax
+    jax.config.update("jax_enable_x64", True)  # the core is called directly below: float64 is the caller's to set
     port, pid = sys.argv[1], int(sys.argv[2])
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid)
