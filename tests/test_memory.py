@@ -46,6 +46,23 @@ def dyestuff():
     return model, fit
 
 
+def test_default_chunks_follow_the_memory(monkeypatch, dyestuff):
+    from jaxmlm.fit._batch import _CHUNK_MAX, _default_chunk
+    from jaxmlm.fit._batch_glmm import _bytes_per_column
+    from jaxmlm.fit._glmm import glmm_problem
+
+    model, _ = dyestuff
+    monkeypatch.setenv("JAXMLM_MEMORY_BYTES", str(2**40))
+    assert _default_chunk(model, True, workers=2) == _CHUNK_MAX
+    monkeypatch.setenv("JAXMLM_MEMORY_BYTES", str(2**20))
+    assert _default_chunk(model, True, workers=2) < _CHUNK_MAX
+    assert _default_chunk(model, False, workers=2) <= _default_chunk(model, True, workers=2)
+    glmm = jm.Model("cbind(incidence, size - incidence) ~ period + (1 | herd)", jm.datasets.load("cbpp"),
+                    family="binomial")
+    per_column = _bytes_per_column(glmm_problem(glmm), glmm.n_theta)
+    assert _memory.chunk_size(10_000, per_column, maximum=64) == max(1, min(64, 2**18 // int(per_column)))
+
+
 def test_batch_chunking_changes_no_number(dyestuff):
     model, fit = dyestuff
     Y = fit.simulate(8, seed=4).to_numpy()
