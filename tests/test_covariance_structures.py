@@ -83,6 +83,12 @@ def test_cs_gaussian_matches_glmmtmb(cs_fit):
     assert psi[3] == pytest.approx(ref_theta[3], abs=2e-3)
 
 
+@pytest.mark.slow  # one more program (the REML criterion's) to compile
+def test_cs_gaussian_reml_matches_glmmtmb():
+    fit = jm.Model(REF["cs_gaussian_reml"]["formula"], _cs_data()).fit(method="reml")
+    _check_against_glmmtmb(fit, REF["cs_gaussian_reml"], se=False)  # glmmTMB's REML logLik is lme4's criterion
+
+
 def test_ar1_gaussian_matches_glmmtmb(ar1_fit):
     _check_against_glmmtmb(ar1_fit, REF["ar1_gaussian"], se=False)
     ref_theta = np.asarray(REF["ar1_gaussian"]["theta"])
@@ -172,7 +178,7 @@ def test_standard_errors_lme4_form_and_glmmtmb_joint_form(which, cs_fit, ar1_fit
 
     with jax.enable_x64(True):
         x = jnp.concatenate([jnp.asarray(beta), jnp.asarray(psi), jnp.asarray([np.log(sigma)])])
-        H = np.asarray(jax.hessian(deviance)(x))
+        H = np.asarray(jax.jit(jax.hessian(deviance))(x))
     joint = 2.0 * np.linalg.inv(H)[:p, :p]
     np.testing.assert_allclose(np.sqrt(np.diag(joint)), list(ref["se"].values()), rtol=1e-3)
 

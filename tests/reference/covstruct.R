@@ -53,6 +53,10 @@ t0 <- proc.time()[["elapsed"]]
 fit <- glmmTMB(count ~ x + cs(0 + f | g), data = d, family = poisson)
 cases$cs_poisson <- summarize_fit(fit, "count ~ x + cs(0 + f | g)", "poisson", "covstruct_cs.csv")
 cases$cs_poisson$seconds <- proc.time()[["elapsed"]] - t0
+t0 <- proc.time()[["elapsed"]]
+fit <- glmmTMB(y ~ x + cs(0 + f | g), data = d, REML = TRUE)
+cases$cs_gaussian_reml <- summarize_fit(fit, "y ~ x + cs(0 + f | g)", "gaussian", "covstruct_cs.csv")
+cases$cs_gaussian_reml$seconds <- proc.time()[["elapsed"]] - t0
 d <- read_back("covstruct_ar1.csv")
 t0 <- proc.time()[["elapsed"]]
 fit <- glmmTMB(y ~ time + ar1(0 + ftime | g), data = d, REML = FALSE)
