@@ -124,11 +124,22 @@ def _python_engine(results, name, engine, fn, data):
         results.append(dict(workload=name, engine=engine, error=f"{type(exc).__name__}: {exc}"[:200]))
 
 
-def run(results: list) -> list:
+def _save(results: list) -> None:
+    """Results so far, after every engine (an R fit on 100k rows can take many minutes)."""
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", "families.json"), "w") as fh:
+        json.dump(results, fh, indent=1)
+
+
+def run(results: list, save: bool = False) -> list:
     for name in ("nb2_100k", "gamma_100k"):
         data = workload(name)
         _python_engine(results, name, "jaxmlm", _jaxmlm, data)
+        if save:
+            _save(results)
         _python_engine(results, name, "mixedlm", _mixedlm, data)
+        if save:
+            _save(results)
         if shutil.which("Rscript"):
             for engine in ("lme4", "glmmTMB"):
                 print(f"{name}: {engine}", file=sys.stderr, flush=True)
@@ -138,6 +149,8 @@ def run(results: list) -> list:
                                         loglik=r["loglik"]))
                 except subprocess.CalledProcessError as exc:
                     results.append(dict(workload=name, engine=engine, error=exc.stderr[-200:]))
+                if save:
+                    _save(results)
     return results
 
 
@@ -156,8 +169,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--mixedlm":
         _mixedlm_child(sys.argv[2], sys.argv[3])
         raise SystemExit
-    results = run([])
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "families.json"), "w") as fh:
-        json.dump(results, fh, indent=1)
-    print(markdown(results))
+    print(markdown(run([], save=True)))
