@@ -141,7 +141,7 @@ def test_objective_equals_dense_likelihood(which, cs_fit, ar1_fit):
     model, design = fit.model, fit.model.design
     q = design.terms[0].q
     rng = np.random.default_rng(1)
-    problem = model.problem("ml")
+    problem = model._linear_objective("ml")  # θ-space objective (Model.problem() refuses structured models)
     for psi in [fit.extra["psi"], fit.extra["psi"] + rng.normal(scale=0.3, size=fit.extra["psi"].size)]:
         Sigma_rel = _sigma_rel(which, psi, q)
         with jax.enable_x64(True):
@@ -221,3 +221,19 @@ def test_bad_ar1_terms_are_refused_before_compiling(formula, words):
         jm.Model(formula, _cs_data())
     for word in words:
         assert word in str(info.value), (word, str(info.value))
+
+
+def test_paths_that_search_in_theta_are_refused(cs_fit):
+    """Profile intervals, bootstrap, Satterthwaite, the θ-space problem and batches would leave the structure:
+    each says so rather than answering for an unstructured model; Wald intervals and summary work."""
+    model = cs_fit.model
+    for call, what in [(lambda: cs_fit.confint(), "confint(method='profile')"), (lambda: cs_fit.bootstrap(5), "bootstrap()"),
+                       (lambda: cs_fit.t_tests(), "t_tests"), (lambda: model.problem("ml"), "Model.problem()"),
+                       (lambda: model.fit_batch(np.zeros((model.design.n, 2))), "fit_batch()")]:
+        with pytest.raises(jm.JaxmlmError, match="cs\\(\\) terms") as info:
+            call()
+        assert what in str(info.value)
+    wald = cs_fit.confint(method="wald")
+    np.testing.assert_allclose(wald.loc["x"].to_numpy(), cs_fit.fixef["x"] + np.array([-1, 1]) * 1.959964
+                               * np.sqrt(np.asarray(cs_fit.vcov)[1, 1]), rtol=1e-5)
+    assert "Random effects" in str(cs_fit.summary())

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import numpy as np
 
+from .._errors import JaxmlmError
+
 __all__ = ["Structure", "structures_for", "psi_to_theta", "psi_start", "psi_lower", "psi_names",
-           "is_structured", "n_psi", "structure_parameters"]
+           "is_structured", "n_psi", "structure_parameters", "require_unstructured"]
 
 STRUCTURED = ("cs", "ar1")
 
@@ -111,6 +113,15 @@ def structures_for(design) -> tuple[Structure, ...]:
 
 def is_structured(structures) -> bool:
     return any(s.kind != "us" for s in structures)
+
+
+def require_unstructured(structures, what: str) -> None:
+    """Refuse a path that searches or differentiates in θ itself (it would leave the structure): a clear error,
+    not an unstructured answer."""
+    kinds = sorted({s.kind for s in structures if s.kind != "us"})
+    if kinds:
+        raise JaxmlmError(f"{what} is not available yet for models with {' or '.join(k + '()' for k in kinds)} "
+                          "terms (their fit, summary, VarCorr, predict, simulate and Wald intervals are)")
 
 
 def n_psi(structures) -> int:

@@ -20,7 +20,7 @@ from .._config import caller_precision, fit_allocations, float64, float64_method
 from ..core._blocks import build_structure, row_data
 from ..optim._summary import OptSummary, summarize
 from ..core._covariance import canonical_theta, theta_diagonal_mask, theta_names, theta_start, theta_to_matrices
-from ..core._structures import is_structured, psi_names, structures_for
+from ..core._structures import is_structured, psi_names, require_unstructured, structures_for
 from ..formula._design import build_design, check_linear_model, to_pandas
 from .._errors import ConvergenceWarning, DataError, FormulaError, NewLevelError, SingularFitWarning
 from .._warn import SINGULAR_NOTE, user_stacklevel
@@ -207,6 +207,7 @@ class Model:
         """The objective of `method` ('reml', 'ml', 'laplace', 'agq') as a pure JAX function of one flat
         parameter vector, with its start, bounds and names (core/_problem.py; docs/core.md shows its use).
         Linear models: x = θ (β and σ profiled out). Generalized: x = (θ, β[, log dispersion])."""
+        require_unstructured(self.structures, "Model.problem()")
         if method is None:
             method = "reml" if self.is_gaussian else ("agq" if nagq > 1 else "laplace")
         method = str(method).lower()
@@ -350,6 +351,8 @@ class Model:
         """The iterative path (`_iterative`): COBYQA on the estimated objective (its probes fixed, so smooth in
         θ), lme4's finite-difference convergence checks, estimates at the optimum."""
         from ..core._iterative import iterative_deviance, iterative_estimates, make_iterative_problem
+
+        require_unstructured(self.structures, "solver='iterative'")
 
         method = "reml" if method is None else str(method).lower()
         if not self.is_gaussian or method not in ("reml", "ml"):
@@ -619,6 +622,7 @@ class Model:
     # ------------------------------------------------------------------ other drivers
     def sample(self, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: int = 0, **kwargs):
         """Posterior draws by NUTS (NumPyro)."""
+        require_unstructured(self.structures, "Model.sample()")
         from ..bayes._bayes import sample
 
         return sample(self, chains=chains, draws=draws, warmup=warmup, seed=seed, **kwargs)
@@ -640,6 +644,7 @@ class Model:
 
     def fit_batch(self, Y, **kwargs):
         """Fit every column of Y (n × m) on this design in one vectorized call."""
+        require_unstructured(self.structures, "fit_batch()")
         from ._batch import fit_batch
 
         return fit_batch(self, Y, **kwargs)

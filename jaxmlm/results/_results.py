@@ -389,9 +389,11 @@ class MixedModelResult:
         """t-tests of the fixed effects as lmerTest's summary: Estimate, Std. Error, df, t value, Pr(>|t|), one row
         per (kept) fixed effect. ddf="satterthwaite" (lmerTest's default) or "kenward-roger" (pbkrtest's adjusted
         covariance and df; REML fits). Linear mixed models only."""
+        from ..core._structures import require_unstructured
         from ..inference._satterthwaite import ddf_method
 
         method = ddf_method(ddf)
+        require_unstructured(self.model.structures, f"t_tests(ddf={ddf!r})")
         tables = self.__dict__.setdefault("_t_test_tables", {})
         if method not in tables:  # derivatives of the variance parameters: computed once per fit and method
             if method == "satterthwaite":
@@ -453,8 +455,11 @@ class MixedModelResult:
     # ------------------------------------------------------------------ intervals (see _confint, _bootstrap)
     def confint(self, method: str = "profile", level: float = 0.95, parm=None, **kwargs) -> pd.DataFrame:
         """Confidence intervals as lme4's confint: method 'profile', 'wald' or 'boot' (kwargs: nsim, seed)."""
+        from ..core._structures import require_unstructured
         from ..inference._confint import confint
 
+        if method != "wald":
+            require_unstructured(self.model.structures, f"confint(method={method!r})")
         if self.dispersion is not None and method != "wald":
             raise ValueError(f"confint(method={method!r}) is not available for the {self.family.name} family "
                              "(its dispersion parameter is not profiled or bootstrapped); use method='wald'")
@@ -500,6 +505,8 @@ class MixedModelResult:
 
     def bootstrap(self, n: int = 500, seed: int = 0, **kwargs):
         """Parametric bootstrap: n samples simulated from the fit, refitted in one batch (BootstrapResult)."""
+        from ..core._structures import require_unstructured
         from ..inference._bootstrap import bootstrap
 
+        require_unstructured(self.model.structures, "bootstrap()")
         return bootstrap(self, n, seed, **kwargs)
