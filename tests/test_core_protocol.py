@@ -122,6 +122,7 @@ def test_laplace_objective_hessian(cbpp_model):
     assert np.all(np.linalg.eigvalsh(hess) > 0)  # a minimum
 
 
+@pytest.mark.slow  # an nAGQ fit and its compiled gradient
 @pytest.mark.usefixtures("x64")
 def test_agq_objective_at_the_fit_and_its_gradient(cbpp_model):
     fit, problem = cbpp_model.fit("agq", nagq=5), cbpp_model.problem("agq", nagq=5)
@@ -216,6 +217,7 @@ def test_problem_rejects_unknown_methods(sleep_model, cbpp_model):
         sleep_model.problem("laplace")
 
 
+@pytest.mark.slow  # programs with host callbacks are not kept in the compilation cache
 def test_host_lapack_path_runs_under_scoped_float64(monkeypatch):
     """The fits' host LAPACK inverse (forced on here for a small tail) returns float64 through a callback that
     JAX checks in its own thread, where the scoped float64 setting is off: the value and gradient still arrive
