@@ -74,6 +74,14 @@ def test_reml_spelling_and_lme4_start():
     assert again.objective == pytest.approx(ml.objective, rel=1e-10)
 
 
+def test_batches_refuse_a_dispersion_family():
+    model = jm.Model("y ~ 1 + (1 | g)", pd.DataFrame({"y": [1.0, 2.0, 0.5, 3.0] * 3, "g": list("aabb") * 3}),
+                     family="Gamma")
+    with pytest.raises(ValueError, match="binomial and Poisson"):
+        model.fit_batch(np.ones((12, 2)))
+
+
+@pytest.mark.slow
 def test_fixed_theta_negative_binomial():
     """negative_binomial(theta=...) holds θ: one parameter fewer, no SE for θ; fit_batch and profile intervals
     refuse a dispersion family clearly."""

@@ -90,7 +90,10 @@ def _dense_laplace(name, y, X, Z, linkinv, x, fisher_weights=None):
     return 2 * f(u) + jnp.linalg.slogdet(H)[1]
 
 
-@pytest.mark.parametrize("name", list(CASES))
+_SLOW = ("nbinom1", "gamma_inverse", "ig_log")  # run by `make test`; the others in the quick suite
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW else n for n in CASES])
 def test_laplace_equals_dense_laplace(name, x64):
     model, y, X, Z, linkinv, x = _setup(name)
     engine = float(jax.jit(laplace_deviance)(x, glmm_problem(model)))
@@ -151,7 +154,8 @@ def _quadrature(name, y, X, x) -> float:
     return total
 
 
-@pytest.mark.parametrize("name", ["nbinom2", "gamma_log", "beta"])
+@pytest.mark.parametrize("name", [
+    "nbinom2", pytest.param("gamma_log", marks=pytest.mark.slow), pytest.param("beta", marks=pytest.mark.slow)])
 def test_quadrature_against_numerical_integration(name, x64):
     """25-node adaptive Gauss–Hermite equals the integral; the Laplace value is close to it."""
     model, y, X, Z, linkinv, x = _setup(name)

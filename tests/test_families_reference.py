@@ -53,7 +53,7 @@ def check_against_r(fit, ref, *, loglik_rtol=1e-6):
 @pytest.mark.parametrize("case, family", [
     ("grouse_nbinom2_tmb", "nbinom2"),
     pytest.param("grouse_nbinom1_tmb", "nbinom1", marks=pytest.mark.slow),
-    ("sim_gamma_log_tmb", jm.families.Gamma(link="log")),
+    pytest.param("sim_gamma_log_tmb", jm.families.Gamma(link="log"), marks=pytest.mark.slow),
     pytest.param("sim_beta_tmb", "beta", marks=pytest.mark.slow),
 ])
 def test_proper_laplace_against_glmmtmb(case, family, reference):
@@ -112,6 +112,7 @@ def test_gamma_inverse_gaussian_lme4_approximation(case, family, reference):
     assert vc["sdcor"].iloc[0] == pytest.approx(ref["theta"] * ref["sigma"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_gamma_lme4_loglik_is_not_the_likelihood(reference):
     """lme4's Gamma glmer ignores the dispersion inside its Laplace objective and plugs deviance/n into logLik
     afterwards: its logLik lies above the proper Laplace maximum (glmmTMB's, which we reproduce)."""
