@@ -237,3 +237,14 @@ def test_paths_that_search_in_theta_are_refused(cs_fit):
     np.testing.assert_allclose(wald.loc["x"].to_numpy(), cs_fit.fixef["x"] + np.array([-1, 1]) * 1.959964
                                * np.sqrt(np.asarray(cs_fit.vcov)[1, 1]), rtol=1e-5)
     assert "Random effects" in str(cs_fit.summary())
+
+
+@pytest.mark.slow  # one more fit (the unstructured model's programs)
+def test_anova_against_the_unstructured_model_counts_psi(cs_fit):
+    """cs is nested in us: the likelihood-ratio test has 6 − 4 = 2 degrees of freedom and us fits at least as well."""
+    us = jm.Model("y ~ x + (0 + f | g)", _cs_data()).fit(method="ml")
+    table = cs_fit.anova(us)
+    assert list(table["npar"]) == [7, 9]
+    assert table["Df"].iloc[1] == 2
+    assert us.loglik >= cs_fit.loglik - 1e-8
+    assert table["Chisq"].iloc[1] == pytest.approx(2 * (us.loglik - cs_fit.loglik), abs=1e-8)
