@@ -107,8 +107,9 @@ class Structure:
 
 
 def structures_for(design) -> tuple[Structure, ...]:
-    return tuple(Structure(getattr(t.term, "covariance", "us") if getattr(t.term, "covariance", "us") in STRUCTURED
-                           else "us", len(t.column_names)) for t in design.terms)
+    """Per term of the design its structure; "us" for lme4's terms (and the scalar terms diag() expands into)."""
+    kinds = [getattr(t.term, "covariance", "us") for t in design.terms]
+    return tuple(Structure(k if k in STRUCTURED else "us", len(t.column_names)) for k, t in zip(kinds, design.terms))
 
 
 def is_structured(structures) -> bool:
