@@ -39,17 +39,22 @@ _HOST_LAPACK_MIN = 512
 
 def theta_to_factors(theta: jax.Array, qs: tuple[int, ...]) -> list[jax.Array]:
     """θ (per term, lower triangle column-major, lme4's layout) → list of q×q lower-triangular T_k."""
+    # a reshape (q = 1) or one gather from a static index per term, not a scatter into zeros: a scatter's HLO is
+    # large, and every program that touches Λ (PIRLS's loop bodies, the Newton steps, their derivatives) holds
+    # a copy per term
     out = []
     pos = 0
     for q in qs:
-        rows, cols = [], []
-        for c in range(q):
-            for r in range(c, q):
-                rows.append(r)
-                cols.append(c)
-        k = len(rows)
-        T = jnp.zeros((q, q), dtype=theta.dtype).at[jnp.array(rows), jnp.array(cols)].set(theta[pos : pos + k])
-        out.append(T)
+        k = q * (q + 1) // 2
+        if q == 1:
+            out.append(theta[pos : pos + 1].reshape(1, 1))
+        else:
+            index = np.full((q, q), k)  # position k holds the zero above the diagonal
+            lower_positions = [(r, c) for c in range(q) for r in range(c, q)]  # lme4's column-major order
+            for i, (r, c) in enumerate(lower_positions):
+                index[r, c] = i
+            padded = jnp.concatenate([theta[pos : pos + k], jnp.zeros((1,), dtype=theta.dtype)])
+            out.append(padded[index])
         pos += k
     return out
 

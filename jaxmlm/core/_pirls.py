@@ -113,11 +113,15 @@ def split_x(x, problem: GlmmProblem):
 def random_part(structure: Structure, rows: RowData, theta, u_terms) -> jax.Array:
     """ZΛθu per row."""
     factors = theta_to_factors(theta, structure.qs)
-    out = jnp.zeros(rows.codes[0].shape[0], dtype=theta.dtype)
-    for k in range(structure.n_terms):
-        b = u_terms[k] @ factors[k].T
-        out = out + jnp.sum(rows.z[k] * b[rows.codes[k]], axis=1)
-    return out
+    # every term's b = T_k u_k in one vector, and each row's entries of all terms gathered from it at once (one
+    # gather whatever the number of terms)
+    b = jnp.concatenate([(u_terms[k] @ factors[k].T).reshape(-1) for k in range(structure.n_terms)])
+    index, offset = [], 0
+    for k, (q, levels) in enumerate(zip(structure.qs, structure.n_levels)):
+        index.append((offset + rows.codes[k] * q)[:, None] + jnp.arange(q, dtype=rows.codes[k].dtype)[None, :])
+        offset += levels * q
+    z = jnp.concatenate(rows.z, axis=1)  # (n, Σ q)
+    return jnp.sum(z * b[jnp.concatenate(index, axis=1)], axis=1)
 
 
 def _penalty(u_terms) -> jax.Array:
