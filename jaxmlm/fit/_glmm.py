@@ -40,8 +40,8 @@ from .._warn import user_stacklevel
 from ..core._linalg import factorize
 from ..optim._optimize import central_difference_hessian, host_bfgs_minimize
 from ..core._problem import GlmmObjective
-from ..core._pirls import (GlmmProblem, laplace_deviance, laplace_parts, mode_at, pirls, plugin_aic,
-                           split_x)
+from ..core._pirls import (GlmmProblem, laplace_deviance, laplace_weights, mode_at, pirls, plugin_aic,
+                           random_part, split_x)
 from ..results._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
 
 __all__ = ["fit_glmm", "glmm_problem", "glmer_nb", "APPROXIMATIONS"]
@@ -124,8 +124,10 @@ def _at_optimum(x, problem, nodes, weights):
 def _state_at(x, problem):
     """The modes, Fisher weights, PIRLS status and lme4's RX fallback vcov at x, in one compiled program."""
     theta, beta, phi = split_x(x, problem)
-    _, _, _, u, w, ok = laplace_parts(theta, beta, problem, phi)
-    _, _, _, _, iters = pirls(theta, beta, problem, phi=phi)
+    # the modes' PIRLS run gives the iteration count too (a second run would double the program)
+    u, ok, iters = mode_at(theta, beta, problem, phi)
+    eta = problem.X @ beta + problem.offset + random_part(problem.structure, problem.rows, theta, u)
+    w = laplace_weights(problem, eta, phi)
     # X alone: any further column in the span of [Z X] (a column of ones duplicates the intercept) makes the
     # tail singular, and whether its Cholesky then succeeds depends on the machine's rounding
     factor = factorize(theta, cross_products(problem.structure, problem.rows, w, problem.X), problem.structure)
