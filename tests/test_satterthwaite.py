@@ -67,5 +67,9 @@ def test_t_tests_refuse_what_they_cannot_do():
         glmm.t_tests()
     with pytest.raises(ValueError, match="linear mixed models"):
         glmm.summary(ddf="satterthwaite")
-    with pytest.raises(ValueError, match="Kenward-Roger"):
-        _fit("sleepstudy_reml").t_tests(ddf="kenward-roger")
+    with pytest.raises(ValueError, match="Kenward-Roger's method is for linear mixed models"):
+        glmm.t_tests(ddf="kenward-roger")
+    with pytest.raises(ValueError, match="only available for REML fits"):
+        _fit("sleepstudy_ml").t_tests(ddf="kenward-roger")
+    with pytest.raises(ValueError, match="unknown ddf|ddf"):
+        _fit("sleepstudy_reml").t_tests(ddf="containment")
