@@ -5,7 +5,7 @@
 >>> print(fit.summary())
 
 Importing jaxmlm loads only its error types: every other name below is imported on first use (PEP 562), so that
-`import jaxmlm` does not pay for JAX, pandas, formulaic or NumPyro until something needs them.
+`import jaxmlm` does not pay for JAX, pandas or NumPyro until something needs them.
 """
 
 from __future__ import annotations

@@ -202,7 +202,7 @@ def drop1(fit, test: str | None = None) -> AnovaTable:
 
 
 def _droppable_terms(design) -> list[tuple[str, str]]:
-    """(label, formulaic's term text) of the terms no other term contains (R's drop.scope)."""
+    """(label, the term's text) of the terms no other term contains (R's drop.scope)."""
     terms = _fixed_terms(design)
     return [(label, text) for label, text, variables, _ in terms
             if not any(variables < other for _, _, other, _ in terms)]

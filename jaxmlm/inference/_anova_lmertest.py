@@ -51,7 +51,7 @@ def lmertest_table(fit, type, ddf) -> AnovaTable:
 
 
 def _term_columns(design) -> dict[str, tuple[list[int], str, set]]:
-    """Per term (label): its kept columns of X, formulaic's term text, its variables."""
+    """Per term (label): its kept columns of X, the term's text, its variables."""
     kept = {name: j for j, name in enumerate(design.x_names)}
     out = {}
     for label, text, variables, columns in _fixed_terms(design):

@@ -129,7 +129,7 @@ def simulate_responses(model, beta, theta, sigma, n_sim: int, seed: int) -> np.n
 
 
 def _term(model, term: str):
-    """(label, formulaic text, kept column indices) of the fixed-effect term to test."""
+    """(label, the term's text, kept column indices) of the fixed-effect term to test."""
     from ._anova import _fixed_terms
 
     d = model.design
