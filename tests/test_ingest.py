@@ -115,16 +115,27 @@ def test_missing_column_is_the_pandas_formula_error(files, sleep_frame):
 def test_unsupported_sources_are_refused(tmp_path):
     with pytest.raises(jm.DataTypeError, match="must be a pandas or polars DataFrame"):
         jm.read_data([1, 2, 3])
-    csv = tmp_path / "data.csv"
-    csv.write_text("y,g\n1,a\n")
-    with pytest.raises(jm.DataTypeError, match="parquet"):
-        jm.Model(SLEEP, csv)
+    sheet = tmp_path / "data.xlsx"
+    sheet.write_bytes(b"PK\x03\x04 not a table jaxmlm reads")
+    with pytest.raises(jm.DataTypeError, match="CSV / TSV files"):
+        jm.Model(SLEEP, sheet)
     with pytest.raises(FileNotFoundError):
         jm.read_data(tmp_path / "absent.parquet")
     with pytest.raises(FileNotFoundError, match=r"bundled dataset: data=jm\.datasets\.load\('sleepstudy'\)"):
         jm.Model(SLEEP, "sleepstudy")  # a name, not a path
     with pytest.raises(jm.DataError, match="batch_rows"):
         jm.read_data(pa.table({"y": [1.0]}), batch_rows=0)
+
+
+@pytest.mark.parametrize("name,sep", [("sleep.csv", ","), ("sleep.csv.gz", ","), ("sleep.tsv", "\t")])
+def test_csv_paths_fit_as_pandas(tmp_path, sleep_frame, sleep_fit, name, sep):
+    """The Python API reads the CSV and TSV files the command line reads (pyarrow's CSV reader, by suffix)."""
+    path = tmp_path / name
+    sleep_frame.to_csv(path, sep=sep, index=False)
+    _same_fit(jm.Model(SLEEP, path).fit(), sleep_fit)
+    frame = jm.read_data(str(path), columns=["Subject", "Reaction"])
+    np.testing.assert_array_equal(frame["Reaction"].to_numpy(), sleep_frame["Reaction"].to_numpy())
+    np.testing.assert_array_equal(frame["Subject"].astype(str).to_numpy(), sleep_frame["Subject"].astype(str).to_numpy())
 
 
 # ---------------------------------------------------------------------------- crossed model, dictionaries, nulls

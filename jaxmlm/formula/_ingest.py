@@ -1,7 +1,8 @@
 """Arrow-family sources → a pandas frame holding only the columns a model needs, read batch by batch.
 
 Sources: a pyarrow Table or RecordBatch, a RecordBatchReader, a pyarrow.dataset Dataset, a polars DataFrame
-(through its Arrow form), or a path to a parquet file, an Arrow IPC (feather) file or a directory of them.
+(through its Arrow form), or a path to a parquet file, an Arrow IPC (feather) file, a directory of them, or a
+CSV / TSV file (optionally gzipped; read by pyarrow's CSV reader, as the command line reads it).
 Only the requested columns are read (column projection), `batch_rows` rows at a time into preallocated output
 arrays, so the peak is the output columns plus a few batches.
 
@@ -42,6 +43,8 @@ _LEVEL_RATIO = 4
 _PARQUET_MAGIC = b"PAR1"
 _IPC_MAGIC = b"ARROW1"
 _IPC_SUFFIXES = (".arrow", ".feather", ".ipc")
+_CSV_SUFFIXES = (".csv", ".csv.gz", ".txt", ".txt.gz")
+_TSV_SUFFIXES = (".tsv", ".tsv.gz", ".tab")
 
 
 def _pyarrow():
@@ -49,6 +52,7 @@ def _pyarrow():
         import pyarrow as pa
         import pyarrow.compute  # noqa: F401
         import pyarrow.dataset  # noqa: F401
+        import pyarrow.csv  # noqa: F401
     except ImportError:  # pragma: no cover - exercised only without pyarrow
         raise ImportError(
             "reading Arrow tables, datasets, parquet or IPC files needs pyarrow: pip install pyarrow"
@@ -95,6 +99,10 @@ def _path_format(path: str) -> str:
         if path.lower() in bundled:
             hint = f"; {bundled[path.lower()]!r} is a bundled dataset: data=jm.datasets.load({bundled[path.lower()]!r})"
         raise FileNotFoundError(f"data given as a path, but there is no such file or directory: {path!r}{hint}")
+    if path.lower().endswith(_CSV_SUFFIXES):
+        return "csv"
+    if path.lower().endswith(_TSV_SUFFIXES):
+        return "tsv"
     with open(path, "rb") as fh:
         head = fh.read(6)
     if head[:4] == _PARQUET_MAGIC:
@@ -102,8 +110,9 @@ def _path_format(path: str) -> str:
     if head == _IPC_MAGIC:
         return "ipc"
     raise DataTypeError(
-        f"cannot read {os.path.basename(path)!r}: jaxmlm reads parquet files, Arrow IPC (feather v2) files and "
-        "directories of parquet files; load other formats with pandas or polars first"
+        f"cannot read {os.path.basename(path)!r}: jaxmlm reads parquet files, Arrow IPC (feather v2) files, "
+        "directories of parquet files and CSV / TSV files (.csv, .csv.gz, .tsv); load other formats with pandas or "
+        "polars first"
     )
 
 
@@ -114,6 +123,9 @@ def _open(source: Any):
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         fmt = _path_format(path)
+        if fmt == "tsv":
+            tabs = ds.CsvFileFormat(parse_options=pa.csv.ParseOptions(delimiter="\t"))
+            return ds.dataset(path, format=tabs), fmt
         return ds.dataset(path, format=fmt), fmt
     if isinstance(source, pa.RecordBatch):
         return pa.Table.from_batches([source]), None
