@@ -41,12 +41,13 @@ _SETTINGS = """
 
 
 def test_import_and_fits_leave_jax_config_as_the_user_set_it(tmp_path):
-    """A user with float64 off and their own cache directory (the suite's, so that the fits are warm) imports
+    """A user with float64 off and their own cache directory imports
     jaxmlm with JAXMLM_CACHE_DIR pointing elsewhere, fits an LMM and a GLMM: every setting is as before, their
     float32 program still computes in float32, and jaxmlm's numbers are float64 (the same as in this process)."""
     other = tmp_path / "not-used"
+    users_own = tmp_path / "users-own"
     script = _SETTINGS + f"""
-    jax.config.update("jax_compilation_cache_dir", {jax.config.jax_compilation_cache_dir!r})
+    jax.config.update("jax_compilation_cache_dir", {str(users_own)!r})
     before = settings()
     import jaxmlm as jm
     after_import = settings()
