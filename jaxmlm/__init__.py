@@ -54,6 +54,7 @@ _LAZY_NAMES = {
     "Posterior": "bayes._posterior",
     "enable_compilation_cache": "_config",
     "heap_allocations": "_config",
+    "compile_effort": "_compile",
 }
 # public submodules, imported on first use as well
 _LAZY_SUBMODULES = ("datasets", "families", "plot")
@@ -80,6 +81,7 @@ __all__ = [
     "BootstrapResult",
     "parse_formula",
     "enable_compilation_cache",
+    "compile_effort",
     "heap_allocations",
     "datasets",
     "plot",
@@ -116,6 +118,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what static analysers and IDEs see
     from . import datasets, families, plot
+    from ._compile import compile_effort
     from ._config import enable_compilation_cache, heap_allocations
     from .bayes._mrp import poststratify
     from .bayes._posterior import Posterior

@@ -1,4 +1,5 @@
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -9,6 +10,10 @@ import jaxmlm as jm
 # The suite compiles afresh: entries left in a shared cache directory by earlier runs (of other versions, or cut
 # short) are not what the tests are about. JAXMLM_CACHE_DIR still turns the persistent cache on for a run that
 # asks for it; importing jaxmlm alone leaves JAX's cache setting alone.
+
+# The suite compiles far more than it runs: jaxmlm's programs at XLA's lowest optimization level (its own
+# compile option, not XLA_FLAGS) halve the compile time; tests/test_compile.py checks that both efforts agree.
+os.environ.setdefault("JAXMLM_COMPILE", "fast")
 
 REFERENCE_DIR = pathlib.Path(__file__).parent / "reference"
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from .._errors import FamilyError
 from ..core._linalg import Factor, factorize, solve_left_lower_t
+from .._compile import jit
 
 __all__ = ["sample", "gaussian_log_likelihood", "conditional_u", "Hyper"]
 
@@ -124,7 +125,7 @@ def conditional_u(factor: Factor, structure, n_fixed: int, beta, noise):
     return tuple(u_terms), tuple(b_terms)
 
 
-@jax.jit
+@jit
 def _draw_b(key, beta, theta, sigma, problem):
     """Random effects b for each posterior draw (leading axis), from their Gaussian conditional."""
     structure = problem.structure

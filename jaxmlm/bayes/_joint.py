@@ -15,7 +15,6 @@ of the profiled deviance (lme4's devfun, −2 log L) at θ̂, and every draw re-
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +24,7 @@ from ..core._blocks import cross_products
 from ..core._linalg import Factor, factorize, solve_left_lower_t
 from .._errors import JaxmlmError
 from ..core._lmm import LinearProblem, linear_estimates, profiled_deviance
+from .._compile import jit
 
 __all__ = ["back_substitute", "point_fit_draws", "batch_draws"]
 
@@ -84,7 +84,7 @@ def _in_chunks(one_chunk, keys, *per_draw):
     return draws, parts[0][1]
 
 
-@functools.partial(jax.jit, static_argnames=("reml",))
+@jit(static_argnames=("reml",))
 def _lmm_mode(theta, problem, reml: bool):
     est = linear_estimates(theta, problem, reml)
     return dict(beta=est["beta"], b=tuple(est["b"]))
@@ -98,7 +98,7 @@ def _lmm_at(theta, problem, key, reml: bool):
                 b=tuple(bk + est["sigma"] * nk for bk, nk in zip(est["b"], d_b)))
 
 
-@functools.partial(jax.jit, static_argnames=("reml",))
+@jit(static_argnames=("reml",))
 def _lmm_chunk(keys, theta, problem, reml: bool):
     """Draws at one θ (the factor formed once for the chunk)."""
     est = linear_estimates(theta, problem, reml)
@@ -108,13 +108,13 @@ def _lmm_chunk(keys, theta, problem, reml: bool):
     return draws, dict(beta=est["beta"], b=tuple(est["b"]))
 
 
-@functools.partial(jax.jit, static_argnames=("reml",))
+@jit(static_argnames=("reml",))
 def _lmm_theta_chunk(keys, thetas, problem, reml: bool):
     """One draw at each of the chunk's θ (no mode: it is the one at θ̂)."""
     return jax.vmap(lambda k, th: _lmm_at(th, problem, k, reml))(keys, thetas), None
 
 
-@functools.partial(jax.jit, static_argnames=("reml",))
+@jit(static_argnames=("reml",))
 def _deviance_hessian(theta, problem, reml: bool):
     return jax.hessian(lambda th: profiled_deviance(th, problem, reml))(theta)
 
@@ -130,13 +130,13 @@ def _theta_draws(theta_hat: np.ndarray, problem, reml: bool, n: int, seed: int) 
     return theta_hat[None] + eps @ root.T
 
 
-@jax.jit
+@jit
 def _fisher_factor(theta, structure, rows, weights, X):
     """The factor of [Z X] with the Fisher weights at a GLMM's optimum."""
     return factorize(theta, cross_products(structure, rows, weights, X), structure)
 
 
-@jax.jit
+@jit
 def _glmm_chunk(keys, factor, structure, beta_hat, b_hat):
     """Draws around the fit's (β̂, b̂) from the Laplace approximation's Gaussian (σ = 1)."""
     d_beta, d_b = jax.vmap(lambda k: _noise(factor, structure, beta_hat.shape[0], k))(keys)
@@ -178,7 +178,7 @@ def _outcome_problem(structure, rows, weights, X, y) -> LinearProblem:
                          sum_log_w=jnp.sum(jnp.where(positive, jnp.log(jnp.where(positive, w, 1.0)), 0.0)))
 
 
-@functools.partial(jax.jit, static_argnames=("reml",))
+@jit(static_argnames=("reml",))
 def _batch_chunk(keys, thetas, Y, structure, rows, weights, X, reml: bool):
     """`_lmm_chunk` for every column of Y at its own θ; keys: draws × outcomes × 2. Draw-first output."""
 

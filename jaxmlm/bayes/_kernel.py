@@ -9,7 +9,6 @@ whatever the frame's size; the result is groups × draws.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._cells import Cells
+from .._compile import jit
 
 __all__ = ["group_draws", "chunk_sizes", "summarize"]
 
@@ -91,7 +91,7 @@ def _chunk_sums(cells: Cells, beta_t, tables, family, n_groups: int, chunk_cells
     return acc
 
 
-@functools.partial(jax.jit, static_argnames=("family", "n_groups", "chunk_cells"))
+@jit(static_argnames=("family", "n_groups", "chunk_cells"))
 def _draw_chunk_sums(cells: Cells, beta, b_terms, family, n_groups: int, chunk_cells: int):
     """One chunk of draws (beta: s × p, b_terms[k]: s × levels × q, a row for every code the cells use):
     Σ N μ per group, (groups, s)."""

@@ -21,7 +21,6 @@ quadrature's error (tests/test_iterative.py measures it against the direct path)
 
 from __future__ import annotations
 
-import functools
 
 import equinox as eqx
 import jax
@@ -31,6 +30,7 @@ import numpy as np
 from ._callback import float64_callback
 from ._linalg import theta_to_factors
 from ._lmm import _deviance
+from .._compile import jit
 
 __all__ = ["IterativeProblem", "make_iterative_problem", "iterative_deviance", "iterative_estimates"]
 
@@ -297,7 +297,7 @@ def _objective(parts, problem: IterativeProblem, reml: bool):
     return _deviance(parts["logdet_z"], parts["logdet_x"], jnp.log(parts["r2"]), problem, reml)
 
 
-@functools.partial(jax.jit, static_argnames=("reml", "lanczos_steps", "cg_tol", "cg_max_iter", "sketch_iterations"))
+@jit(static_argnames=("reml", "lanczos_steps", "cg_tol", "cg_max_iter", "sketch_iterations"))
 def iterative_deviance(theta, problem: IterativeProblem, reml: bool, lanczos_steps: int = 30, cg_tol: float = 1e-10,
                        cg_max_iter: int = 2000, sketch_iterations: int = 20):
     """The profiled deviance (ML) or REML criterion at θ, its log-determinant's standard error, and the largest
@@ -306,7 +306,7 @@ def iterative_deviance(theta, problem: IterativeProblem, reml: bool, lanczos_ste
     return _objective(parts, problem, reml), parts["logdet_se"], parts["cg_residual"]
 
 
-@functools.partial(jax.jit, static_argnames=("reml", "lanczos_steps", "cg_tol", "cg_max_iter", "sketch_iterations"))
+@jit(static_argnames=("reml", "lanczos_steps", "cg_tol", "cg_max_iter", "sketch_iterations"))
 def iterative_estimates(theta, problem: IterativeProblem, reml: bool, lanczos_steps: int = 30,
                         cg_tol: float = 1e-10, cg_max_iter: int = 2000, sketch_iterations: int = 20):
     """β, b per term, σ, vcov(β), the objective and its standard error at θ."""

@@ -12,7 +12,6 @@ These are Bates et al. (2015, JSS 67(1)) eqs. 34 and 41, in MixedModels.jl's blo
 
 from __future__ import annotations
 
-import functools
 
 import equinox as eqx
 import jax
@@ -22,6 +21,7 @@ import numpy as np
 from ._blocks import Blocks, RowData, Structure, cross_products, split_levels
 from ._linalg import Factor, eliminate_prefix, factorize, solve_coefficients, tail_log_terms
 from ..optim._optimize import OptimResult, lbfgs_minimize
+from .._compile import jit
 
 __all__ = [
     "LinearProblem",
@@ -48,7 +48,7 @@ class LinearProblem(eqx.Module):
     sum_log_w: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("p",))
+@jit(static_argnames=("p",))
 def _linear_statistics(structure: Structure, rows: RowData, weights, X, y, p: int) -> LinearProblem:
     """The statistics and the weights' summaries in one compiled pass (eager ops on million-row arrays each cost
     a dispatch and a pass over memory)."""
@@ -78,7 +78,7 @@ def make_linear_problem(structure: Structure, rows: RowData, weights, X, y) -> L
     return total
 
 
-@functools.partial(jax.jit, static_argnames=("p", "size"))
+@jit(static_argnames=("p", "size"))
 def _chunk_statistics(structure: Structure, rows: RowData, weights, X, y, start, p: int, size: int) -> LinearProblem:
     """Statistics of rows [start, start + size). The last chunk's slice is shifted back to stay in range and the
     rows before `start` get weight 0, so every chunk has one shape and no row counts twice."""
@@ -90,13 +90,13 @@ def _chunk_statistics(structure: Structure, rows: RowData, weights, X, y, start,
                               take(y), p=p)
 
 
-@jax.jit
+@jit
 def _add_statistics(a: LinearProblem, b: LinearProblem) -> LinearProblem:
     return LinearProblem(structure=a.structure, blocks=jax.tree.map(jnp.add, a.blocks, b.blocks), n=a.n + b.n, p=a.p,
                          sum_log_w=a.sum_log_w + b.sum_log_w)
 
 
-@jax.jit
+@jit
 def split_problem(problem: LinearProblem) -> LinearProblem:
     """`problem` with its per-level blocks split element by element (`_blocks.split_levels`), the form the
     optimizer's programs take; one copy of the blocks."""
@@ -132,7 +132,7 @@ def _deviance(logdet, logdet_x, log_r2, problem: LinearProblem, reml: bool) -> j
     return logdet + n * (1.0 + _LOG_2PI + log_r2 - jnp.log(n)) - problem.sum_log_w
 
 
-@functools.partial(jax.jit, static_argnames=("reml", "max_iter"))
+@jit(static_argnames=("reml", "max_iter"))
 def fit_linear(theta0: jax.Array, problem: LinearProblem, reml: bool, max_iter: int = 1000) -> OptimResult:
     """Minimize the profiled deviance over θ (unconstrained: the deviance depends on T only through TTᵀ).
     In float32 the tolerances follow the precision: relative gradient 1e-6 and stall 1e-9, where float64 uses
@@ -142,7 +142,7 @@ def fit_linear(theta0: jax.Array, problem: LinearProblem, reml: bool, max_iter: 
     return lbfgs_minimize(profiled_deviance, theta0, problem, reml, max_iter=max_iter)
 
 
-@functools.partial(jax.jit, static_argnames=("reml",))
+@jit(static_argnames=("reml",))
 def deviance_and_gradient(theta: jax.Array, problem: LinearProblem, reml: bool):
     """The objective and its gradient at θ: the one program a fit runs, from a host-side optimizer loop
     (`_optimize.host_bfgs_minimize`) and for the convergence checks' gradient stencil. It compiles several times
@@ -150,18 +150,18 @@ def deviance_and_gradient(theta: jax.Array, problem: LinearProblem, reml: bool):
     return jax.value_and_grad(profiled_deviance)(theta, problem, reml)
 
 
-@functools.partial(jax.jit, static_argnames=("reml",))
+@jit(static_argnames=("reml",))
 def deviance_value(theta, problem, reml):
     return profiled_deviance(theta, problem, reml)
 
 
-@functools.partial(jax.jit, static_argnames=("reml", "batch_size"))
+@jit(static_argnames=("reml", "batch_size"))
 def gradients_at_points(points: jax.Array, problem: LinearProblem, reml: bool, batch_size: int) -> jax.Array:
     """The objective's gradient at each row of `points` (P × k), vectorized `batch_size` points at a time."""
     return jax.lax.map(lambda t: jax.grad(profiled_deviance)(t, problem, reml), points, batch_size=batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("reml", "with_hessian"))
+@jit(static_argnames=("reml", "with_hessian"))
 def linear_diagnostics(theta: jax.Array, problem: LinearProblem, reml: bool, with_hessian: bool):
     """Gradient (and exact Hessian) of the objective at θ, for lme4's convergence checks."""
     grad = jax.grad(profiled_deviance)(theta, problem, reml)
@@ -169,7 +169,7 @@ def linear_diagnostics(theta: jax.Array, problem: LinearProblem, reml: bool, wit
     return grad, hess
 
 
-@functools.partial(jax.jit, static_argnames=("reml",))
+@jit(static_argnames=("reml",))
 def linear_estimates(theta: jax.Array, problem: LinearProblem, reml: bool):
     """β, b per term, σ, vcov(β) and the objective at θ."""
     factor = factorize(theta, problem.blocks, problem.structure)

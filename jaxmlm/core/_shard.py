@@ -15,7 +15,6 @@ and the fit (which touches only the statistics) runs as on one device.
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ._blocks import Blocks, RowData, Structure, cross_products
+from .._compile import jit
 
 __all__ = ["row_mesh", "pad_rows", "sharded_cross_products", "sharded_linear_problem", "distributed_cross_products"]
 
@@ -50,7 +50,7 @@ def pad_rows(rows: RowData, weights, F, multiple: int, n_pad_to: int | None = No
     return jax.tree.map(pad, rows), pad(weights), pad(F)
 
 
-@functools.partial(jax.jit, static_argnames=("mesh",))
+@jit(static_argnames=("mesh",))
 def _sharded_sum(structure: Structure, rows: RowData, weights, F, mesh: Mesh) -> Blocks:
     def local(structure, rows, weights, F):
         blocks = cross_products(structure, rows, weights, F)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import os
 import sys
 import time
@@ -36,6 +35,7 @@ from ..core._linalg import factorize, solve_coefficients
 from ..core._lmm import LinearProblem, deviance_from_factor, profiled_deviance
 from ..optim._optimize import bfgs_minimize
 from ..results._results import SINGULAR_TOL
+from .._compile import carry_effort, jit
 
 __all__ = ["BatchResult", "fit_batch"]
 
@@ -129,7 +129,7 @@ def _sum_log_w(weights):
     return jnp.sum(jnp.where(positive, jnp.log(jnp.where(positive, weights, 1.0)), 0.0))
 
 
-@jax.jit
+@jit
 def _base_blocks(structure: Structure, rows: RowData, weights, X) -> Blocks:
     return cross_products(structure, rows, weights, X)
 
@@ -145,7 +145,7 @@ def _estimates(theta, problem: LinearProblem, reml: bool):
     return beta, se, sigma, deviance_from_factor(factor, problem, reml)
 
 
-@functools.partial(jax.jit, static_argnames=("reml", "max_iter", "complete"))
+@jit(static_argnames=("reml", "max_iter", "complete"))
 def _fit_chunk(structure, rows, base, X, weights, Y, theta0, diag_mask, reml: bool, max_iter: int, complete: bool):
     """Fit the columns of Y (n × c) at once, column j from θ0[j] (θ0: c × k).
 
@@ -378,7 +378,7 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
     # XLA runs these small vectorized programs on one core each: chunks go to a thread per core
     workers = max(1, min(max_workers, len(chunks)))
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for cols, res in pool.map(process, chunks):
+        for cols, res in pool.map(carry_effort(process), chunks):
             for k in out:
                 out[k][cols] = res[k]
             bar.update(len(cols))

@@ -16,7 +16,6 @@ to the machine (`_memory`), so beside the caller's Y only a chunk's working set 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import warnings
 
 import equinox as eqx
@@ -31,6 +30,7 @@ from .._memory import chunk_size as memory_chunk_size
 from ._glmm import _objective, _state_at, glmm_problem
 from ..optim._optimize import bfgs_minimize
 from ..core._pirls import pirls
+from .._compile import jit
 
 __all__ = ["glmm_columns", "fit_glmm_chunk"]
 
@@ -61,7 +61,7 @@ def glmm_columns(model, values: np.ndarray, column_names):
     return np.stack(ys, axis=1), np.stack(ws, axis=1), np.asarray(consts), np.asarray(non_integer)
 
 
-@functools.partial(jax.jit, static_argnames=("max_iter",))
+@jit(static_argnames=("max_iter",))
 def fit_glmm_chunk(problem, Y, W, constants, theta0, nodes, node_weights, max_iter: int):
     """Fit the columns of Y (n × c) with prior weights W (n × c) on the problem's design."""
     nt = problem.structure.n_theta

@@ -43,6 +43,7 @@ from ..core._problem import GlmmObjective
 from ..core._pirls import (GlmmProblem, laplace_deviance, laplace_weights, mode_at, pirls, plugin_aic,
                            random_part, split_x)
 from ..results._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
+from .._compile import jit
 
 __all__ = ["fit_glmm", "glmm_problem", "glmer_nb", "APPROXIMATIONS"]
 
@@ -81,13 +82,13 @@ _LME4_WEIGHTS = {"nbinom2": "fisher", "Gamma": "plugin", "inverse_gaussian": "pl
 
 
 # ---------------------------------------------------------------------------------------------- compiled pieces
-@jax.jit
+@jit
 def _start_beta(theta, problem, phi=None):
     beta, _, pdev, ok, _ = pirls(theta, jnp.zeros(problem.p, dtype=theta.dtype), problem, joint=True, phi=phi)
     return beta, pdev, ok
 
 
-@jax.jit
+@jit
 def _glm_mean(beta, problem):
     return problem.family.linkinv(problem.X @ beta + problem.offset)
 
@@ -98,7 +99,7 @@ def _objective(x, problem, nodes, weights):
     return agq_deviance(x, problem, nodes, weights)
 
 
-@jax.jit
+@jit
 def _value_and_grad(x, problem, nodes, weights):
     return jax.value_and_grad(_objective)(x, problem, nodes, weights)
 
@@ -120,7 +121,7 @@ def _at_optimum(x, problem, nodes, weights):
     return dict(value=value, grad=grad, hess=hess, **_state_at(x, problem))
 
 
-@jax.jit
+@jit
 def _state_at(x, problem):
     """The modes, Fisher weights, PIRLS status and lme4's RX fallback vcov at x, in one compiled program."""
     theta, beta, phi = split_x(x, problem)
@@ -423,7 +424,7 @@ def _warn_separation(fit) -> None:
         )
 
 
-@jax.jit
+@jit
 def _plugin_state(x, problem):
     theta, beta, phi = split_x(x, problem)
     u, _, _ = mode_at(theta, beta, problem, phi)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import os
 import time
 import warnings
@@ -40,6 +39,7 @@ from ..formula._terms import parse_formula
 from ..optim._batch_bfgs import host_batch_bfgs_minimize
 from ..results._results import SINGULAR_TOL
 from ._batch import _estimates
+from .._compile import carry_effort, jit
 
 __all__ = ["GroupsResult", "fit_groups"]
 
@@ -320,7 +320,7 @@ def _problem(structure, statistics, p: int) -> LinearProblem:
     return LinearProblem(structure=structure, blocks=blocks, n=n, p=p, sum_log_w=sum_log_w)
 
 
-@functools.partial(jax.jit, static_argnames=("p", "reml"))
+@jit(static_argnames=("p", "reml"))
 def _evaluate(structure, statistics, theta, p: int, reml: bool):
     """Each design's objective, its gradient, and β, their standard errors and σ, at the design's own θ (rows of
     `theta`). The host optimizer calls this one program on every pass: it compiles several times faster than a
@@ -523,7 +523,7 @@ def _fit_chunks(chunks, structures, theta0, qs, reml, max_iter, n_groups, p) -> 
     workers = max(1, min(os.cpu_count() or 1, len(chunks), 8))
     run = lambda c: _run_chunk(c, structures[c.levels], theta0, mask, reml, max_iter)  # noqa: E731
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for chunk, res in zip(chunks, pool.map(run, chunks)):
+        for chunk, res in zip(chunks, pool.map(carry_effort(run), chunks)):
             for key in out:
                 out[key][chunk.groups] = res[key]
     return out

@@ -8,7 +8,6 @@ convergence with the gradient and Hessian in ψ.
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +19,7 @@ from ..core._structures import n_psi, psi_lower, psi_names, psi_start, psi_to_th
 from ..optim._optimize import central_difference_hessian, host_bfgs_minimize
 from ..optim._summary import summarize
 from ..results._results import MixedModelResult
+from .._compile import jit
 
 __all__ = ["fit_linear_structured", "structured_deviance"]
 
@@ -29,7 +29,7 @@ def structured_deviance(psi, problem, reml: bool, structures):
     return profiled_deviance(psi_to_theta(psi, structures), problem, reml)
 
 
-@functools.partial(jax.jit, static_argnames=("reml", "structures"))
+@jit(static_argnames=("reml", "structures"))
 def _value_and_grad(psi, problem, reml: bool, structures):
     return jax.value_and_grad(structured_deviance)(psi, problem, reml, structures)
 
@@ -93,7 +93,7 @@ def _glmm_x(x_psi, n_params: int, structures):
     return jnp.concatenate([psi_to_theta(x_psi[:n_params], structures), x_psi[n_params:]])
 
 
-@functools.partial(jax.jit, static_argnames=("structures",))
+@jit(static_argnames=("structures",))
 def _glmm_value_and_grad(x_psi, problem, structures):
     from ..core._pirls import laplace_deviance
 

@@ -18,7 +18,6 @@ V is dense (n × n, and one n × n derivative per parameter), so the method is f
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +26,7 @@ import pandas as pd
 from scipy import stats
 
 from .._errors import DataError
+from .._compile import jit
 
 __all__ = ["kr_vcov", "kr_contrast_df", "kr_f_test", "kr_table", "MAX_ROWS"]
 
@@ -70,7 +70,7 @@ def _covariance_of_y(tau, zs, same_level, inverse_weights, qs):
     return V
 
 
-@functools.partial(jax.jit, static_argnames=("qs",))
+@jit(static_argnames=("qs",))
 def _adjustment(tau, X, Phi, zs, same_level, inverse_weights, qs):
     """(P (k, p, p), Q (k, k, p, p), the information I (k, k)) at τ̂."""
     V = _covariance_of_y(tau, zs, same_level, inverse_weights, qs)

@@ -16,7 +16,6 @@ lme4 interpolates ζ with splines; we find the endpoints by root finding (Brent)
 from __future__ import annotations
 
 import dataclasses
-import functools
 import warnings
 from typing import Callable
 
@@ -37,6 +36,7 @@ from ..core._lmm import LinearProblem, fit_linear
 from ..optim._optimize import lbfgs_minimize
 from ..core._agq import agq_deviance
 from ..core._pirls import laplace_deviance
+from .._compile import jit
 
 __all__ = ["profile_intervals", "profile_traces", "profile_coordinates", "ProfileCoordinate"]
 
@@ -59,7 +59,7 @@ def _moved_to_offset(problem: LinearProblem, select, column, value) -> LinearPro
                          sum_log_w=problem.sum_log_w)
 
 
-@jax.jit
+@jit
 def _fixed_profile(theta0, problem, select, column, value):
     res = fit_linear(theta0, _moved_to_offset(problem, select, column, value), False)
     return res.value, res.x
@@ -100,7 +100,7 @@ def _held(z_free, problem, qs, index, value):
     return _ml_deviance_sd_cor(z_free.at[index].set(value), problem, qs)
 
 
-@functools.partial(jax.jit, static_argnames=("qs",))
+@jit(static_argnames=("qs",))
 def _variance_profile(z0, problem, index, value, qs):
     res = lbfgs_minimize(_held, z0.at[index].set(value), problem, qs, index, value)
     return res.value, res.x
@@ -116,7 +116,7 @@ def _glmm_deviance_sd_cor(z, problem, qs, nodes, node_weights):
     return jnp.where(jnp.isfinite(dev), dev, jnp.inf)
 
 
-@functools.partial(jax.jit, static_argnames=("qs",))
+@jit(static_argnames=("qs",))
 def _glmm_profile(z0, problem, index, value, qs, nodes, node_weights):
     def held(z):
         return _glmm_deviance_sd_cor(z.at[index].set(value), problem, qs, nodes, node_weights)

@@ -16,7 +16,6 @@ negative ones or ones close to zero.
 
 from __future__ import annotations
 
-import functools
 import warnings
 
 import jax
@@ -29,6 +28,7 @@ from .._errors import ConvergenceWarning
 from .._warn import user_stacklevel
 from ..core._linalg import factorize
 from ..core._lmm import LinearProblem
+from .._compile import jit
 
 __all__ = ["satterthwaite_table", "contrast_df", "f_test", "ddf_method"]
 
@@ -66,7 +66,7 @@ def _vcov_beta(varpar, problem: LinearProblem):
     return varpar[-1] ** 2 * inv.T @ inv
 
 
-@functools.partial(jax.jit, static_argnames=("reml",))
+@jit(static_argnames=("reml",))
 def _derivatives(varpar, problem: LinearProblem, reml: bool):
     """(Hessian of the deviance in ψ, Jacobian of vcov(β) in ψ as (p, p, k + 1))."""
     return jax.hessian(_deviance)(varpar, problem, reml), jax.jacfwd(_vcov_beta)(varpar, problem)

@@ -1,0 +1,82 @@
+"""How hard XLA optimizes jaxmlm's programs: the trade between compiling and running.
+
+A fit on small data spends most of its first call compiling (LLVM's optimization passes), while on large data the
+run dominates and XLA's full optimization pays. `compile_effort("fast")` compiles jaxmlm's programs with XLA's
+backend optimization level 0: about half the compile time, up to twice the run time per evaluation
+(docs/scale.md, "Compile effort", has the measurements). The numbers agree to rounding (1e-12 relative or closer): the level
+changes LLVM's code generation, not the operations XLA emits.
+
+The setting is jaxmlm's own (per call, per thread, or by JAXMLM_COMPILE=fast in the environment): the user's
+XLA_FLAGS and the options of the user's own programs are never touched. Each effort is a separate jitted
+function, so both keep their compiled programs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import os
+
+import jax
+
+__all__ = ["EFFORTS", "carry_effort", "compile_effort", "current_effort", "jit"]
+
+EFFORTS: dict[str, dict | None] = {
+    "default": None,  # XLA's own choice
+    "fast": {"xla_backend_optimization_level": 0},
+}
+
+_ENV_VAR = "JAXMLM_COMPILE"
+_scoped: contextvars.ContextVar[str | None] = contextvars.ContextVar("jaxmlm_compile_effort", default=None)
+
+
+def _checked(effort: str, source: str) -> str:
+    if effort not in EFFORTS:
+        raise ValueError(f"{source}: compile effort must be one of {sorted(EFFORTS)}, got {effort!r}")
+    return effort
+
+
+def current_effort() -> str:
+    """The effort in force: a `compile_effort` block, else JAXMLM_COMPILE, else "default"."""
+    scoped = _scoped.get()
+    if scoped is not None:
+        return scoped
+    return _checked(os.environ.get(_ENV_VAR, "default") or "default", _ENV_VAR)
+
+
+@contextlib.contextmanager
+def compile_effort(effort: str):
+    """Within: jaxmlm compiles its programs with `effort` ("fast": XLA optimization level 0; "default": XLA's)."""
+    token = _scoped.set(_checked(effort, "compile_effort"))
+    try:
+        yield
+    finally:
+        _scoped.reset(token)
+
+
+def jit(fn=None, /, **jit_kwargs):
+    """`jax.jit` with one compiled variant per effort; as a decorator with or without keyword arguments."""
+    if fn is None:
+        return functools.partial(jit, **jit_kwargs)
+    variants = {name: jax.jit(fn, compiler_options=options, **jit_kwargs) for name, options in EFFORTS.items()}
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return variants[current_effort()](*args, **kwargs)
+
+    call.variants = variants
+    return call
+
+
+def carry_effort(fn):
+    """`fn` for a worker thread, compiling with the caller's effort (a new thread does not inherit a
+    `compile_effort` block)."""
+    effort = current_effort()
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with compile_effort(effort):
+            return fn(*args, **kwargs)
+
+    return run
