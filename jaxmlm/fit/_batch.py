@@ -66,6 +66,8 @@ class BatchResult:
     nobs: np.ndarray  # (m,) rows used per response (missing values excluded)
     n_iter: np.ndarray  # (m,)
     seconds: float = float("nan")
+    dispersion: np.ndarray | None = None  # (m,) a dispersion family's d (`fit.dispersion`'s scale); else None
+    dispersion_se: np.ndarray | None = None  # (m,) its standard error (NaN where d is fixed)
 
     @property
     def fixef(self) -> pd.DataFrame:
@@ -311,9 +313,11 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
     Y: n × m (NumPy array or DataFrame), one row per row of the model's data after rows with missing values in
     the formula's variables were dropped (`model.design.row_index`; a DataFrame indexed like the original data is
     aligned on it). NaN in a column drops those rows for that response only. The model's weights and offset apply
-    to every column. method: 'reml' or 'ml' (Gaussian; default 'reml'), 'laplace' or 'agq' with nagq (binomial and
-    Poisson; default 'laplace', columns on the model's response scale: 0/1 or proportions, counts). chunk_size: responses per vectorized step (default from the design's
-    size, to bound memory). progress: show progress (tqdm when installed); None shows it for multi-chunk batches.
+    to every column. method: 'reml' or 'ml' (Gaussian; default 'reml'), 'laplace' or 'agq' with nagq (the other
+    families; default 'laplace', columns on the model's response scale: 0/1 or proportions, counts, positive values,
+    values in (0, 1) for beta; a dispersion family's d is estimated per column). start: θ to start every column
+    from; for a GLMM also a dict with "theta" and, for a dispersion family, "dispersion" (d's start).
+    chunk_size: responses per vectorized step (default from the design's size, to bound memory). progress: show progress (tqdm when installed); None shows it for multi-chunk batches.
     """
     t0 = time.perf_counter()
     if method is None:
@@ -403,4 +407,5 @@ def _fit_glmm_batch(model, values, columns, method, nagq, chunk_size, max_iter, 
     return BatchResult(model=model, method=res["method"], columns=columns, theta=res["theta"], beta=res["beta"],
                        se_beta=res["se"], sigma=np.full(m, np.nan), objective=res["objective"],
                        loglik=res["loglik"], converged=res["converged"] & np.isfinite(res["objective"]), nobs=res["nobs"].astype(np.int64),
-                       n_iter=res["n_iter"], seconds=time.perf_counter() - t0)
+                       n_iter=res["n_iter"], seconds=time.perf_counter() - t0, dispersion=res.get("dispersion"),
+                       dispersion_se=res.get("dispersion_se"))
