@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import FamilyError, FormulaError, ResponseError
-from ._family import numeric_response
+from ._family import LinkMethods, numeric_response
 
 __all__ = ["DispersionFamily", "DispersionLink"]
 
@@ -77,7 +77,7 @@ class DispersionLink:
 
 
 @dataclasses.dataclass(frozen=True)
-class DispersionFamily:
+class DispersionFamily(LinkMethods):
     """Base of the dispersion families. Subclasses set `name`, `links` (the first is the default),
     `dispersion_name` and the methods listed in the module docstring."""
 
@@ -113,15 +113,6 @@ class DispersionFamily:
     @property
     def _link(self) -> DispersionLink:
         return DispersionLink(self.link)
-
-    def linkfun(self, mu):
-        return self._link.linkfun(mu)
-
-    def linkinv(self, eta):
-        return self._link.linkinv(eta)
-
-    def mu_eta(self, eta):
-        return self._link.mu_eta(eta)
 
     def log_constant(self, y, weights, extra) -> float:
         return 0.0  # neg2_logp is the full density: no separate constant

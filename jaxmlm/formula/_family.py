@@ -13,7 +13,20 @@ import pandas as pd
 
 from .._errors import DataTypeError, FamilyError, FormulaError
 
-__all__ = ["Gaussian", "get_family"]
+__all__ = ["Gaussian", "LinkMethods", "get_family"]
+
+
+class LinkMethods:
+    """R's family$linkfun, $linkinv and $mu.eta, answered by the family's link object (its `_link`)."""
+
+    def linkfun(self, mu):
+        return self._link.linkfun(mu)
+
+    def linkinv(self, eta):
+        return self._link.linkinv(eta)
+
+    def mu_eta(self, eta):
+        return self._link.mu_eta(eta)
 
 
 def numeric_response(values, what: str, family: str | None = None) -> np.ndarray:

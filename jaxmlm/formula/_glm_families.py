@@ -23,7 +23,7 @@ from scipy import special
 
 from .._errors import FamilyError, FormulaError, ResponseError
 from .._warn import user_stacklevel
-from ._family import numeric_response, register_family
+from ._family import LinkMethods, numeric_response, register_family
 
 __all__ = ["Link", "Binomial", "Poisson", "LINKS"]
 
@@ -78,7 +78,7 @@ def _xlogx(x):
 
 
 @dataclasses.dataclass(frozen=True)
-class _GlmFamily:
+class _GlmFamily(LinkMethods):
     link: str = ""
 
     def __post_init__(self):
@@ -95,15 +95,6 @@ class _GlmFamily:
     @property
     def canonical(self) -> bool:
         return self.link == LINKS[self.name][0]
-
-    def linkfun(self, mu):
-        return self._link.linkfun(mu)
-
-    def linkinv(self, eta):
-        return self._link.linkinv(eta)
-
-    def mu_eta(self, eta):
-        return self._link.mu_eta(eta)
 
 
 @dataclasses.dataclass(frozen=True)
