@@ -1,4 +1,4 @@
-"""Many binomial or Poisson responses on one design: the Laplace (or AGQ) fit vmapped over response columns.
+"""Many GLMM responses on one design: the Laplace (or AGQ) fit vmapped over response columns.
 
 The GLMM problem differs between columns only in its response, its prior weights (a missing value gets weight 0)
 and the family's normalizing constant, so one compiled program fits a whole chunk: the starting β comes from a
@@ -8,6 +8,14 @@ searches). Standard errors come from the exact Hessian of each column's deviance
 Hessian is not positive definite (a boundary fit, say) they fall back, as a single fit does and with its warning, to
 lme4's RX (the PIRLS factor at the optimum). (A single fit also tries a few Newton steps at the end; the batch
 stops at the gradient tolerance, which keeps objectives within 1e-6 relative.)
+
+A family with a dispersion parameter d (negative binomial, Gamma, inverse Gaussian, beta) optimizes x = (θ, β,
+log d) per column, the single fit's coordinates and objective (`_pirls.laplace_deviance`). d starts, as in a single
+fit, from the family's moment estimate on a GLM fitted at d = 1 (one vmapped PIRLS for the chunk, the moments per
+column on the host), or from start["dispersion"] (the bootstrap's refits start from the fitted d). Its standard
+error is d × se(log d) from the same Hessian as β's. A family with d held fixed (`negative_binomial(theta=2)`) has
+no such coordinate. lme4's objectives (`approximation="lme4"`) are single fits only: a batch fits the proper
+Laplace likelihood.
 
 Memory: each chunk's responses, prior weights and constants are prepared when the chunk runs, and chunks are sized
 to the machine (`_memory`), so beside the caller's Y only a chunk's working set is held.
@@ -29,7 +37,7 @@ from .._errors import ConvergenceWarning, DataError
 from .._memory import chunk_size as memory_chunk_size
 from ._glmm import _objective, _state_at, glmm_problem
 from ..optim._optimize import bfgs_minimize
-from ..core._pirls import pirls
+from ..core._pirls import pirls, split_x
 from .._compile import jit
 
 __all__ = ["glmm_columns", "fit_glmm_chunk"]
@@ -52,7 +60,7 @@ def glmm_columns(model, values: np.ndarray, column_names):
         col = values[:, j]
         observed = ~np.isnan(col)
         w_obs = np.where(observed, d.weights, 0.0)
-        y, w, extra = fam.prepare_response([pd.Series(np.where(observed, col, 0.0))],
+        y, w, extra = fam.prepare_response([pd.Series(np.where(observed, col, _placeholder(fam, col, name)))],
                                            dataclasses.replace(single, response=str(name)), w_obs)
         ys.append(y)
         ws.append(w)
@@ -61,29 +69,94 @@ def glmm_columns(model, values: np.ndarray, column_names):
     return np.stack(ys, axis=1), np.stack(ws, axis=1), np.asarray(consts), np.asarray(non_integer)
 
 
-@jit(static_argnames=("max_iter",))
-def fit_glmm_chunk(problem, Y, W, constants, theta0, nodes, node_weights, max_iter: int):
-    """Fit the columns of Y (n × c) with prior weights W (n × c) on the problem's design."""
+def _placeholder(fam, col, name) -> float:
+    """The value a missing row holds (its prior weight is 0): 0 for binomial and Poisson, the column's first
+    observed value for a dispersion family (0 is outside a Gamma's or a beta's support)."""
+    if not getattr(fam, "has_dispersion", False):
+        return 0.0
+    observed = col[~np.isnan(col)]
+    if observed.size == 0:
+        raise DataError(f"fit_batch: response column {name!r} has no observed values")
+    return float(observed[0])
+
+
+def _with_column(problem, y, w, c):
+    return eqx.tree_at(lambda p: (p.y, p.weights, p.constant), problem, (y, w, c))
+
+
+@jit
+def _glm_means(problem, Y, W, constants):
+    """Per column, the means of a GLM fitted at d = 1 (θ = 0): a single fit's base for d's moment start."""
     nt = problem.structure.n_theta
 
     def one(y, w, c):
-        prob = eqx.tree_at(lambda p: (p.y, p.weights, p.constant), problem, (y, w, c))
-        beta0, _, _, _, _ = pirls(theta0, jnp.zeros(prob.p, dtype=theta0.dtype), prob, joint=True)
+        prob = _with_column(problem, y, w, c)
+        zeros = jnp.zeros((nt,), dtype=y.dtype)
+        beta, _, _, _, _ = pirls(zeros, jnp.zeros(prob.p, dtype=y.dtype), prob, joint=True,
+                                 phi=jnp.asarray(1.0, dtype=y.dtype))
+        beta = jnp.where(jnp.isfinite(beta), beta, 0.0)
+        return prob.family.linkinv(prob.X @ beta + prob.offset)
+
+    return jax.vmap(one, in_axes=(1, 1, 0), out_axes=1)(Y, W, constants)
+
+
+def dispersion_starts(model, problem, Y, W, constants, start_d) -> np.ndarray | None:
+    """log d to start each column from (None when the family has no estimated d): start_d for every column, or the
+    family's moment estimate on each column's GLM at d = 1, as a single fit's `_dispersion_start`."""
+    if not problem.n_dispersion:
+        return None
+    if start_d is not None:
+        d = float(start_d)
+        if not np.isfinite(d) or d <= 0:
+            raise ValueError(f"start['dispersion'] must be a positive number, got {start_d!r}")
+        return np.full(Y.shape[1], np.log(d))
+    mu = np.asarray(_glm_means(problem, jnp.asarray(Y), jnp.asarray(W), jnp.asarray(constants)))
+    fam = problem.family
+    return np.log([fam.dispersion_start(Y[:, j], mu[:, j], W[:, j], problem.p) for j in range(Y.shape[1])])
+
+
+def _difference_hessian(x, problem, nodes, node_weights, delta: float = 1e-5):
+    """The Hessian by central differences of the exact gradient, as a single fit's (`central_difference_hessian`):
+    the 2k gradients are one vmapped evaluation, and the program compiles in far less time than autodiff's
+    forward-over-reverse Hessian through PIRLS' Newton steps."""
+    steps = delta * jnp.eye(x.size, dtype=x.dtype)
+    grads = jax.vmap(jax.grad(_objective), in_axes=(0, None, None, None))(
+        jnp.concatenate([x + steps, x - steps]), problem, nodes, node_weights)
+    plus, minus = jnp.split(grads, 2)
+    hess = (plus - minus) / (2.0 * delta)
+    return 0.5 * (hess + hess.T)
+
+
+@jit(static_argnames=("max_iter",))
+def fit_glmm_chunk(problem, Y, W, constants, theta0, log_d0, nodes, node_weights, max_iter: int):
+    """Fit the columns of Y (n × c) with prior weights W (n × c) on the problem's design; log_d0 (c,): each
+    column's start of log d (None: no dispersion coordinate)."""
+    nt, p = problem.structure.n_theta, problem.p
+    if log_d0 is None:
+        log_d0 = jnp.zeros((Y.shape[1], 0), dtype=Y.dtype)
+    else:
+        log_d0 = log_d0[:, None]
+
+    def one(y, w, c, tail):
+        prob = _with_column(problem, y, w, c)
+        # d at the start: None (binomial, Poisson), the family's fixed d, or exp(log d₀)
+        phi = split_x(jnp.concatenate([theta0, jnp.zeros(p, dtype=theta0.dtype), tail]), prob)[2]
+        beta0, _, _, _, _ = pirls(theta0, jnp.zeros(p, dtype=theta0.dtype), prob, joint=True, phi=phi)
         beta0 = jnp.where(jnp.isfinite(beta0), beta0, 0.0)
-        x0 = jnp.concatenate([theta0, beta0])
+        x0 = jnp.concatenate([theta0, beta0, tail])
         res = bfgs_minimize(_objective, x0, prob, None, None, max_iter=max_iter, gtol=1e-8)
         if nodes is not None:  # AGQ continues from the Laplace optimum, as a single fit does
             res = bfgs_minimize(_objective, res.x, prob, nodes, node_weights, max_iter=max_iter, gtol=1e-8)
-        hess = jax.hessian(_objective)(res.x, prob, nodes, node_weights)
-        H = 0.5 * (hess + hess.T)
+        H = _difference_hessian(res.x, prob, nodes, node_weights)
         positive_definite = jnp.all(jnp.isfinite(jnp.linalg.cholesky(H)))
         variance = jnp.diagonal(2.0 * jnp.linalg.inv(H))[nt:]
         usable = positive_definite & jnp.all(jnp.isfinite(variance)) & jnp.all(variance > 0)
         se = jnp.where(usable, jnp.sqrt(jnp.where(usable, variance, 1.0)), jnp.nan)
-        return dict(theta=res.x[:nt], beta=res.x[nt:], se=se, objective=res.value, converged=res.converged,
-                    n_iter=res.n_iter, nobs=jnp.sum(w > 0), hessian_ok=usable)
+        return dict(theta=res.x[:nt], beta=res.x[nt:nt + p], se=se[:p], se_tail=se[p:], tail=res.x[nt + p:],
+                    objective=res.value, converged=res.converged, n_iter=res.n_iter, nobs=jnp.sum(w > 0),
+                    hessian_ok=usable)
 
-    return jax.vmap(one, in_axes=(1, 1, 0))(Y, W, constants)
+    return jax.vmap(one, in_axes=(1, 1, 0, 0))(Y, W, constants, log_d0)
 
 
 def _rx_standard_errors(problem, x, y, w, c) -> np.ndarray:
@@ -103,16 +176,24 @@ def _bytes_per_column(problem, nt: int) -> float:
     return per_row + blocks + 8 * 60 * k * k
 
 
+def _split_start(start):
+    """fit_batch's start → (θ start or None, d start or None): θ alone, or a dict with "theta" / "dispersion"."""
+    if isinstance(start, dict):
+        unknown = set(start) - {"theta", "dispersion"}
+        if unknown:
+            raise ValueError(f"start for fit_batch takes the keys 'theta' and 'dispersion'; got {sorted(unknown)}")
+        return start.get("theta"), start.get("dispersion")
+    return start, None
+
+
 def fit_glmm_batch(model, values, columns, *, method: str, nagq, chunk_size, max_iter: int, bar, start=None):
-    """Driver used by `fit_batch` for binomial and Poisson models; returns the per-column arrays. start: θ to
-    start every column from (default lme4's); β starts from each column's GLM fit."""
+    """Driver used by `fit_batch` for GLMMs; returns the per-column arrays. start: θ to start every column from
+    (default lme4's), or a dict {"theta": ..., "dispersion": ...}; β starts from each column's GLM fit, d from
+    its moments (`dispersion_starts`)."""
     from ..core._agq import gauss_hermite
     from ._glmm import _check_method
 
     method, nagq = _check_method(model, method, nagq)
-    if getattr(model.family, "has_dispersion", False):
-        raise ValueError(f"fit_batch (and bootstrap) are for the binomial and Poisson families; fit each response of "
-                         f"the {model.family.name} family with Model.fit")
     problem = glmm_problem(model)
     nodes = node_weights = None
     if method == "agq":
@@ -121,31 +202,58 @@ def fit_glmm_batch(model, values, columns, *, method: str, nagq, chunk_size, max
     m, nt = values.shape[1], model.n_theta
     size = memory_chunk_size(m, _bytes_per_column(problem, nt), override=chunk_size, maximum=64)
     size = min(size, 1 << int(np.ceil(np.log2(max(m, 1)))))  # no padding past the batch itself
-    theta0 = jnp.asarray(model.start_theta(start))
+    theta_start, d_start = _split_start(start)
+    for first in range(0, m, size):  # every column's values checked before anything compiles
+        glmm_columns(model, values[:, first:first + size], columns[first:first + size])
+    theta0 = jnp.asarray(model.start_theta(theta_start))
     out: dict[str, list] = {}
     fallback = []
     for first in range(0, m, size):
         cols = np.arange(first, min(first + size, m))
         take = np.concatenate([cols, np.repeat(cols[:1], size - len(cols))])  # one compiled program per chunk size
-        Y, W, constants, non_integer = glmm_columns(model, values[:, take], columns[take])
-        res = fit_glmm_chunk(problem, jnp.asarray(Y), jnp.asarray(W), jnp.asarray(constants), theta0, nodes,
-                             node_weights, max_iter)
-        res = {k: np.asarray(v)[: len(cols)] for k, v in res.items()}
-        res["constants"], res["non_integer"] = constants[: len(cols)], non_integer[: len(cols)]
-        x = np.concatenate([res["theta"], res["beta"]], axis=1)
-        for j in np.flatnonzero(~res["hessian_ok"] & np.isfinite(res["objective"])):
-            res["se"][j] = _rx_standard_errors(problem, x[j], Y[:, j], W[:, j], constants[j])
-            fallback.append(columns[cols[j]])
+        res = _fit_columns(model, problem, values[:, take], columns[take], theta0, d_start, nodes, node_weights,
+                           max_iter, fallback, columns[cols])
         for k, v in res.items():
-            out.setdefault(k, []).append(v)
+            out.setdefault(k, []).append(v[: len(cols)])
         bar.update(len(cols))
     res = {k: np.concatenate(v) for k, v in out.items()}
     _warn_fallback(fallback)
+    return _finish(model, problem, res, method)
+
+
+def _fit_columns(model, problem, values, names, theta0, d_start, nodes, node_weights, max_iter, fallback, real):
+    """One chunk: the columns' data, d's starts, the vmapped fit, and lme4's RX fallback where the Hessian fails
+    (recorded in `fallback` for the columns among `real`, the chunk's unpadded names)."""
+    Y, W, constants, non_integer = glmm_columns(model, values, names)
+    log_d0 = dispersion_starts(model, problem, Y, W, constants, d_start)
+    res = fit_glmm_chunk(problem, jnp.asarray(Y), jnp.asarray(W), jnp.asarray(constants), theta0,
+                         None if log_d0 is None else jnp.asarray(log_d0), nodes, node_weights, max_iter)
+    res = {k: np.array(v) for k, v in res.items()}
+    res["constants"], res["non_integer"] = constants, non_integer
+    x = np.concatenate([res["theta"], res["beta"], res["tail"]], axis=1)
+    for j in np.flatnonzero((~res["hessian_ok"] & np.isfinite(res["objective"]))[: len(real)]):
+        res["se"][j] = _rx_standard_errors(problem, x[j], Y[:, j], W[:, j], constants[j])
+        res["se_tail"][j] = np.nan
+        fallback.append(real[j])
+    return res
+
+
+def _finish(model, problem, res, method):
+    """θ in lme4's sign convention, logLik on lme4's scale and, for a dispersion family, d and its SE."""
     res["theta"] = canonical_theta(res["theta"], model.qs)
     constants, non_integer = res.pop("constants"), res.pop("non_integer")
     # lme4's loglik scale: Laplace objective is −2 log L; AGQ's leaves the constants out (kept as a single fit does)
     res["loglik"] = -res["objective"] / 2.0 if method == "laplace" else -(res["objective"] + constants) / 2.0
     res["loglik"] = np.where(non_integer, -np.inf, res["loglik"])
+    tail, se_tail = res.pop("tail"), res.pop("se_tail")
+    fam = problem.family
+    if getattr(fam, "has_dispersion", False):
+        if problem.n_dispersion:
+            res["dispersion"] = np.exp(tail[:, 0])
+            res["dispersion_se"] = res["dispersion"] * se_tail[:, 0]  # the delta method, as a single fit's
+        else:
+            res["dispersion"] = np.full(len(tail), fam.dispersion)
+            res["dispersion_se"] = np.full(len(tail), np.nan)
     res["method"] = method
     return res
 
