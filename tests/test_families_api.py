@@ -74,17 +74,21 @@ def test_reml_spelling_and_lme4_start():
     assert again.objective == pytest.approx(ml.objective, rel=1e-10)
 
 
-def test_batches_refuse_a_dispersion_family():
+def test_batch_of_a_dispersion_family_checks_each_column():
+    """fit_batch takes a dispersion family (tests/test_families_batch.py); a bad value is refused naming its
+    column before anything compiles."""
     model = jm.Model("y ~ 1 + (1 | g)", pd.DataFrame({"y": [1.0, 2.0, 0.5, 3.0] * 3, "g": list("aabb") * 3}),
                      family="Gamma")
-    with pytest.raises(ValueError, match="binomial and Poisson"):
-        model.fit_batch(np.ones((12, 2)))
+    Y = np.ones((12, 2))
+    Y[3, 1] = 0.0
+    with pytest.raises(jm.ResponseError, match="response '1' must be positive"):
+        model.fit_batch(Y)
 
 
 @pytest.mark.slow
 def test_fixed_theta_negative_binomial():
-    """negative_binomial(theta=...) holds θ: one parameter fewer, no SE for θ; fit_batch and profile intervals
-    refuse a dispersion family clearly."""
+    """negative_binomial(theta=...) holds θ: one parameter fewer, no SE for θ; a batch holds it too, and
+    intervals have no row for it."""
     rng = np.random.default_rng(0)
     g = np.repeat(np.arange(8), 6)
     mu = np.exp(0.5 + rng.normal(scale=0.5, size=8)[g])
@@ -93,7 +97,8 @@ def test_fixed_theta_negative_binomial():
     assert fit.dispersion == 2.0 and np.isnan(fit.dispersion_se)
     assert fit.n_params == 2
     assert "(fixed)" in str(fit.summary())
-    with pytest.raises(ValueError, match="binomial and Poisson"):
-        fit.model.fit_batch(np.column_stack([data["y"], data["y"]]))
-    with pytest.raises(ValueError, match="method='wald'"):
-        fit.confint()
+    batch = fit.model.fit_batch(np.column_stack([data["y"], data["y"]]).astype(float))
+    np.testing.assert_allclose(batch.objective, fit.objective, rtol=1e-6)
+    np.testing.assert_array_equal(batch.dispersion, 2.0)
+    assert np.isnan(batch.dispersion_se).all()
+    assert list(fit.confint(method="wald").index) == ["sd_(Intercept)|g", "(Intercept)"]

@@ -1,7 +1,9 @@
 """Parametric bootstrap: simulate from the fitted model, refit every sample in one batch, percentile intervals.
 
 As lme4's bootMer(fit, FUN, nsim, type = "parametric"): new random effects and residuals for each sample
-(`fit.simulate`), each refitted by the fit's own method, starting from the fit's θ as lme4's refit() does.
+(`fit.simulate`), each refitted by the fit's own method, starting from the fit's θ as lme4's refit() does. A
+family with a dispersion parameter d simulates with the fitted d and refits d too (each sample's own estimate,
+started from the fitted d), so its percentile interval comes with the others'.
 
 Samples are simulated and refitted in blocks sized to the machine's memory (`_memory`; `block_size=` overrides),
 from one random generator, so the draws do not depend on the blocking and memory does not grow with n beyond the
@@ -17,7 +19,7 @@ import pandas as pd
 
 from .._config import float64_methods
 from .._memory import chunk_size as memory_chunk_size
-from ._confint import interval_columns, parameter_names, variance_parameters
+from ._confint import dispersion_name, interval_columns, parameter_names, require_laplace, variance_parameters
 
 __all__ = ["BootstrapResult", "bootstrap"]
 
@@ -61,6 +63,8 @@ def _concatenate(batches, n: int):
     first = batches[0]
     arrays = {f: np.concatenate([getattr(b, f) for b in batches])
               for f in ("theta", "beta", "se_beta", "sigma", "objective", "loglik", "converged", "nobs", "n_iter")}
+    if first.dispersion is not None:
+        arrays.update({f: np.concatenate([getattr(b, f) for b in batches]) for f in ("dispersion", "dispersion_se")})
     return BatchResult(model=first.model, method=first.method, columns=pd.RangeIndex(n), **arrays,
                        seconds=float(sum(b.seconds for b in batches)))
 
@@ -71,6 +75,7 @@ def bootstrap(fit, n: int = 500, seed: int = 0, *, chunk_size=None, block_size=N
     vectorized step of the refits (`fit_batch`); block_size: samples simulated and refitted at a time (default
     from the available memory)."""
     model = fit.model
+    require_laplace(fit, "bootstrap()")
     if isinstance(n, bool) or int(n) != n or n < 2:
         raise ValueError(f"n (the number of bootstrap samples) must be an integer ≥ 2, got {n!r}")
     n = int(n)
@@ -79,6 +84,8 @@ def bootstrap(fit, n: int = 500, seed: int = 0, *, chunk_size=None, block_size=N
         block = max(_BLOCK_MULTIPLE, block // _BLOCK_MULTIPLE * _BLOCK_MULTIPLE)
     rng = np.random.default_rng(seed)
     start = None if fit.is_singular else fit.theta
+    if dispersion_name(model) is not None:
+        start = {"theta": start, "dispersion": fit.dispersion}
     batches = []
     for first in range(0, n, block):
         # a binomial model's samples as proportions on its trials, as fit_batch takes them
@@ -87,10 +94,12 @@ def bootstrap(fit, n: int = 500, seed: int = 0, *, chunk_size=None, block_size=N
                                        progress=progress, nagq=fit.extra.get("nagq")))
     batch = _concatenate(batches, n)
     names = parameter_names(model)
-    sigma = batch.sigma if model.is_gaussian else None  # binomial and Poisson models have no σ
-    values = np.column_stack([variance_parameters(batch.theta, sigma, model.qs), batch.beta])
+    sigma = batch.sigma if model.is_gaussian else None  # other families' random effects are on η's scale
+    # a dispersion family's d sits where a linear model's σ does (confint's row order)
+    d_draws, d_est = ([batch.dispersion[:, None]], [[fit.dispersion]]) if dispersion_name(model) else ([], [])
+    values = np.column_stack([variance_parameters(batch.theta, sigma, model.qs), *d_draws, batch.beta])
     draws = pd.DataFrame(values, columns=names, index=pd.RangeIndex(n, name="sample"))
-    est = np.concatenate([variance_parameters(fit.theta, fit.sigma, model.qs)[0],
+    est = np.concatenate([variance_parameters(fit.theta, fit.sigma, model.qs)[0], *d_est,
                           fit.fixef[model.design.x_names].to_numpy()])
     return BootstrapResult(estimate=pd.Series(est, index=names), draws=draws, converged=batch.converged.copy(),
                            batch=batch)

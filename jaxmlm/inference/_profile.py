@@ -10,7 +10,9 @@ lme4 interpolates ζ with splines; we find the endpoints by root finding (Brent)
 * Variance parameters (sd, cor per term, σ): d(θ, σ) = log|L_Z|² + n log(2πσ²) + r²(θ)/σ² − Σ log w, with
   β profiled out, minimized over unconstrained coordinates (log sd, atanh cor, log σ) with one coordinate held.
 * GLMMs: the fit's own objective (Laplace, or the nAGQ deviance) over (log sd, atanh cor, β), minimized with one
-  coordinate held (σ = 1); the conditional modes come from PIRLS inside each evaluation, as in the fit.
+  coordinate held (σ = 1); the conditional modes come from PIRLS inside each evaluation, as in the fit. A
+  dispersion family's log d is one more coordinate of the same objective, profiled like the others (its interval
+  is exp of the ends on the log scale).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from .._errors import ConvergenceWarning
 from .._warn import user_stacklevel
 from ..core._blocks import Blocks
 from ..core._covariance import theta_diagonal_mask
-from ._confint import interval_columns, parameter_names, variance_parameter_names, variance_parameters
+from ._confint import (dispersion_name, interval_columns, parameter_names, require_laplace, variance_parameter_names,
+                       variance_parameters)
 from ..core._linalg import factorize
 from ..core._lmm import LinearProblem, fit_linear
 from ..optim._optimize import lbfgs_minimize
@@ -225,24 +228,30 @@ def _glmm_coordinates(fit, wanted) -> list[ProfileCoordinate]:
     if fit.method == "agq":
         z, w = gauss_hermite(int(fit.extra["nagq"]))
         nodes, node_weights = jnp.asarray(z), jnp.asarray(w)
-    var_names = variance_parameter_names(model)
+    d_name = dispersion_name(model)
+    var_names = variance_parameter_names(model)[:nt]  # a dispersion family's d is the last coordinate of z
     is_cor = np.array([n.startswith("cor_") for n in var_names])
     x_names = list(model.design.x_names)
     beta_hat, se = fit.fixef[x_names].to_numpy(), fit.se[x_names].to_numpy()
-    z_hat = np.concatenate([_unconstrained(variance_parameters(fit.theta, None, qs)[0], is_cor), beta_hat])
-    is_sd = np.r_[~is_cor, np.zeros(len(x_names), bool)]
+    log_d = [np.log(fit.dispersion)] if d_name else []
+    z_hat = np.concatenate([_unconstrained(variance_parameters(fit.theta, None, qs)[0], is_cor), beta_hat, log_d])
+    is_sd = np.r_[~is_cor, np.zeros(len(x_names) + len(log_d), bool)]
     z_hat_j = jnp.asarray(_off_boundary(z_hat, is_sd, 0.0))
     out = []
-    for i, name in enumerate(var_names + x_names):
+    for i, name in enumerate(var_names + x_names + ([d_name] if d_name else [])):
         if name not in wanted:
             continue
 
         def evaluate(u, i=i):
             return _glmm_profile(z_hat_j, problem, i, jnp.asarray(u, dtype=jnp.float64), qs, nodes, node_weights)[0]
 
+        zeta = _zeta_of(evaluate, z_hat[i], fit.objective)
+        if i >= nt + len(x_names):  # log d: never at a boundary (its scale is its own estimate)
+            out.append(ProfileCoordinate(name, "log", zeta, float(z_hat[i]), 0.1, log_scale=float(z_hat[i])))
+            continue
         kind = ("cor" if is_cor[i] else "log") if i < nt else "fixed"
         step = 0.1 if i < nt else float(se[i - nt])
-        out.append(ProfileCoordinate(name, kind, _zeta_of(evaluate, z_hat[i], fit.objective), float(z_hat[i]), step))
+        out.append(ProfileCoordinate(name, kind, zeta, float(z_hat[i]), step))
     return out
 
 
@@ -288,6 +297,7 @@ def _linear_coordinates(fit, wanted) -> list[ProfileCoordinate]:
 
 def profile_coordinates(fit, names=None) -> list[ProfileCoordinate]:
     """The profiled parameters of `fit` (all, or those in `names`), in confint's row order."""
+    require_laplace(fit, "confint(method='profile')")
     all_names = parameter_names(fit.model)
     wanted = all_names if names is None else list(names)
     coords = _linear_coordinates(fit, wanted) if fit.model.is_gaussian else _glmm_coordinates(fit, wanted)

@@ -460,10 +460,6 @@ class MixedModelResult:
 
         if method != "wald":
             require_unstructured(self.model.structures, f"confint(method={method!r})")
-        if self.dispersion is not None and method != "wald":
-            raise ValueError(f"confint(method={method!r}) is not available for the {self.family.name} family "
-                             "(its dispersion parameter is not profiled or bootstrapped); use method='wald'")
-
         return confint(self, method=method, level=level, parm=parm, **kwargs)
 
     def anova(self, *others, names=None, refit: bool = True, type=None, ddf: str = "satterthwaite") -> pd.DataFrame:
