@@ -317,7 +317,8 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
     families; default 'laplace', columns on the model's response scale: 0/1 or proportions, counts, positive values,
     values in (0, 1) for beta; a dispersion family's d is estimated per column). start: θ to start every column
     from; for a GLMM also a dict with "theta" and, for a dispersion family, "dispersion" (d's start).
-    chunk_size: responses per vectorized step (default from the design's size, to bound memory). progress: show progress (tqdm when installed); None shows it for multi-chunk batches.
+    chunk_size: responses per vectorized step (default from the design's size, to bound memory). progress: show
+    progress (tqdm when installed); None shows it for multi-chunk batches.
     """
     t0 = time.perf_counter()
     if method is None:
