@@ -19,6 +19,7 @@ import functools
 import os
 
 import jax
+from jax._src.core import trace_state_clean as _trace_state_clean
 
 __all__ = ["EFFORTS", "carry_effort", "compile_effort", "current_effort", "jit"]
 
@@ -63,7 +64,9 @@ def jit(fn=None, /, **jit_kwargs):
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        return variants[current_effort()](*args, **kwargs)
+        # inside another program's trace the call is inlined there, and JAX refuses compiler options on it
+        effort = current_effort() if _trace_state_clean() else "default"
+        return variants[effort](*args, **kwargs)
 
     call.variants = variants
     return call
