@@ -11,20 +11,22 @@ One compiled program (`_kernel`) does the work for every source of draws:
   deviation, ``lower``/``upper`` their quantiles.
 * a point fit: ``estimate`` is the plug-in value at (β̂, b̂); the interval comes from joint draws of (β, b) from
   their approximate posterior given θ̂ (`_joint`: the blocked factor of the fit, Fisher weights for a GLMM), and,
-  with ``theta_uncertainty=True`` (linear models), over θ's Wald approximation too.
-* a linear ``fit_batch`` result: the same per outcome, one block of rows per outcome.
+  with ``theta_uncertainty=True``, over θ's normal approximation too (each draw's new levels at its own θ).
+* a ``fit_batch`` result (linear, binomial, Poisson): the same per outcome, one block of rows per outcome.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
 from .._config import float64
 from .._errors import DataError, JaxmlmError
-from ..core._covariance import theta_to_matrices
+from ..core._linalg import theta_to_factors
 from ..formula._design import to_pandas
 from . import _cells, _joint, _kernel
 
@@ -76,8 +78,8 @@ def _posterior_factors(post) -> list:
 
 def _scaled_factors(theta: np.ndarray, qs, scale: np.ndarray) -> list:
     """scale × T_k per draw from θ per draw (rows of theta), lme4's layout."""
-    mats = [theta_to_matrices(th, qs) for th in np.atleast_2d(theta)]
-    return [np.stack([m[k] for m in mats]) * np.asarray(scale)[:, None, None] for k in range(len(qs))]
+    mats = jax.vmap(lambda th: tuple(theta_to_factors(th, tuple(qs))))(jnp.atleast_2d(jnp.asarray(theta)))
+    return [np.asarray(m) * np.asarray(scale)[:, None, None] for m in mats]
 
 
 def _source_draws(source, draws: int, seed: int, theta_uncertainty: bool, responses) -> _Draws:
@@ -89,6 +91,9 @@ def _source_draws(source, draws: int, seed: int, theta_uncertainty: bool, respon
         b = [x.reshape((c * s,) + x.shape[2:]) for x in source._b]
         return _Draws(source.model, source._beta.reshape(c * s, -1), b, _posterior_factors(source))
     if isinstance(source, BatchResult):
+        if theta_uncertainty:
+            raise JaxmlmError("theta_uncertainty=True is for a single fit; a fit_batch result's draws are at each "
+                              "outcome's θ̂")
         return _batch_source(source, draws, seed, responses)
     if hasattr(source, "model") and hasattr(source, "condvar"):
         family = getattr(source.model.family, "name", "gaussian")
@@ -99,17 +104,23 @@ def _source_draws(source, draws: int, seed: int, theta_uncertainty: bool, respon
         beta = np.concatenate([np.asarray(mode["beta"])[None], np.asarray(sims["beta"])])
         b = [np.concatenate([np.asarray(m)[None], np.asarray(x)]) for m, x in zip(mode["b"], sims["b"])]
         scale = 1.0 if source.sigma is None else source.sigma
-        factors = _scaled_factors(source._theta, source.model.qs, np.array([scale]))
-        factors = [np.broadcast_to(f, (draws + 1,) + f.shape[1:]) for f in factors]
+        if "theta" in sims:  # a new level's effect drawn with each draw's own θ (and σ)
+            thetas = np.vstack([source._theta[None], np.asarray(sims["theta"])])
+            scales = np.r_[scale, np.asarray(sims.get("sigma", np.ones(draws)))]
+            factors = _scaled_factors(thetas, source.model.qs, scales)
+        else:
+            factors = _scaled_factors(source._theta, source.model.qs, np.array([scale]))
+            factors = [np.broadcast_to(f, (draws + 1,) + f.shape[1:]) for f in factors]
         return _Draws(source.model, beta, b, factors, has_mode=True)
     raise TypeError(f"poststratify needs a fitted model, a batch result or a Posterior, got {type(source).__name__}")
 
 
 def _batch_source(batch, draws: int, seed: int, responses) -> _Draws:
     model = batch.model
-    if not model.is_gaussian:
-        raise JaxmlmError("poststratify of a fit_batch result supports linear models; fit the GLMM outcomes one "
-                          "by one (jm.glmer) or sample them")
+    family = getattr(model.family, "name", "gaussian")
+    if family not in _POINT_FAMILIES:
+        raise JaxmlmError(f"poststratify of a fit_batch result supports the gaussian, binomial and poisson "
+                          f"families, not {family}")
     responses = getattr(batch, "responses", None) if responses is None else responses
     if responses is None:
         raise JaxmlmError("poststratify of a fit_batch result needs responses=: the Y the batch was fitted to")
@@ -118,7 +129,12 @@ def _batch_source(batch, draws: int, seed: int, responses) -> _Draws:
     Y = Y[:, None] if Y.ndim == 1 else Y
     if Y.shape != (model.design.n, len(batch)):
         raise JaxmlmError(f"responses must be {model.design.n} × {len(batch)} (the batch's Y), got {Y.shape}")
-    sims, mode = _joint.batch_draws(batch, Y, draws, seed)
+    if model.is_gaussian:
+        sims, mode = _joint.batch_draws(batch, Y, draws, seed)
+        sigma = np.asarray(batch.sigma, dtype=np.float64)
+    else:
+        sims, mode = _joint.glmm_batch_draws(batch, Y, draws, seed)
+        sigma = np.ones(len(batch))
     m = len(batch)
     # outcome-major, the mode first in each outcome's block
     def join(mk, xk):
@@ -130,7 +146,7 @@ def _batch_source(batch, draws: int, seed: int, responses) -> _Draws:
     beta = flat(join(mode["beta"], sims["beta"]))
     b = [flat(join(mk, xk)) for mk, xk in zip(mode["b"], sims["b"])]
     factors = _scaled_factors(np.repeat(batch.theta, draws + 1, axis=0), model.qs,
-                              np.repeat(batch.sigma, draws + 1))
+                              np.repeat(sigma, draws + 1))
     return _Draws(model, beta, b, factors, m, list(batch.columns), True)
 
 
@@ -174,9 +190,11 @@ def poststratify(fit_or_posterior, frame, weight: str = "N", by=_REQUIRED, *, dr
     ``frame`` holds one row per population cell with every predictor of the model and the cell count ``weight``.
     ``by`` (required) lists the columns whose combinations are the groups (``["state"]``, ``["state", "age"]``);
     ``[]`` gives one overall row. For a point fit, ``draws`` joint draws of (β, b) (seeded) give sd and the
-    interval, and ``theta_uncertainty=True`` (linear models) also draws θ; a ``Posterior`` uses its own draws. A
-    linear ``fit_batch`` result gives one block of rows per outcome (an ``outcome`` column first); pass the batch's
-    Y as ``responses``. chunk_cells / chunk_draws override the chunk sizes (default: from the free memory).
+    interval; ``theta_uncertainty=True`` also draws θ from its normal approximation (the Hessian of the profiled
+    deviance at θ̂; for a GLMM, of the Laplace deviance in (θ, β) profiled over β) and (β, b) given each θ. A
+    ``Posterior`` uses its own draws. A ``fit_batch`` result (linear, binomial or Poisson) gives one block of rows
+    per outcome (an ``outcome`` column first); pass the batch's Y as ``responses``. chunk_cells / chunk_draws
+    override the chunk sizes (default: from the free memory).
     """
     frame = to_pandas(frame)
     by = _check_options(draws, level, by)
