@@ -4,7 +4,7 @@
 # JSON line per workload in the results file). Uses whatever JAX is installed; with no network there, missing
 # packages must come as wheels in .whl/ (see docs/scale.md).
 #
-#   benchmarks/device.sh [--scale full|small] [--out FILE] [--budget SECONDS] [--only name,name]
+#   benchmarks/device.sh [--scale full|small|tiny] [--out FILE] [--budget SECONDS] [--only name,name]
 #
 # Defaults: --scale full, --out device_results.jsonl, --budget 480 (all workloads within 8 minutes).
 set -uo pipefail

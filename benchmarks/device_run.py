@@ -1,6 +1,7 @@
 """The accelerator run: the large workloads in one go, each in a child process with its own time limit, every
 time and objective written to one results file (JSON lines). `benchmarks/device.sh` installs jaxmlm and calls
-this; `--scale small` runs the same workloads at tiny sizes (on the CPU in the tests).
+this; `--scale small` runs the same workloads at small sizes on a CPU, `--scale tiny` at smaller ones still (the
+test suite's run: every code path of the full run, in seconds).
 
     python benchmarks/device_run.py --scale full --out device_results.jsonl [--budget 480] [--only a,b]
 
@@ -36,18 +37,23 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# name → (full-scale sizes, small sizes, share of the time budget)
+# name → ({scale: sizes}, share of the time budget)
 WORKLOADS = {
-    "slope_10m_1m": (dict(rows=10_000_000, groups=1_000_000), dict(rows=20_000, groups=2_000), 0.20),
-    "ml32m_direct": (dict(rows=32_000_000, users=200_948, items=84_432), dict(rows=20_000, users=400, items=150),
+    "slope_10m_1m": (dict(full=dict(rows=10_000_000, groups=1_000_000), small=dict(rows=20_000, groups=2_000),
+                          tiny=dict(rows=2_000, groups=200)), 0.20),
+    "ml32m_direct": (dict(full=dict(rows=32_000_000, users=200_948, items=84_432),
+                          small=dict(rows=20_000, users=400, items=150), tiny=dict(rows=3_000, users=120, items=50)),
                      0.20),
-    "ml32m_iterative": (dict(rows=32_000_000, users=200_948, items=84_432), dict(rows=20_000, users=400, items=150),
-                        0.25),
-    "batch_100k": (dict(responses=100_000), dict(responses=64), 0.12),
-    "xbox_mrp": (dict(respondents=750_148, draws=1000, terms=True), dict(respondents=5_000, draws=100, terms=False),
-                 0.13),
-    "groups_1000": (dict(datasets=1000), dict(datasets=8), 0.10),
+    "ml32m_iterative": (dict(full=dict(rows=32_000_000, users=200_948, items=84_432),
+                             small=dict(rows=20_000, users=400, items=150),
+                             tiny=dict(rows=3_000, users=120, items=50)), 0.25),
+    "batch_100k": (dict(full=dict(responses=100_000), small=dict(responses=64), tiny=dict(responses=8)), 0.12),
+    "xbox_mrp": (dict(full=dict(respondents=750_148, draws=1000, terms=True),
+                      small=dict(respondents=5_000, draws=100, terms=False),
+                      tiny=dict(respondents=2_000, draws=20, terms=False)), 0.13),
+    "groups_1000": (dict(full=dict(datasets=1000), small=dict(datasets=8), tiny=dict(datasets=3)), 0.10),
 }
+SCALES = ("full", "small", "tiny")
 
 
 def _timed(fn):
@@ -163,8 +169,7 @@ def child(name: str, scale: str, out: str) -> None:
     if name == "_environment":
         pathlib.Path(out).write_text(json.dumps(environment(scale)))
         return
-    full, small, _ = WORKLOADS[name]
-    record = RUNNERS[name](full if scale == "full" else small)
+    record = RUNNERS[name](WORKLOADS[name][0][scale])
     record.update(workload=name, scale=scale, status="ok", backend=jax.default_backend())
     pathlib.Path(out).write_text(json.dumps(record, default=float))
 
@@ -191,7 +196,7 @@ def run_one(name: str, scale: str, limit_s: float, env: dict) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scale", choices=("full", "small"), default="full")
+    parser.add_argument("--scale", choices=SCALES, default="full")
     parser.add_argument("--out", default="device_results.jsonl")
     parser.add_argument("--budget", type=float, default=480.0, help="seconds for all workloads together")
     parser.add_argument("--only", default="", help="comma-separated workload names")
@@ -208,7 +213,7 @@ def main(argv=None) -> int:
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # the direct ml-32m tail alone is ~57 GB
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
     deadline = time.perf_counter() + args.budget
-    share_left = sum(WORKLOADS[n][2] for n in names)
+    share_left = sum(WORKLOADS[n][1] for n in names)
     with open(args.out, "w") as results:
         # the backend, read in a child: JAX in this process would hold the accelerator's memory all along
         info = run_one("_environment", args.scale, 120.0, env)
@@ -217,8 +222,8 @@ def main(argv=None) -> int:
         print(f"backend: {info.get('backend')} {info.get('devices')}", flush=True)
         for name in names:
             left = deadline - time.perf_counter()
-            limit = left * WORKLOADS[name][2] / share_left  # the time that earlier workloads left goes on
-            share_left -= WORKLOADS[name][2]
+            limit = left * WORKLOADS[name][1] / share_left  # the time that earlier workloads left goes on
+            share_left -= WORKLOADS[name][1]
             record = run_one(name, args.scale, limit, env)
             results.write(json.dumps(record, default=float) + "\n")
             results.flush()
