@@ -28,6 +28,22 @@ def x64():
         yield
 
 
+class _LmerFits(dict):
+    """REML fits of (formula, dataset) pairs, fitted once a session: several reference files test the same fits."""
+
+    def __call__(self, formula: str, dataset: str):
+        key = (formula, dataset)
+        if key not in self:
+            self[key] = jm.lmer(formula, jm.datasets.load(dataset), warn=False)
+        return self[key]
+
+
+@pytest.fixture(scope="session")
+def lmer_fit():
+    """`lmer_fit(formula, dataset)`: the session's REML fit of a bundled dataset (the tests only read it)."""
+    return _LmerFits()
+
+
 @pytest.fixture(scope="session")
 def lme4_reference():
     return json.loads((REFERENCE_DIR / "lme4_public.json").read_text())

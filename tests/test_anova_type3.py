@@ -11,14 +11,12 @@ from conftest import REFERENCE_DIR
 from jaxmlm._errors import DataError
 
 CASES = json.loads((REFERENCE_DIR / "anova_type3.json").read_text())
-_FITS: dict = {}
 
 
-def _fit(case):
-    if case not in _FITS:
-        ref = CASES[case]
-        _FITS[case] = jm.lmer(ref["formula"], jm.datasets.load(ref["dataset"]), warn=False)
-    return _FITS[case]
+@pytest.fixture
+def case_fit(lmer_fit):
+    """The session's REML fit of a reference case (conftest.lmer_fit, shared with the other reference files)."""
+    return lambda case: lmer_fit(CASES[case]["formula"], CASES[case]["dataset"])
 
 
 def _params():
@@ -33,9 +31,9 @@ def _params():
 
 
 @pytest.mark.parametrize("case,i", _params())
-def test_f_table_matches_lmertest(case, i):
+def test_f_table_matches_lmertest(case, i, case_fit):
     want = CASES[case]["tables"][i]
-    table = _fit(case).anova(type=want["type"], ddf=want["ddf"])
+    table = case_fit(case).anova(type=want["type"], ddf=want["ddf"])
     assert list(table.columns) == ["Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"]
     assert list(table.index) == list(np.atleast_1d(want["rows"]))
     np.testing.assert_array_equal(table["NumDF"], np.atleast_1d(want["num_df"]))
@@ -47,14 +45,14 @@ def test_f_table_matches_lmertest(case, i):
 
 
 @pytest.mark.slow
-def test_type3_does_not_depend_on_the_reference_levels():
+def test_type3_does_not_depend_on_the_reference_levels(case_fit):
     """Type III hypotheses are those of the cell means: another reference level (treatment coding) changes the
     coefficients but not one F test; the sequential Type I table of the interaction is unchanged as well."""
     data = jm.datasets.load("Contraception")
     data["urban"] = data["urban"].cat.reorder_categories(["Y", "N"])
     data["livch"] = data["livch"].cat.reorder_categories(["3+", "2", "1", "0"])
     releveled = jm.lmer(CASES["contraception"]["formula"], data, warn=False)
-    original = _fit("contraception")
+    original = case_fit("contraception")
     np.testing.assert_allclose(releveled.anova(type=3)["F value"], original.anova(type=3)["F value"], rtol=1e-6)
     # the df come from an eigendecomposition of LVLᵀ, which depends on the basis of L's rows: close, not equal
     np.testing.assert_allclose(releveled.anova(type=3)["DenDF"], original.anova(type=3)["DenDF"], rtol=1e-3)
@@ -73,8 +71,8 @@ def test_without_interactions_type3_tests_each_terms_coefficients():
     np.testing.assert_allclose(table.loc["cHEIGHT", "DenDF"], fit.t_tests().loc["cHEIGHT", "df"], rtol=1e-10)
 
 
-def test_refusals():
-    fit = _fit("sleepstudy")
+def test_refusals(case_fit):
+    fit = case_fit("sleepstudy")
     with pytest.raises(ValueError, match="type must be 1 or 3"):
         fit.anova(type=2)
     with pytest.raises(ValueError, match="ddf must be"):
