@@ -55,18 +55,35 @@ class Hyper(eqx.Module):
     sd_scale: tuple[jax.Array, ...]  # per term (q_k,)
     sigma_scale: jax.Array  # ()
     lkj_eta: float = eqx.field(static=True)
+    kind: str = eqx.field(static=True, default="default")  # 'default' or 'rstanarm'
 
 
 class GlmmData(eqx.Module):
-    """Rows for the non-centered GLMM likelihood."""
+    """The likelihood's cells (rows with equal covariates, codes and offset merged: exact for binomial and Poisson
+    likelihoods) and the stacked coordinates of the scalar terms (see ``_scalar_effects``)."""
 
-    X: jax.Array
-    y: jax.Array
-    weights: jax.Array
-    offset: jax.Array
-    codes: tuple[jax.Array, ...]
-    z: tuple[jax.Array, ...]
+    X: jax.Array  # (n, p)
+    y: jax.Array  # (n,) weighted mean response of the cell
+    weights: jax.Array  # (n,) summed prior weights
+    offset: jax.Array  # (n,)
+    index: jax.Array  # (n, K) position of each scalar term's level in the stacked effects b
+    zs: jax.Array  # (n, K) z of each scalar term
+    codes: tuple[jax.Array, ...]  # vector terms: (n,) level codes
+    z: tuple[jax.Array, ...]  # vector terms: (n, q)
+    power: jax.Array  # (N,) partial-centring power of each sampled coordinate w
+    coef: jax.Array  # (N,) Helmert weight 1/√(j(j+1)) of the coordinate (1 for a term without its mean split off)
+    coord_term: jax.Array  # (N,) scalar term of each coordinate
+    coord_pos: jax.Array  # (N,) position in b the coordinate is scattered to
+    pos_term: jax.Array  # (B,) scalar term of each position of b
+    pos_rank: jax.Array  # (B,) level's rank within its term
+    pos_end: jax.Array  # (B,) first position after its term
+    pos_split: jax.Array  # (B,) whether its term's mean is split off
+    shift: jax.Array  # (K,) z of a term that moves the intercept, else 0
+    split: tuple[int, ...] = eqx.field(static=True)  # the scalar terms whose mean is split off
     n_levels: tuple[int, ...] = eqx.field(static=True)
+    scalar: tuple[int, ...] = eqx.field(static=True)  # term indices of the scalar terms (order of index/zs)
+    intercept: int = eqx.field(static=True, default=-1)  # column of X that is constant (−1: none)
+    intercept_value: float = eqx.field(static=True, default=1.0)
 
 
 # ---------------------------------------------------------------------------------------------- the mathematics
@@ -173,15 +190,26 @@ def _glm_log_likelihood(eta, data: GlmmData, family: str, link: str):
 
 
 # ---------------------------------------------------------------------------------------------- NumPyro models
-def _scales(qs, hyper: Hyper, sigma):
-    """Sample per-term sd (standardized half-normal) and LKJ Cholesky factors → relative factors T_k (cov σ²TTᵀ)."""
+def _scales(qs, hyper: Hyper, sigma, terms=None):
+    """Per-term sds and correlation factors → relative factors T_k (covariance σ²T_kT_kᵀ; σ = 1 for GLMMs).
+
+    'default': sd ~ half-normal(sd_scale) per column, LKJ(lkj_eta) correlations. 'rstanarm' (decov(η, 1, 1, s)):
+    the term's covariance is σ²·q τ² diag(π) in its sds (trace q τ²), τ ~ exponential(1/s) (gamma(1, s)),
+    π ~ Dirichlet(1), LKJ(η) correlations; a scalar term's sd is τσ.
+    """
     import numpyro
     import numpyro.distributions as dist
 
     factors = []
-    for k, q in enumerate(qs):
-        sd_z = numpyro.sample(f"sd_z_{k}", dist.HalfNormal(jnp.ones(q)).to_event(1))
-        sd = numpyro.deterministic(f"sd_{k}", sd_z * hyper.sd_scale[k])
+    for k, q in zip(range(len(qs)) if terms is None else terms, qs):
+        if hyper.kind == "rstanarm":
+            tau = numpyro.sample(f"sd_z_{k}", dist.Exponential(1.0))
+            share = numpyro.sample(f"pi_{k}", dist.Dirichlet(jnp.ones(q))) if q > 1 else jnp.ones(1)
+            rel = hyper.sd_scale[k] * tau * jnp.sqrt(q * share)
+            sd = numpyro.deterministic(f"sd_{k}", rel * sigma)
+        else:
+            sd_z = numpyro.sample(f"sd_z_{k}", dist.HalfNormal(jnp.ones(q)).to_event(1))
+            sd = numpyro.deterministic(f"sd_{k}", sd_z * hyper.sd_scale[k])
         if q > 1:
             L = numpyro.sample(f"L_{k}", dist.LKJCholesky(q, concentration=hyper.lkj_eta))
         else:
@@ -198,35 +226,131 @@ def _fixed(hyper: Hyper, p: int):
     return numpyro.deterministic("beta", hyper.beta_loc + hyper.beta_scale * beta_z)
 
 
-def _gaussian_model(problem, hyper: Hyper, qs):
+def _sigma(hyper: Hyper):
     import numpyro
     import numpyro.distributions as dist
 
+    prior = dist.Exponential(1.0) if hyper.kind == "rstanarm" else dist.HalfNormal(1.0)
+    return numpyro.deterministic("sigma", hyper.sigma_scale * numpyro.sample("sigma_z", prior))
+
+
+def _gaussian_model(problem, hyper: Hyper, qs):
+    import numpyro
+
     beta = _fixed(hyper, problem.p)
-    sigma = numpyro.deterministic("sigma", hyper.sigma_scale * numpyro.sample("sigma_z", dist.HalfNormal(1.0)))
+    sigma = _sigma(hyper)
     factors = _scales(qs, hyper, sigma)
     theta = numpyro.deterministic("theta", jnp.concatenate([tril_columnwise(T) for T in factors]))
     numpyro.factor("loglik", gaussian_log_likelihood(beta, theta, sigma, problem))
+
+
+def _scalar_sds(hyper: Hyper, data: GlmmData):
+    """sd of every scalar term, one sample site for all of them (the program does not grow with their number)."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    scale = jnp.concatenate([hyper.sd_scale[k] for k in data.scalar])
+    prior = dist.Exponential(jnp.ones(len(data.scalar))) if hyper.kind == "rstanarm" else \
+        dist.HalfNormal(jnp.ones(len(data.scalar)))
+    return numpyro.deterministic("sd_scalar", scale * numpyro.sample("sd_z", prior.to_event(1)))
+
+
+def _scalar_effects(data: GlmmData, sd):
+    """Stacked b of all scalar terms, b_k = sd_k·u_k with u_k ~ N(0, I), sampled as: u_k = m_k·1/√L_k + H v_k
+    when the term's mean is split off (m_k ~ N(0, 1), non-centred; H: the orthonormal Helmert basis of the vectors summing to
+    zero, column j: 1 on rows 1..j, −j on row j+1, over √(j(j+1)), applied in O(L) by a reversed cumulative sum), else u_k = v_k; each
+    coordinate of sd·v is sampled as w_j = sd^(c_j)·v_j ~ N(0, sd^(2c_j)), c_j ∈ [0, 1] its partial-centring
+    power. Returns (b, Σ_k z_k·mean(b_k), the part of η that the intercept absorbs)."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    sd_c = sd[data.coord_term]
+    w = numpyro.sample("w", dist.Normal(jnp.zeros_like(data.power), sd_c ** data.power).to_event(1))
+    v = w * sd_c ** (1.0 - data.power) * data.coef
+    placed = jnp.zeros(data.pos_term.shape[0] + 1, dtype=v.dtype).at[data.coord_pos].set(v)
+    if not data.split:
+        return placed[:-1], 0.0
+    tail = jnp.cumsum(placed[::-1])[::-1]
+    helm = tail[:-1] - tail[data.pos_end] - data.pos_rank * jnp.concatenate([placed[:1] * 0, placed[:-2]])
+    split = jnp.asarray(data.split)
+    n = jnp.asarray([float(data.n_levels[data.scalar[i]]) for i in data.split])
+    m = numpyro.sample("m", dist.Normal(jnp.zeros(len(data.split)), 1.0).to_event(1))
+    mean = jnp.zeros(len(data.scalar), dtype=v.dtype).at[split].set(sd[split] * m / jnp.sqrt(n))
+    b = jnp.where(data.pos_split, helm + mean[data.pos_term], placed[:-1])
+    return b, jnp.sum(data.shift * mean)
+
+
+def _intercept_and_slopes(hyper: Hyper, data: GlmmData, absorbed):
+    """β, with the intercept sampled as α = c·β₀ + Σ_k z_k·mean(b_k), the level of η the data fix (c: the
+    intercept column's value); β₀ = (α − Σ)/c keeps its own prior (unit-Jacobian shear)."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    p, j = data.X.shape[1], data.intercept
+    if j < 0:
+        return _fixed(hyper, p)
+    rest = [i for i in range(p) if i != j]
+    beta_z = numpyro.sample("beta_z", dist.Normal(jnp.zeros(p - 1), 1.0).to_event(1))
+    c = data.intercept_value
+    alpha_z = numpyro.sample("alpha_z", dist.ImproperUniform(dist.constraints.real, (), ()))
+    alpha = c * hyper.beta_loc[j] + abs(c) * hyper.beta_scale[j] * alpha_z
+    beta0 = (alpha - absorbed) / c
+    numpyro.factor("intercept_prior", dist.Normal(hyper.beta_loc[j], hyper.beta_scale[j]).log_prob(beta0))
+    others = hyper.beta_loc[jnp.array(rest, dtype=int)] + hyper.beta_scale[jnp.array(rest, dtype=int)] * beta_z
+    beta = jnp.zeros(p, dtype=beta_z.dtype).at[jnp.array(rest, dtype=int)].set(others).at[j].set(beta0)
+    return numpyro.deterministic("beta", beta)
 
 
 def _glmm_model(data: GlmmData, hyper: Hyper, qs, family: str, link: str):
     import numpyro
     import numpyro.distributions as dist
 
-    beta = _fixed(hyper, data.X.shape[1])
-    factors = _scales(qs, hyper, 1.0)
-    numpyro.deterministic("theta", jnp.concatenate([tril_columnwise(T) for T in factors]))
+    vector = [k for k in range(len(qs)) if k not in data.scalar]
+    factors = dict(zip(vector, _scales([qs[k] for k in vector], hyper, 1.0, terms=vector)))
+    b_scalar, absorbed = None, 0.0
+    if data.scalar:
+        sd = _scalar_sds(hyper, data)
+        b_scalar, absorbed = _scalar_effects(data, sd)
+        numpyro.deterministic("b_scalar", b_scalar)
+        factors.update({k: sd[i].reshape(1, 1) for i, k in enumerate(data.scalar)})
+    numpyro.deterministic("theta", jnp.concatenate([tril_columnwise(factors[k]) for k in range(len(qs))]))
+    beta = _intercept_and_slopes(hyper, data, absorbed)
     eta = data.X @ beta + data.offset
-    for k, q in enumerate(qs):
-        u = numpyro.sample(f"u_{k}", dist.Normal(jnp.zeros((data.n_levels[k], q)), 1.0).to_event(2))
+    if data.scalar:  # one gather for all scalar terms
+        eta = eta + jnp.sum(b_scalar[data.index] * data.zs, axis=-1)
+    for i, k in enumerate(vector):
+        u = numpyro.sample(f"u_{k}", dist.Normal(jnp.zeros((data.n_levels[k], qs[k])), 1.0).to_event(2))
         b = numpyro.deterministic(f"b_{k}", u @ factors[k].T)
-        eta = eta + jnp.sum(data.z[k] * b[data.codes[k]], axis=-1)
+        eta = eta + jnp.sum(data.z[i] * b[data.codes[i]], axis=-1)
     numpyro.factor("loglik", _glm_log_likelihood(eta, data, family, link))
 
 
 # ---------------------------------------------------------------------------------------------- priors
-def default_hyper(model, priors: dict | None = None) -> Hyper:
+PRIORS = ("default", "rstanarm")
+
+
+def check_prior(prior) -> str:
+    if not isinstance(prior, str) or prior not in PRIORS:
+        raise ValueError(f"unknown prior {prior!r}; known: 'default' (jaxmlm's scaled half-normal sds) and "
+                         "'rstanarm' (stan_glmer's defaults: decov(1, 1, 1, 1), exponential σ)")
+    return prior
+
+
+def _sd_scales(d, keep, s_y):
+    """Half-normal scale of each random-effect column: s_y / sd(z_j) (s_y / |z| for constant z)."""
+    out = []
+    for t in d.terms:
+        zs = t.z[keep].std(axis=0)
+        zm = np.abs(t.z[keep].mean(axis=0))
+        out.append(np.where(zs > 1e-12 * np.maximum(1.0, zm), s_y / np.maximum(zs, 1e-300),
+                            s_y / np.where(zm > 0, zm, 1.0)))
+    return out
+
+
+def default_hyper(model, priors: dict | None = None, kind: str = "default") -> Hyper:
+    """Prior hyperparameters of `kind` ('default' or 'rstanarm', see the module docstring), `priors` overriding."""
     d = model.design
+    kind = check_prior(kind)
     priors = dict(priors or {})
     unknown = set(priors) - {"beta_loc", "beta_scale", "sd_scale", "sigma_scale", "lkj_eta"}
     if unknown:
@@ -250,12 +374,7 @@ def default_hyper(model, priors: dict | None = None) -> Hyper:
         c = x_mean[j]
         implied = (2.5 * s_y) ** 2 + np.sum((x_mean[~const] * scale[~const]) ** 2)
         loc[j], scale[j] = y_bar / c, np.sqrt(implied) / abs(c)
-    sd_scale = []
-    for t in d.terms:
-        zs = t.z[keep].std(axis=0)
-        zm = np.abs(t.z[keep].mean(axis=0))
-        sd_scale.append(np.where(zs > 1e-12 * np.maximum(1.0, zm), s_y / np.maximum(zs, 1e-300),
-                                 s_y / np.where(zm > 0, zm, 1.0)))
+    sd_scale = _sd_scales(d, keep, s_y) if kind == "default" else [np.ones(t.q) for t in d.terms]
     if "beta_loc" in priors:
         loc = np.broadcast_to(np.asarray(priors["beta_loc"], dtype=np.float64), (d.p,)).copy()
     if "beta_scale" in priors:
@@ -282,6 +401,82 @@ def default_hyper(model, priors: dict | None = None) -> Hyper:
         sd_scale=tuple(jnp.asarray(s) for s in sd_scale),
         sigma_scale=jnp.asarray(sigma_scale),
         lkj_eta=eta,
+        kind=kind,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- cells
+def _merge_cells(d):
+    """Rows with equal covariates, offset, level codes and z merged: summed weights, weighted mean y. The binomial
+    and Poisson log-likelihoods Σ w (y log μ + …) are sums over rows, so the merged one is the same function."""
+    keep = d.weights > 0
+    cols = [d.X[keep], d.offset[keep, None]] + [t.codes[keep, None] for t in d.terms] + [t.z[keep] for t in d.terms]
+    key = np.column_stack(cols).astype(np.float64)
+    _, first, inv = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    w = np.bincount(inv, weights=d.weights[keep])
+    y = np.bincount(inv, weights=d.weights[keep] * d.y[keep]) / w
+    rows = np.flatnonzero(keep)[first]
+    return rows, y, w
+
+
+def _partial_power(info, s):
+    """Centring power c = I s²/(1 + I s²): the share of a coordinate's precision that the data give (I: its
+    Fisher information at the mean response, s: a typical sd), 1 = centred, 0 = non-centred."""
+    return info * s**2 / (1.0 + info * s**2)
+
+
+def _term_coordinates(t, rows, w, var, z, split: bool, s: float):
+    """One scalar term's sampled coordinates: (power, Helmert weight) per coordinate, from the Fisher information
+    of each level at the mean response (of each Helmert contrast when the mean is split off)."""
+    info = np.bincount(t.codes[rows], weights=w * var * z**2, minlength=t.n_levels)
+    if not split:
+        return _partial_power(info, s), np.ones(t.n_levels)
+    j = np.arange(1, t.n_levels, dtype=np.float64)
+    info = (np.cumsum(info)[:-1] + j**2 * info[1:]) / (j * (j + 1.0))
+    return _partial_power(info, s), 1.0 / np.sqrt(j * (j + 1.0))
+
+
+def _cells_reparam(model, hyper: Hyper, family: str) -> GlmmData:
+    """The cells and the stacked coordinates of the scalar terms (``_scalar_effects``): a term whose z is one
+    constant moves the intercept, and its mean is split off when X has an intercept; every coordinate gets its
+    own centring power from its information."""
+    d = model.design
+    rows, y, w = _merge_cells(d)
+    X = d.X[rows]
+    x_sd, x_mean = X.std(axis=0), X.mean(axis=0)
+    constant = np.flatnonzero((x_sd <= 1e-12 * np.maximum(1.0, np.abs(x_mean))) & (np.abs(x_mean) > 0))
+    j = int(constant[0]) if constant.size else -1
+    mu = float(np.sum(w * y) / np.sum(w))
+    var = mu * (1.0 - mu) if family == "binomial" else mu
+    scalar = tuple(k for k, t in enumerate(d.terms) if t.q == 1)
+    vector = [k for k in range(len(d.terms)) if k not in scalar]
+    levels = [d.terms[k].n_levels for k in scalar]
+    starts = np.cumsum([0] + levels)
+    index = np.stack([d.terms[k].codes[rows] + starts[i] for i, k in enumerate(scalar)], axis=1) if scalar else \
+        np.zeros((len(rows), 0), dtype=np.int64)
+    zs = np.stack([d.terms[k].z[rows, 0] for k in scalar], axis=1) if scalar else np.zeros((len(rows), 0))
+    shift = np.array([float(zs[0, i]) if len(rows) and j >= 0 and levels[i] > 1 and np.all(zs[:, i] == zs[0, i])
+                      else 0.0 for i in range(len(scalar))])
+    power, coef, coord_term, coord_pos = [], [], [], []
+    for i, k in enumerate(scalar):
+        c, a = _term_coordinates(d.terms[k], rows, w, var, zs[:, i], bool(shift[i]),
+                                 0.5 * float(np.asarray(hyper.sd_scale[k])[0]))
+        power.append(c), coef.append(a), coord_term.append(np.full(c.size, i)), coord_pos.append(starts[i] + np.arange(c.size))
+    pos_term = np.repeat(np.arange(len(scalar)), levels)
+    cat = (lambda parts, dtype: jnp.asarray(np.concatenate(parts) if parts else np.zeros(0), dtype=dtype))
+    return GlmmData(
+        X=jnp.asarray(X), y=jnp.asarray(y), weights=jnp.asarray(w), offset=jnp.asarray(d.offset[rows]),
+        index=jnp.asarray(index, dtype=jnp.int32), zs=jnp.asarray(zs),
+        codes=tuple(jnp.asarray(d.terms[k].codes[rows]) for k in vector),
+        z=tuple(jnp.asarray(d.terms[k].z[rows]) for k in vector),
+        power=cat(power, jnp.float64), coef=cat(coef, jnp.float64), coord_term=cat(coord_term, jnp.int32),
+        coord_pos=cat(coord_pos, jnp.int32), pos_term=jnp.asarray(pos_term, dtype=jnp.int32),
+        pos_rank=jnp.asarray(np.arange(pos_term.size) - starts[pos_term], dtype=jnp.float64),
+        pos_end=jnp.asarray(starts[1:][pos_term], dtype=jnp.int32), pos_split=jnp.asarray(shift[pos_term] != 0),
+        shift=jnp.asarray(shift), split=tuple(int(i) for i in np.flatnonzero(shift)),
+        n_levels=tuple(t.n_levels for t in d.terms), scalar=scalar, intercept=j,
+        intercept_value=float(X[0, j]) if j >= 0 else 1.0,
     )
 
 
@@ -300,10 +495,27 @@ def _glmm_spec(model):
     return name, link
 
 
+def _split_terms(samples, data: GlmmData):
+    """Per-term b (chains × draws × levels × q) and sd (chains × draws × q) from the stacked scalar sites."""
+    b, sd, i, start = [], [], 0, 0
+    for k, n in enumerate(data.n_levels):
+        if k in data.scalar:
+            b.append(samples["b_scalar"][..., start : start + n, None])
+            sd.append(samples["sd_scalar"][..., i : i + 1])
+            i, start = i + 1, start + n
+        else:
+            b.append(samples[f"b_{k}"])
+            sd.append(samples[f"sd_{k}"])
+    return b, sd
+
+
 def sample(model, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: int = 0, *,
            priors: dict | None = None, target_accept: float = 0.8, max_tree_depth: int = 10,
-           chain_method: str = "vectorized", dense_mass: bool | None = None, progress_bar: bool = False):
-    """Posterior draws by NUTS. Returns a ``Posterior`` (see ``_posterior.py``)."""
+           chain_method: str = "vectorized", dense_mass: bool | None = None, progress_bar: bool = False,
+           prior: str = "default"):
+    """Posterior draws by NUTS. Returns a ``Posterior`` (see ``_posterior.py``). prior='default' or 'rstanarm'
+    (see the module docstring); ``priors`` overrides single hyperparameters of either."""
+    check_prior(prior)
     for name, value, low in (("chains", chains, 1), ("draws", draws, 1), ("warmup", warmup, 0)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
@@ -318,7 +530,7 @@ def sample(model, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: 
         raise ImportError("model.sample needs numpyro (pip install numpyro)") from exc
     from ._posterior import Posterior
 
-    hyper = default_hyper(model, priors)
+    hyper = default_hyper(model, priors, prior)
     qs = model.qs
     if model.is_gaussian:
         problem = model.linear_problem
@@ -328,12 +540,8 @@ def sample(model, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: 
         n_params = problem.p + 1 + sum(q * (q + 1) // 2 for q in qs)
     else:
         family, link = _glmm_spec(model)
+        data = _cells_reparam(model, hyper, family)
         d = model.design
-        data = GlmmData(
-            X=jnp.asarray(d.X), y=jnp.asarray(d.y), weights=jnp.asarray(d.weights), offset=jnp.asarray(d.offset),
-            codes=tuple(jnp.asarray(t.codes) for t in d.terms), z=tuple(jnp.asarray(t.z) for t in d.terms),
-            n_levels=tuple(t.n_levels for t in d.terms),
-        )
         kernel_model = functools.partial(_glmm_model, qs=qs, family=family, link=link)
         args = (data, hyper)
         n_params = d.p + sum(q * (q + 1) // 2 + t.n_levels * q for q, t in zip(qs, d.terms))
@@ -346,7 +554,7 @@ def sample(model, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: 
     key = jax.random.PRNGKey(seed)
     key_mcmc, key_b = jax.random.split(key)
     del numpyro
-    mcmc.run(key_mcmc, *args, extra_fields=("diverging",))
+    mcmc.run(key_mcmc, *args, extra_fields=("diverging", "num_steps"))
     samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
     diverging = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["diverging"])
     beta, theta = samples["beta"], samples["theta"]
@@ -356,10 +564,10 @@ def sample(model, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: 
         b_flat = _draw_b(key_b, jnp.asarray(beta.reshape(flat + beta.shape[2:])),
                          jnp.asarray(theta.reshape(flat + theta.shape[2:])), jnp.asarray(sigma.reshape(flat)), problem)
         b = [np.asarray(x).reshape((chains, draws) + x.shape[1:]) for x in b_flat]
+        sd = [samples[f"sd_{k}"] for k in range(len(qs))]
     else:
         sigma = None
-        b = [samples[f"b_{k}"] for k in range(len(qs))]
-    sd = [samples[f"sd_{k}"] for k in range(len(qs))]
+        b, sd = _split_terms(samples, data)
     cor = [np.einsum("...ij,...kj->...ik", samples[f"L_{k}"], samples[f"L_{k}"]) if q > 1 else None
            for k, q in enumerate(qs)]
     return Posterior(model, beta=beta, theta=theta, sigma=sigma, sd=sd, cor=cor, b=b, diverging=diverging,
