@@ -56,13 +56,17 @@ def _hlo_sizes(problem, x, theta) -> dict:
     lowering reuses the fit's traces)."""
     import jax.numpy as jnp
 
+    from jaxmlm._compile import current_effort
     from jaxmlm.fit import _glmm
+
+    def lowered(program, *args):  # the jitted variant the fit ran (jaxmlm's `jit` keeps one per compile effort)
+        return len(getattr(program, "variants", {}).get(current_effort(), program).lower(*args).as_text())
 
     phi = jnp.asarray(1.0) if getattr(problem.family, "has_dispersion", False) else None
     return {
-        "_start_beta": len(_glmm._start_beta.lower(jnp.asarray(theta), problem, phi).as_text()),
-        "_value_and_grad": len(_glmm._value_and_grad.lower(x, problem, None, None).as_text()),
-        "_state_at": len(_glmm._state_at.lower(x, problem).as_text()),
+        "_start_beta": lowered(_glmm._start_beta, jnp.asarray(theta), problem, phi),
+        "_value_and_grad": lowered(_glmm._value_and_grad, x, problem, None, None),
+        "_state_at": lowered(_glmm._state_at, x, problem),
     }
 
 

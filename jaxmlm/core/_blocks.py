@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Structure", "RowData", "Blocks", "build_structure", "row_data", "cross_products"]
+__all__ = ["Structure", "RowData", "Blocks", "build_structure", "row_data", "cross_products", "same_q_runs"]
 
 
 class Structure(eqx.Module):
@@ -239,6 +239,32 @@ def _segsum(values, ids, n):
     return jax.ops.segment_sum(values, ids, num_segments=n)
 
 
+def _stacked_columns(first: tuple, qs: tuple[int, ...], D: int) -> jax.Array:
+    """(n, s): per row, the q_k consecutive positions from first[i] (one (n,) array per tail term k = D + i), for
+    all tail terms side by side; one stacked operation per run of same-q terms, not one per term."""
+    pieces = []
+    for k0, k1, q in same_q_runs(qs[D:]):
+        starts = jnp.stack(first[k0:k1], axis=1)  # (n, K)
+        columns = starts[:, :, None] + jnp.arange(q, dtype=starts.dtype)[None, None, :]
+        pieces.append(columns.reshape(starts.shape[0], -1))
+    return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=1)
+
+
+def same_q_runs(qs: tuple[int, ...], first: int = 0, stop: int | None = None) -> list[tuple[int, int, int]]:
+    """(first term, end term, q) of each run of consecutive terms with the same q among terms first..stop. A run
+    is handled as one stacked operation (its levels side by side), so a program's size grows with the number of
+    runs, not of terms."""
+    stop = len(qs) if stop is None else stop
+    runs, k = [], first
+    while k < stop:
+        end = k
+        while end < stop and qs[end] == qs[k]:
+            end += 1
+        runs.append((k, end, qs[k]))
+        k = end
+    return runs
+
+
 def cross_products(structure: Structure, rows: RowData, weights: jax.Array, F: jax.Array) -> Blocks:
     """One pass of segment sums over the rows: every block of [Z F]ᵀ W [Z F]. Pure JAX (usable inside jit)."""
     D = structure.n_prefix
@@ -264,8 +290,7 @@ def cross_products(structure: Structure, rows: RowData, weights: jax.Array, F: j
         nnz = int(structure.entry_level[t].shape[0])
         if len(tail_terms):
             # every tail term's entries in one segment sum (the entries of different terms are disjoint)
-            ids = jnp.concatenate([rows.row_entry[t][i][:, None] + jnp.arange(qs[k], dtype=jnp.int32)[None, :]
-                                   for i, k in enumerate(tail_terms)], axis=1)  # (n, s)
+            ids = _stacked_columns(rows.row_entry[t], qs, D)  # (n, s)
             contrib = tail_z[:, :, None] * wz[:, None, :]  # (n, s, qt)
             entries.append(_segsum(contrib.reshape(-1, qs[t]), ids.reshape(-1), nnz))
         else:
@@ -275,8 +300,7 @@ def cross_products(structure: Structure, rows: RowData, weights: jax.Array, F: j
     tail_fz = jnp.zeros((f, m_z), dtype=F.dtype)
     if m_z:
         # each row's tail columns (n, s); every (column, column) pair of a row lands in its own cell of the tail
-        tail_idx = jnp.concatenate([rows.tail_row[i][:, None] + jnp.arange(qs[k], dtype=jnp.int32)[None, :]
-                                    for i, k in enumerate(tail_terms)], axis=1)
+        tail_idx = _stacked_columns(rows.tail_row, qs, D)
         wz_tail = tail_z * w[:, None]
         wide = jnp.int64 if m_z * m_z > 2**31 - 1 else jnp.int32
         target = tail_idx[:, :, None].astype(wide) * m_z + tail_idx[:, None, :]

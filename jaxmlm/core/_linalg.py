@@ -25,10 +25,11 @@ import scipy.linalg
 
 from . import _levelwise as lw
 from ._callback import float64_callback
-from ._blocks import Blocks, Structure
+from ._blocks import Blocks, Structure, same_q_runs
 
 __all__ = ["Factor", "theta_to_factors", "factorize", "eliminate_prefix", "tail_log_terms", "solve_coefficients",
-           "solve_left_lower_t", "inverse_from_cholesky"]
+           "solve_modes", "solve_left_lower_t", "inverse_from_cholesky", "same_q_runs", "scale_modes",
+           "scale_columns", "column_scale"]
 
 # Inside fits, the inverse S_zz⁻¹ that the gradient needs comes from LAPACK's potri on the host (a callback) for
 # dense tails at least this large on the CPU, several times faster there than XLA's triangular solve and product;
@@ -40,8 +41,7 @@ _HOST_LAPACK_MIN = 512
 def theta_to_factors(theta: jax.Array, qs: tuple[int, ...]) -> list[jax.Array]:
     """θ (per term, lower triangle column-major, lme4's layout) → list of q×q lower-triangular T_k."""
     # a reshape (q = 1) or one gather from a static index per term, not a scatter into zeros: a scatter's HLO is
-    # large, and every program that touches Λ (PIRLS's loop bodies, the Newton steps, their derivatives) holds
-    # a copy per term
+    # large, and every program that touches Λ holds a copy per term
     out = []
     pos = 0
     for q in qs:
@@ -49,14 +49,92 @@ def theta_to_factors(theta: jax.Array, qs: tuple[int, ...]) -> list[jax.Array]:
         if q == 1:
             out.append(theta[pos : pos + 1].reshape(1, 1))
         else:
-            index = np.full((q, q), k)  # position k holds the zero above the diagonal
-            lower_positions = [(r, c) for c in range(q) for r in range(c, q)]  # lme4's column-major order
-            for i, (r, c) in enumerate(lower_positions):
-                index[r, c] = i
             padded = jnp.concatenate([theta[pos : pos + k], jnp.zeros((1,), dtype=theta.dtype)])
-            out.append(padded[index])
+            out.append(padded[_tril_index(q)])
         pos += k
     return out
+
+
+def _tril_index(q: int) -> np.ndarray:
+    """(q, q) positions of T's elements in a term's θ (lme4's column-major lower triangle); q(q+1)/2 above."""
+    index = np.full((q, q), q * (q + 1) // 2)
+    for i, (r, c) in enumerate((r, c) for c in range(q) for r in range(c, q)):
+        index[r, c] = i
+    return index
+
+
+def run_factors(theta: jax.Array, qs: tuple[int, ...], first: int, end: int) -> jax.Array:
+    """(K, q, q): the T_k of the run of terms first..end (all of one q), one reshape or one gather."""
+    q = qs[first]
+    k = q * (q + 1) // 2
+    pos = sum(p * (p + 1) // 2 for p in qs[:first])
+    th = theta[pos : pos + (end - first) * k].reshape(end - first, k)
+    if q == 1:
+        return th.reshape(end - first, 1, 1)
+    padded = jnp.concatenate([th, jnp.zeros((end - first, 1), dtype=theta.dtype)], axis=1)
+    return padded[:, _tril_index(q)]
+
+
+def _level_terms(n_levels: tuple[int, ...]) -> jax.Array | None:
+    """Per level of a run (levels of its terms one after another), the term's position in the run; None for one
+    term. From the K − 1 boundaries, not a per-level constant (the program stays small for any number of levels)."""
+    if len(n_levels) == 1:
+        return None
+    bounds = jnp.asarray(np.cumsum(n_levels)[:-1], dtype=jnp.int32)
+    return jnp.sum(jnp.arange(sum(n_levels), dtype=jnp.int32)[:, None] >= bounds[None, :], axis=1)
+
+
+def level_factors(theta: jax.Array, qs: tuple[int, ...], n_levels: tuple[int, ...], first: int,
+                  end: int) -> jax.Array:
+    """T of each level's term over the run first..end: (Σ l, q, q), or (1, q, q) for a one-term run."""
+    T = run_factors(theta, qs, first, end)
+    terms = _level_terms(tuple(n_levels[first:end]))
+    return T if terms is None else T[terms]
+
+
+def scale_modes(theta: jax.Array, qs: tuple[int, ...], n_levels: tuple[int, ...], u: jax.Array, first: int = 0,
+                stop: int | None = None) -> jax.Array:
+    """Λθ u for the flat vector u of terms first..stop (term by term, level by level, component fastest)."""
+    pieces, pos = [], 0
+    for a, e, q in same_q_runs(qs, first, stop):
+        n = sum(n_levels[a:e])
+        ur = u[pos : pos + n * q].reshape(n, q)
+        pos += n * q
+        T = level_factors(theta, qs, n_levels, a, e)
+        if q == 1:
+            pieces.append(ur[:, 0] * T[:, 0, 0])
+        elif T.shape[0] == 1:
+            pieces.append((ur @ T[0].T).reshape(-1))
+        else:
+            pieces.append(jnp.einsum("lrc,lc->lr", T, ur).reshape(-1))
+    return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)
+
+
+def scale_columns(M: jax.Array, theta: jax.Array, qs: tuple[int, ...], n_levels: tuple[int, ...], first: int = 0,
+                  stop: int | None = None) -> jax.Array:
+    """M Λθ for the columns (last axis) of terms first..stop."""
+    pieces, pos = [], 0
+    for a, e, q in same_q_runs(qs, first, stop):
+        n = sum(n_levels[a:e])
+        block = M[..., pos : pos + n * q].reshape(M.shape[:-1] + (n, q))
+        pos += n * q
+        T = level_factors(theta, qs, n_levels, a, e)
+        if T.shape[0] == 1:
+            out = block @ T[0]
+        else:
+            out = jnp.einsum("...lr,lrc->...lc", block, T)
+        pieces.append(out.reshape(M.shape[:-1] + (n * q,)))
+    return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)
+
+
+def column_scale(theta: jax.Array, qs: tuple[int, ...], n_levels: tuple[int, ...], first: int = 0,
+                 stop: int | None = None) -> jax.Array | None:
+    """The diagonal of Λθ over the columns of terms first..stop when all of them are scalar (q = 1), else None."""
+    stop = len(qs) if stop is None else stop
+    if any(qs[k] != 1 for k in range(first, stop)):
+        return None
+    T = level_factors(theta, qs, n_levels, first, stop)[:, 0, 0]
+    return jnp.broadcast_to(T, (sum(n_levels[first:stop]),))
 
 
 def solve_left_lower_t(L: jax.Array, v: jax.Array) -> jax.Array:
@@ -106,27 +184,6 @@ class Factor(eqx.Module):
         if m_z:
             total = total + 2.0 * jnp.sum(jnp.log(jnp.diagonal(self.tail)[:m_z]))
         return total
-
-
-def _scale_tail_columns(M: jax.Array, structure: Structure, factors) -> jax.Array:
-    """M Λ_tail for the tail Z columns of M (last axis, size m_z)."""
-    D = structure.n_prefix
-    pieces = []
-    for i, k in enumerate(range(D, structure.n_terms)):
-        q, l = structure.qs[k], structure.n_levels[k]
-        off = structure.tail_offsets[i]
-        block = M[..., off : off + l * q].reshape(M.shape[:-1] + (l, q))
-        pieces.append((block @ factors[k]).reshape(M.shape[:-1] + (l * q,)))
-    return jnp.concatenate(pieces, axis=-1) if pieces else M
-
-
-def _tail_column_scale(structure: Structure, factors) -> jax.Array | None:
-    """The diagonal of Λ_tail when every tail term is scalar (q = 1), else None."""
-    D = structure.n_prefix
-    if any(structure.qs[k] != 1 for k in range(D, structure.n_terms)):
-        return None
-    return jnp.concatenate([jnp.broadcast_to(factors[k][0, 0], (structure.n_levels[k],))
-                            for k in range(D, structure.n_terms)])
 
 
 # ---------------------------------------------------------------------------------------------- dense kernels
@@ -212,81 +269,96 @@ def eliminate_prefix(theta: jax.Array, blocks: Blocks, structure: Structure):
 
     The per-level blocks are worked on level-minor (`_levelwise`): every small-matrix formula is unrolled over
     elementwise vectors of all levels, then packed back into the (l, q, q) layout of `Factor`."""
-    D = structure.n_prefix
-    qs, nl = structure.qs, structure.n_levels
-    factors = theta_to_factors(theta, qs)
-    f = blocks.tail_ff.shape[0]
-    m_z = structure.m_z
-
-    # scale the prefix blocks by Λ (tail side of entries stays unscaled, see module docstring)
-    diag = [lw.add_identity(lw.sandwich(factors[t], lw.unpack(blocks.diag[t]), factors[t])) for t in range(D)]
-    offdiag = [
-        [lw.sandwich(factors[t + 1 + i], lw.unpack(B), factors[t]) for i, B in enumerate(blocks.offdiag[t])]
-        for t in range(D)
-    ]
-    fixed = [lw.times(lw.unpack_rows(blocks.fixed[t]), factors[t]) for t in range(D)]
-    entries = [lw.times(lw.unpack_entries(blocks.entries[t]), factors[t]) for t in range(D)]
-    n_entries = [int(entries[t][0][0].shape[0]) for t in range(D)]
-
-    upd_zz = jnp.zeros((m_z * m_z,), dtype=theta.dtype) if m_z else None
-    upd_fz = jnp.zeros((m_z, f), dtype=theta.dtype) if m_z else None
-    upd_ff = jnp.zeros((f, f), dtype=theta.dtype)
-
-    L_diag, L_off, L_fixed, L_entries = [], [], [], []
-    for t in range(D):
-        L_t = lw.cholesky(diag[t])
-        Lb = [lw.solve_right_lower_t(B, L_t) for B in offdiag[t]]
-        Lf = lw.solve_right_lower_t(fixed[t], L_t)  # one row of q_t arrays (f, l_t)
-        lev = structure.entry_level[t]
-        Le = lw.solve_right_lower_t(entries[t], lw.gather(L_t, lev)) if n_entries[t] else entries[t]
-        L_diag.append(lw.pack(L_t))
-        L_off.append(tuple(lw.pack(B) for B in Lb))
-        L_fixed.append(lw.pack_rows(Lf))
-        L_entries.append(lw.pack_entries(Le))
-        # push the Schur updates into later prefix terms
-        for i, k in enumerate(range(t + 1, D)):
-            par = structure.parents[t][i]
-            diag[k] = lw.subtract(diag[k], lw.segment_sum(lw.outer_sum(Lb[i], Lb[i]), par, nl[k]))
-            for i2, k2 in enumerate(range(k + 1, D)):
-                j2 = k2 - t - 1  # index of k2 among t's later terms
-                offdiag[k][i2] = lw.subtract(offdiag[k][i2], lw.segment_sum(lw.outer_sum(Lb[j2], Lb[i]), par, nl[k]))
-            fixed[k] = lw.subtract(fixed[k], lw.segment_sum(lw.outer_sum(Lf, Lb[i]), par, nl[k]))
-            if n_entries[t]:
-                contrib = lw.outer_sum(Le, lw.gather(Lb[i], lev))
-                entries[k] = lw.subtract(entries[k], lw.segment_sum(contrib, structure.entry_map[t][i], n_entries[k]))
-        # and into the dense tail
-        upd_ff = upd_ff + sum(x @ x.T for x in Lf[0])
-        if m_z and n_entries[t]:
-            a, b = structure.pair_a[t], structure.pair_b[t]
-            upd_zz = upd_zz + jax.ops.segment_sum(sum(x[a] * x[b] for x in Le[0]), structure.pair_target[t], m_z * m_z)
-            fz = sum(lf[:, lev] * le for lf, le in zip(Lf[0], Le[0]))  # (f, nnz)
-            upd_fz = upd_fz + jax.ops.segment_sum(fz.T, structure.entry_row[t], m_z)
-
-    # the tail: Schur complement, then its own Λ and identity, then a dense Cholesky
-    S_ff = blocks.tail_ff - upd_ff
-    if m_z:
-        S_zz = blocks.tail_zz - upd_zz.reshape(m_z, m_z)  # the pairs' targets are in the lower triangle
-        S_fz = blocks.tail_fz - upd_fz.T
-        scale = _tail_column_scale(structure, factors)
-        if scale is not None:  # scalar tail terms: Λ_tail is diagonal, one fused elementwise pass
-            S_zz = scale[:, None] * S_zz * scale[None, :] + jnp.eye(m_z, dtype=theta.dtype)
-            S_fz = S_fz * scale[None, :]
-        else:  # T_k mixes the components of a level: mirror first
-            S_zz = _scale_tail_columns(symmetric_from_lower(S_zz), structure, factors)
-            S_zz = _scale_tail_columns(S_zz.T, structure, factors) + jnp.eye(m_z, dtype=theta.dtype)
-            S_fz = _scale_tail_columns(S_fz, structure, factors)
-        S = jnp.block([[S_zz, jnp.zeros((m_z, f), dtype=S_zz.dtype)], [S_fz, S_ff]])
-    else:
-        S = S_ff
+    factors = theta_to_factors(theta, structure.qs)
+    work = _scaled_prefix(blocks, structure, factors)
+    f, m_z = blocks.tail_ff.shape[0], structure.m_z
+    upd = dict(zz=jnp.zeros((m_z * m_z,), dtype=theta.dtype) if m_z else None,
+               fz=jnp.zeros((m_z, f), dtype=theta.dtype) if m_z else None,
+               ff=jnp.zeros((f, f), dtype=theta.dtype))
+    packed = [_eliminate_term(t, work, upd, structure) for t in range(structure.n_prefix)]
+    S = _tail_matrix(theta, blocks, structure, upd)
     prefix = Factor(
-        diag=tuple(L_diag),
-        offdiag=tuple(L_off),
-        fixed=tuple(L_fixed),
-        entries=tuple(L_entries),
+        diag=tuple(p[0] for p in packed),
+        offdiag=tuple(p[1] for p in packed),
+        fixed=tuple(p[2] for p in packed),
+        entries=tuple(p[3] for p in packed),
         tail=jnp.zeros((0, 0), dtype=S.dtype),
         factors=tuple(factors),
     )
     return prefix, S
+
+
+def _scaled_prefix(blocks: Blocks, structure: Structure, factors) -> dict:
+    """The prefix blocks scaled by Λ as level matrices (the tail side of entries stays unscaled, see the module
+    docstring): the working state that `_eliminate_term` updates term by term."""
+    D = structure.n_prefix
+    return dict(
+        diag=[lw.add_identity(lw.sandwich(factors[t], lw.unpack(blocks.diag[t]), factors[t])) for t in range(D)],
+        offdiag=[[lw.sandwich(factors[t + 1 + i], lw.unpack(B), factors[t]) for i, B in enumerate(blocks.offdiag[t])]
+                 for t in range(D)],
+        fixed=[lw.times(lw.unpack_rows(blocks.fixed[t]), factors[t]) for t in range(D)],
+        entries=[lw.times(lw.unpack_entries(blocks.entries[t]), factors[t]) for t in range(D)],
+    )
+
+
+def _eliminate_term(t: int, work: dict, upd: dict, structure: Structure):
+    """Eliminates prefix term t: its blocks of L (packed: diag, offdiag, fixed, entries), its Schur updates pushed
+    into the later prefix terms of `work` and accumulated for the tail in `upd`."""
+    n_entries = int(work["entries"][t][0][0].shape[0])
+    L_t = lw.cholesky(work["diag"][t])
+    Lb = [lw.solve_right_lower_t(B, L_t) for B in work["offdiag"][t]]
+    Lf = lw.solve_right_lower_t(work["fixed"][t], L_t)  # one row of q_t arrays (f, l_t)
+    lev = structure.entry_level[t]
+    Le = lw.solve_right_lower_t(work["entries"][t], lw.gather(L_t, lev)) if n_entries else work["entries"][t]
+    _update_later_prefix(t, work, Lb, Lf, Le if n_entries else None, structure)
+    upd["ff"] = upd["ff"] + sum(x @ x.T for x in Lf[0])
+    if structure.m_z and n_entries:
+        m_z = structure.m_z
+        a, b = structure.pair_a[t], structure.pair_b[t]
+        upd["zz"] = upd["zz"] + jax.ops.segment_sum(sum(x[a] * x[b] for x in Le[0]), structure.pair_target[t],
+                                                    m_z * m_z)
+        fz = sum(lf[:, lev] * le for lf, le in zip(Lf[0], Le[0]))  # (f, nnz)
+        upd["fz"] = upd["fz"] + jax.ops.segment_sum(fz.T, structure.entry_row[t], m_z)
+    return lw.pack(L_t), tuple(lw.pack(B) for B in Lb), lw.pack_rows(Lf), lw.pack_entries(Le)
+
+
+def _update_later_prefix(t: int, work: dict, Lb, Lf, Le, structure: Structure) -> None:
+    """The Schur updates of eliminating prefix term t on the later prefix terms' blocks (through the parent maps)."""
+    D, nl = structure.n_prefix, structure.n_levels
+    lev = structure.entry_level[t]
+    for i, k in enumerate(range(t + 1, D)):
+        par = structure.parents[t][i]
+        work["diag"][k] = lw.subtract(work["diag"][k], lw.segment_sum(lw.outer_sum(Lb[i], Lb[i]), par, nl[k]))
+        for i2, k2 in enumerate(range(k + 1, D)):
+            j2 = k2 - t - 1  # index of k2 among t's later terms
+            work["offdiag"][k][i2] = lw.subtract(work["offdiag"][k][i2],
+                                                 lw.segment_sum(lw.outer_sum(Lb[j2], Lb[i]), par, nl[k]))
+        work["fixed"][k] = lw.subtract(work["fixed"][k], lw.segment_sum(lw.outer_sum(Lf, Lb[i]), par, nl[k]))
+        if Le is not None:
+            n_k = int(work["entries"][k][0][0].shape[0])
+            contrib = lw.outer_sum(Le, lw.gather(Lb[i], lev))
+            work["entries"][k] = lw.subtract(work["entries"][k],
+                                             lw.segment_sum(contrib, structure.entry_map[t][i], n_k))
+
+
+def _tail_matrix(theta: jax.Array, blocks: Blocks, structure: Structure, upd: dict) -> jax.Array:
+    """The tail's Schur complement, then its own Λ and identity: S (lower triangle) for the dense Cholesky."""
+    m_z, f = structure.m_z, blocks.tail_ff.shape[0]
+    S_ff = blocks.tail_ff - upd["ff"]
+    if not m_z:
+        return S_ff
+    qs, nl, D = structure.qs, structure.n_levels, structure.n_prefix
+    S_zz = blocks.tail_zz - upd["zz"].reshape(m_z, m_z)  # the pairs' targets are in the lower triangle
+    S_fz = blocks.tail_fz - upd["fz"].T
+    scale = column_scale(theta, qs, nl, D)
+    if scale is not None:  # scalar tail terms: Λ_tail is diagonal, one fused elementwise pass
+        S_zz = scale[:, None] * S_zz * scale[None, :] + jnp.eye(m_z, dtype=theta.dtype)
+        S_fz = S_fz * scale[None, :]
+    else:  # T_k mixes the components of a level: mirror first
+        S_zz = scale_columns(symmetric_from_lower(S_zz), theta, qs, nl, D)
+        S_zz = scale_columns(S_zz.T, theta, qs, nl, D) + jnp.eye(m_z, dtype=theta.dtype)
+        S_fz = scale_columns(S_fz, theta, qs, nl, D)
+    return jnp.block([[S_zz, jnp.zeros((m_z, f), dtype=S_zz.dtype)], [S_fz, S_ff]])
 
 
 def _tail_values(diag_L: jax.Array, m_z: int, p: int) -> jax.Array:
@@ -335,37 +407,58 @@ def _tail_log_terms_jvp(m_z, p, host_lapack, primals, tangents):
     return values, jnp.stack([t_z, t_x, t_r])
 
 
+def _solve_tail(factor: Factor, structure: Structure, n_fixed: int):
+    """The tail's back substitution: (the tail terms' spherical modes, flat (m_z,), and β)."""
+    m_z = structure.m_z
+    tail = factor.tail
+    x_tail = jax.scipy.linalg.solve_triangular(tail[:-1, :-1], tail[-1, :-1], lower=True, trans="T")
+    return x_tail[:m_z], x_tail[m_z : m_z + n_fixed]
+
+
+def _solve_prefix(factor: Factor, structure: Structure, n_fixed: int, beta, b_tail) -> list:
+    """The prefix terms' spherical modes (l_t, q_t), last term first, given β and the tail's b = Λ u (flat)."""
+    D = structure.n_prefix
+    u_prefix: list = [None] * D
+    for t in reversed(range(D)):
+        Lf = factor.fixed[t]  # (l, f, q)
+        r = Lf[:, -1, :] - jnp.einsum("lpq,p->lq", Lf[:, :n_fixed, :], beta)
+        for i, k in enumerate(range(t + 1, D)):
+            par = structure.parents[t][i]
+            r = r - jnp.einsum("lrq,lr->lq", factor.offdiag[t][i], u_prefix[k][par])
+        if structure.m_z and factor.entries[t].shape[0]:
+            contrib = factor.entries[t] * b_tail[structure.entry_row[t]][:, None]
+            r = r - jax.ops.segment_sum(contrib, structure.entry_level[t], structure.n_levels[t])
+        u_prefix[t] = solve_left_lower_t(factor.diag[t], r)
+    return u_prefix
+
+
 def solve_coefficients(factor: Factor, structure: Structure, n_fixed: int):
     """Back substitution for [u; β] given that the last F column is the response.
 
     Returns (beta (p,), u per term (l_k, q_k) spherical, b per term (l_k, q_k) = T_k u).
     """
     D = structure.n_prefix
-    m_z = structure.m_z
-    tail = factor.tail
-    top = tail[:-1, :-1]
-    rhs = tail[-1, :-1]
-    x_tail = jax.scipy.linalg.solve_triangular(top, rhs, lower=True, trans="T")
-    beta = x_tail[m_z : m_z + n_fixed]
+    u_tail, beta = _solve_tail(factor, structure, n_fixed)
     u_terms: list = [None] * structure.n_terms
     b_terms: list = [None] * structure.n_terms
     for i, k in enumerate(range(D, structure.n_terms)):
         q, l = structure.qs[k], structure.n_levels[k]
         off = structure.tail_offsets[i]
-        u_k = x_tail[off : off + l * q].reshape(l, q)
-        u_terms[k] = u_k
-        b_terms[k] = u_k @ factor.factors[k].T
-    b_tail = jnp.concatenate([b_terms[k].reshape(-1) for k in range(D, structure.n_terms)]) if m_z else None
-    for t in reversed(range(D)):
-        Lf = factor.fixed[t]  # (l, f, q)
-        r = Lf[:, -1, :] - jnp.einsum("lpq,p->lq", Lf[:, :n_fixed, :], beta)
-        for i, k in enumerate(range(t + 1, D)):
-            par = structure.parents[t][i]
-            r = r - jnp.einsum("lrq,lr->lq", factor.offdiag[t][i], u_terms[k][par])
-        if m_z and factor.entries[t].shape[0]:
-            contrib = factor.entries[t] * b_tail[structure.entry_row[t]][:, None]
-            r = r - jax.ops.segment_sum(contrib, structure.entry_level[t], structure.n_levels[t])
-        u_t = solve_left_lower_t(factor.diag[t], r)
-        u_terms[t] = u_t
-        b_terms[t] = u_t @ factor.factors[t].T
+        u_terms[k] = u_tail[off : off + l * q].reshape(l, q)
+        b_terms[k] = u_terms[k] @ factor.factors[k].T
+    b_tail = jnp.concatenate([b_terms[k].reshape(-1) for k in range(D, structure.n_terms)]) if structure.m_z else None
+    u_terms[:D] = _solve_prefix(factor, structure, n_fixed, beta, b_tail)
+    for t in range(D):
+        b_terms[t] = u_terms[t] @ factor.factors[t].T
     return beta, tuple(u_terms), tuple(b_terms)
+
+
+def solve_modes(factor: Factor, structure: Structure, n_fixed: int, theta: jax.Array):
+    """As `solve_coefficients`, with all terms' spherical modes as one flat vector (term by term, level by level,
+    component fastest): (β, u). The tail terms are scaled by Λ in one operation per run of same-q terms
+    (`scale_modes`), so the program does not grow with their number."""
+    D = structure.n_prefix
+    u_tail, beta = _solve_tail(factor, structure, n_fixed)
+    b_tail = scale_modes(theta, structure.qs, structure.n_levels, u_tail, D) if structure.m_z else None
+    u_prefix = _solve_prefix(factor, structure, n_fixed, beta, b_tail)
+    return beta, jnp.concatenate([u.reshape(-1) for u in u_prefix] + [u_tail])

@@ -6,7 +6,7 @@ For fixed (θ, β), the conditional modes ũ minimize the penalized deviance
 
 Each PIRLS step is a weighted least-squares solve with the linear model's machinery: the working weights
 w = prior·μ'(η)²/V(μ) and the working response z = ZΛu + (y − μ)/μ'(η) enter `cross_products` as W and F = [z],
-`factorize` gives the blocked factor of ΛᵀZᵀWZΛ + I, and `solve_coefficients` returns the new u. When h rises,
+`factorize` gives the blocked factor of ΛᵀZᵀWZΛ + I, and `solve_modes` returns the new u. When h rises,
 the step is halved (up to 10 times), as lme4's pwrssUpdate does.
 
 The Laplace deviance (lme4's nAGQ = 1 objective) is
@@ -49,9 +49,10 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ._blocks import RowData, Structure, cross_products
-from ._linalg import factorize, solve_coefficients, theta_to_factors
+from ._blocks import RowData, Structure, cross_products, same_q_runs
+from ._linalg import factorize, scale_modes, solve_modes
 
 __all__ = [
     "GlmmProblem",
@@ -63,6 +64,9 @@ __all__ = [
     "split_x",
     "row_terms",
     "laplace_weights",
+    "flat_modes",
+    "split_modes",
+    "row_gather",
 ]
 
 _MAX_PIRLS = 60
@@ -110,22 +114,70 @@ def split_x(x, problem: GlmmProblem):
     return x[:nt], x[nt:nt + p], jnp.exp(x[nt + p])
 
 
-def random_part(structure: Structure, rows: RowData, theta, u_terms) -> jax.Array:
-    """ZΛθu per row."""
-    factors = theta_to_factors(theta, structure.qs)
-    # every term's b = T_k u_k in one vector, and each row's entries of all terms gathered from it at once (one
-    # gather whatever the number of terms)
-    b = jnp.concatenate([(u_terms[k] @ factors[k].T).reshape(-1) for k in range(structure.n_terms)])
-    index, offset = [], 0
-    for k, (q, levels) in enumerate(zip(structure.qs, structure.n_levels)):
-        index.append((offset + rows.codes[k] * q)[:, None] + jnp.arange(q, dtype=rows.codes[k].dtype)[None, :])
-        offset += levels * q
-    z = jnp.concatenate(rows.z, axis=1)  # (n, Σ q)
-    return jnp.sum(z * b[jnp.concatenate(index, axis=1)], axis=1)
+def flat_modes(u_terms) -> jax.Array:
+    """All terms' modes as one vector (term by term, level by level, component fastest); a vector as it is.
+    PIRLS and the Newton steps carry this one vector, so that their step-halving, penalty and step size are single
+    operations whatever the number of terms."""
+    if isinstance(u_terms, jax.Array):
+        return u_terms
+    return jnp.concatenate([jnp.reshape(u, (-1,)) for u in u_terms])
 
 
-def _penalty(u_terms) -> jax.Array:
-    return sum(jnp.sum(u**2) for u in u_terms)
+def split_modes(u: jax.Array, structure: Structure) -> tuple:
+    """The flat modes as per-term (l_k, q_k) arrays."""
+    out, pos = [], 0
+    for l, q in zip(structure.n_levels, structure.qs):
+        out.append(u[pos : pos + l * q].reshape(l, q))
+        pos += l * q
+    return tuple(out)
+
+
+def _term_offsets(structure: Structure) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum([l * q for l, q in zip(structure.n_levels, structure.qs)])]).astype(np.int32)
+
+
+def row_gather(structure: Structure, rows: RowData):
+    """(index, z), both (n, Σ q): each row's positions in the flat b = Λu and its Z values, one stacked array per
+    run of same-q terms (built once per program and shared by every ZΛu in it)."""
+    offsets = _term_offsets(structure)
+    index = []
+    for a, e, q in same_q_runs(structure.qs):
+        codes = jnp.stack(rows.codes[a:e], axis=1).astype(jnp.int32)  # (n, K)
+        first = codes * q + jnp.asarray(offsets[a:e])[None, :]
+        index.append((first[:, :, None] + jnp.arange(q, dtype=jnp.int32)[None, None, :]).reshape(codes.shape[0], -1))
+    index = index[0] if len(index) == 1 else jnp.concatenate(index, axis=1)
+    return index, jnp.concatenate(rows.z, axis=1)
+
+
+def _zlu(structure: Structure, gather, theta, u) -> jax.Array:
+    index, z = gather
+    b = scale_modes(theta, structure.qs, structure.n_levels, u)
+    return jnp.sum(z * b[index], axis=1)
+
+
+def random_part(structure: Structure, rows: RowData, theta, u_terms, gather=None) -> jax.Array:
+    """ZΛθu per row; u per term or flat (`flat_modes`). gather: `row_gather`'s arrays, when already built."""
+    gather = row_gather(structure, rows) if gather is None else gather
+    return _zlu(structure, gather, theta, flat_modes(u_terms))
+
+
+def _penalty(u) -> jax.Array:
+    return jnp.sum(flat_modes(u) ** 2)
+
+
+def _entry_terms(structure: Structure) -> jax.Array:
+    """The term of each entry of the flat modes (from the K − 1 boundaries, not a per-entry constant)."""
+    bounds = jnp.asarray(_term_offsets(structure)[1:-1])
+    m = int(_term_offsets(structure)[-1])
+    return jnp.sum(jnp.arange(m, dtype=jnp.int32)[:, None] >= bounds[None, :], axis=1)
+
+
+def _step_size(u, u_new, terms, n_terms: int) -> jax.Array:
+    """Σ over terms of the largest change of a term's modes (lme4's criterion, summed per term)."""
+    change = jnp.abs(u - u_new)
+    if n_terms == 1:
+        return jnp.max(change)
+    return jnp.sum(jax.ops.segment_max(change, terms, num_segments=n_terms, indices_are_sorted=True))
 
 
 def row_terms(problem: GlmmProblem, eta, phi=None) -> jax.Array:
@@ -193,13 +245,12 @@ def _unused_tail_positive(blocks):
 
 
 def _solve_u(problem: GlmmProblem, theta, w, z, observed: bool = False):
-    """u = (ΛᵀZᵀWZΛ + I)⁻¹ΛᵀZᵀWz on the blocked factor."""
+    """u = (ΛᵀZᵀWZΛ + I)⁻¹ΛᵀZᵀWz on the blocked factor (flat modes)."""
     blocks = cross_products(problem.structure, problem.rows, w, z[:, None])
     if observed:
         blocks = _unused_tail_positive(blocks)
     factor = factorize(theta, blocks, problem.structure)
-    _, u, _ = solve_coefficients(factor, problem.structure, 0)
-    return u
+    return solve_modes(factor, problem.structure, 0, theta)[1]
 
 
 def _solve_joint(problem: GlmmProblem, theta, w, z):
@@ -207,8 +258,7 @@ def _solve_joint(problem: GlmmProblem, theta, w, z):
     F = jnp.concatenate([problem.X, z[:, None]], axis=1)
     blocks = cross_products(problem.structure, problem.rows, w, F)
     factor = factorize(theta, blocks, problem.structure)
-    beta, u, _ = solve_coefficients(factor, problem.structure, problem.p)
-    return beta, u
+    return solve_modes(factor, problem.structure, problem.p, theta)
 
 
 def zero_modes(structure: Structure, dtype=jnp.float64):
@@ -219,13 +269,22 @@ def pirls(theta, beta, problem: GlmmProblem, joint: bool = False, tol: float = 1
     """Conditional modes by PIRLS with step-halving. joint=True also updates β (lme4's first stage). phi: the
     dispersion family's d (None for binomial and Poisson).
 
-    Returns (beta, u, penalized deviance, converged, iterations). Not differentiated (see module docstring).
+    Returns (beta, u per term, penalized deviance, converged, iterations). Not differentiated (see module
+    docstring).
     """
+    b, u, pd, ok, it = _pirls_flat(theta, beta, problem, row_gather(problem.structure, problem.rows), joint, tol,
+                                   phi)
+    return b, split_modes(u, problem.structure), pd, ok, it
+
+
+def _pirls_flat(theta, beta, problem: GlmmProblem, gather, joint: bool = False, tol: float = 1e-11, phi=None):
+    """`pirls` on the flat modes (`flat_modes`), with `row_gather`'s arrays built by the caller."""
     fam = problem.family
-    structure, rows = problem.structure, problem.rows
+    structure = problem.structure
+    terms = _entry_terms(structure) if structure.n_terms > 1 else None
 
     def eta_of(b, u):
-        return problem.X @ b + problem.offset + random_part(structure, rows, theta, u)
+        return problem.X @ b + problem.offset + _zlu(structure, gather, theta, u)
 
     def pdev_of(b, u):
         return _deviance(problem, eta_of(b, u), phi) + _penalty(u)
@@ -234,17 +293,14 @@ def pirls(theta, beta, problem: GlmmProblem, joint: bool = False, tol: float = 1
         w, resid = _scoring_residual(problem, eta, phi)
         if joint:
             return _solve_joint(problem, theta, w, eta - problem.offset + resid)
-        return b, _solve_u(problem, theta, w, random_part(structure, rows, theta, u) + resid)
+        return b, _solve_u(problem, theta, w, _zlu(structure, gather, theta, u) + resid)
 
-    u0 = zero_modes(structure, theta.dtype)
+    u0 = jnp.zeros((int(_term_offsets(structure)[-1]),), dtype=theta.dtype)
     if joint:
         # R's glm start: η from the family's mustart, then the first solve is taken whole
         eta0 = fam.linkfun(fam.mustart(problem.y, problem.weights))
-        b1, u1 = step(beta, u0, eta0)
-        pd1 = pdev_of(b1, u1)
-        beta, u0, pd0 = b1, u1, pd1
-    else:
-        pd0 = pdev_of(beta, u0)
+        beta, u0 = step(beta, u0, eta0)
+    pd0 = pdev_of(beta, u0)
 
     def cond(carry):
         b, u, pd, it, done, ok = carry
@@ -261,21 +317,18 @@ def pirls(theta, beta, problem: GlmmProblem, joint: bool = False, tol: float = 1
         def halve_body(c):
             k, _, _, _ = c
             f = 0.5 ** (k + 1)
-            bc = b + f * (b_new - b)
-            uc = tuple(a + f * (n - a) for a, n in zip(u, u_new))
+            bc, uc = b + f * (b_new - b), u + f * (u_new - u)
             return k + 1, bc, uc, pdev_of(bc, uc)
 
         k, bc, uc, pdc = jax.lax.while_loop(halve_cond, halve_body, (0, b_new, u_new, pdev_of(b_new, u_new)))
         improved = pdc <= pd
         change = jnp.abs(pd - pdc) / (0.1 + jnp.abs(pdc))
-        step_size = sum(jnp.max(jnp.abs(a - n)) for a, n in zip(u, uc)) + jnp.max(jnp.abs(b - bc), initial=0.0)
+        step_size = _step_size(u, uc, terms, structure.n_terms) + jnp.max(jnp.abs(b - bc), initial=0.0)
         converged = improved & ((change < tol) | (step_size < 1e-10))
         stuck = ~improved  # halving could not lower h: we are at the mode to machine precision, or failing
-        b_out = jnp.where(improved, bc, b)
-        u_out = tuple(jnp.where(improved, n, a) for a, n in zip(u, uc))
-        pd_out = jnp.where(improved, pdc, pd)
         ok = converged | (stuck & (change < 1e-8))
-        return b_out, u_out, pd_out, it + 1, converged | stuck, ok
+        return (jnp.where(improved, bc, b), jnp.where(improved, uc, u), jnp.where(improved, pdc, pd), it + 1,
+                converged | stuck, ok)
 
     b, u, pd, it, _, ok = jax.lax.while_loop(
         cond, body, (beta, u0, pd0, jnp.asarray(0), jnp.asarray(False), jnp.asarray(False))
@@ -283,10 +336,12 @@ def pirls(theta, beta, problem: GlmmProblem, joint: bool = False, tol: float = 1
     return b, u, pd, ok & jnp.isfinite(pd), it
 
 
-def newton_step(u_terms, theta, beta, problem: GlmmProblem, phi=None):
-    """One exact Newton step for the conditional modes (differentiable in u, θ, β and the dispersion phi)."""
+def newton_step(u_terms, theta, beta, problem: GlmmProblem, phi=None, gather=None):
+    """One exact Newton step for the conditional modes (differentiable in u, θ, β and the dispersion phi). u per
+    term or flat; returns the flat modes (`split_modes` gives them per term)."""
     fam = problem.family
-    eta_z = random_part(problem.structure, problem.rows, theta, u_terms)
+    gather = row_gather(problem.structure, problem.rows) if gather is None else gather
+    eta_z = _zlu(problem.structure, gather, theta, flat_modes(u_terms))
     eta = problem.X @ beta + problem.offset + eta_z
     if phi is not None:
         # observed curvature, which may be negative in some rows (the sum with I stays positive near the mode).
@@ -308,21 +363,29 @@ def newton_step(u_terms, theta, beta, problem: GlmmProblem, phi=None):
     return _solve_u(problem, theta, w, eta_z + resid, observed=phi is not None)
 
 
-def mode_at(theta, beta, problem: GlmmProblem, phi=None):
-    """The conditional modes as a differentiable function of (θ, β, phi): PIRLS (not traced) + two Newton steps."""
+def _mode_flat(theta, beta, problem: GlmmProblem, phi, gather):
     phi_fixed = None if phi is None else jax.lax.stop_gradient(phi)
-    _, u_star, _, ok, it = pirls(jax.lax.stop_gradient(theta), jax.lax.stop_gradient(beta), problem, phi=phi_fixed)
+    _, u_star, _, ok, it = _pirls_flat(jax.lax.stop_gradient(theta), jax.lax.stop_gradient(beta), problem, gather,
+                                       phi=phi_fixed)
     u_star = jax.lax.stop_gradient(u_star)
-    u = newton_step(u_star, theta, beta, problem, phi)
-    u = newton_step(u, theta, beta, problem, phi)
+    u = newton_step(u_star, theta, beta, problem, phi, gather)
+    u = newton_step(u, theta, beta, problem, phi, gather)
     return u, ok, it
 
 
+def mode_at(theta, beta, problem: GlmmProblem, phi=None):
+    """The conditional modes (per term) as a differentiable function of (θ, β, phi): PIRLS (not traced) + two
+    Newton steps."""
+    u, ok, it = _mode_flat(theta, beta, problem, phi, row_gather(problem.structure, problem.rows))
+    return split_modes(u, problem.structure), ok, it
+
+
 def laplace_parts(theta, beta, problem: GlmmProblem, phi=None):
-    """Pieces of the Laplace deviance at the mode: (deviance, ‖u‖², log det, u, log-det weights, PIRLS ok).
+    """Pieces of the Laplace deviance at the mode: (deviance, ‖u‖², log det, u (flat), log-det weights, PIRLS ok).
     For a dispersion family "deviance" is −2 Σ log p(y | μ, d), constants included."""
-    u, ok, _ = mode_at(theta, beta, problem, phi)
-    eta = problem.X @ beta + problem.offset + random_part(problem.structure, problem.rows, theta, u)
+    gather = row_gather(problem.structure, problem.rows)
+    u, ok, _ = _mode_flat(theta, beta, problem, phi, gather)
+    eta = problem.X @ beta + problem.offset + _zlu(problem.structure, gather, theta, u)
     dev = _deviance(problem, eta, phi)
     w = laplace_weights(problem, eta, phi)
     # only the Z part of L is used; a ones column stays positive definite against ΛᵀZᵀWZΛ + I (the +I)
