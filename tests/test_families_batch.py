@@ -119,3 +119,18 @@ def test_bad_column_refused_by_name():
     gamma = jm.Model("y ~ x + (1 | g)", frame.assign(y=_gamma()[1][:, 0]), family=jm.families.Gamma(link="log"))
     with pytest.raises(jm.DataError, match="'b' has no observed values"):
         gamma.fit_batch(pd.DataFrame({"a": np.ones(len(frame)), "b": np.nan}))
+
+
+def test_lme4_approximation_keeps_wald_intervals_only():
+    """glmer's Gamma objective (plug-in σ) exists for single fits: profiles and refits of the proper Laplace
+    likelihood would be intervals of another objective, so they are refused naming what to do instead."""
+    frame, Y, family = _gamma()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = jm.glmer("y ~ x + (1 | g)", frame.assign(y=Y[:, 0]), family=family, approximation="lme4")
+    for call in (lambda: fit.bootstrap(4), lambda: fit.confint(), lambda: fit.confint(method="boot", nsim=4)):
+        with pytest.raises(ValueError, match="approximation='laplace'.*method='wald'"):
+            call()
+    wald = fit.confint(method="wald")
+    assert list(wald.index) == ["sd_(Intercept)|g", "sigma", "(Intercept)", "x"]
+    assert np.isfinite(wald.loc[["(Intercept)", "x"]].to_numpy()).all()
