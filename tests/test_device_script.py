@@ -3,7 +3,7 @@ that the accelerator run cannot fail for a trivial reason when a device is at ha
 
 The tiny scale runs the code of the small and the full scale (the same runners, the same size keys: checked
 below) on fewer rows, groups, responses and datasets; a fresh interpreter and its compiles per workload are the
-cost either way, and the small sizes took twice as long."""
+cost either way, and the small sizes cost nearly twice the CPU time (their iterative fit most)."""
 
 import json
 import math
