@@ -94,14 +94,18 @@ def main(argv=None) -> None:
         poll.cells.to_csv(cells_csv, index=False)
         poll.population.drop(columns="p_true").to_csv(pop_csv, index=False)
         env = dict(os.environ, JAXMLM_NO_CACHE="1")
+        record["load_average_before"] = os.getloadavg()
         record["jaxmlm"] = _run_child([sys.executable, __file__, "--child", cells_csv, pop_csv, formula,
                                        str(args.draws)], env)
+        RESULTS.mkdir(exist_ok=True)  # kept should lme4 not finish
+        (RESULTS / f"mrp_{args.n}_jaxmlm_only.json").write_text(json.dumps(record, indent=1))
         if not args.no_r:
             script = os.path.join(tmp, "mrp.R")
             pathlib.Path(script).write_text(_R_SCRIPT)
             start = time.perf_counter()
             record["lme4"] = _run_child(["Rscript", script, cells_csv, pop_csv, formula], dict(os.environ))
             record["lme4"]["process_s"] = time.perf_counter() - start
+        record["load_average_after"] = os.getloadavg()
     truth = poll.truth.reindex(record["jaxmlm"]["state"]).to_numpy()
     jx = record["jaxmlm"]
     est = np.asarray(jx["estimate"])
@@ -115,6 +119,7 @@ def main(argv=None) -> None:
     RESULTS.mkdir(exist_ok=True)
     name = f"mrp_{args.n}{'_interactions' if args.interactions else ''}.json"
     (RESULTS / name).write_text(json.dumps(record, indent=1))
+    (RESULTS / f"mrp_{args.n}_jaxmlm_only.json").unlink(missing_ok=True)
     print(f"written to benchmarks/results/{name}")
 
 

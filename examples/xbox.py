@@ -7,7 +7,8 @@ recovers each state. This script simulates a poll of that shape (`jaxmlm.dataset
 model, post-stratifies it with 1000 joint draws, prints the state estimates against the truth and the raw poll
 and, when matplotlib is installed, saves the MRP plot.
 
-Run:  python examples/xbox.py [--n 750148] [--no-interactions] [--draws 1000] [--plot xbox_mrp.png]
+Run:  python examples/xbox.py [--n 750148] [--no-interactions] [--draws 1000] [--theta-uncertainty]
+      [--plot xbox_mrp.png]
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-interactions", action="store_true", help="leave out (1|state:age) and (1|sex:race)")
     parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--theta-uncertainty", action="store_true",
+                        help="draw θ from its normal approximation too (wider intervals, θ̂ itself uncertain)")
     parser.add_argument("--plot", default="xbox_mrp.png", help="where to save the plot ('' for none)")
     args = parser.parse_args(argv)
 
@@ -47,9 +50,11 @@ def main(argv=None) -> None:
     print(fit.varcorr()[["grp", "sdcor"]].to_string(index=False))
 
     start = time.perf_counter()
-    mrp = jm.poststratify(fit, poll.population, weight="N", by=["state"], draws=args.draws, seed=1)
+    mrp = jm.poststratify(fit, poll.population, weight="N", by=["state"], draws=args.draws, seed=1,
+                          theta_uncertainty=args.theta_uncertainty)
     t_mrp = time.perf_counter() - start
-    national = jm.poststratify(fit, poll.population, weight="N", by=[], draws=args.draws, seed=1)
+    national = jm.poststratify(fit, poll.population, weight="N", by=[], draws=args.draws, seed=1,
+                               theta_uncertainty=args.theta_uncertainty)
     print(f"post-stratified {len(poll.population):,} cells × {args.draws} draws in {t_mrp:.1f} s")
 
     table = (pd.DataFrame({"truth": poll.truth, "raw poll": poll.raw})
