@@ -335,6 +335,42 @@ def test_glmm_estimates_equal_the_hand_computation(cbpp_fit):
     assert out.set_index("herd").loc["99", "sd"] > out["sd"].iloc[:-1].max()  # its effect is drawn from N(0, σ²)
 
 
+def test_glmm_draws_given_a_drawn_theta_match_the_dense_working_model(cbpp_fit):
+    """Given θ ≠ θ̂, the draws centre on the dense penalized least-squares solution of the working response
+    (Fisher weights at the optimum) plus the shift that makes θ̂ give (β̂, b̂), with covariance S M(θ)⁻¹ Sᵀ (4096
+    draws: sds within 8%, means within 0.08 sd)."""
+    from jaxmlm.fit._glmm import glmm_problem
+
+    fit = cbpp_fit
+    d = fit.model.design
+    m, p = d.terms[0].n_levels, d.X.shape[1]
+    theta1 = fit.theta * 1.4
+    with jax.enable_x64(True):
+        w, z = (np.asarray(a) for a in _joint._working_response(jnp.asarray(np.r_[fit._theta, fit._beta]),
+                                                                  glmm_problem(fit.model)))
+        problem = _joint.glmm_working_problem(fit)
+        at_hat = _joint._lmm_mode(jnp.asarray(fit._theta), problem, False)
+        shift_beta = jnp.asarray(fit._beta) - at_hat["beta"]
+        shift_b = (jnp.asarray(fit._b[0]) - at_hat["b"][0],)
+        keys = jax.random.split(jax.random.PRNGKey(0), 4096)
+        draws, _ = _joint._glmm_theta_chunk(keys, jnp.tile(jnp.asarray(theta1), (4096, 1)), problem, shift_beta,
+                                            shift_b)
+    def dense_solution(theta):
+        A = np.hstack([dense_z_lambda(d, theta), d.X])
+        M = _dense_precision(d, theta, w)
+        return np.linalg.solve(M, A.T @ (w * z)), M
+
+    sol1, M1 = dense_solution(theta1)
+    sol0, _ = dense_solution(fit.theta)
+    want_mean = np.r_[theta1[0] * sol1[:m] - fit.theta[0] * sol0[:m] + fit._b[0].reshape(-1),
+                      sol1[m:] - sol0[m:] + fit._beta]
+    scale = np.diag(np.r_[np.full(m, theta1[0]), np.ones(p)])
+    want_sd = np.sqrt(np.diag(scale @ np.linalg.inv(M1) @ scale.T))
+    sims = np.hstack([np.asarray(draws["b"][0]).reshape(4096, -1), np.asarray(draws["beta"])])
+    np.testing.assert_allclose(sims.std(axis=0), want_sd, rtol=0.08)
+    assert np.max(np.abs(sims.mean(axis=0) - want_mean) / want_sd) < 0.08
+
+
 def _binomial_poll(seed):
     """Fixed cells (12 states × 4 ages, young people over-sampled) and fixed trials; new state effects and
     responses per seed."""
