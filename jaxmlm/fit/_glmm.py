@@ -33,7 +33,6 @@ import numpy as np
 
 from ..core._agq import MAX_NAGQ, agq_deviance, gauss_hermite
 from ..core._blocks import cross_products
-from ..optim._summary import OptSummary, summarize
 from ..core._covariance import canonical_theta, theta_diagonal_mask
 from .._errors import ConvergenceWarning
 from .._warn import user_stacklevel
@@ -42,7 +41,8 @@ from ..optim._optimize import central_difference_hessian, host_bfgs_minimize
 from ..core._problem import GlmmObjective
 from ..core._pirls import (GlmmProblem, laplace_deviance, laplace_weights, mode_at, pirls, plugin_aic,
                            random_part, split_x)
-from ..results._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
+from ..results._results import SINGULAR_TOL, MixedModelResult
+from ._boundary import diagnose, leave_boundary_saddle, minimize_with_restarts, scaled_starts, snap_to_boundary, warn_fit
 from .._compile import jit
 
 __all__ = ["fit_glmm", "glmm_problem", "glmer_nb", "APPROXIMATIONS"]
@@ -213,37 +213,49 @@ def _start(model, problem, start) -> np.ndarray:
     return np.concatenate([theta0, beta0] + tail)
 
 
+def _x_lower(model, size: int) -> np.ndarray:
+    """lme4's lower bounds on x = (θ, β[, log d]): 0 on the diagonal of each T_k, -inf elsewhere."""
+    return np.concatenate([model.theta_lower(), np.full(size - model.n_theta, -np.inf)])
+
+
 def _run(x0, problem, nodes, weights, max_iter):
-    res = _minimize(x0, problem, nodes, weights, max_iter)
-    messages = []
-    if not np.isfinite(float(res.value)):
-        nt = problem.structure.n_theta
-        for scale in (0.5, 0.1):
-            x1 = np.array(x0, dtype=np.float64)
-            x1[:nt] *= scale
-            res = _minimize(x1, problem, nodes, weights, max_iter)
-            if np.isfinite(float(res.value)):
-                messages.append(f"restarted from θ start × {scale} after a non-finite evaluation")
-                break
-        else:
-            raise FloatingPointError(
-                "the GLMM deviance is not finite at any start; check the response, offset and the predictors' scale"
-            )
-    return res, messages
+    """BFGS from x0, restarted from scaled θ starts after a non-finite evaluation (`_boundary`)."""
+    error = FloatingPointError(
+        "the GLMM deviance is not finite at any start; check the response, offset and the predictors' scale")
+    return minimize_with_restarts(lambda x: _minimize(x, problem, nodes, weights, max_iter), x0,
+                                  scaled_starts(x0, problem.structure.n_theta), error)
 
 
-def _diagnose(model, x, grad, hess, res, messages, *, initial, fmin, method, nagq, max_iter) -> OptSummary:
-    """The fit's OptSummary, with lme4's checks on (θ, β): the Hessian-scaled gradient (tolerance 0.002) and the
-    Hessian's eigenvalues. Evaluations and iterations are the last stage's (for nAGQ > 1 the quadrature search
-    from the Laplace optimum); `initial` is the Laplace search's start."""
+def _search(problem, x0, method: str, nagq: int, max_iter: int):
+    """Laplace from x0; for nAGQ > 1 the quadrature deviance from the Laplace optimum."""
+    res, messages = _run(x0, problem, None, None, max_iter)
+    nodes = weights = None
+    if method == "agq":
+        z, w = gauss_hermite(nagq)
+        nodes, weights = jnp.asarray(z), jnp.asarray(w)
+        res, more = _run(np.asarray(res.x), problem, nodes, weights, max_iter)
+        messages += more
+    return res, messages, nodes, weights
+
+
+def _to_boundary(model, problem, res, nodes, weights, max_iter: int, messages: list):
+    """The optimum in canonical sign, tiny variances snapped to 0 (β fixed), off a saddle on the boundary."""
     nt = model.n_theta
-    mask = np.concatenate([theta_diagonal_mask(model.qs), np.zeros(x.size - nt, bool)])
-    interior = ~(mask & (np.abs(x) < SINGULAR_TOL))
-    lower = np.where(mask, 0.0, -np.inf)
-    return summarize(optimizer="BFGS", method=method, result=res, initial=initial, lower=lower, final=x,
-                     fmin=fmin, grad=grad, hessian=hess,
-                     interior=interior, max_evaluations=max_iter, gtol=1e-8, ftol=1e-13, messages=messages,
-                     nagq=nagq)
+    lower = _x_lower(model, np.asarray(res.x).size)
+
+    def objective(x):
+        return float(_value_and_grad(np.asarray(x, dtype=np.float64), problem, nodes, weights)[0])
+
+    def finish(x):
+        x = np.asarray(x, dtype=np.float64).copy()
+        x[:nt] = canonical_theta(x[:nt], model.qs)
+        return snap_to_boundary(x, lower, objective)
+
+    def refit(start):
+        res2, _ = _run(start, problem, nodes, weights, max_iter)
+        return finish(res2.x), res2
+
+    return leave_boundary_saddle(finish(res.x), res, lower, objective, refit, messages)
 
 
 def _newton_polish(x, state, problem, nodes, weights, steps: int = 3):
@@ -329,66 +341,48 @@ def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000,
     problem = glmm_problem(model, approximation)
     if method == "agq" and problem.laplace_weights == "plugin":
         raise ValueError("approximation='lme4' for the Gamma and inverse Gaussian families is Laplace only (nagq=1)")
-    nt = model.n_theta
     x0 = _start(model, problem, start)
-
-    res, messages = _run(x0, problem, None, None, max_iter)
-    nodes = weights = None
-    if method == "agq":
-        z, w = gauss_hermite(nagq)
-        nodes, weights = jnp.asarray(z), jnp.asarray(w)
-        res, more = _run(np.asarray(res.x), problem, nodes, weights, max_iter)
-        messages += more
-
-    x = np.asarray(res.x, dtype=np.float64).copy()
-    x[:nt] = canonical_theta(x[:nt], model.qs)
-
-    def objective_in_theta(theta):
-        return float(_value_and_grad(np.concatenate([theta, x[nt:]]), problem, nodes, weights)[0])
-
-    x[:nt] = model._snap_to_boundary(x[:nt], objective_in_theta)
+    res, messages, nodes, weights = _search(problem, x0, method, nagq, max_iter)
+    x, res = _to_boundary(model, problem, res, nodes, weights, max_iter, messages)
     state = _at_optimum(jnp.asarray(x), problem, nodes, weights)
     x, state = _newton_polish(x, state, problem, nodes, weights)
-    canonical = canonical_theta(x[:nt], model.qs)
-    if not np.array_equal(canonical, x[:nt]):  # a Newton step may have flipped a column's sign
-        x[:nt] = canonical
+    canonical = canonical_theta(x[:model.n_theta], model.qs)
+    if not np.array_equal(canonical, x[:model.n_theta]):  # a Newton step may have flipped a column's sign
+        x[:model.n_theta] = canonical
         state = _at_optimum(jnp.asarray(x), problem, nodes, weights)
-    objective = float(state["value"])
-    grad, hess = np.asarray(state["grad"]), np.asarray(state["hess"])
     if not bool(state["ok"]):
         messages.append(f"PIRLS did not converge at the optimum (after {int(state['iters'])} iterations)")
+    fit = _result(model, problem, x, state, res, messages, x0=x0, method=method, nagq=nagq, max_iter=max_iter)
+    if warn:
+        _warn_separation(fit)
+        warn_fit(fit)
+    return fit
+
+
+def _result(model, problem, x, state, res, messages, *, x0, method, nagq, max_iter) -> MixedModelResult:
+    """The fit at x from the state there: vcov from the Hessian, the OptSummary, the log-likelihood."""
+    nt = model.n_theta
+    objective = float(state["value"])
+    grad, hess = np.asarray(state["grad"]), np.asarray(state["hess"])
     vcov_messages: list[str] = []
     vcov, dispersion = _dispersion_results(model, problem, x,
                                            _vcov(hess, nt, np.asarray(state["vcov_rx"]), vcov_messages))
-    optsum = _diagnose(model, x, grad, hess, res, messages + vcov_messages, initial=x0, fmin=objective,
-                       method=method, nagq=nagq, max_iter=max_iter)
-
+    # evaluations and iterations are the last stage's (for nAGQ > 1 the quadrature search from the Laplace
+    # optimum); `initial` is the Laplace search's start
+    optsum = diagnose("BFGS", method, x, grad, hess, res, messages + vcov_messages, lower=_x_lower(model, x.size),
+                      initial=x0, fmin=objective, max_iter=max_iter, nagq=nagq, gtol=1e-8)
     factors = [np.asarray(T) for T in state["factors"]]
-    b = [np.asarray(u) @ T.T for u, T in zip(state["u"], factors)]
-    constant = float(problem.constant)
-    loglik = -objective / 2.0 if method == "laplace" else -(objective + constant) / 2.0
+    loglik = -objective / 2.0 if method == "laplace" else -(objective + float(problem.constant)) / 2.0
     if model.design.extra.get("non_integer"):  # Poisson counts that are not integers: R's logLik (see the warning)
         loglik = -np.inf
-    fit = MixedModelResult(
-        model,
-        method=method,
-        theta=x[:nt],
-        beta=x[nt:nt + problem.p],
-        vcov=vcov,
-        sigma=dispersion.pop("sigma", None),
-        b=b,
-        objective=objective,
-        loglik=loglik,
-        optinfo=optsum.info(),
-        optsum=optsum,
+    return MixedModelResult(
+        model, method=method, theta=x[:nt], beta=x[nt:nt + problem.p], vcov=vcov,
+        sigma=dispersion.pop("sigma", None), b=[np.asarray(u) @ T.T for u, T in zip(state["u"], factors)],
+        objective=objective, loglik=loglik, optinfo=optsum.info(), optsum=optsum,
         # vcov_rx: (R_Xᵀ R_X)⁻¹ from the PIRLS factor at the optimum (lme4's RX), for anova()'s F table
         extra={"nagq": nagq, "working_weights": np.asarray(state["w"]), "vcov_rx": np.asarray(state["vcov_rx"]),
                **dispersion},
     )
-    if warn:
-        _warn_separation(fit)
-        model._warn(fit)
-    return fit
 
 
 def glmm_objective(model, method: str, nagq: int = 1) -> GlmmObjective:

@@ -18,35 +18,23 @@ import jax
 
 from .._config import caller_precision, fit_allocations, float64, float64_methods, require_float64
 from ..core._blocks import build_structure, row_data
-from ..optim._summary import OptSummary, summarize
-from ..core._covariance import canonical_theta, theta_diagonal_mask, theta_names, theta_start, theta_to_matrices
+from ..optim._summary import OptSummary
+from ..core._covariance import theta_diagonal_mask, theta_names, theta_start, theta_to_matrices
 from ..core._structures import is_structured, psi_names, require_unstructured, structures_for
 from ..formula._design import build_design, check_linear_model, to_pandas
-from .._errors import ConvergenceWarning, DataError, FormulaError, NewLevelError, SingularFitWarning
-from .._warn import SINGULAR_NOTE, user_stacklevel
+from .._errors import FormulaError, NewLevelError
+from .._warn import user_stacklevel
 from ..formula._family import get_family
-from ..core._lmm import (deviance_and_gradient, deviance_value, gradients_at_points, linear_diagnostics, linear_estimates,
-                   make_linear_problem, profiled_deviance, split_problem)
+from ..core._lmm import deviance_value, make_linear_problem, profiled_deviance, split_problem
 from ..core._problem import LinearObjective, LinearRows
-from ..optim._optimize import central_difference_hessian, cobyqa_minimize, host_bfgs_minimize
-from ..results._results import SINGULAR_TOL, MixedModelResult, OptimizerInfo
+from ..results._results import MixedModelResult
+from ._boundary import diagnose, warn_fit
+from ._linear import finite_difference_derivatives as _finite_difference_derivatives  # noqa: F401 (tests)
 from ..formula._terms import parse_formula
 
 __all__ = ["Model", "lmer", "glmer"]
 
 _METHODS = ("reml", "ml", "laplace", "agq")
-_HESSIAN_MAX_PARAMS = 60  # exact Hessian diagnostics for models up to this many θ
-# The convergence checks need the gradient and Hessian at θ. Up to this many θ the Hessian comes from central
-# differences of the exact (autodiff) gradient at θ ± δe_j: 2k calls of the optimizer's own value-and-gradient
-# program, so nothing more compiles (jax.hessian's program compiles slowly). Dividing gradient differences by
-# δ = 1e-5 keeps ~1e-8 relative accuracy (lme4 differences the deviance itself, dividing by δ²); forward
-# differences would be ~1e-5 accurate, too coarse for a zero eigenvalue to show an unidentifiable model. Beyond
-# 10 θ the exact Hessian is cheaper than 2k gradients. (Measurements behind these thresholds: docs/scale.md.)
-_STENCIL_MAX_PARAMS = 10
-# ... computed by separate calls of that program for statistics of up to this many numbers; past it a call of its
-# own costs enough more than a gradient inside a program that the 2k gradients run in one compiled call (one more
-# program to compile).
-_STENCIL_MAX_SIZE = 1_000_000
 # Dense tails at least this large are fitted without derivatives (COBYQA, as lme4 fits with BOBYQA) and checked
 # with lme4's finite-difference derivatives. There an evaluation costs O(m³) and its gradient ~4x more (the
 # inverse S⁻¹ and the backward pass through the entry pairs), so a derivative-free search with more evaluations
@@ -300,57 +288,14 @@ class Model:
             from ._structured import fit_linear_structured
 
             return fit_linear_structured(self, reml, start=start, max_iter=max_iter, warn=warn)
-        problem = self.linear_problem
-        search = problem if dtype == "float64" else _cast_problem(problem, jnp.dtype(dtype))
-        theta0 = self.start_theta(start)
-        res, messages = self._minimize_with_restarts(theta0, start is not None, reml, max_iter, search)
-        if search is not problem:  # polish the single-precision optimum in double precision (a few evaluations)
-            found = canonical_theta(np.asarray(res.x, dtype=np.float64), self.qs)
-            res32 = res
-            res = self._minimize(found, reml, max_iter, problem, initial_radius=1e-3)
-            if not np.isfinite(float(res.value)):
-                res = res32._replace(grad=np.full(self.n_theta, np.nan))  # a float32 gradient: not reused below
-            else:
-                res = res._replace(n_eval=res.n_eval + res32.n_eval, n_iter=res.n_iter + res32.n_iter)
-        theta = canonical_theta(np.asarray(res.x, dtype=np.float64), self.qs)
-        theta = self._snap_to_boundary(theta, lambda th: self.deviance(th, reml))
-        theta, res = self._leave_boundary_saddle(theta, res, reml, max_iter, messages)
-        est = linear_estimates(jnp.asarray(theta), problem, reml)
-        objective = float(est["objective"])
-        if self._derivative_free:  # as lme4: differences of the deviance (a gradient costs ~5 evaluations here)
-            grad, hess = _finite_difference_derivatives(lambda th: self.deviance(th, reml), theta, objective)
-        elif theta.size <= _STENCIL_MAX_PARAMS:
-            # the optimizer's last gradient is the stencil's centre when θ left it unchanged (one evaluation fewer)
-            known = np.asarray(res.grad, dtype=np.float64) if np.array_equal(theta, np.asarray(res.x)) else None
-            grad, hess = self._stencil_derivatives(theta, reml, grad=known,
-                                                   one_program=self._statistics_size > _STENCIL_MAX_SIZE)
-        else:
-            grad, hess = linear_diagnostics(jnp.asarray(theta), self._for_evaluation(), reml,
-                                            theta.size <= _HESSIAN_MAX_PARAMS)
-        optsum = self._diagnose("COBYQA" if self._derivative_free else "BFGS", theta, grad, hess, res, messages,
-                                initial=theta0, fmin=objective, method="reml" if reml else "ml", max_iter=max_iter)
-        loglik = -objective / 2.0  # lme4's logLik: of the REML criterion for REML fits
-        fit = MixedModelResult(
-            self,
-            method="reml" if reml else "ml",
-            theta=theta,
-            beta=np.asarray(est["beta"]),
-            vcov=np.asarray(est["vcov"]),
-            sigma=float(est["sigma"]),
-            b=[np.asarray(x) for x in est["b"]],
-            objective=objective,
-            loglik=loglik,
-            optinfo=optsum.info(),
-            optsum=optsum,
-        )
-        if warn:
-            self._warn(fit)
-        return fit
+        from ._linear import fit_linear
+
+        return fit_linear(self, reml, start=start, max_iter=max_iter, warn=warn, dtype=dtype)
 
     def _fit_iterative(self, method, *, start, max_iter: int, warn: bool, dtype: str, options: dict):
         """The iterative path (`_iterative`): COBYQA on the estimated objective (its probes fixed, so smooth in
         θ), lme4's finite-difference convergence checks, estimates at the optimum."""
-        from ..core._iterative import iterative_deviance, iterative_estimates, make_iterative_problem
+        from ..core._iterative import make_iterative_problem
 
         require_unstructured(self.structures, "solver='iterative'")
 
@@ -367,7 +312,6 @@ class Model:
         if n_probes < 2 or steps < 2:
             raise ValueError("solver_options n_probes and lanczos_steps must be at least 2")
         theta0 = self.start_theta(start)
-        reml = method == "reml"
         d = self.design
         key = (n_probes, int(options.get("seed", 0)), int(options.get("sketch_size", n_probes // 2)))
         if self._iterative_key != key:
@@ -378,33 +322,10 @@ class Model:
         problem = self._iterative_problem
         settings = dict(lanczos_steps=steps, cg_tol=float(options.get("cg_tol", 1e-10)))
 
-        def objective(th):
-            return float(iterative_deviance(jnp.asarray(th, dtype=jnp.float64), problem, reml, **settings)[0])
+        from ._linear import fit_iterative
 
-        lower = np.where(theta_diagonal_mask(self.qs), 0.0, -np.inf)
-        res = cobyqa_minimize(objective, canonical_theta(theta0, self.qs), lower, max_eval=max_iter)
-        if not np.isfinite(float(res.value)):
-            raise DataError("the iterative objective is not finite at the optimizer's end point (the conjugate "
-                            "gradients may not have converged: raise solver_options['cg_tol'] or rescale the data)")
-        theta = self._snap_to_boundary(canonical_theta(np.asarray(res.x), self.qs), objective)
-        est = iterative_estimates(jnp.asarray(theta), problem, reml, **settings)
-        value = float(est["objective"])
-        grad, hess = _finite_difference_derivatives(objective, theta, value)
-        messages = []
-        if float(est["cg_residual"]) > 1e-6:
-            messages.append(f"conjugate gradients stopped at relative residual {float(est['cg_residual']):.2g}")
-        optsum = self._diagnose("COBYQA (iterative)", theta, grad, hess, res, messages, initial=theta0, fmin=value,
-                                method=method, max_iter=max_iter)
-        fit = MixedModelResult(
-            self, method=method, theta=theta, beta=np.asarray(est["beta"]), vcov=np.asarray(est["vcov"]),
-            sigma=float(est["sigma"]), b=[np.asarray(x) for x in est["b"]], objective=value, loglik=-value / 2.0,
-            optinfo=optsum.info(), optsum=optsum,
-            extra=dict(solver="iterative", objective_se=float(est["objective_se"]), n_probes=n_probes,
-                       lanczos_steps=steps, cg_iterations=int(est["cg_iterations"])),
-        )
-        if warn:
-            self._warn(fit)
-        return fit
+        return fit_iterative(self, method, problem, theta0, settings=settings, max_iter=max_iter, warn=warn,
+                             extra=dict(n_probes=n_probes, lanczos_steps=steps))
 
     @property
     def _statistics_size(self) -> int:
@@ -414,127 +335,24 @@ class Model:
 
     def _stencil_derivatives(self, theta: np.ndarray, reml: bool, delta: float = 1e-5, grad=None,
                              one_program: bool = False):
-        """Exact gradient at θ (unless given, finite) and the Hessian by central differences of the gradient
-        (symmetrized). one_program: the 2k off-centre gradients in one compiled call, one after another (large
-        statistics, where a call of its own costs about twice a gradient inside a program)."""
-        problem = self._for_evaluation()
+        """`_linear.stencil_derivatives` on this model's statistics."""
+        from ._linear import stencil_derivatives
 
-        def gradient(point):
-            return np.asarray(deviance_and_gradient(point, problem, reml)[1], dtype=np.float64)
-
-        if grad is None or not np.isfinite(grad).all():
-            grad = gradient(theta)
-        if one_program:
-            hess = central_difference_hessian(lambda points: gradients_at_points(points, problem, reml, 1), theta, delta)
-        else:
-            hess = central_difference_hessian(lambda points: np.stack([gradient(x) for x in points]), theta, delta)
-        return grad, hess
+        return stencil_derivatives(self._for_evaluation(), theta, reml, delta, grad, one_program)
 
     @property
     def _derivative_free(self) -> bool:
         return self.structure.m_z >= _DERIVATIVE_FREE_TAIL
 
-    def _minimize(self, theta0, reml: bool, max_iter: int, problem=None, initial_radius: float = 1.0):
-        """One optimizer run from θ0 on `problem` (default: the float64 statistics): BFGS on the host around the
-        compiled value-and-gradient program, or COBYQA for large dense tails (lower bounds 0 on the diagonal of each
-        T_k, as lme4). BFGS, not a compiled optimizer loop (`_lmm.fit_linear`): that loop compiles several times
-        slower than the value-and-gradient program, most of a first fit, while the host loop adds microseconds
-        per evaluation. The price is in run time where evaluations are dear (a call of its own allocates its
-        temporaries afresh; `_config.heap_allocations` keeps that cheap when asked; docs/scale.md). A float32
-        search stops at float32's tolerances (relative gradient 1e-6, stall 1e-9); `initial_radius` bounds the
-        first step (small for a polish)."""
-        problem = self._for_evaluation(problem)
-        dtype = problem.blocks.tail_ff.dtype
-        if not self._derivative_free:
-            tolerances = dict(gtol=1e-6, ftol=1e-9) if dtype == jnp.float32 else {}
-            # NumPy arguments: jnp.asarray's own dispatch would cost as much as a small model's evaluation
-            return host_bfgs_minimize(lambda th: deviance_and_gradient(np.asarray(th, dtype=dtype), problem, reml),
-                                      np.asarray(theta0, dtype=np.float64), max_iter=max_iter,
-                                      first_step=min(0.25, initial_radius), **tolerances)
-        lower = np.where(theta_diagonal_mask(self.qs), 0.0, -np.inf)
-        start = canonical_theta(np.asarray(theta0, dtype=np.float64), self.qs)  # same TTᵀ, diagonal ≥ 0
-        return cobyqa_minimize(lambda th: float(deviance_value(jnp.asarray(th, dtype=dtype), problem, reml)), start,
-                               lower, max_eval=max_iter, initial_radius=initial_radius)
-
-    def _minimize_with_restarts(self, theta0, user_start: bool, reml: bool, max_iter: int, problem=None):
-        """Fit from θ0; when an evaluation goes non-finite, restart from scaled starts (and from lme4's start when
-        the user gave their own) instead of returning NaN."""
-        res = self._minimize(theta0, reml, max_iter, problem)
-        if np.isfinite(float(res.value)) and np.isfinite(np.asarray(res.x)).all():
-            return res, []
-        candidates = [("θ start × 0.5", theta0 * 0.5), ("θ start × 0.1", theta0 * 0.1)]
-        if user_start:
-            default = self.theta_start()
-            candidates += [("lme4's default start", default), ("lme4's default start × 0.1", default * 0.1)]
-        for label, th in candidates:
-            res = self._minimize(th, reml, max_iter, problem)
-            if np.isfinite(float(res.value)) and np.isfinite(np.asarray(res.x)).all():
-                return res, [f"restarted from {label} after a non-finite evaluation"]
-        raise DataError(
-            "the deviance is not finite at any start (the response or weights may be too large or too small "
-            "for double precision; rescale them)"
-        )
-
-    def _leave_boundary_saddle(self, theta, res, reml: bool, max_iter: int, messages: list):
-        """The deviance is even in the sign of each column of T, so a zero column is a stationary point whatever
-        the data: an unconstrained optimizer that starts or lands there stays, even where it is a saddle (lme4's
-        bounded optimizer steps off it). Probe just off each zero diagonal; if the objective drops, go on from there."""
-        zero = np.flatnonzero(theta_diagonal_mask(self.qs) & (theta == 0))
-        if zero.size == 0:
-            return theta, res
-        f0 = self.deviance(theta, reml)
-        best, best_value = None, f0 - 1e-9 * (1.0 + abs(f0))
-        for idx in [[i] for i in zero] + ([list(zero)] if zero.size > 1 else []):
-            probe = theta.copy()
-            probe[idx] = 0.01
-            value = self.deviance(probe, reml)
-            if value < best_value:
-                best, best_value = probe, value
-        if best is None:
-            return theta, res
-        res2, _ = self._minimize_with_restarts(best, True, reml, max_iter)
-        theta2 = self._snap_to_boundary(canonical_theta(np.asarray(res2.x), self.qs), lambda th: self.deviance(th, reml))
-        if not self.deviance(theta2, reml) < f0:
-            return theta, res
-        messages.append("the optimizer stopped at a saddle point on the boundary (a zero variance); restarted from there")
-        return theta2, res2
-
-    def _snap_to_boundary(self, theta: np.ndarray, objective) -> np.ndarray:
-        """lme4 keeps diagonal θ ≥ 0 and often lands exactly on 0; we optimize unconstrained, so a variance that
-        belongs at the boundary ends near 1e-6. Set such tiny diagonals to 0 when that does not raise the objective."""
-        tiny = theta_diagonal_mask(self.qs) & (np.abs(theta) < SINGULAR_TOL) & (theta != 0)
-        if not tiny.any():
-            return theta
-        snapped = theta.copy()
-        snapped[tiny] = 0.0
-        f_here, f_snapped = objective(theta), objective(snapped)
-        if np.isfinite(f_snapped) and f_snapped <= f_here + 1e-10 * abs(f_here):
-            return snapped
-        return theta
-
     def _diagnose(self, optimizer, theta, grad, hessian, res, messages, *, initial, fmin, method,
                   max_iter) -> OptSummary:
-        """The fit's OptSummary, with lme4's convergence checks: gradient at the optimum and the Hessian's
-        eigenvalues (interior θ only). Tolerances are the optimizer's (`_minimize`, `_optimize`)."""
-        interior = ~(theta_diagonal_mask(self.qs) & (theta < SINGULAR_TOL))
-        tolerances = dict(xtol=1e-6) if optimizer.startswith("COBYQA") else dict(gtol=1e-9, ftol=1e-13)
-        return summarize(optimizer=optimizer, method=method, result=res, initial=initial, lower=self.theta_lower(),
-                         final=theta, fmin=fmin, grad=grad, hessian=None if hessian is None else np.asarray(hessian),
-                         interior=interior, max_evaluations=max_iter, messages=messages, **tolerances)
+        """The OptSummary of a fit at θ (`_boundary.diagnose`)."""
+        return diagnose(optimizer, method, theta, grad, hessian, res, messages, lower=self.theta_lower(),
+                        initial=initial, fmin=fmin, max_iter=max_iter)
 
     @staticmethod
     def _warn(fit: MixedModelResult) -> None:
-        if fit.is_singular:
-            warnings.warn(SINGULAR_NOTE, SingularFitWarning, stacklevel=user_stacklevel())
-        if not fit.converged:
-            warnings.warn(
-                "; ".join(fit.optinfo.messages) or f"optimizer did not converge (max|grad| = {fit.optinfo.grad_max:.3g})",
-                ConvergenceWarning,
-                stacklevel=user_stacklevel(),
-            )
-        else:
-            for m in fit.optinfo.messages:
-                warnings.warn(m, ConvergenceWarning, stacklevel=user_stacklevel())
+        warn_fit(fit)
 
     # ------------------------------------------------------------------ conditional variances of b
     def _conditional_variances(self, theta, sigma, extra) -> list[np.ndarray] | None:
@@ -691,34 +509,3 @@ def glmer(formula: str, data: Any, family: Any = "binomial", nagq: int = 1, weig
         )
         return model.fit(method="reml" if kwargs.pop("reml", True) else "ml", start=start, **kwargs)
     return model.fit(method="agq" if nagq > 1 else "laplace", nagq=nagq, start=start, **kwargs)
-
-
-def _finite_difference_derivatives(objective, theta: np.ndarray, f0: float, delta: float = 1e-4):
-    """Gradient and Hessian by lme4's deriv12 stencil (central differences of the objective, step 1e-4;
-    1 + 2k + 2k(k-1) evaluations)."""
-    k = theta.size
-    grad, hess = np.zeros(k), np.zeros((k, k))
-
-    def f(*steps):
-        x = theta.copy()
-        for i, s in steps:
-            x[i] += s * delta
-        return objective(x)
-
-    plus = [f((j, 1)) for j in range(k)]
-    minus = [f((j, -1)) for j in range(k)]
-    for j in range(k):
-        grad[j] = (plus[j] - minus[j]) / (2 * delta)
-        hess[j, j] = (plus[j] - 2 * f0 + minus[j]) / delta**2
-        for i in range(j):
-            hess[i, j] = hess[j, i] = (
-                f((j, 1), (i, 1)) - f((j, 1), (i, -1)) - f((j, -1), (i, 1)) + f((j, -1), (i, -1))
-            ) / (4 * delta**2)
-    return grad, hess
-
-
-def _cast_problem(problem, dtype):
-    """The statistics (formed in float64) in another floating dtype, for a lower-precision search."""
-    import jax
-
-    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, problem)

@@ -17,7 +17,7 @@ from ..core._covariance import canonical_theta
 from ..core._lmm import linear_estimates, profiled_deviance
 from ..core._structures import n_psi, psi_lower, psi_names, psi_start, psi_to_theta, structure_parameters
 from ..optim._optimize import central_difference_hessian, host_bfgs_minimize
-from ..optim._summary import summarize
+from ._boundary import diagnose, leave_boundary_saddle, minimize_with_restarts, scaled_starts, snap_to_boundary, warn_fit
 from ..results._results import MixedModelResult
 from .._compile import jit
 
@@ -42,48 +42,69 @@ def _psi_start(model, structures, start) -> np.ndarray:
     return psi0
 
 
+def _host(value_and_grad_fn, *args):
+    """x → (value, gradient) as NumPy, by the compiled program."""
+    def value_and_grad(x):
+        value, grad = value_and_grad_fn(np.asarray(x, dtype=np.float64), *args)
+        return np.asarray(value), np.asarray(grad)
+
+    return value_and_grad
+
+
+def _search(value_and_grad, x0, lower, n_psi_: int, max_iter: int, gtol: float, what: str):
+    """BFGS from x0 with the shared restarts, snap to the boundary and saddle escape (`_boundary`) in ψ's
+    coordinates. Returns (x, result, messages)."""
+    def minimize(start):
+        return host_bfgs_minimize(value_and_grad, start, max_iter=max_iter, gtol=gtol)
+
+    def refit(start):
+        res2, _ = minimize_with_restarts(minimize, start, scaled_starts(start, n_psi_), _not_finite(what))
+        return snap_to_boundary(np.asarray(res2.x, dtype=np.float64), lower, objective), res2
+
+    def objective(x):
+        return float(value_and_grad(x)[0])
+
+    res, messages = minimize_with_restarts(minimize, x0, scaled_starts(x0, n_psi_), _not_finite(what))
+    x = snap_to_boundary(np.asarray(res.x, dtype=np.float64), lower, objective)
+    x, res = leave_boundary_saddle(x, res, lower, objective, refit, messages)
+    return x, res, messages
+
+
+def _not_finite(what: str):
+    return FloatingPointError(f"the {what} is not finite at any start; rescale the response or the predictors")
+
+
+def _hessian(value_and_grad, x):
+    return central_difference_hessian(lambda points: np.stack([value_and_grad(p)[1] for p in points]), x)
+
+
 def fit_linear_structured(model, reml: bool, *, start=None, max_iter: int = 1000, warn: bool = True
                           ) -> MixedModelResult:
     structures = model.structures
     problem = model._for_evaluation()
-
-    def value_and_grad(psi):
-        value, grad = _value_and_grad(jnp.asarray(psi), problem, reml, structures)
-        return np.asarray(value), np.asarray(grad)
-
+    value_and_grad = _host(_value_and_grad, problem, reml, structures)
     psi0 = _psi_start(model, structures, start)
-    res = host_bfgs_minimize(value_and_grad, psi0, max_iter=max_iter)
-    psi = np.asarray(res.x, dtype=np.float64)
+    lower = psi_lower(structures)
+    psi, res, messages = _search(value_and_grad, psi0, lower, psi0.size, max_iter, 1e-9, "deviance")
     theta = canonical_theta(np.asarray(psi_to_theta(jnp.asarray(psi), structures)), model.qs)
     est = linear_estimates(jnp.asarray(theta), problem, reml)
     objective = float(est["objective"])
-    grad = value_and_grad(psi)[1]
-    hess = central_difference_hessian(lambda points: np.stack([value_and_grad(p)[1] for p in points]), psi)
-    lower = psi_lower(structures)
-    optsum = summarize(optimizer="BFGS", method="reml" if reml else "ml", result=res, initial=psi0, lower=lower,
-                       final=psi, fmin=objective, grad=grad, hessian=hess, interior=~np.isfinite(lower) | (psi > 0),
-                       max_evaluations=max_iter, messages=(), gtol=1e-9, ftol=1e-13)
+    method = "reml" if reml else "ml"
+    optsum = diagnose("BFGS", method, psi, value_and_grad(psi)[1], _hessian(value_and_grad, psi), res, messages,
+                      lower=lower, initial=psi0, fmin=objective, max_iter=max_iter)
     d = model.design
+    columns = [t.column_names for t in d.terms]
     sigma = float(est["sigma"])
     fit = MixedModelResult(
-        model,
-        method="reml" if reml else "ml",
-        theta=theta,
-        beta=np.asarray(est["beta"]),
-        vcov=np.asarray(est["vcov"]),
-        sigma=sigma,
-        b=[np.asarray(x) for x in est["b"]],
-        objective=objective,
-        loglik=-objective / 2.0,
-        optinfo=optsum.info(),
+        model, method=method, theta=theta, beta=np.asarray(est["beta"]), vcov=np.asarray(est["vcov"]), sigma=sigma,
+        b=[np.asarray(x) for x in est["b"]], objective=objective, loglik=-objective / 2.0, optinfo=optsum.info(),
         optsum=optsum,
-        extra={"psi": psi, "psi_names": psi_names(structures, d.group_names, [t.column_names for t in d.terms]),
+        extra={"psi": psi, "psi_names": psi_names(structures, d.group_names, columns),
                "n_covariance": n_psi(structures),
-               "structures": structure_parameters(structures, psi, d.group_names,
-                                                  [t.column_names for t in d.terms], sigma)},
+               "structures": structure_parameters(structures, psi, d.group_names, columns, sigma)},
     )
     if warn:
-        model._warn(fit)
+        warn_fit(fit)
     return fit
 
 
@@ -116,38 +137,39 @@ def fit_glmm_structured(model, *, method: str, nagq=None, start=None, max_iter: 
     k = n_psi(structures)
     x0_theta = _start(model, problem, None)  # θ at lme4's identity start = θ(ψ start): β's start is the same
     x0 = np.concatenate([psi_start(structures), x0_theta[model.n_theta:]])
-
-    def value_and_grad(x):
-        value, grad = _glmm_value_and_grad(np.asarray(x, dtype=np.float64), problem, structures)
-        return np.asarray(value), np.asarray(grad)
-
-    res = host_bfgs_minimize(value_and_grad, x0, max_iter=max_iter, gtol=1e-8)
-    x = np.asarray(res.x, dtype=np.float64)
+    value_and_grad = _host(_glmm_value_and_grad, problem, structures)
+    lower = np.concatenate([psi_lower(structures), np.full(x0.size - k, -np.inf)])
+    x, res, messages = _search(value_and_grad, x0, lower, k, max_iter, 1e-8, "GLMM deviance")
     objective, grad = value_and_grad(x)
-    hess = central_difference_hessian(lambda points: np.stack([value_and_grad(p)[1] for p in points]), x)
+    hess = _hessian(value_and_grad, x)
     x_theta = np.array(_glmm_x(jnp.asarray(x), k, structures))
     x_theta[:model.n_theta] = canonical_theta(x_theta[:model.n_theta], model.qs)
     state = _state_at(jnp.asarray(x_theta), problem)
-    messages: list[str] = [] if bool(state["ok"]) else ["PIRLS did not converge at the optimum"]
+    if not bool(state["ok"]):
+        messages.append("PIRLS did not converge at the optimum")
     vcov, dispersion = _dispersion_results(model, problem, x_theta,
                                            _vcov(hess, k, np.asarray(state["vcov_rx"]), messages))
-    lower = np.concatenate([psi_lower(structures), np.full(x.size - k, -np.inf)])
-    optsum = summarize(optimizer="BFGS", method=method, result=res, initial=x0, lower=lower, final=x,
-                       fmin=float(objective), grad=grad, hessian=hess, interior=~np.isfinite(lower) | (x > 0),
-                       max_evaluations=max_iter, gtol=1e-8, ftol=1e-13, messages=messages, nagq=1)
+    optsum = diagnose("BFGS", method, x, grad, hess, res, messages, lower=lower, initial=x0, fmin=float(objective),
+                      max_iter=max_iter, gtol=1e-8)
+    return _glmm_result(model, problem, x, x_theta, state, optsum, vcov, dispersion, float(objective), warn)
+
+
+def _glmm_result(model, problem, x, x_theta, state, optsum, vcov, dispersion, objective: float, warn: bool):
+    structures = model.structures
+    k = n_psi(structures)
     factors = [np.asarray(T) for T in state["factors"]]
     d = model.design
     columns = [t.column_names for t in d.terms]
     fit = MixedModelResult(
         model,
-        method=method,
+        method="laplace",
         theta=x_theta[:model.n_theta],
         beta=x_theta[model.n_theta:model.n_theta + problem.p],
         vcov=vcov,
         sigma=dispersion.pop("sigma", None),
         b=[np.asarray(u) @ T.T for u, T in zip(state["u"], factors)],
-        objective=float(objective),
-        loglik=-float(objective) / 2.0,
+        objective=objective,
+        loglik=-objective / 2.0,
         optinfo=optsum.info(),
         optsum=optsum,
         extra={"nagq": 1, "working_weights": np.asarray(state["w"]), "vcov_rx": np.asarray(state["vcov_rx"]),
@@ -155,5 +177,5 @@ def fit_glmm_structured(model, *, method: str, nagq=None, start=None, max_iter: 
                "structures": structure_parameters(structures, x[:k], d.group_names, columns, 1.0), **dispersion},
     )
     if warn:
-        model._warn(fit)
+        warn_fit(fit)
     return fit
