@@ -261,10 +261,6 @@ def _solve_joint(problem: GlmmProblem, theta, w, z):
     return solve_modes(factor, problem.structure, problem.p, theta)
 
 
-def zero_modes(structure: Structure, dtype=jnp.float64):
-    return tuple(jnp.zeros((l, q), dtype=dtype) for l, q in zip(structure.n_levels, structure.qs))
-
-
 def pirls(theta, beta, problem: GlmmProblem, joint: bool = False, tol: float = 1e-11, phi=None):
     """Conditional modes by PIRLS with step-halving. joint=True also updates β (lme4's first stage). phi: the
     dispersion family's d (None for binomial and Poisson).
