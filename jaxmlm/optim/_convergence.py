@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["GRAD_TOL", "check_convergence"]
+__all__ = ["GRAD_TOL", "HESS_TOL", "check_convergence"]
 
 GRAD_TOL = 2e-3  # lme4's check.conv.grad tolerance
+# lme4's check.conv.hess tolerance: an eigenvalue within it of zero is zero. The Hessian comes from central
+# differences of the gradient, whose rounding noise is far above the 1e-12 ratio test below, so a flat direction
+# must be told by this absolute rule (as lme4's checkHess does) or it is found, or not, by rounding.
+HESS_TOL = 1e-6
 
 
 def check_convergence(grad: np.ndarray, hessian: np.ndarray | None, interior: np.ndarray):
@@ -35,6 +39,9 @@ def check_convergence(grad: np.ndarray, hessian: np.ndarray | None, interior: np
     if eig.min() < -1e-6 * max(1.0, abs(eig.max())):
         messages.append("Model failed to converge: degenerate Hessian with negative eigenvalues")
         return False, eig, messages
+    if np.any(np.abs(eig) < HESS_TOL):
+        messages.append("Hessian is numerically singular: parameters are not uniquely determined")
+        return ok, eig, messages
     if eig.max() > 0 and eig.min() / eig.max() < 1e-12:
         messages.append("Model is nearly unidentifiable: very large eigenvalue ratio")
         return ok, eig, messages
