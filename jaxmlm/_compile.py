@@ -20,7 +20,7 @@ import os
 
 import jax
 
-__all__ = ["EFFORTS", "carry_effort", "compile_effort", "current_effort", "jit"]
+__all__ = ["EFFORTS", "carry_effort", "compile_effort", "compiled_programs", "current_effort", "jit", "release_programs"]
 
 try:  # JAX's own test of "not inside a trace" (private, hence the fallback on traced arguments)
     from jax._src.core import trace_state_clean as _trace_state_clean
@@ -67,14 +67,44 @@ def compile_effort(effort: str):
         _scoped.reset(token)
 
 
+# Every compiled CPU program keeps about nine memory mappings for its code and data, and Linux allows a process
+# 65,530 (vm.max_map_count) by default: past that, LLVM's next allocation fails and the process dies with a
+# segmentation fault inside XLA's compiler. A long session that fits models of many shapes (each fit compiles
+# 10-20 programs) would get there after a few hundred fits, so jaxmlm bounds what it keeps: every CHECK_EVERY calls
+# it counts its compiled programs and, past PROGRAM_LIMIT, drops them all (later calls compile again).
+PROGRAM_LIMIT = 2000
+CHECK_EVERY = 256
+_all_variants: list = []
+_calls = [0]
+
+
+def compiled_programs() -> int:
+    """How many compiled programs jaxmlm's own jitted functions hold now."""
+    return sum(getattr(v, "_cache_size", lambda: 0)() for v in _all_variants)
+
+
+def release_programs() -> None:
+    """Drops every compiled program of jaxmlm's own functions (the user's programs are left alone)."""
+    for variant in _all_variants:
+        variant.clear_cache()
+
+
+def _bound_programs() -> None:
+    _calls[0] += 1
+    if _calls[0] % CHECK_EVERY == 0 and compiled_programs() > PROGRAM_LIMIT:
+        release_programs()
+
+
 def jit(fn=None, /, **jit_kwargs):
     """`jax.jit` with one compiled variant per effort; as a decorator with or without keyword arguments."""
     if fn is None:
         return functools.partial(jit, **jit_kwargs)
     variants = {name: jax.jit(fn, compiler_options=options, **jit_kwargs) for name, options in EFFORTS.items()}
+    _all_variants.extend(variants.values())
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
+        _bound_programs()
         # inside another program's trace the call is inlined there, and JAX refuses compiler options on it
         effort = current_effort() if _outside_trace(args, kwargs) else "default"
         return variants[effort](*args, **kwargs)

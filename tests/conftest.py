@@ -17,6 +17,31 @@ os.environ.setdefault("JAXMLM_COMPILE", "fast")
 
 REFERENCE_DIR = pathlib.Path(__file__).parent / "reference"
 
+# A worker runs hundreds of tests in one process and compiles thousands of programs, each holding ~9 memory
+# mappings; past vm.max_map_count (65,530) XLA's compiler segfaults. jaxmlm bounds its own programs; the tests'
+# own (eager operations, jax.jit in tests) are dropped here when the process gets near the limit.
+_MAP_LIMIT = 30_000
+
+
+def _memory_mappings() -> int:
+    try:
+        with open("/proc/self/maps", "rb") as fh:
+            return fh.read().count(b"\n")
+    except OSError:
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def _bounded_memory_mappings():
+    yield
+    if _memory_mappings() > _MAP_LIMIT:
+        import gc
+
+        import jax
+
+        jax.clear_caches()
+        gc.collect()
+
 
 @pytest.fixture
 def x64():

@@ -70,3 +70,25 @@ def test_a_jaxmlm_program_inside_another_trace_compiles_with_it():
         np.testing.assert_allclose(outer(0.5), np.sin(0.5) * 2.0 + 1.0, rtol=1e-6)
         np.testing.assert_allclose(jax.grad(inner)(0.5), 2.0 * np.cos(0.5), rtol=1e-6)
         np.testing.assert_allclose(inner(0.5), np.sin(0.5) * 2.0, rtol=1e-6)
+
+
+def test_compiled_programs_stay_bounded_in_a_long_session(monkeypatch):
+    """Each CPU program holds ~9 memory mappings of the 65,530 Linux allows a process: past a bound jaxmlm drops its
+    compiled programs, and later fits compile again and give the same numbers."""
+    from jaxmlm import _compile
+
+    data = jm.datasets.load("sleepstudy")
+    first = jm.lmer("Reaction ~ Days + (1 | Subject)", data)
+    assert _compile.compiled_programs() > 0
+    monkeypatch.setattr(_compile, "PROGRAM_LIMIT", 0)
+    monkeypatch.setattr(_compile, "CHECK_EVERY", 1)
+    sizes = []
+    for rows in (150, 160, 170):  # new shapes: new programs, each time dropped again
+        fit = jm.lmer("Reaction ~ Days + (1 | Subject)", data.iloc[:rows])
+        assert np.isfinite(fit.objective)
+        sizes.append(_compile.compiled_programs())
+    again = jm.lmer("Reaction ~ Days + (1 | Subject)", data)
+    assert again.objective == pytest.approx(first.objective, rel=1e-12)
+    assert max(sizes) < 40  # only what one fit compiles between two checks, never the sum over shapes
+    _compile.release_programs()
+    assert _compile.compiled_programs() == 0
