@@ -194,7 +194,7 @@ def _take_better(res: dict, which: np.ndarray, retry: dict) -> None:
 
 def _leave_boundary_saddles(res: dict, refit, diag: np.ndarray) -> None:
     """A zero diagonal θ is a stationary point whatever the data (the deviance is even in each column of T), so
-    the unconstrained search can stop there at a saddle. As a single fit does (`Model._leave_boundary_saddle`),
+    the unconstrained search can stop there at a saddle. As a single fit does (`_boundary.leave_boundary_saddle`),
     search again from just off the boundary, and keep what is lower. refit(which, starts) fits those columns."""
     zero = diag[None, :] & (res["theta"] == 0)
     which = zero.any(axis=1) & np.isfinite(res["objective"])
