@@ -12,7 +12,7 @@ import pytest
 
 import jaxmlm as jm
 from jaxmlm import _config
-from jaxmlm.fit import _glmm, _model
+from jaxmlm.fit import _glmm, _linear
 
 LMM = ("Reaction ~ Days + (Days | Subject)", "sleepstudy", "gaussian")
 GLMM = ("cbind(incidence, size - incidence) ~ period + (1 | herd)", "cbpp", "binomial")
@@ -49,7 +49,7 @@ def _interrupt_after(calls: int, function):
 
 
 @pytest.mark.parametrize("name,spec,module,function", [
-    ("lmm", LMM, _model, "deviance_and_gradient"),
+    ("lmm", LMM, _linear, "deviance_and_gradient"),
     ("glmm", GLMM, _glmm, "_value_and_grad"),
 ])
 def test_interrupted_fit_leaves_the_process_usable(alone, monkeypatch, name, spec, module, function,):

@@ -6,7 +6,7 @@ import pytest
 
 import jaxmlm as jm
 from jaxmlm.core._lmm import fit_linear
-from jaxmlm.fit._model import _cast_problem
+from jaxmlm.fit._linear import _cast_problem
 
 # these tests call the core directly: float64 as jaxmlm's entry points set it (conftest.x64)
 pytestmark = pytest.mark.usefixtures("x64")
@@ -32,12 +32,14 @@ def test_search_runs_in_single_precision(model):
 
 @pytest.mark.parametrize("method", ["ml", "reml"])
 def test_float32_fit_equals_float64_fit(model, method):
+    """The polished optimum is float64's: the objective to 1e-12, which at sleepstudy's curvature (Hessian
+    eigenvalues ~14 and up) fixes θ to ~1e-5 relative, so θ and β are compared at that precision."""
     f64 = model.fit(method)
     f32 = model.fit(method, dtype="float32")
     assert f32.converged
     assert f32.objective == pytest.approx(f64.objective, rel=1e-12)
-    np.testing.assert_allclose(f32.theta, f64.theta, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(f32.fixef, f64.fixef, rtol=1e-9)
+    np.testing.assert_allclose(f32.theta, f64.theta, rtol=5e-5, atol=1e-7)
+    np.testing.assert_allclose(f32.fixef, f64.fixef, rtol=1e-6)
     assert f32.optinfo.n_eval > f64.optinfo.n_eval  # the search and the polish both ran
 
 
