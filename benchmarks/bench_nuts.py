@@ -4,10 +4,15 @@ The poll: `xbox_poll(5000, seed=0)` (Xbox-shaped, eight factors), as binomial ce
 `xbox_formula()` (an intercept, eight scalar terms, state × age and sex × race). Both samplers run 4 chains with
 rstanarm's default priors (jaxmlm: prior="rstanarm"), warmup = draws. Reported per sampler: wall time (jaxmlm's
 includes compiling; rstanarm's model is precompiled), min bulk ESS and max split R-hat over every parameter
-(intercept, sds, every random effect) and over the hyperparameters alone (intercept and sds), min ESS per second
+(intercept, sds, every random effect) and over the hyperparameters alone (intercept and sds), each
+hyperparameter's bulk ESS and R-hat and each term's worst random effect, min ESS per second
 of wall time and per CPU second (the machine may be shared). The R script is benchmarks/nuts_rstanarm.R; the JSON goes to benchmarks/results/nuts.json.
 
-Run:  python benchmarks/bench_nuts.py [--draws 1000] [--r-draws 1000] [--no-r] [--r-json previous.json]
+jaxmlm's wall time includes the point fit that sets the centring powers (`centring="fit"`, reported apart as
+fit_s); `--centring prior` measures the earlier rule (half the sd prior's scale).
+
+Run:  python benchmarks/bench_nuts.py [--n 5000] [--draws 1000] [--r-draws 1000] [--no-r] [--r-json previous.json]
+                                      [--centring fit|prior] [--out results/nuts.json]
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ HERE = pathlib.Path(__file__).parent
 RESULTS = HERE / "results"
 
 
-def run_jaxmlm(cells_csv: str, draws: int, chains: int, prior: str) -> dict:
+def run_jaxmlm(cells_csv: str, draws: int, chains: int, prior: str, centring: str) -> dict:
     import numpy as np
     import pandas as pd
 
@@ -34,14 +39,24 @@ def run_jaxmlm(cells_csv: str, draws: int, chains: int, prior: str) -> dict:
 
     model = jm.Model(xbox_formula(), pd.read_csv(cells_csv), family="binomial")
     start, cpu_start = time.perf_counter(), time.process_time()
-    post = model.sample(chains=chains, draws=draws, warmup=draws, seed=1, prior=prior)
+    fit = model.fit(warn=False) if centring == "fit" else None  # what sample(centring="fit") runs, timed apart
+    fit_s = time.perf_counter() - start
+    post = model.sample(chains=chains, draws=draws, warmup=draws, seed=1, prior=prior,
+                        centring=fit if centring == "fit" else centring)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     table = post.summary()
-    effects = [b[:, :, level, 0] for b in post._b for level in range(b.shape[2])]
-    ess_all = min(table["ess_bulk"].min(), min(ess_bulk(x) for x in effects))
-    rhat_all = max(table["r_hat"].max(), max(split_rhat(x) for x in effects))
+    names = model.design.group_names
+    per_term = {names[k]: dict(min_ess_bulk=float(min(ess_bulk(b[:, :, j, 0]) for j in range(b.shape[2]))),
+                               max_rhat=float(max(split_rhat(b[:, :, j, 0]) for j in range(b.shape[2]))))
+                for k, b in enumerate(post._b)}
+    ess_all = min(table["ess_bulk"].min(), min(t["min_ess_bulk"] for t in per_term.values()))
+    rhat_all = max(table["r_hat"].max(), max(t["max_rhat"] for t in per_term.values()))
     steps = np.asarray(post.mcmc.get_extra_fields()["num_steps"])
-    return dict(wall_s=wall, cpu_s=cpu, chains=chains, warmup=draws, draws=draws, prior=prior, cells=int(model.design.n),
+    return dict(wall_s=wall, fit_s=fit_s, cpu_s=cpu, chains=chains, warmup=draws, draws=draws, prior=prior,
+                centring=centring, cells=int(model.design.n),
+                hyper={name: dict(mean=float(row["mean"]), ess_bulk=float(row["ess_bulk"]), r_hat=float(row["r_hat"]))
+                       for name, row in table.iterrows()},
+                effects=per_term,
                 min_ess_bulk=float(ess_all), max_rhat=float(rhat_all),
                 min_ess_bulk_hyper=float(table["ess_bulk"].min()), max_rhat_hyper=float(table["r_hat"].max()),
                 ess_per_s=float(ess_all / wall), ess_per_cpu_s=float(ess_all / cpu), mean_leapfrog_steps=float(steps.mean()),
@@ -64,6 +79,8 @@ def run_rstanarm(cells_csv: str, draws: int, chains: int, out: pathlib.Path) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0, help="the poll's seed")
+    parser.add_argument("--centring", default="fit", choices=("fit", "prior"))
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--r-draws", type=int, default=1000, help="rstanarm's draws per chain (warmup the same)")
@@ -75,9 +92,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         cells_csv = str(pathlib.Path(tmp) / "cells.csv")
-        xbox_poll(args.n, seed=0).cells.to_csv(cells_csv, index=False)
-        result = dict(poll_interviews=args.n,
-                      jaxmlm=run_jaxmlm(cells_csv, args.draws, args.chains, "rstanarm"))
+        xbox_poll(args.n, seed=args.seed).cells.to_csv(cells_csv, index=False)
+        result = dict(poll_interviews=args.n, poll_seed=args.seed,
+                      jaxmlm=run_jaxmlm(cells_csv, args.draws, args.chains, "rstanarm", args.centring))
         if args.r_json:
             r = json.loads(pathlib.Path(args.r_json).read_text())
             r.update(ess_per_s=r["min_ess_bulk"] / r["wall_s"], ess_per_cpu_s=r["min_ess_bulk"] / r["cpu_s"])
@@ -90,6 +107,10 @@ def main() -> None:
             r = result[name]
             print(f"{name:9s} {r['chains']}×{r['draws']}: {r['wall_s']:7.1f} s  min bulk ESS {r['min_ess_bulk']:7.1f}  "
                   f"max R-hat {r['max_rhat']:.4f}  ESS/s {r['ess_per_s']:.2f}  ESS/CPU-s {r['ess_per_cpu_s']:.2f}", file=sys.stderr)
+    for group in ("hyper", "effects"):
+        for name, row in result["jaxmlm"][group].items():
+            ess, rhat = row.get("ess_bulk", row.get("min_ess_bulk")), row.get("r_hat", row.get("max_rhat"))
+            print(f"  {name:24s} bulk ESS {ess:7.1f}  R-hat {rhat:.4f}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,11 @@ def model(poll):
     return jm.Model(FORMULA, poll, family="binomial")
 
 
+@pytest.fixture(scope="module")
+def fit(model):
+    return model.fit(warn=False)
+
+
 def _log_density(model, hyper, params):
     from numpyro.infer.util import log_density
 
@@ -101,6 +106,34 @@ def test_reparameterized_effects_have_the_prior_of_sd_times_standard_normal(mode
     assert np.abs(cov - np.diag(np.diag(cov))).max() < 0.06
 
 
+def test_centring_follows_the_point_fit(model, fit):
+    """Each coordinate's power is I s²/(1 + I s²) with s its term's sd in the point fit: a term the fit puts near
+    zero is non-centred, one with a large sd centred wherever the data are informative."""
+    hyper = _bayes.default_hyper(model)
+    prior = _bayes._cells_reparam(model, hyper, "binomial")
+    s0 = np.array([0.5 * float(np.asarray(hyper.sd_scale[k])[0]) for k in prior.scalar])
+    term, c0 = np.asarray(prior.coord_term), np.asarray(prior.power)
+    info = c0 / (1.0 - c0) / s0[term] ** 2  # each coordinate's information, recovered from the prior's powers
+    typical = _bayes._typical_sds(model, fit)
+    np.testing.assert_allclose(typical, fit.theta)  # four scalar terms: θ is their sds in term order
+    theta = np.array([1e-3, 2.0, 1e-3, 2.0])
+    given = type("Fit", (), {"theta": theta})()
+    for sds in (typical, theta):
+        data = _bayes._cells_reparam(model, hyper, "binomial", _bayes._typical_sds(model, given) if sds is theta
+                                     else sds)
+        s = np.asarray(sds)[term]
+        np.testing.assert_allclose(np.asarray(data.power), info * s**2 / (1 + info * s**2), rtol=1e-10)
+    small, power = np.isin(term, np.flatnonzero(theta < 0.01)), np.asarray(data.power)
+    assert power[small].max() < 0.05 and (power[small] < c0[small]).all()  # non-centred
+    assert (power[~small] > c0[~small]).all() and np.median(power[~small]) > 0.9  # centred where data inform
+
+
+def test_bad_centring_refused_before_compiling(model):
+    for bad in ("centred", None, type("Fit", (), {"theta": np.ones(2)})()):
+        with pytest.raises(ValueError, match="centring"):
+            model.sample(chains=1, draws=5, warmup=5, centring=bad)
+
+
 def test_rstanarm_prior_changes_only_the_sd_prior(model):
     default, rstan = _bayes.default_hyper(model), _bayes.default_hyper(model, kind="rstanarm")
     assert rstan.kind == "rstanarm" and default.kind == "default"
@@ -119,9 +152,8 @@ def test_bad_prior_names_refused_before_compiling(model):
             model.sample(chains=1, draws=5, warmup=5, prior=bad)
 
 
-def test_cells_posterior_near_glmer(model):
-    post = model.sample(chains=2, draws=200, warmup=200, seed=2)
-    fit = model.fit()
+def test_cells_posterior_near_glmer(model, fit):
+    post = model.sample(chains=2, draws=200, warmup=200, seed=2, centring=fit)
     table = post.summary()
     assert np.isfinite(table["r_hat"]).all(), table
     # 2 × 200 draws: the intercept and slope mix fast; the sds of the 51- and 169-level terms slowest

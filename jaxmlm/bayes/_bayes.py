@@ -13,7 +13,10 @@ and the marginal log-likelihood of y ~ N(Xβ, σ²(ZΛΛᵀZᵀ + W⁻¹)) is
 NUTS samples (β, per-term standard deviations and LKJ correlation factors, σ), and u is drawn afterwards from its
 Gaussian conditional u | y, β, θ, σ ~ N(û(β), σ²(L_Z L_Zᵀ)⁻¹) by one back substitution, vectorized over draws.
 
-Binomial and Poisson models are sampled with non-centered random effects: u_k ~ N(0, I), b_k = u_k (diag(sd_k) Ω_k)ᵀ.
+Binomial and Poisson models keep the random effects in the sampler, on the data merged into cells: vector terms
+non-centred (u_k ~ N(0, I), b_k = u_k (diag(sd_k) Ω_k)ᵀ), scalar terms stacked, their means split off and each
+coordinate partially centred by the share of its precision the data give at the term's sd in a point fit
+(``_scalar_effects``, ``_cells_reparam``; docs/sampling.md).
 
 Priors (all scaled to the data, in the spirit of rstanarm; every sampled coordinate is standardized so that NUTS
 sees unit scales):
@@ -31,6 +34,7 @@ or arrays; ``sd_scale`` may also be a dict keyed by group name).
 from __future__ import annotations
 
 import functools
+import weakref
 
 import equinox as eqx
 import jax
@@ -437,10 +441,11 @@ def _term_coordinates(t, rows, w, var, z, split: bool, s: float):
     return _partial_power(info, s), 1.0 / np.sqrt(j * (j + 1.0))
 
 
-def _cells_reparam(model, hyper: Hyper, family: str) -> GlmmData:
+def _cells_reparam(model, hyper: Hyper, family: str, typical=None) -> GlmmData:
     """The cells and the stacked coordinates of the scalar terms (``_scalar_effects``): a term whose z is one
     constant moves the intercept, and its mean is split off when X has an intercept; every coordinate gets its
-    own centring power from its information."""
+    own centring power from its information and its term's typical sd (`typical`, one per scalar term in term
+    order; None: half the sd prior's scale)."""
     d = model.design
     rows, y, w = _merge_cells(d)
     X = d.X[rows]
@@ -458,10 +463,11 @@ def _cells_reparam(model, hyper: Hyper, family: str) -> GlmmData:
     zs = np.stack([d.terms[k].z[rows, 0] for k in scalar], axis=1) if scalar else np.zeros((len(rows), 0))
     shift = np.array([float(zs[0, i]) if len(rows) and j >= 0 and levels[i] > 1 and np.all(zs[:, i] == zs[0, i])
                       else 0.0 for i in range(len(scalar))])
+    if typical is None:
+        typical = [0.5 * float(np.asarray(hyper.sd_scale[k])[0]) for k in scalar]
     power, coef, coord_term, coord_pos = [], [], [], []
     for i, k in enumerate(scalar):
-        c, a = _term_coordinates(d.terms[k], rows, w, var, zs[:, i], bool(shift[i]),
-                                 0.5 * float(np.asarray(hyper.sd_scale[k])[0]))
+        c, a = _term_coordinates(d.terms[k], rows, w, var, zs[:, i], bool(shift[i]), float(typical[i]))
         power.append(c), coef.append(a), coord_term.append(np.full(c.size, i)), coord_pos.append(starts[i] + np.arange(c.size))
     pos_term = np.repeat(np.arange(len(scalar)), levels)
     cat = (lambda parts, dtype: jnp.asarray(np.concatenate(parts) if parts else np.zeros(0), dtype=dtype))
@@ -478,6 +484,42 @@ def _cells_reparam(model, hyper: Hyper, family: str) -> GlmmData:
         n_levels=tuple(t.n_levels for t in d.terms), scalar=scalar, intercept=j,
         intercept_value=float(X[0, j]) if j >= 0 else 1.0,
     )
+
+
+_FIT_THETA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def check_centring(model, centring):
+    """'fit', 'prior' or a point fit of `model` (anything else is refused before compiling)."""
+    if isinstance(centring, str):
+        if centring not in ("fit", "prior"):
+            raise ValueError(f"unknown centring {centring!r}; known: 'fit' (the typical sd of each term from a "
+                             "point fit), 'prior' (half the sd prior's scale), or a fit of this model")
+        return centring
+    theta = getattr(centring, "theta", None)
+    n_theta = sum(q * (q + 1) // 2 for q in model.qs)
+    if theta is None or np.shape(theta) != (n_theta,) or not np.all(np.isfinite(theta)):
+        raise ValueError(f"centring must be 'fit', 'prior' or a fit of this model (finite θ of length {n_theta}), "
+                         f"got {type(centring).__name__}")
+    return centring
+
+
+def _typical_sds(model, centring):
+    """Each scalar term's typical sd for its centring powers: its sd in a point fit (θ; σ = 1 for binomial and
+    Poisson models), where the data and the prior of the effects meet. A term the fit puts near zero is then
+    non-centred, as the posterior wants when its sd is small against the data's precision; 'prior': None."""
+    if (isinstance(centring, str) and centring == "prior") or all(q > 1 for q in model.qs):
+        return None
+    if not isinstance(centring, str):
+        theta = np.asarray(centring.theta, dtype=np.float64)
+    else:  # one point fit per model, whatever the number of sample() calls (θ only: no reference to the model)
+        theta = _FIT_THETA.get(model)
+        if theta is None:
+            theta = _FIT_THETA[model] = np.asarray(model.fit(warn=False).theta, dtype=np.float64)
+    if not np.all(np.isfinite(theta)):
+        return None
+    offsets = np.cumsum([0] + [q * (q + 1) // 2 for q in model.qs])
+    return [float(abs(theta[offsets[k]])) for k, q in enumerate(model.qs) if q == 1]
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -512,10 +554,13 @@ def _split_terms(samples, data: GlmmData):
 def sample(model, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: int = 0, *,
            priors: dict | None = None, target_accept: float = 0.8, max_tree_depth: int = 10,
            chain_method: str = "vectorized", dense_mass: bool | None = None, progress_bar: bool = False,
-           prior: str = "default"):
+           prior: str = "default", centring="fit"):
     """Posterior draws by NUTS. Returns a ``Posterior`` (see ``_posterior.py``). prior='default' or 'rstanarm'
-    (see the module docstring); ``priors`` overrides single hyperparameters of either."""
+    (see the module docstring); ``priors`` overrides single hyperparameters of either. centring (binomial and
+    Poisson models): where each scalar term's typical sd for its centring powers comes from, 'fit' (a point fit,
+    run here), a fit of this model (its θ), or 'prior' (half the sd prior's scale)."""
     check_prior(prior)
+    check_centring(model, centring)
     for name, value, low in (("chains", chains, 1), ("draws", draws, 1), ("warmup", warmup, 0)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
@@ -540,7 +585,7 @@ def sample(model, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: 
         n_params = problem.p + 1 + sum(q * (q + 1) // 2 for q in qs)
     else:
         family, link = _glmm_spec(model)
-        data = _cells_reparam(model, hyper, family)
+        data = _cells_reparam(model, hyper, family, _typical_sds(model, centring))
         d = model.design
         kernel_model = functools.partial(_glmm_model, qs=qs, family=family, link=link)
         args = (data, hyper)
