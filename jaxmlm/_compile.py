@@ -105,8 +105,10 @@ def jit(fn=None, /, **jit_kwargs):
     @functools.wraps(fn)
     def call(*args, **kwargs):
         _bound_programs()
+        effort = current_effort()
         # inside another program's trace the call is inlined there, and JAX refuses compiler options on it
-        effort = current_effort() if _outside_trace(args, kwargs) else "default"
+        if effort != "default" and not _outside_trace(args, kwargs):
+            effort = "default"
         return variants[effort](*args, **kwargs)
 
     call.variants = variants
