@@ -137,7 +137,7 @@ def host_bfgs_minimize(
 
     def evaluate(point):
         v, g = value_and_grad(point)
-        return np.float64(v), np.asarray(g, dtype=np.float64)
+        return float(v), np.asarray(g, dtype=np.float64)
 
     x = np.array(x0, dtype=np.float64)
     s = bfgs_init(x, *evaluate(x), options, HOST)
@@ -147,8 +147,9 @@ def host_bfgs_minimize(
 
 
 def _result(s: BfgsState, options: BfgsOptions, ops) -> OptimResult:
-    return OptimResult(x=s.x, value=ops.xp.asarray(s.value), grad=s.grad, n_iter=s.it, n_eval=s.n_eval,
-                       converged=bfgs_converged(s, options, ops))
+    xp = ops.xp  # the host's Python numbers as 0-d arrays, as the other drivers return them
+    return OptimResult(x=s.x, value=xp.asarray(s.value), grad=s.grad, n_iter=xp.asarray(s.it),
+                       n_eval=xp.asarray(s.n_eval), converged=xp.asarray(bfgs_converged(s, options, ops)))
 
 
 def cobyqa_minimize(fun: Callable[[np.ndarray], float], x0, lower, *, max_eval: int = 1000,
