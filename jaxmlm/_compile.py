@@ -51,10 +51,14 @@ def _checked(effort: str, source: str) -> str:
 
 def current_effort() -> str:
     """The effort in force: a `compile_effort` block, else JAXMLM_COMPILE, else "default"."""
-    scoped = _scoped.get()
-    if scoped is not None:
-        return scoped
-    return _checked(os.environ.get(_ENV_VAR, "default") or "default", _ENV_VAR)
+    return _scoped.get() or _environment_effort()
+
+
+def _environment_effort() -> str:
+    raw = os.environ.get(_ENV_VAR)
+    if raw in EFFORTS:
+        return raw
+    return _checked(raw or "default", _ENV_VAR)
 
 
 @contextlib.contextmanager
@@ -90,8 +94,7 @@ def release_programs() -> None:
 
 
 def _bound_programs() -> None:
-    _calls[0] += 1
-    if _calls[0] % CHECK_EVERY == 0 and compiled_programs() > PROGRAM_LIMIT:
+    if compiled_programs() > PROGRAM_LIMIT:
         release_programs()
 
 
@@ -101,14 +104,18 @@ def jit(fn=None, /, **jit_kwargs):
         return functools.partial(jit, **jit_kwargs)
     variants = {name: jax.jit(fn, compiler_options=options, **jit_kwargs) for name, options in EFFORTS.items()}
     _all_variants.extend(variants.values())
+    default = variants["default"]
 
+    # a host optimizer calls these programs a few dozen times per fit: the wrapper does the least it can per call
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        _bound_programs()
-        effort = current_effort()
+        _calls[0] += 1
+        if _calls[0] % CHECK_EVERY == 0:
+            _bound_programs()
+        effort = _scoped.get() or _environment_effort()
         # inside another program's trace the call is inlined there, and JAX refuses compiler options on it
-        if effort != "default" and not _outside_trace(args, kwargs):
-            effort = "default"
+        if effort == "default" or not _outside_trace(args, kwargs):
+            return default(*args, **kwargs)
         return variants[effort](*args, **kwargs)
 
     call.variants = variants
