@@ -2,9 +2,10 @@
 
 A fit on small data spends most of its first call compiling (LLVM's optimization passes), while on large data the
 run dominates and XLA's full optimization pays. `compile_effort("fast")` compiles jaxmlm's programs with XLA's
-backend optimization level 0: about half the compile time, up to twice the run time per evaluation
-(docs/scale.md, "Compile effort", has the measurements). The objective agrees to rounding; the level
-changes LLVM's code generation, not the operations XLA emits.
+backend optimization level 0 and its elemental (non-MLIR) loop emitters on the CPU: about a third of the
+compile time, several times the run time per evaluation (docs/scale.md, "Compile effort", has the
+measurements). The objective agrees to rounding; both options change code generation, not the operations XLA
+emits.
 
 The setting is jaxmlm's own (per call, per thread, or by JAXMLM_COMPILE=fast in the environment): the user's
 XLA_FLAGS and the options of the user's own programs are never touched. Each effort is a separate jitted
@@ -36,7 +37,9 @@ def _outside_trace(args, kwargs) -> bool:
 
 EFFORTS: dict[str, dict | None] = {
     "default": None,  # XLA's own choice
-    "fast": {"xla_backend_optimization_level": 0},
+    # level 0 for LLVM, and XLA's elemental emitters for fused loops (its MLIR fusion emitters cost a pass
+    # pipeline per fusion that only pays on long runs)
+    "fast": {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False},
 }
 
 _ENV_VAR = "JAXMLM_COMPILE"
