@@ -141,7 +141,7 @@ def test_objective_equals_dense_likelihood(which, cs_fit, ar1_fit):
     model, design = fit.model, fit.model.design
     q = design.terms[0].q
     rng = np.random.default_rng(1)
-    problem = model._linear_objective("ml")  # θ-space objective (Model.problem() refuses structured models)
+    problem = model.problem("ml").inner  # the θ-space objective the structured problem composes
     for psi in [fit.extra["psi"], fit.extra["psi"] + rng.normal(scale=0.3, size=fit.extra["psi"].size)]:
         Sigma_rel = _sigma_rel(which, psi, q)
         with jax.enable_x64(True):
@@ -223,16 +223,17 @@ def test_bad_ar1_terms_are_refused_before_compiling(formula, words):
         assert word in str(info.value), (word, str(info.value))
 
 
-def test_paths_that_search_in_theta_are_refused(cs_fit):
-    """Profile intervals, bootstrap, Satterthwaite, the θ-space problem and batches would leave the structure:
-    each says so rather than answering for an unstructured model; Wald intervals and summary work."""
+def test_paths_not_offered_are_refused_naming_what_to_use(cs_fit):
+    """Kenward–Roger's df, NUTS and the iterative solver would leave the structure: each says so, and what to use
+    instead, rather than answering for an unstructured model; Wald intervals and summary work."""
     model = cs_fit.model
-    for call, what in [(lambda: cs_fit.confint(), "confint(method='profile')"), (lambda: cs_fit.bootstrap(5), "bootstrap()"),
-                       (lambda: cs_fit.t_tests(), "t_tests"), (lambda: model.problem("ml"), "Model.problem()"),
-                       (lambda: model.fit_batch(np.zeros((model.design.n, 2))), "fit_batch()")]:
+    for call, what, instead in [
+            (lambda: cs_fit.t_tests("kenward-roger"), "t_tests(ddf='kenward-roger')", "ddf='satterthwaite'"),
+            (lambda: model.sample(chains=1, draws=2, warmup=2), "Model.sample()", "bootstrap()"),
+            (lambda: model.fit(method="ml", solver="iterative"), "solver='iterative'", "solver='direct'")]:
         with pytest.raises(jm.JaxmlmError, match="cs\\(\\) terms") as info:
             call()
-        assert what in str(info.value)
+        assert what in str(info.value) and instead in str(info.value), str(info.value)
     wald = cs_fit.confint(method="wald")
     np.testing.assert_allclose(wald.loc["x"].to_numpy(), cs_fit.fixef["x"] + np.array([-1, 1]) * 1.959964
                                * np.sqrt(np.asarray(cs_fit.vcov)[1, 1]), rtol=1e-5)

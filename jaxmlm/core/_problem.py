@@ -10,6 +10,10 @@
     problem.names                   a name per coordinate of x (lme4's getME(fit, "theta") names, then β's)
     problem.with_response(y)        the same problem for another response (vmap over responses)
 
+A model with cs() / ar1() terms gets a `StructuredObjective`: the same protocol over x = (ψ[, β, log d]), ψ the
+structures' own parameters (`core/_structures.py`, named as `Model.psi_names`), around the θ-space problem of
+the same model (objective(x) = inner.objective(θ(ψ), ...)); `unpack` adds ψ and each structure's sds and ρ.
+
 The data are pytree leaves of the Module (`data`), so `jax.jit(lambda d, x: problem.objective(x, d))` traces
 them as arguments; `jax.jit(problem.objective)` works too but folds them into the program as constants, which
 compiles slowly for large data. The objective never calls back to the host, so it runs unchanged under jit,
@@ -30,8 +34,9 @@ from .._config import require_float64
 from ._agq import agq_deviance
 from ._lmm import LinearProblem, linear_estimates, make_linear_problem, profiled_deviance, split_problem
 from ._pirls import GlmmProblem, laplace_deviance, split_x
+from ._structures import n_psi, natural_parameters, psi_to_theta
 
-__all__ = ["LinearRows", "LinearObjective", "GlmmObjective", "Problem"]
+__all__ = ["LinearRows", "LinearObjective", "GlmmObjective", "StructuredObjective", "Problem"]
 
 
 class LinearRows(eqx.Module):
@@ -127,7 +132,50 @@ class GlmmObjective(eqx.Module):
 
 
 
-Problem = LinearObjective | GlmmObjective
+class StructuredObjective(eqx.Module):
+    """A θ-space problem (`inner`) searched over the covariance structures' parameters: x = (ψ, rest), where
+    rest is what follows θ in inner's x (β[, log dispersion] for a GLMM, nothing for a linear model)."""
+
+    inner: LinearObjective | GlmmObjective
+    x0: jax.Array
+    lower: jax.Array
+    structures: tuple = eqx.field(static=True)
+    names: tuple[str, ...] = eqx.field(static=True)
+
+    @property
+    def method(self) -> str:
+        return self.inner.method
+
+    @property
+    def data(self):
+        return self.inner.data
+
+    @property
+    def n_psi(self) -> int:
+        return n_psi(self.structures)
+
+    def inner_x(self, x) -> jax.Array:
+        """x = (ψ, rest) → inner's x = (θ(ψ), rest)."""
+        x = jnp.asarray(x)
+        k = self.n_psi
+        return jnp.concatenate([psi_to_theta(x[:k], self.structures), x[k:]])
+
+    @property
+    def objective(self) -> Callable[..., jax.Array]:
+        """f(x, data=None): inner's objective at (θ(ψ), rest)."""
+        return Partial(_structured_objective, self)
+
+    @property
+    def unpack(self) -> Callable[..., dict]:
+        """f(x, data=None): inner's named parameters at (θ(ψ), rest), with `psi` and `structures` (per cs/ar1
+        term its `sd` on the response's scale, σ̂ times the relative sd for a linear model, and `rho`)."""
+        return Partial(_structured_unpack, self)
+
+    def with_response(self, y, *args, **kwargs) -> "StructuredObjective":
+        return eqx.tree_at(lambda p: p.inner, self, self.inner.with_response(y, *args, **kwargs))
+
+
+Problem = LinearObjective | GlmmObjective | StructuredObjective
 
 
 # The functions behind `objective` and `unpack`. Those properties hand them out bound to the problem as a
@@ -160,4 +208,22 @@ def _glmm_unpack(problem: GlmmObjective, x, data=None) -> dict[str, jax.Array]:
     out = dict(theta=theta, beta=beta)
     if phi is not None:
         out["dispersion"] = phi
+    return out
+
+
+def _structured_objective(problem: StructuredObjective, x, data=None) -> jax.Array:
+    return problem.inner.objective(problem.inner_x(x), data)
+
+
+def _structured_unpack(problem: StructuredObjective, x, data=None) -> dict:
+    out = dict(problem.inner.unpack(problem.inner_x(x), data))
+    psi = jnp.asarray(x)[:problem.n_psi]
+    out["psi"] = psi
+    scale = out.get("sigma", 1.0)
+    terms, pos = [], 0
+    for s in problem.structures:
+        if s.kind != "us":
+            terms.append(natural_parameters(s, psi[pos:pos + s.n_params], scale))
+        pos += s.n_params
+    out["structures"] = tuple(terms)
     return out

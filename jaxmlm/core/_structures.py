@@ -26,7 +26,8 @@ import numpy as np
 from .._errors import JaxmlmError
 
 __all__ = ["Structure", "structures_for", "psi_to_theta", "psi_start", "psi_lower", "psi_names",
-           "is_structured", "n_psi", "structure_parameters", "require_unstructured"]
+           "is_structured", "n_psi", "structure_parameters", "require_unstructured", "natural_parameters",
+           "psi_diagonal_mask"]
 
 STRUCTURED = ("cs", "ar1")
 
@@ -106,6 +107,25 @@ class Structure:
         return dict(sd=np.full(self.q, np.exp(psi[0]) * scale), rho=float(psi[1] / np.sqrt(1.0 + psi[1] ** 2)))
 
 
+def natural_parameters(structure: Structure, psi, scale) -> dict:
+    """`Structure.natural` in JAX (traceable): the term's sds (times `scale`) and its correlation ρ."""
+    q = structure.q
+    if structure.kind == "cs":
+        sd = jnp.exp(psi[:q]) * scale
+        if q == 1:
+            return dict(sd=sd, rho=jnp.asarray(jnp.nan, dtype=sd.dtype))
+        a = 1.0 / (q - 1)
+        return dict(sd=sd, rho=1.0 / (1.0 + jnp.exp(-psi[q])) * (1.0 + a) - a)
+    if structure.kind == "ar1":
+        return dict(sd=jnp.full((q,), jnp.exp(psi[0]) * scale), rho=psi[1] / jnp.sqrt(1.0 + psi[1] ** 2))
+    raise ValueError("an unstructured term's parameters are θ itself")
+
+
+def psi_diagonal_mask(structures) -> np.ndarray:
+    """Which coordinates of ψ carry a lower bound of 0 (the diagonal of an unstructured term's T)."""
+    return np.concatenate([s.lower() == 0.0 for s in structures])
+
+
 def structures_for(design) -> tuple[Structure, ...]:
     """Per term of the design its structure; "us" for lme4's terms (and the scalar terms diag() expands into)."""
     kinds = [getattr(t.term, "covariance", "us") for t in design.terms]
@@ -116,13 +136,15 @@ def is_structured(structures) -> bool:
     return any(s.kind != "us" for s in structures)
 
 
-def require_unstructured(structures, what: str) -> None:
+def require_unstructured(structures, what: str, instead: str | None = None) -> None:
     """Refuse a path that searches or differentiates in θ itself (it would leave the structure): a clear error,
-    not an unstructured answer."""
+    not an unstructured answer, naming what to use instead."""
     kinds = sorted({s.kind for s in structures if s.kind != "us"})
     if kinds:
+        alternative = f"; use {instead} instead" if instead else ""
         raise JaxmlmError(f"{what} is not available yet for models with {' or '.join(k + '()' for k in kinds)} "
-                          "terms (their fit, summary, VarCorr, predict, simulate and Wald intervals are)")
+                          f"terms{alternative} (their fit, fit_batch, problem(), summary, VarCorr, predict, "
+                          "simulate, bootstrap, Wald and bootstrap intervals and Satterthwaite's t-tests are)")
 
 
 def n_psi(structures) -> int:

@@ -33,6 +33,7 @@ from .._warn import user_stacklevel  # noqa: F401  (also used by _batch_glmm)
 from .._memory import DEFAULT_FRACTION, available_bytes
 from ..core._linalg import factorize, solve_coefficients
 from ..core._lmm import LinearProblem, deviance_from_factor, profiled_deviance
+from ..core._structures import is_structured, psi_diagonal_mask, psi_to_theta
 from ..optim._optimize import bfgs_minimize
 from ..results._results import SINGULAR_TOL
 from .._compile import carry_effort, jit
@@ -68,6 +69,7 @@ class BatchResult:
     seconds: float = float("nan")
     dispersion: np.ndarray | None = None  # (m,) a dispersion family's d (`fit.dispersion`'s scale); else None
     dispersion_se: np.ndarray | None = None  # (m,) its standard error (NaN where d is fixed)
+    psi: np.ndarray | None = None  # (m, k) cs() / ar1() models: the structures' parameters ψ (theta is θ(ψ))
 
     @property
     def fixef(self) -> pd.DataFrame:
@@ -147,9 +149,20 @@ def _estimates(theta, problem: LinearProblem, reml: bool):
     return beta, se, sigma, deviance_from_factor(factor, problem, reml)
 
 
-@jit(static_argnames=("reml", "max_iter", "complete"))
-def _fit_chunk(structure, rows, base, X, weights, Y, theta0, diag_mask, reml: bool, max_iter: int, complete: bool):
-    """Fit the columns of Y (n × c) at once, column j from θ0[j] (θ0: c × k).
+def _deviance(x, problem, reml: bool, structures):
+    """The profiled deviance at θ = x, or at θ(ψ) with x = ψ for a model with cs() / ar1() terms."""
+    return profiled_deviance(_theta_of(x, structures), problem, reml)
+
+
+def _theta_of(x, structures):
+    return x if structures is None else psi_to_theta(x, structures)
+
+
+@jit(static_argnames=("reml", "max_iter", "complete", "structures"))
+def _fit_chunk(structure, rows, base, X, weights, Y, theta0, diag_mask, reml: bool, max_iter: int, complete: bool,
+               structures=None):
+    """Fit the columns of Y (n × c) at once, column j from θ0[j] (θ0: c × k); structures (static): the search
+    runs on the cs() / ar1() parameters ψ, θ0 holds ψ's starts and diag_mask ψ's bounded coordinates.
 
     complete=True: no missing values, so the Z/X blocks are shared and each column adds its y-parts. Otherwise
     each column's statistics come from its own weights (missing rows weighted 0) and its own effective n.
@@ -170,13 +183,14 @@ def _fit_chunk(structure, rows, base, X, weights, Y, theta0, diag_mask, reml: bo
 
     def one(y, start):
         problem = problem_for(y)
-        res = bfgs_minimize(profiled_deviance, start, problem, reml, max_iter=max_iter, gtol=_BATCH_GTOL)
+        res = bfgs_minimize(_deviance, start, problem, reml, structures, max_iter=max_iter, gtol=_BATCH_GTOL)
         snapped = jnp.where(diag_mask & (jnp.abs(res.x) < SINGULAR_TOL), 0.0, res.x)
-        f_snapped = profiled_deviance(snapped, problem, reml)
+        f_snapped = _deviance(snapped, problem, reml, structures)
         keep = jnp.isfinite(f_snapped) & (f_snapped <= res.value + 1e-10 * jnp.abs(res.value))
-        theta = jnp.where(keep, snapped, res.x)
+        x = jnp.where(keep, snapped, res.x)
+        theta = _theta_of(x, structures)
         beta, se, sigma, objective = _estimates(theta, problem, reml)
-        return dict(theta=theta, beta=beta, se=se, sigma=sigma, objective=objective, converged=res.converged,
+        return dict(x=x, theta=theta, beta=beta, se=se, sigma=sigma, objective=objective, converged=res.converged,
                     n_iter=res.n_iter, nobs=problem.n)
 
     return jax.vmap(one, in_axes=(1, 0))(Y, theta0)
@@ -196,10 +210,10 @@ def _leave_boundary_saddles(res: dict, refit, diag: np.ndarray) -> None:
     """A zero diagonal θ is a stationary point whatever the data (the deviance is even in each column of T), so
     the unconstrained search can stop there at a saddle. As a single fit does (`_boundary.leave_boundary_saddle`),
     search again from just off the boundary, and keep what is lower. refit(which, starts) fits those columns."""
-    zero = diag[None, :] & (res["theta"] == 0)
+    zero = diag[None, :] & (res["x"] == 0)
     which = zero.any(axis=1) & np.isfinite(res["objective"])
     if which.any():
-        starts = np.where(zero[which], 0.01, res["theta"][which])
+        starts = np.where(zero[which], 0.01, res["x"][which])
         _take_better(res, which, refit(which, starts))
 
 
@@ -312,7 +326,8 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
 
     Y: n × m (NumPy array or DataFrame), one row per row of the model's data after rows with missing values in
     the formula's variables were dropped (`model.design.row_index`; a DataFrame indexed like the original data is
-    aligned on it). NaN in a column drops those rows for that response only. The model's weights and offset apply
+    aligned on it). With cs() / ar1() terms each column is searched on ψ, as a single fit is (start: ψ; the
+    result's `psi`, and θ = θ(ψ)). NaN in a column drops those rows for that response only. The model's weights and offset apply
     to every column. method: 'reml' or 'ml' (Gaussian; default 'reml'), 'laplace' or 'agq' with nagq (the other
     families; default 'laplace', columns on the model's response scale: 0/1 or proportions, counts, positive values,
     values in (0, 1) for beta; a dispersion family's d is estimated per column). start: θ to start every column
@@ -334,19 +349,20 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
         return _fit_glmm_batch(model, values, columns, method, nagq, chunk_size, max_iter, progress, t0, start)
     d, reml = model.design, method == "reml"
     m, p = values.shape[1], d.X.shape[1]
-    theta0 = model.start_theta(start)
+    structures = model.structures if is_structured(model.structures) else None
+    theta0 = _search_start(model, structures, start)
 
     n_obs, missing = observed_counts(values)
     too_few = n_obs <= p + (1 if reml else 0)
     groups = [(np.flatnonzero(~missing & ~too_few), True), (np.flatnonzero(missing & ~too_few), False)]
     max_workers = max(1, min(os.cpu_count() or 1, 8))
 
-    out = dict(theta=np.full((m, model.n_theta), np.nan), beta=np.full((m, p), np.nan), se=np.full((m, p), np.nan),
+    out = dict(x=np.full((m, theta0.size), np.nan), theta=np.full((m, model.n_theta), np.nan), beta=np.full((m, p), np.nan), se=np.full((m, p), np.nan),
                sigma=np.full(m, np.nan), objective=np.full(m, np.nan), converged=np.zeros(m, bool),
                n_iter=np.zeros(m, np.int64), nobs=n_obs.astype(np.float64))
     X, weights = jnp.asarray(d.X), jnp.asarray(d.weights)
     base = _base_blocks(model.structure, model.rows, weights, X)
-    diag = theta_diagonal_mask(model.qs)
+    diag = theta_diagonal_mask(model.qs) if structures is None else psi_diagonal_mask(structures)
     mask = jnp.asarray(diag)
     chunks = []
     for idx, complete in groups:
@@ -363,7 +379,7 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
             Yc = np.concatenate([Yc, np.repeat(Yc[:, :1], size - len(cols), axis=1)], axis=1)
             starts = np.concatenate([starts, np.repeat(starts[:1], size - len(cols), axis=0)])
         res = _fit_chunk(model.structure, model.rows, base, X, weights, jnp.asarray(Yc), jnp.asarray(starts),
-                         mask, reml=reml, max_iter=max_iter, complete=complete)
+                         mask, reml=reml, max_iter=max_iter, complete=complete, structures=structures)
         return {k: np.array(v)[: len(cols)] for k, v in res.items()}
 
     @float64  # in a worker thread: JAX's float64 setting is per thread
@@ -393,7 +409,16 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
     return BatchResult(model=model, method=method, columns=columns, theta=theta.reshape(m, model.n_theta),
                        beta=out["beta"], se_beta=out["se"], sigma=out["sigma"], objective=out["objective"],
                        loglik=-out["objective"] / 2.0, converged=out["converged"], nobs=out["nobs"].astype(np.int64), n_iter=out["n_iter"],
-                       seconds=time.perf_counter() - t0)
+                       seconds=time.perf_counter() - t0, psi=None if structures is None else out["x"])
+
+
+def _search_start(model, structures, start) -> np.ndarray:
+    """Where every column's search starts: θ (lme4's layout), or ψ for a model with cs() / ar1() terms."""
+    if structures is None:
+        return model.start_theta(start)
+    from ._structured import _psi_start
+
+    return _psi_start(model, structures, start)
 
 
 def _fit_glmm_batch(model, values, columns, method, nagq, chunk_size, max_iter, progress, t0, start) -> BatchResult:
@@ -409,4 +434,4 @@ def _fit_glmm_batch(model, values, columns, method, nagq, chunk_size, max_iter, 
                        se_beta=res["se"], sigma=np.full(m, np.nan), objective=res["objective"],
                        loglik=res["loglik"], converged=res["converged"] & np.isfinite(res["objective"]), nobs=res["nobs"].astype(np.int64),
                        n_iter=res["n_iter"], seconds=time.perf_counter() - t0, dispersion=res.get("dispersion"),
-                       dispersion_se=res.get("dispersion_se"))
+                       dispersion_se=res.get("dispersion_se"), psi=res.get("psi"))

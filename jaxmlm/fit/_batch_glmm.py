@@ -38,6 +38,7 @@ from .._memory import chunk_size as memory_chunk_size
 from ._glmm import _objective, _state_at, glmm_problem
 from ..optim._optimize import bfgs_minimize
 from ..core._pirls import pirls, split_x
+from ..core._structures import is_structured, n_psi, psi_to_theta
 from .._compile import jit
 
 __all__ = ["glmm_columns", "fit_glmm_chunk"]
@@ -115,23 +116,37 @@ def dispersion_starts(model, problem, Y, W, constants, start_d) -> np.ndarray | 
     return np.log([fam.dispersion_start(Y[:, j], mu[:, j], W[:, j], problem.p) for j in range(Y.shape[1])])
 
 
-def _difference_hessian(x, problem, nodes, node_weights, delta: float = 1e-5):
+def _inner_x(x, structures):
+    """The search's x → the objective's (θ, β[, log d]): x itself, or (θ(ψ), β[, log d]) for cs() / ar1() terms."""
+    if structures is None:
+        return x
+    k = n_psi(structures)
+    return jnp.concatenate([psi_to_theta(x[:k], structures), x[k:]])
+
+
+def _search_objective(x, problem, nodes, node_weights, structures):
+    return _objective(_inner_x(x, structures), problem, nodes, node_weights)
+
+
+def _difference_hessian(x, problem, nodes, node_weights, structures=None, delta: float = 1e-5):
     """The Hessian by central differences of the exact gradient, as a single fit's (`central_difference_hessian`):
     the 2k gradients are one vmapped evaluation, and the program compiles in far less time than autodiff's
     forward-over-reverse Hessian through PIRLS' Newton steps."""
     steps = delta * jnp.eye(x.size, dtype=x.dtype)
-    grads = jax.vmap(jax.grad(_objective), in_axes=(0, None, None, None))(
-        jnp.concatenate([x + steps, x - steps]), problem, nodes, node_weights)
+    grads = jax.vmap(jax.grad(_search_objective), in_axes=(0, None, None, None, None))(
+        jnp.concatenate([x + steps, x - steps]), problem, nodes, node_weights, structures)
     plus, minus = jnp.split(grads, 2)
     hess = (plus - minus) / (2.0 * delta)
     return 0.5 * (hess + hess.T)
 
 
-@jit(static_argnames=("max_iter",))
-def fit_glmm_chunk(problem, Y, W, constants, theta0, log_d0, nodes, node_weights, max_iter: int):
+@jit(static_argnames=("max_iter", "structures"))
+def fit_glmm_chunk(problem, Y, W, constants, theta0, log_d0, nodes, node_weights, max_iter: int, structures=None):
     """Fit the columns of Y (n × c) with prior weights W (n × c) on the problem's design; log_d0 (c,): each
-    column's start of log d (None: no dispersion coordinate)."""
+    column's start of log d (None: no dispersion coordinate). structures (static): the search runs on the cs() /
+    ar1() parameters ψ (theta0 holds ψ's start), as a single structured fit's."""
     nt, p = problem.structure.n_theta, problem.p
+    k = nt if structures is None else n_psi(structures)
     if log_d0 is None:
         log_d0 = jnp.zeros((Y.shape[1], 0), dtype=Y.dtype)
     else:
@@ -140,21 +155,23 @@ def fit_glmm_chunk(problem, Y, W, constants, theta0, log_d0, nodes, node_weights
     def one(y, w, c, tail):
         prob = _with_column(problem, y, w, c)
         # d at the start: None (binomial, Poisson), the family's fixed d, or exp(log d₀)
-        phi = split_x(jnp.concatenate([theta0, jnp.zeros(p, dtype=theta0.dtype), tail]), prob)[2]
-        beta0, _, _, _, _ = pirls(theta0, jnp.zeros(p, dtype=theta0.dtype), prob, joint=True, phi=phi)
+        theta_start = _inner_x(theta0, structures)
+        phi = split_x(jnp.concatenate([theta_start, jnp.zeros(p, dtype=theta0.dtype), tail]), prob)[2]
+        beta0, _, _, _, _ = pirls(theta_start, jnp.zeros(p, dtype=theta0.dtype), prob, joint=True, phi=phi)
         beta0 = jnp.where(jnp.isfinite(beta0), beta0, 0.0)
         x0 = jnp.concatenate([theta0, beta0, tail])
-        res = bfgs_minimize(_objective, x0, prob, None, None, max_iter=max_iter, gtol=1e-8)
+        res = bfgs_minimize(_search_objective, x0, prob, None, None, structures, max_iter=max_iter, gtol=1e-8)
         if nodes is not None:  # AGQ continues from the Laplace optimum, as a single fit does
-            res = bfgs_minimize(_objective, res.x, prob, nodes, node_weights, max_iter=max_iter, gtol=1e-8)
-        H = _difference_hessian(res.x, prob, nodes, node_weights)
+            res = bfgs_minimize(_search_objective, res.x, prob, nodes, node_weights, structures, max_iter=max_iter,
+                                gtol=1e-8)
+        H = _difference_hessian(res.x, prob, nodes, node_weights, structures)
         positive_definite = jnp.all(jnp.isfinite(jnp.linalg.cholesky(H)))
-        variance = jnp.diagonal(2.0 * jnp.linalg.inv(H))[nt:]
+        variance = jnp.diagonal(2.0 * jnp.linalg.inv(H))[k:]
         usable = positive_definite & jnp.all(jnp.isfinite(variance)) & jnp.all(variance > 0)
         se = jnp.where(usable, jnp.sqrt(jnp.where(usable, variance, 1.0)), jnp.nan)
-        return dict(theta=res.x[:nt], beta=res.x[nt:nt + p], se=se[:p], se_tail=se[p:], tail=res.x[nt + p:],
-                    objective=res.value, converged=res.converged, n_iter=res.n_iter, nobs=jnp.sum(w > 0),
-                    hessian_ok=usable)
+        return dict(theta=_inner_x(res.x[:k], structures), psi=res.x[:k], beta=res.x[k:k + p], se=se[:p],
+                    se_tail=se[p:], tail=res.x[k + p:], objective=res.value, converged=res.converged,
+                    n_iter=res.n_iter, nobs=jnp.sum(w > 0), hessian_ok=usable)
 
     return jax.vmap(one, in_axes=(1, 1, 0, 0))(Y, W, constants, log_d0)
 
@@ -194,6 +211,9 @@ def fit_glmm_batch(model, values, columns, *, method: str, nagq, chunk_size, max
     from ._glmm import _check_method
 
     method, nagq = _check_method(model, method, nagq)
+    structures = model.structures if is_structured(model.structures) else None
+    if structures is not None and method != "laplace":
+        raise ValueError("models with cs() or ar1() terms are fitted by Laplace (method='laplace', nagq=1)")
     problem = glmm_problem(model)
     nodes = node_weights = None
     if method == "agq":
@@ -205,14 +225,14 @@ def fit_glmm_batch(model, values, columns, *, method: str, nagq, chunk_size, max
     theta_start, d_start = _split_start(start)
     for first in range(0, m, size):  # every column's values checked before anything compiles
         glmm_columns(model, values[:, first:first + size], columns[first:first + size])
-    theta0 = jnp.asarray(model.start_theta(theta_start))
+    theta0 = jnp.asarray(_search_start(model, structures, theta_start))
     out: dict[str, list] = {}
     fallback = []
     for first in range(0, m, size):
         cols = np.arange(first, min(first + size, m))
         take = np.concatenate([cols, np.repeat(cols[:1], size - len(cols))])  # one compiled program per chunk size
         res = _fit_columns(model, problem, values[:, take], columns[take], theta0, d_start, nodes, node_weights,
-                           max_iter, fallback, columns[cols])
+                           max_iter, fallback, columns[cols], structures)
         for k, v in res.items():
             out.setdefault(k, []).append(v[: len(cols)])
         bar.update(len(cols))
@@ -221,13 +241,24 @@ def fit_glmm_batch(model, values, columns, *, method: str, nagq, chunk_size, max
     return _finish(model, problem, res, method)
 
 
-def _fit_columns(model, problem, values, names, theta0, d_start, nodes, node_weights, max_iter, fallback, real):
+def _search_start(model, structures, start) -> np.ndarray:
+    """θ to start from (lme4's layout), or ψ for cs() / ar1() terms (the structures' start unless given)."""
+    if structures is None:
+        return model.start_theta(start)
+    from ._structured import _psi_start
+
+    return _psi_start(model, structures, start)
+
+
+def _fit_columns(model, problem, values, names, theta0, d_start, nodes, node_weights, max_iter, fallback, real,
+                 structures=None):
     """One chunk: the columns' data, d's starts, the vmapped fit, and lme4's RX fallback where the Hessian fails
     (recorded in `fallback` for the columns among `real`, the chunk's unpadded names)."""
     Y, W, constants, non_integer = glmm_columns(model, values, names)
     log_d0 = dispersion_starts(model, problem, Y, W, constants, d_start)
     res = fit_glmm_chunk(problem, jnp.asarray(Y), jnp.asarray(W), jnp.asarray(constants), theta0,
-                         None if log_d0 is None else jnp.asarray(log_d0), nodes, node_weights, max_iter)
+                         None if log_d0 is None else jnp.asarray(log_d0), nodes, node_weights, max_iter,
+                         structures)
     res = {k: np.array(v) for k, v in res.items()}
     res["constants"], res["non_integer"] = constants, non_integer
     x = np.concatenate([res["theta"], res["beta"], res["tail"]], axis=1)
@@ -255,6 +286,8 @@ def _finish(model, problem, res, method):
             res["dispersion"] = np.full(len(tail), fam.dispersion)
             res["dispersion_se"] = np.full(len(tail), np.nan)
     res["method"] = method
+    if not is_structured(model.structures):
+        res.pop("psi")
     return res
 
 

@@ -26,7 +26,7 @@ from .._errors import FormulaError, NewLevelError
 from .._warn import user_stacklevel
 from ..formula._family import get_family
 from ..core._lmm import deviance_value, make_linear_problem, profiled_deviance, split_problem
-from ..core._problem import LinearObjective, LinearRows
+from ..core._problem import LinearObjective, LinearRows, StructuredObjective
 from ..results._results import MixedModelResult
 from ._boundary import diagnose, warn_fit
 from ._linear import finite_difference_derivatives as _finite_difference_derivatives  # noqa: F401 (tests)
@@ -194,8 +194,21 @@ class Model:
     def problem(self, method: str | None = None, nagq: int = 1):
         """The objective of `method` ('reml', 'ml', 'laplace', 'agq') as a pure JAX function of one flat
         parameter vector, with its start, bounds and names (core/_problem.py; docs/core.md shows its use).
-        Linear models: x = θ (β and σ profiled out). Generalized: x = (θ, β[, log dispersion])."""
-        require_unstructured(self.structures, "Model.problem()")
+        Linear models: x = θ (β and σ profiled out). Generalized: x = (θ, β[, log dispersion]). With cs() / ar1()
+        terms θ is replaced by the structures' parameters ψ (`psi_names`; a `StructuredObjective`)."""
+        problem = self._theta_problem(method, nagq)
+        if not is_structured(self.structures):
+            return problem
+        from ..core._structures import psi_lower, psi_start
+
+        k, structures = self.n_theta, self.structures
+        return StructuredObjective(
+            inner=problem, structures=structures, names=tuple(self.psi_names) + problem.names[k:],
+            x0=jnp.concatenate([jnp.asarray(psi_start(structures)), problem.x0[k:]]),
+            lower=jnp.concatenate([jnp.asarray(psi_lower(structures)), problem.lower[k:]]))
+
+    def _theta_problem(self, method, nagq: int):
+        """The objective over θ itself (every term unstructured; `problem` composes a structure's map)."""
         if method is None:
             method = "reml" if self.is_gaussian else ("agq" if nagq > 1 else "laplace")
         method = str(method).lower()
@@ -297,7 +310,7 @@ class Model:
         θ), lme4's finite-difference convergence checks, estimates at the optimum."""
         from ..core._iterative import make_iterative_problem
 
-        require_unstructured(self.structures, "solver='iterative'")
+        require_unstructured(self.structures, "solver='iterative'", instead="solver='direct' (the default)")
 
         method = "reml" if method is None else str(method).lower()
         if not self.is_gaussian or method not in ("reml", "ml"):
@@ -440,7 +453,8 @@ class Model:
     # ------------------------------------------------------------------ other drivers
     def sample(self, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: int = 0, **kwargs):
         """Posterior draws by NUTS (NumPyro)."""
-        require_unstructured(self.structures, "Model.sample()")
+        require_unstructured(self.structures, "Model.sample()",
+                             instead="fit() and fit.bootstrap() for a sampling distribution of the estimates")
         from ..bayes._bayes import sample
 
         return sample(self, chains=chains, draws=draws, warmup=warmup, seed=seed, **kwargs)
@@ -462,7 +476,6 @@ class Model:
 
     def fit_batch(self, Y, **kwargs):
         """Fit every column of Y (n × m) on this design in one vectorized call."""
-        require_unstructured(self.structures, "fit_batch()")
         from ._batch import fit_batch
 
         return fit_batch(self, Y, **kwargs)

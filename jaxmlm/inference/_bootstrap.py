@@ -8,6 +8,9 @@ started from the fitted d), so its percentile interval comes with the others'.
 Samples are simulated and refitted in blocks sized to the machine's memory (`_memory`; `block_size=` overrides),
 from one random generator, so the draws do not depend on the blocking and memory does not grow with n beyond the
 table of estimates (n × parameters).
+
+A model with cs() / ar1() terms refits each sample on the structures' parameters ψ (`fit_batch`), and reports the
+same rows as every other model: the sds and correlations of each term's covariance σ² T(ψ) T(ψ)ᵀ.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ def _concatenate(batches, n: int):
               for f in ("theta", "beta", "se_beta", "sigma", "objective", "loglik", "converged", "nobs", "n_iter")}
     if first.dispersion is not None:
         arrays.update({f: np.concatenate([getattr(b, f) for b in batches]) for f in ("dispersion", "dispersion_se")})
+    if first.psi is not None:
+        arrays["psi"] = np.concatenate([b.psi for b in batches])
     return BatchResult(model=first.model, method=first.method, columns=pd.RangeIndex(n), **arrays,
                        seconds=float(sum(b.seconds for b in batches)))
 
@@ -83,7 +88,8 @@ def bootstrap(fit, n: int = 500, seed: int = 0, *, chunk_size=None, block_size=N
     if block_size is None and block < n:
         block = max(_BLOCK_MULTIPLE, block // _BLOCK_MULTIPLE * _BLOCK_MULTIPLE)
     rng = np.random.default_rng(seed)
-    start = None if fit.is_singular else fit.theta
+    # refits start from the fit, as lme4's refit(); a model with cs() / ar1() terms searches ψ, so starts there
+    start = None if fit.is_singular else fit.extra.get("psi", fit.theta)
     if dispersion_name(model) is not None:
         start = {"theta": start, "dispersion": fit.dispersion}
     batches = []

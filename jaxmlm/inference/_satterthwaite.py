@@ -12,6 +12,10 @@ contrasts (rows of PᵀL) with df ν_m, and takes DenDF = 2E/(E − q), E = Σ �
 lmerTest differentiates numerically (numDeriv); here H and ∂V/∂ψ are
 exact (JAX autodiff). As lmerTest, A is the pseudo-inverse over H's positive eigenvalues, with a warning for
 negative ones or ones close to zero.
+
+A model with cs() / ar1() terms has ψ = (ψ_structures, σ) with θ = θ(ψ_structures) (`core/_structures.py`): the
+same formulas with H and ∂V/∂ψ taken through the structures' map, so the df are those of the structured model
+(its fewer variance parameters), not of an unstructured one.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from .._errors import ConvergenceWarning
 from .._warn import user_stacklevel
 from ..core._linalg import factorize
 from ..core._lmm import LinearProblem
+from ..core._structures import is_structured, psi_to_theta
 from .._compile import jit
 
 __all__ = ["satterthwaite_table", "contrast_df", "f_test", "ddf_method"]
@@ -46,13 +51,14 @@ _LOG_2PI = float(np.log(2 * np.pi))
 _EIGEN_TOL = 1e-8  # lmerTest's tolerance for a zero eigenvalue of H
 
 
-def _factor(varpar, problem: LinearProblem):
-    return factorize(varpar[:-1], problem.blocks, problem.structure)
+def _factor(varpar, problem: LinearProblem, structures=None):
+    theta = varpar[:-1] if structures is None else psi_to_theta(varpar[:-1], structures)
+    return factorize(theta, problem.blocks, problem.structure)
 
 
-def _deviance(varpar, problem: LinearProblem, reml: bool):
+def _deviance(varpar, problem: LinearProblem, reml: bool, structures=None):
     """−2 log-likelihood (or REML criterion) at θ = varpar[:-1], σ = varpar[-1], β at its conditional optimum."""
-    factor = _factor(varpar, problem)
+    factor = _factor(varpar, problem, structures)
     m_z, p = problem.structure.m_z, problem.p
     log_2pi_s2 = _LOG_2PI + 2.0 * jnp.log(varpar[-1])
     dev = factor.logdet_z(m_z) + factor.tail[-1, -1] ** 2 / varpar[-1] ** 2 + problem.n * log_2pi_s2
@@ -61,15 +67,16 @@ def _deviance(varpar, problem: LinearProblem, reml: bool):
     return dev
 
 
-def _vcov_beta(varpar, problem: LinearProblem):
-    inv = _factor(varpar, problem).fixed_inverse(problem.structure.m_z, problem.p)
+def _vcov_beta(varpar, problem: LinearProblem, structures=None):
+    inv = _factor(varpar, problem, structures).fixed_inverse(problem.structure.m_z, problem.p)
     return varpar[-1] ** 2 * inv.T @ inv
 
 
-@jit(static_argnames=("reml",))
-def _derivatives(varpar, problem: LinearProblem, reml: bool):
+@jit(static_argnames=("reml", "structures"))
+def _derivatives(varpar, problem: LinearProblem, reml: bool, structures=None):
     """(Hessian of the deviance in ψ, Jacobian of vcov(β) in ψ as (p, p, k + 1))."""
-    return jax.hessian(_deviance)(varpar, problem, reml), jax.jacfwd(_vcov_beta)(varpar, problem)
+    return (jax.hessian(_deviance)(varpar, problem, reml, structures),
+            jax.jacfwd(_vcov_beta)(varpar, problem, structures))
 
 
 def _varpar_covariance(H: np.ndarray) -> np.ndarray:
@@ -96,8 +103,9 @@ def _pieces(fit):
                              "effects are tested by z (see summary())")
         if fit.extra.get("solver") == "iterative":
             raise ValueError("Satterthwaite's degrees of freedom need the direct solver (solver='direct')")
-        varpar = jnp.asarray(np.r_[fit.theta, fit.sigma])
-        H, J = _derivatives(varpar, fit.model.linear_problem, fit.reml)
+        structures = fit.model.structures if is_structured(fit.model.structures) else None
+        varpar = jnp.asarray(np.r_[fit.theta if structures is None else fit.extra["psi"], fit.sigma])
+        H, J = _derivatives(varpar, fit.model.linear_problem, fit.reml, structures)
         cached = (_varpar_covariance(np.asarray(H)), np.asarray(J))
         fit.__dict__["_satterthwaite_pieces"] = cached
     return cached

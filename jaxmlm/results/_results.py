@@ -393,7 +393,9 @@ class MixedModelResult:
         from ..inference._satterthwaite import ddf_method
 
         method = ddf_method(ddf)
-        require_unstructured(self.model.structures, f"t_tests(ddf={ddf!r})")
+        if method != "satterthwaite":
+            require_unstructured(self.model.structures, f"t_tests(ddf={ddf!r})",
+                                 instead="t_tests(ddf='satterthwaite')")
         tables = self.__dict__.setdefault("_t_test_tables", {})
         if method not in tables:  # derivatives of the variance parameters: computed once per fit and method
             if method == "satterthwaite":
@@ -458,7 +460,7 @@ class MixedModelResult:
         from ..core._structures import require_unstructured
         from ..inference._confint import confint
 
-        if method != "wald":
+        if method not in ("wald", "boot"):
             require_unstructured(self.model.structures, f"confint(method={method!r})")
         return confint(self, method=method, level=level, parm=parm, **kwargs)
 
@@ -501,8 +503,6 @@ class MixedModelResult:
 
     def bootstrap(self, n: int = 500, seed: int = 0, **kwargs):
         """Parametric bootstrap: n samples simulated from the fit, refitted in one batch (BootstrapResult)."""
-        from ..core._structures import require_unstructured
         from ..inference._bootstrap import bootstrap
 
-        require_unstructured(self.model.structures, "bootstrap()")
         return bootstrap(self, n, seed, **kwargs)
