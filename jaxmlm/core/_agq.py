@@ -40,11 +40,12 @@ def gauss_hermite(k: int) -> tuple[np.ndarray, np.ndarray]:
     return z, w
 
 
-def agq_deviance(x, problem: GlmmProblem, nodes, weights) -> jax.Array:
-    """lme4's nAGQ deviance at x = (θ, β) (no family constant). nodes/weights from `gauss_hermite`."""
+def agq_deviance(x, problem: GlmmProblem, nodes, weights, newton_steps: int = 2) -> jax.Array:
+    """lme4's nAGQ deviance at x = (θ, β) (no family constant). nodes/weights from `gauss_hermite`; newton_steps
+    as in `_pirls.mode_at`."""
     structure, rows = problem.structure, problem.rows
     theta, beta, phi = split_x(x, problem)
-    u_terms, _, _ = mode_at(theta, beta, problem, phi)
+    u_terms, _, _ = mode_at(theta, beta, problem, phi, newton_steps)
     u = u_terms[0][:, 0]
     codes = rows.codes[0]
     n_groups = structure.n_levels[0]

@@ -359,28 +359,29 @@ def newton_step(u_terms, theta, beta, problem: GlmmProblem, phi=None, gather=Non
     return _solve_u(problem, theta, w, eta_z + resid, observed=phi is not None)
 
 
-def _mode_flat(theta, beta, problem: GlmmProblem, phi, gather):
+def _mode_flat(theta, beta, problem: GlmmProblem, phi, gather, newton_steps: int = 2):
     phi_fixed = None if phi is None else jax.lax.stop_gradient(phi)
     _, u_star, _, ok, it = _pirls_flat(jax.lax.stop_gradient(theta), jax.lax.stop_gradient(beta), problem, gather,
                                        phi=phi_fixed)
-    u_star = jax.lax.stop_gradient(u_star)
-    u = newton_step(u_star, theta, beta, problem, phi, gather)
-    u = newton_step(u, theta, beta, problem, phi, gather)
+    u = jax.lax.stop_gradient(u_star)
+    for _ in range(newton_steps):
+        u = newton_step(u, theta, beta, problem, phi, gather)
     return u, ok, it
 
 
-def mode_at(theta, beta, problem: GlmmProblem, phi=None):
-    """The conditional modes (per term) as a differentiable function of (θ, β, phi): PIRLS (not traced) + two
-    Newton steps."""
-    u, ok, it = _mode_flat(theta, beta, problem, phi, row_gather(problem.structure, problem.rows))
+def mode_at(theta, beta, problem: GlmmProblem, phi=None, newton_steps: int = 2):
+    """The conditional modes (per term) as a differentiable function of (θ, β, phi): PIRLS (not traced) +
+    `newton_steps` Newton steps. Two give exact first and second derivatives (module docstring), one exact first
+    derivatives (all a gradient-based search needs), none the mode without derivatives in (θ, β)."""
+    u, ok, it = _mode_flat(theta, beta, problem, phi, row_gather(problem.structure, problem.rows), newton_steps)
     return split_modes(u, problem.structure), ok, it
 
 
-def laplace_parts(theta, beta, problem: GlmmProblem, phi=None):
+def laplace_parts(theta, beta, problem: GlmmProblem, phi=None, newton_steps: int = 2):
     """Pieces of the Laplace deviance at the mode: (deviance, ‖u‖², log det, u (flat), log-det weights, PIRLS ok).
     For a dispersion family "deviance" is −2 Σ log p(y | μ, d), constants included."""
     gather = row_gather(problem.structure, problem.rows)
-    u, ok, _ = _mode_flat(theta, beta, problem, phi, gather)
+    u, ok, _ = _mode_flat(theta, beta, problem, phi, gather, newton_steps)
     eta = problem.X @ beta + problem.offset + _zlu(problem.structure, gather, theta, u)
     dev = _deviance(problem, eta, phi)
     w = laplace_weights(problem, eta, phi)
@@ -394,11 +395,12 @@ def laplace_parts(theta, beta, problem: GlmmProblem, phi=None):
     return dev, _penalty(u), logdet, u, w, ok
 
 
-def laplace_deviance(x, problem: GlmmProblem) -> jax.Array:
+def laplace_deviance(x, problem: GlmmProblem, newton_steps: int = 2) -> jax.Array:
     """lme4's Laplace objective at x = (θ, β), or the proper Laplace −2 log L at x = (θ, β, log d) for a
-    dispersion family. Pure; jit/grad/hessian-able."""
+    dispersion family. Pure; jit/grad/hessian-able. newton_steps=1 (`mode_at`) keeps the value and the gradient
+    exact with a smaller program, for searches that never take second derivatives by autodiff."""
     theta, beta, phi = split_x(x, problem)
-    dev, pen, logdet, u, _, _ = laplace_parts(theta, beta, problem, phi)
+    dev, pen, logdet, u, _, _ = laplace_parts(theta, beta, problem, phi, newton_steps)
     if problem.laplace_weights == "plugin":
         return pen + logdet + plugin_aic(problem, theta, beta, u)[0]
     return dev + pen + logdet + problem.constant

@@ -94,9 +94,11 @@ def _glm_mean(beta, problem):
 
 
 def _objective(x, problem, nodes, weights):
+    """The search's objective: value and gradient exact with one Newton step (`_pirls.mode_at`); the Hessian for
+    the standard errors comes from central differences of this gradient."""
     if nodes is None:
-        return laplace_deviance(x, problem)
-    return agq_deviance(x, problem, nodes, weights)
+        return laplace_deviance(x, problem, newton_steps=1)
+    return agq_deviance(x, problem, nodes, weights, newton_steps=1)
 
 
 @jit
@@ -126,7 +128,7 @@ def _state_at(x, problem):
     """The modes, Fisher weights, PIRLS status and lme4's RX fallback vcov at x, in one compiled program."""
     theta, beta, phi = split_x(x, problem)
     # the modes' PIRLS run gives the iteration count too (a second run would double the program)
-    u, ok, iters = mode_at(theta, beta, problem, phi)
+    u, ok, iters = mode_at(theta, beta, problem, phi, newton_steps=0)
     eta = problem.X @ beta + problem.offset + random_part(problem.structure, problem.rows, theta, u)
     w = laplace_weights(problem, eta, phi)
     # X alone: any further column in the span of [Z X] (a column of ones duplicates the intercept) makes the
@@ -421,7 +423,7 @@ def _warn_separation(fit) -> None:
 @jit
 def _plugin_state(x, problem):
     theta, beta, phi = split_x(x, problem)
-    u, _, _ = mode_at(theta, beta, problem, phi)
+    u, _, _ = mode_at(theta, beta, problem, phi, newton_steps=0)
     _, mu = plugin_aic(problem, theta, beta, u)
     pearson = jnp.sum(problem.weights * (problem.y - mu) ** 2 / problem.family.variance(mu))
     return pearson + sum(jnp.sum(v**2) for v in u)
