@@ -13,6 +13,7 @@ lme4 interpolates ζ with splines; we find the endpoints by root finding (Brent)
   coordinate held (σ = 1); the conditional modes come from PIRLS inside each evaluation, as in the fit. A
   dispersion family's log d is one more coordinate of the same objective, profiled like the others (its interval
   is exp of the ends on the log scale).
+* cs() / ar1() models: on the structures' own coordinates (glmmTMB's), see `structured_profile_intervals`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .._errors import ConvergenceWarning
 from .._warn import user_stacklevel
 from ..core._blocks import Blocks
 from ..core._covariance import theta_diagonal_mask
+from ..core._structures import is_structured
 from ._confint import (dispersion_name, interval_columns, parameter_names, require_laplace, variance_parameter_names,
                        variance_parameters)
 from ..core._linalg import factorize
@@ -205,9 +207,13 @@ class ProfileCoordinate:
     u_hat: float
     step: float
     log_scale: float = 0.0  # a standard deviation's scale (log σ for a linear model's sd_ rows), see _variance_interval
+    transform: Callable | None = None  # kind "transf" (a cs() / ar1() correlation's transform): u → ρ
+    limits: tuple | None = None  # and ρ's range
 
     def natural(self, u):
         """The parameter's value at unconstrained u."""
+        if self.transform is not None:
+            return self.transform(u)
         return np.tanh(u) if self.kind == "cor" else np.exp(u) if self.kind == "log" else u
 
 
@@ -300,7 +306,10 @@ def profile_coordinates(fit, names=None) -> list[ProfileCoordinate]:
     require_laplace(fit, "confint(method='profile')")
     all_names = parameter_names(fit.model)
     wanted = all_names if names is None else list(names)
-    coords = _linear_coordinates(fit, wanted) if fit.model.is_gaussian else _glmm_coordinates(fit, wanted)
+    if is_structured(fit.model.structures):
+        coords = _structured_coordinates(fit, wanted)
+    else:
+        coords = _linear_coordinates(fit, wanted) if fit.model.is_gaussian else _glmm_coordinates(fit, wanted)
     order = {n: k for k, n in enumerate(all_names)}
     return sorted(coords, key=lambda c: order[c.name])
 
@@ -326,6 +335,9 @@ def _unbounded_if_not_reached(name: str, end: float, side: int) -> float:
 
 
 def profile_intervals(fit, level: float, names=None, **_) -> pd.DataFrame:
+    if is_structured(fit.model.structures):
+        require_laplace(fit, "confint(method='profile')")
+        return structured_profile_intervals(fit, level, names)
     target = stats.norm.ppf((1.0 + level) / 2.0)
     coords = profile_coordinates(fit, names)
     return pd.DataFrame([_coordinate_interval(c, target) for c in coords], index=[c.name for c in coords],
@@ -367,3 +379,229 @@ def profile_traces(fit, names=None, level: float = 0.99, n_points: int = 15) -> 
         zeta = np.array([0.0 if u == coord.u_hat else coord.zeta(u) for u in grid])
         frames.append(pd.DataFrame({"parameter": coord.name, "value": coord.natural(grid), "zeta": zeta}))
     return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------- cs() / ar1() models
+# Profiles on the structures' own coordinates (glmmTMB's: log sd on the response's scale, the correlation's
+# transform), one coordinate per structure parameter; an unstructured term beside them keeps the sd/cor
+# coordinates above, and log σ closes a linear model's z. Each coordinate's interval is mapped onto the rows
+# confint reports for every model (the sds and correlations of σ² T Tᵀ): a cs() correlation fills each of the
+# term's cor_ rows, an ar1() sd every sd_ row and its φ the cor_ rows at lag k as φ^k.
+def _structured_theta(z, structures, log_sigma):
+    """z's covariance part (per term: ψ with log sds on the response's scale, or an unstructured term's
+    log sd / atanh cor) → θ relative to σ = exp(log_sigma)."""
+    from ..core._structures import Structure
+
+    thetas, pos = [], 0
+    for s in structures:
+        zt = z[pos:pos + s.n_params]
+        if s.kind == "us":
+            thetas.append(_theta_sigma(jnp.concatenate([zt, log_sigma[None]]), (s.q,))[0])
+        else:
+            n_sd = s.q if s.kind == "cs" else 1
+            thetas.append(Structure(s.kind, s.q).psi_to_theta(zt.at[:n_sd].add(-log_sigma)))
+        pos += s.n_params
+    return jnp.concatenate(thetas)
+
+
+def _structured_ml(z, problem, structures):
+    """The ML deviance at z = (covariance coordinates, log σ), β profiled out."""
+    log_sigma = z[-1]
+    sigma = jnp.exp(log_sigma)
+    factor = factorize(_structured_theta(z[:-1], structures, log_sigma), problem.blocks, problem.structure)
+    r2 = factor.tail[-1, -1] ** 2
+    dev = factor.logdet_z(problem.structure.m_z) + problem.n * (_LOG_2PI + 2 * log_sigma) + r2 / sigma**2
+    return jnp.where(jnp.isfinite(dev - problem.sum_log_w), dev - problem.sum_log_w, jnp.inf)
+
+
+def _structured_glmm(z, problem, structures, k):
+    theta = _structured_theta(z[:k], structures, jnp.zeros((), dtype=z.dtype))
+    dev = laplace_deviance(jnp.concatenate([theta, z[k:]]), problem)
+    return jnp.where(jnp.isfinite(dev), dev, jnp.inf)
+
+
+@jit(static_argnames=("structures", "linear", "k"))
+def _structured_profile(z0, problem, index, value, structures, linear: bool, k: int):
+    def held(z):
+        z = z.at[index].set(value)
+        return _structured_ml(z, problem, structures) if linear else _structured_glmm(z, problem, structures, k)
+
+    res = lbfgs_minimize(held, z0.at[index].set(value))
+    return res.value, res.x
+
+
+def _structured_fixed_deviance(psi, problem, structures):
+    from ..core._lmm import profiled_deviance
+    from ..core._structures import psi_to_theta
+
+    return profiled_deviance(psi_to_theta(psi, structures), problem, False)
+
+
+@jit(static_argnames=("structures",))
+def _structured_fixed_profile(psi0, problem, select, column, value, structures):
+    from ..optim._optimize import bfgs_minimize
+
+    res = bfgs_minimize(_structured_fixed_deviance, psi0, _moved_to_offset(problem, select, column, value),
+                        structures, gtol=1e-9)
+    return res.value, res.x
+
+
+def _rho_transform(structure):
+    """The correlation's transform of a cs() or ar1() term: unconstrained t → ρ (cs) or φ (ar1), and ρ's range."""
+    if structure.kind == "cs":
+        a = 1.0 / (structure.q - 1)
+        return (lambda t: 1.0 / (1.0 + np.exp(-np.asarray(t))) * (1.0 + a) - a), (-a, 1.0)
+    return (lambda t: np.asarray(t) / np.sqrt(1.0 + np.asarray(t) ** 2)), (-1.0, 1.0)
+
+
+def _structured_terms(model):
+    """Per term: (structure, group, columns, its coordinates as (name, kind)) in z's order."""
+    d = model.design
+    out = []
+    for s, grp, t in zip(model.structures, d.group_names, d.terms):
+        cols = t.column_names
+        if s.kind == "us":
+            coords = [(f"sd_{cols[r]}|{grp}", "log") if r == c else (f"cor_{cols[r]}.{cols[c]}|{grp}", "cor")
+                      for c in range(s.q) for r in range(c, s.q)]
+        else:
+            sds = cols if s.kind == "cs" else cols[:1]
+            coords = [(f"sd_{c}|{grp}", "log") for c in sds]
+            if s.n_params > len(sds):
+                coords.append((f"cor_{cols[1]}.{cols[0]}|{grp}", "transf"))
+        out.append((s, grp, cols, coords))
+    return out
+
+
+def _row_sources(model) -> dict:
+    """confint's row → (the coordinate whose interval gives it, the power of an ar1() lag)."""
+    sources = {}
+    for s, grp, cols, coords in _structured_terms(model):
+        for r, c in [(r, c) for c in range(s.q) for r in range(c, s.q)]:
+            row = f"sd_{cols[r]}|{grp}" if r == c else f"cor_{cols[r]}.{cols[c]}|{grp}"
+            if s.kind == "us" or (s.kind == "cs" and r == c):
+                sources[row] = (row, 1)
+            elif r == c:
+                sources[row] = (f"sd_{cols[0]}|{grp}", 1)
+            else:
+                sources[row] = (f"cor_{cols[1]}.{cols[0]}|{grp}", r - c if s.kind == "ar1" else 1)
+    return sources
+
+
+def _structured_z_hat(fit, sigma):
+    """The fit's covariance coordinates (see `_structured_theta`), σ = sigma (1 for a GLMM)."""
+    model, parts, pos, psi_pos = fit.model, [], 0, 0
+    psi = fit.extra["psi"]
+    for s, _, _, coords in _structured_terms(model):
+        k = s.q * (s.q + 1) // 2
+        if s.kind == "us":
+            values = variance_parameters(fit.theta[pos:pos + k], sigma, (s.q,))[0][:k]
+            parts.append(_unconstrained(values, np.array([kind == "cor" for _, kind in coords])))
+        else:
+            block = np.array(psi[psi_pos:psi_pos + s.n_params], dtype=np.float64)
+            block[:s.q if s.kind == "cs" else 1] += np.log(sigma)
+            parts.append(block)
+        pos, psi_pos = pos + k, psi_pos + s.n_params
+    return np.concatenate(parts)
+
+
+def _structured_coordinates(fit, wanted) -> list[ProfileCoordinate]:
+    model = fit.model
+    structures, linear = model.structures, model.is_gaussian
+    terms = _structured_terms(model)
+    cov = [(name, kind, s) for s, _, _, coords in terms for name, kind in coords]
+    x_names = list(model.design.x_names)
+    if linear:
+        ml = fit if fit.method == "ml" else model.fit(method="ml", warn=False)
+        problem, d_hat, scale = model.linear_problem, ml.objective, ml.sigma
+        z_hat = np.r_[_structured_z_hat(ml, scale), np.log(scale)]
+        tail = [("sigma", "log", None)]
+    else:
+        from ..fit._glmm import glmm_problem
+
+        ml, problem, d_hat, scale = fit, glmm_problem(model), fit.objective, 1.0
+        d_name = dispersion_name(model)
+        z_hat = np.r_[_structured_z_hat(fit, 1.0), fit.fixef[x_names].to_numpy(),
+                      [np.log(fit.dispersion)] if d_name else []]
+        tail = [(n, "fixed", None) for n in x_names] + ([(d_name, "log", None)] if d_name else [])
+    k = len(cov)
+    is_sd = np.array([kind == "log" for _, kind, _ in cov] + [False] * (z_hat.size - k))
+    z_start = jnp.asarray(_off_boundary(z_hat, is_sd, np.log(scale)))
+    out = []
+    for i, (name, kind, s) in enumerate(cov + tail):
+        if name not in wanted:
+            continue
+
+        def evaluate(u, i=i):
+            return _structured_profile(z_start, problem, i, jnp.asarray(u, dtype=jnp.float64), structures, linear,
+                                       k)[0]
+
+        zeta = _zeta_of(evaluate, z_hat[i], d_hat)
+        step = float(fit.se[name]) if kind == "fixed" else 0.1
+        log_scale = np.log(scale) if i < k else (float(z_hat[i]) if name != "sigma" and kind == "log" else 0.0)
+        transform = _rho_transform(s) if kind == "transf" else (None, None)
+        out.append(ProfileCoordinate(name, kind, zeta, float(z_hat[i]), step, log_scale=float(log_scale),
+                                     transform=transform[0], limits=transform[1]))
+    if linear:
+        out += _structured_fixed_coordinates(ml, problem, wanted, d_hat)
+    return out
+
+
+def _structured_fixed_coordinates(ml, problem, wanted, d_hat) -> list[ProfileCoordinate]:
+    model = ml.model
+    x_names = list(model.design.x_names)
+    p, out = len(x_names), []
+    psi0 = jnp.asarray(ml.extra["psi"])
+    for j, name in enumerate(x_names):
+        if name not in wanted:
+            continue
+        select = np.zeros((p + 1, p - 1))
+        select[[i for i in range(p) if i != j], np.arange(p - 1)] = 1.0
+        column = np.zeros(p + 1)
+        column[j] = 1.0
+
+        def evaluate(v, sel_j=jnp.asarray(select), col_j=jnp.asarray(column)):
+            return _structured_fixed_profile(psi0, problem, sel_j, col_j, jnp.asarray(v, dtype=jnp.float64),
+                                             model.structures)[0]
+
+        out.append(ProfileCoordinate(name, "fixed", _zeta_of(evaluate, float(ml.fixef[name]), d_hat),
+                                     float(ml.fixef[name]), float(ml.se[name])))
+    return out
+
+
+def _transf_interval(coord: ProfileCoordinate, target: float):
+    """A correlation transform's interval: the ends on t's scale, mapped by the transform; a side the deviance
+    never rises on is the correlation's own limit."""
+    lim = (coord.u_hat - 30.0, coord.u_hat + 30.0)
+    lo = _endpoint(coord.zeta, coord.u_hat, 0.1, -target, *lim)
+    hi = _endpoint(coord.zeta, coord.u_hat, 0.1, target, *lim)
+    lo_v = coord.limits[0] if lo == lim[0] or np.isnan(lo) else float(coord.transform(lo))
+    hi_v = coord.limits[1] if hi == lim[1] or np.isnan(hi) else float(coord.transform(hi))
+    return lo_v, hi_v
+
+
+def _power_interval(lo: float, hi: float, power: int):
+    """The range of φ^power for φ in [lo, hi] (an ar1() correlation at lag `power`)."""
+    ends = (lo**power, hi**power)
+    if power % 2 == 0 and lo < 0.0 < hi:
+        return 0.0, max(ends)
+    return min(ends), max(ends)
+
+
+def structured_profile_intervals(fit, level: float, names=None) -> pd.DataFrame:
+    """confint(method='profile') rows for a model with cs() / ar1() terms (see the section's comment)."""
+    target = stats.norm.ppf((1.0 + level) / 2.0)
+    model = fit.model
+    rows = parameter_names(model) if names is None else list(names)
+    sources = _row_sources(model)
+    needed = {sources.get(r, (r, 1))[0] for r in rows}
+    ends = {}
+    for coord in _structured_coordinates(fit, needed):
+        if coord.kind == "transf":
+            ends[coord.name] = _transf_interval(coord, target)
+        else:
+            ends[coord.name] = _coordinate_interval(coord, target)
+    values = []
+    for r in rows:
+        source, power = sources.get(r, (r, 1))
+        values.append(_power_interval(*ends[source], power) if power > 1 else ends[source])
+    return pd.DataFrame(values, index=rows, columns=interval_columns(level))

@@ -457,11 +457,8 @@ class MixedModelResult:
     # ------------------------------------------------------------------ intervals (see _confint, _bootstrap)
     def confint(self, method: str = "profile", level: float = 0.95, parm=None, **kwargs) -> pd.DataFrame:
         """Confidence intervals as lme4's confint: method 'profile', 'wald' or 'boot' (kwargs: nsim, seed)."""
-        from ..core._structures import require_unstructured
         from ..inference._confint import confint
 
-        if method not in ("wald", "boot"):
-            require_unstructured(self.model.structures, f"confint(method={method!r})")
         return confint(self, method=method, level=level, parm=parm, **kwargs)
 
     def anova(self, *others, names=None, refit: bool = True, type=None, ddf: str = "satterthwaite") -> pd.DataFrame:
