@@ -78,3 +78,12 @@ def test_satterthwaite_df_against_dense_finite_differences(ar1_ml, method):
         df = 2.0 * vcov[i, i] ** 2 / (g @ A @ g)
         assert table.loc[name, "df"] == pytest.approx(df, rel=1e-4)
     assert list(table.columns) == ["Estimate", "Std. Error", "df", "t value", "Pr(>|t|)"]
+
+
+def test_type3_anova_uses_the_structured_df_and_kenward_roger_refuses(ar1_ml):
+    reml = ar1_ml.model.fit(method="reml")
+    table = reml.anova(type=3)
+    assert table.loc["time", "DenDF"] == pytest.approx(reml.t_tests().loc["time", "df"], rel=1e-8)
+    for call in (lambda: reml.anova(type=3, ddf="kenward-roger"), lambda: reml.t_tests("kenward-roger")):
+        with pytest.raises(jm.JaxmlmError, match="ddf='satterthwaite'"):
+            call()

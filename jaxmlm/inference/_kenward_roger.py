@@ -34,8 +34,12 @@ MAX_ROWS = 4000  # the dense V and its derivatives take (parameters + 2) n² dou
 
 
 def _check(fit) -> None:
+    from ..core._structures import require_unstructured
+
     if not fit.is_linear:
         raise DataError("Kenward-Roger's method is for linear mixed models")
+    # τ here is each term's unstructured covariance: a cs() / ar1() term's would be another model's
+    require_unstructured(fit.model.structures, "Kenward-Roger's method", instead="ddf='satterthwaite'")
     if not fit.reml:
         raise DataError("Kenward-Roger's method is only available for REML fits (fit with reml=True)")
     if fit.extra.get("solver") == "iterative":
