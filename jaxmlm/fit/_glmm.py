@@ -51,24 +51,12 @@ APPROXIMATIONS = ("laplace", "lme4")
 
 
 def glmm_problem(model, approximation: str = "laplace") -> GlmmProblem:
-    """The model's GLMM problem, built once and kept on the model. approximation="lme4": lme4's objective for a
-    dispersion family (NB2: Fisher weights in the log-determinant; Gamma, inverse Gaussian: the plug-in σ)."""
+    """The model's GLMM problem (`Model.glmm_problem`, formed once) for an approximation. approximation="lme4":
+    lme4's objective for a dispersion family (NB2: Fisher weights in the log-determinant; Gamma, inverse Gaussian:
+    the plug-in σ)."""
     if approximation not in APPROXIMATIONS:
         raise ValueError(f"approximation must be one of {', '.join(APPROXIMATIONS)}; got {approximation!r}")
-    problem = getattr(model, "_glmm_problem", None)
-    if problem is None:
-        d, fam = model.design, model.family
-        problem = GlmmProblem(
-            structure=model.structure,
-            rows=model.rows,
-            X=jnp.asarray(d.X),
-            y=jnp.asarray(d.y),
-            weights=jnp.asarray(d.weights),
-            offset=jnp.asarray(d.offset),
-            constant=jnp.asarray(fam.log_constant(d.y, d.weights, d.extra)),
-            family=fam,
-        )
-        model._glmm_problem = problem
+    problem = model.glmm_problem
     if approximation == "lme4" and getattr(problem.family, "has_dispersion", False):
         name = problem.family.name
         if name not in _LME4_WEIGHTS:

@@ -27,6 +27,7 @@ from .._warn import user_stacklevel
 from ..formula._family import get_family
 from ..core._lmm import deviance_value, make_linear_problem, profiled_deviance, split_problem
 from ..core._problem import LinearObjective, LinearRows, StructuredObjective
+from ..core._pirls import GlmmProblem
 from ..results._results import MixedModelResult
 from ._boundary import diagnose, warn_fit
 from ._linear import finite_difference_derivatives as _finite_difference_derivatives  # noqa: F401 (tests)
@@ -81,6 +82,7 @@ class Model:
         self._structure = None
         self._rows = None
         self._linear_problem = None
+        self._glmm_problem = None
         self._evaluation_problem = None  # linear_problem split for the optimizer's programs, formed on first use
         self._iterative_problem = None  # the iterative path's rows and probes, for _iterative_key's settings
         self._iterative_key = None
@@ -154,6 +156,18 @@ class Model:
             d = self.design
             self._linear_problem = make_linear_problem(self.structure, self.rows, d.weights, d.X, d.y - d.offset)
         return self._linear_problem
+
+    @property
+    def glmm_problem(self):
+        """The GLMM objective's data (core/_pirls.py's GlmmProblem: structure, rows, X, response, prior weights,
+        offset, the family's constant), formed once on first use."""
+        if self._glmm_problem is None:
+            d, fam = self.design, self.family
+            self._glmm_problem = GlmmProblem(
+                structure=self.structure, rows=self.rows, X=jnp.asarray(d.X), y=jnp.asarray(d.y),
+                weights=jnp.asarray(d.weights), offset=jnp.asarray(d.offset),
+                constant=jnp.asarray(fam.log_constant(d.y, d.weights, d.extra)), family=fam)
+        return self._glmm_problem
 
     def _for_evaluation(self, problem=None):
         """`problem` (default: linear_problem) as the optimizer's programs take it: blocks split by level element
