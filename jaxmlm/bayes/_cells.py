@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .._errors import DataError, DataTypeError
+from ..formula._design import row_labels
 
 __all__ = ["Cells", "cell_arrays", "group_codes", "check_weights"]
 
@@ -88,7 +89,7 @@ def _term_codes(term, frame: pd.DataFrame) -> np.ndarray:
             raise DataError(f"the post-stratification frame has no column {name!r} (grouping factor of "
                             f"{term.term.text})")
     codes, combos = _distinct(frame, factors, f"grouping factor of {term.term.text}")
-    labels = combos.astype(str).agg(":".join, axis=1)
+    labels = row_labels(combos, factors)
     idx = pd.Index(term.levels.astype(str)).get_indexer(labels)
     unseen = idx < 0
     idx[unseen] = term.n_levels + np.arange(int(unseen.sum()))

@@ -21,7 +21,7 @@ from ..core._blocks import build_structure, row_data
 from ..optim._summary import OptSummary
 from ..core._covariance import theta_diagonal_mask, theta_names, theta_start, theta_to_matrices
 from ..core._structures import is_structured, psi_names, require_unstructured, structures_for
-from ..formula._design import build_design, check_linear_model, to_pandas
+from ..formula._design import build_design, check_linear_model, row_labels, to_pandas
 from .._errors import FormulaError, NewLevelError
 from .._warn import user_stacklevel
 from ..formula._family import get_family
@@ -452,7 +452,7 @@ class Model:
             for name in t.term.factors:
                 if name not in frame.columns:
                     raise ValueError(f"newdata lacks grouping column {name!r} needed by {t.term.text}")
-            labels = frame[list(t.term.factors)].astype(str).agg(":".join, axis=1)
+            labels = row_labels(frame, t.term.factors)
             lookup = pd.Index(t.levels.astype(str))
             idx = lookup.get_indexer(labels)
             if (idx < 0).any() and not allow_new_levels:

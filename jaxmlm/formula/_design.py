@@ -32,7 +32,7 @@ from .._errors import (
 from .._warn import user_stacklevel
 from ._family import numeric_response
 from ._ingest import column_names, is_arrow_source, read_frame
-from ._modelmatrix import build_model_matrix, evaluate, evaluate_numeric
+from ._modelmatrix import build_model_matrix, evaluate, evaluate_numeric, format_number
 from ._parser import Name, parse_expression
 from ._terms import ParsedFormula, RandomTerm, expand_terms, expression_names
 
@@ -133,12 +133,38 @@ def _check_columns(names: set[str], frame: pd.DataFrame, where: str) -> None:
             raise FormulaError(f"{where} uses {name!r}, which is not a column of the data{hint}")
 
 
-def _as_labels(values) -> list[str]:
-    """Level labels as strings: vectorized for string levels (1M labels: 0.08 s against 1.2 s one by one)."""
+def level_labels(values) -> list[str]:
+    """Level labels as R's factor() writes them, as.character of each value: 2 and 2.5 for doubles (not "2.0"),
+    1e+05, TRUE / FALSE; strings as they are. Vectorized where it can be (string levels, integers, and doubles
+    that are small whole numbers, the usual coded grouping column)."""
     values = pd.Index(values)
-    if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype):
-        return [str(v) for v in values]
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return ["TRUE" if v else "FALSE" for v in values]
+    if pd.api.types.is_integer_dtype(values.dtype):
+        return values.astype(str).tolist()
+    if pd.api.types.is_float_dtype(values.dtype):
+        v = values.to_numpy(dtype=np.float64)
+        whole = np.isfinite(v) & (v == np.round(v)) & (np.abs(v) < 1e5)  # R writes these as integers
+        out = np.where(whole, np.where(whole, v, 0).astype(np.int64).astype(str), "").astype(object)
+        rest = np.flatnonzero(~whole)
+        out[rest] = [format_number(x) for x in v[rest]]
+        return out.tolist()
     return values.astype(str).tolist()
+
+
+def row_labels(frame: pd.DataFrame, factors) -> pd.Series:
+    """Each row's level of the (interaction of) grouping factors, labelled as `level_labels` labels a fit's levels
+    ("a:b" for an interaction): the key that matches new data to a fitted model's levels."""
+    parts = []
+    for name in factors:
+        col = frame[name]
+        codes, uniques = pd.factorize(col, sort=False)
+        labels = np.asarray(level_labels(uniques) + ["NA"], dtype=object)
+        parts.append(pd.Series(labels[codes], index=frame.index))
+    out = parts[0]
+    for part in parts[1:]:
+        out = out + ":" + part
+    return out
 
 
 def _grouping_codes(frame: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray, pd.Index]:
@@ -154,10 +180,10 @@ def _grouping_codes(frame: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.n
             remap = np.full(len(categories), -1, dtype=np.int64)
             remap[used] = np.arange(len(used))
             codes = remap[codes]
-            labels = _as_labels(categories[used])
+            labels = level_labels(categories[used])
         else:
             codes, uniques = pd.factorize(col, sort=True)
-            labels = _as_labels(uniques)
+            labels = level_labels(uniques)
         codes_list.append(codes.astype(np.int64))
         labels_list.append(labels)
     if len(factors) == 1:
