@@ -179,3 +179,27 @@ def test_restarts_after_a_non_finite_end():
     with pytest.raises(ValueError, match="none"):
         _boundary.minimize_with_restarts(minimize, np.array([30.0]), _boundary.scaled_starts(np.array([30.0]), 1),
                                          ValueError("none"))
+
+
+def test_host_numbers_take_the_array_forms_steps_to_the_last_bit():
+    """The host step keeps the per-problem numbers as Python floats and bools; its iterates are the array forms'
+    (the batched host loop on one row) bit for bit, on a smooth non-quadratic function and from a start where the
+    first steps are rejected."""
+    A = np.array([[3.0, 0.5, 0.1], [0.5, 2.0, 0.2], [0.1, 0.2, 1.0]])
+
+    def one(x):
+        return float(0.5 * x @ A @ x + np.sum(np.cosh(x - 1.0))), A @ x + np.sinh(x - 1.0)
+
+    def rows(X):
+        out = [one(x) for x in X]
+        return np.array([v for v, _ in out]), np.stack([g for _, g in out])
+
+    for x0 in (np.array([3.0, 3.0, 3.0]), np.array([-8.0, 0.5, 6.0])):
+        for max_iter in (2, 5, 9, 1000):
+            alone = host_bfgs_minimize(one, x0, max_iter=max_iter)
+            batch = host_batch_bfgs_minimize(rows, x0[None], max_iter=max_iter)
+            np.testing.assert_array_equal(alone.x, batch.x[0])
+            assert float(alone.value) == float(batch.value[0])
+            np.testing.assert_array_equal(alone.grad, batch.grad[0])
+            assert int(alone.n_eval) == int(batch.n_eval[0]) and int(alone.n_iter) == int(batch.n_iter[0])
+            assert bool(alone.converged) == bool(batch.converged[0])

@@ -36,6 +36,8 @@ from ..core._lmm import LinearProblem, deviance_from_factor, profiled_deviance
 from ..core._structures import is_structured, psi_diagonal_mask, psi_to_theta
 from ..optim._optimize import bfgs_minimize
 from ..results._results import SINGULAR_TOL
+from ..optim._summary import summarize_rows
+from ._boundary import SADDLE_MESSAGE, refit_is_lower, saddle_starts, snap_rows
 from .._compile import carry_effort, jit
 
 __all__ = ["BatchResult", "fit_batch"]
@@ -70,6 +72,7 @@ class BatchResult:
     dispersion: np.ndarray | None = None  # (m,) a dispersion family's d (`fit.dispersion`'s scale); else None
     dispersion_se: np.ndarray | None = None  # (m,) its standard error (NaN where d is fixed)
     psi: np.ndarray | None = None  # (m, k) cs() / ar1() models: the structures' parameters ψ (theta is θ(ψ))
+    optsum: object = None  # `optim._summary.RowsSummary`: the optimizer's record, a row per response
 
     @property
     def fixef(self) -> pd.DataFrame:
@@ -158,42 +161,49 @@ def _theta_of(x, structures):
     return x if structures is None else psi_to_theta(x, structures)
 
 
+def _column_problem(structure, rows, base, X, weights, y, complete: bool) -> LinearProblem:
+    """One response column's problem. complete=True: no missing values, so the Z/X blocks are shared and the
+    column adds its y-parts. Otherwise the column's statistics come from its own weights (missing rows weighted
+    0) and its own effective n."""
+    p = X.shape[1]
+    if complete:
+        blocks = _with_response(base, _response_parts(structure, rows, weights, X, y))
+        return LinearProblem(structure=structure, blocks=blocks, n=jnp.sum(weights > 0).astype(jnp.float64),
+                             p=p, sum_log_w=_sum_log_w(weights))
+    observed = ~jnp.isnan(y)
+    w = jnp.where(observed, weights, 0.0)
+    F = jnp.concatenate([X, jnp.where(observed, y, 0.0)[:, None]], axis=1)
+    return LinearProblem(structure=structure, blocks=cross_products(structure, rows, w, F),
+                         n=jnp.sum(w > 0).astype(jnp.float64), p=p, sum_log_w=_sum_log_w(w))
+
+
 @jit(static_argnames=("reml", "max_iter", "complete", "structures"))
 def _fit_chunk(structure, rows, base, X, weights, Y, theta0, diag_mask, reml: bool, max_iter: int, complete: bool,
                structures=None):
     """Fit the columns of Y (n × c) at once, column j from θ0[j] (θ0: c × k); structures (static): the search
-    runs on the cs() / ar1() parameters ψ, θ0 holds ψ's starts and diag_mask ψ's bounded coordinates.
-
-    complete=True: no missing values, so the Z/X blocks are shared and each column adds its y-parts. Otherwise
-    each column's statistics come from its own weights (missing rows weighted 0) and its own effective n.
-    As a single fit does, a diagonal θ that ends below lme4's singularity tolerance is set to 0 when that does not
-    raise the objective (the optimizer is unconstrained, so a variance that belongs at 0 ends near 1e-6)."""
-    p = X.shape[1]
-
-    def problem_for(y):
-        if complete:
-            blocks = _with_response(base, _response_parts(structure, rows, weights, X, y))
-            return LinearProblem(structure=structure, blocks=blocks, n=jnp.sum(weights > 0).astype(jnp.float64),
-                                 p=p, sum_log_w=_sum_log_w(weights))
-        observed = ~jnp.isnan(y)
-        w = jnp.where(observed, weights, 0.0)
-        F = jnp.concatenate([X, jnp.where(observed, y, 0.0)[:, None]], axis=1)
-        return LinearProblem(structure=structure, blocks=cross_products(structure, rows, w, F),
-                             n=jnp.sum(w > 0).astype(jnp.float64), p=p, sum_log_w=_sum_log_w(w))
+    runs on the cs() / ar1() parameters ψ, θ0 holds ψ's starts and diag_mask ψ's bounded coordinates. As a single
+    fit does, tiny variances are snapped to the boundary (`_boundary.snap_rows`, traced: one more evaluation)."""
+    lower = jnp.where(diag_mask, 0.0, -jnp.inf)
 
     def one(y, start):
-        problem = problem_for(y)
+        problem = _column_problem(structure, rows, base, X, weights, y, complete)
         res = bfgs_minimize(_deviance, start, problem, reml, structures, max_iter=max_iter, gtol=_BATCH_GTOL)
-        snapped = jnp.where(diag_mask & (jnp.abs(res.x) < SINGULAR_TOL), 0.0, res.x)
-        f_snapped = _deviance(snapped, problem, reml, structures)
-        keep = jnp.isfinite(f_snapped) & (f_snapped <= res.value + 1e-10 * jnp.abs(res.value))
-        x = jnp.where(keep, snapped, res.x)
+        x, _ = snap_rows(res.x, lower, lambda pt: _deviance(pt, problem, reml, structures), value=res.value, xp=jnp)
         theta = _theta_of(x, structures)
         beta, se, sigma, objective = _estimates(theta, problem, reml)
         return dict(x=x, theta=theta, beta=beta, se=se, sigma=sigma, objective=objective, converged=res.converged,
-                    n_iter=res.n_iter, nobs=problem.n)
+                    n_iter=res.n_iter, n_eval=res.n_eval, nobs=problem.n)
 
     return jax.vmap(one, in_axes=(1, 0))(Y, theta0)
+
+
+@jit(static_argnames=("reml", "complete", "structures"))
+def _chunk_objective(structure, rows, base, X, weights, Y, points, reml: bool, complete: bool, structures=None):
+    """Each column's objective at its own point (a row of `points`): the saddle's probes."""
+    def one(y, x):
+        return _deviance(x, _column_problem(structure, rows, base, X, weights, y, complete), reml, structures)
+
+    return jax.vmap(one, in_axes=(1, 0))(Y, points)
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -206,15 +216,19 @@ def _take_better(res: dict, which: np.ndarray, retry: dict) -> None:
         res[k][rows] = retry[k][better]
 
 
-def _leave_boundary_saddles(res: dict, refit, diag: np.ndarray) -> None:
-    """A zero diagonal θ is a stationary point whatever the data (the deviance is even in each column of T), so
-    the unconstrained search can stop there at a saddle. As a single fit does (`_boundary.leave_boundary_saddle`),
-    search again from just off the boundary, and keep what is lower. refit(which, starts) fits those columns."""
-    zero = diag[None, :] & (res["x"] == 0)
-    which = zero.any(axis=1) & np.isfinite(res["objective"])
+def _leave_boundary_saddles(res: dict, refit, objective_rows, lower: np.ndarray, messages: list) -> None:
+    """As a single fit does (`_boundary.saddle_starts`): a column stopped at a saddle on the boundary searches
+    again from the best probe off it, kept where it ends lower. refit(which, starts) fits those columns,
+    objective_rows(points) gives every column's objective at its row of points."""
+    which, starts = saddle_starts(res["x"], lower, objective_rows, res["objective"])
     if which.any():
-        starts = np.where(zero[which], 0.01, res["x"][which])
-        _take_better(res, which, refit(which, starts))
+        rows = np.flatnonzero(which)
+        retry = refit(which, starts[rows])
+        lower_end = refit_is_lower(res["objective"][rows], retry["objective"])
+        for k in res:
+            res[k][rows[lower_end]] = retry[k][lower_end]
+        for i in rows[lower_end]:
+            messages[i].append(SADDLE_MESSAGE)
 
 
 def _as_matrix(model, Y) -> tuple[np.ndarray, pd.Index]:
@@ -359,11 +373,12 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
 
     out = dict(x=np.full((m, theta0.size), np.nan), theta=np.full((m, model.n_theta), np.nan), beta=np.full((m, p), np.nan), se=np.full((m, p), np.nan),
                sigma=np.full(m, np.nan), objective=np.full(m, np.nan), converged=np.zeros(m, bool),
-               n_iter=np.zeros(m, np.int64), nobs=n_obs.astype(np.float64))
+               n_iter=np.zeros(m, np.int64), n_eval=np.zeros(m, np.int64), nobs=n_obs.astype(np.float64))
+    messages: list = [()] * m
     X, weights = jnp.asarray(d.X), jnp.asarray(d.weights)
     base = _base_blocks(model.structure, model.rows, weights, X)
     diag = theta_diagonal_mask(model.qs) if structures is None else psi_diagonal_mask(structures)
-    mask = jnp.asarray(diag)
+    mask, lower = jnp.asarray(diag), np.where(diag, 0.0, -np.inf)
     chunks = []
     for idx, complete in groups:
         if idx.size:
@@ -382,18 +397,32 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
                          mask, reml=reml, max_iter=max_iter, complete=complete, structures=structures)
         return {k: np.array(v)[: len(cols)] for k, v in res.items()}
 
+    def objective_rows(cols, complete, size, points):
+        Yc = values[:, cols] - d.offset[:, None]
+        if len(cols) < size:  # padded as `run` pads, so that the probes' program compiles once per chunk size
+            Yc = np.concatenate([Yc, np.repeat(Yc[:, :1], size - len(cols), axis=1)], axis=1)
+            points = np.concatenate([points, np.repeat(points[:1], size - len(cols), axis=0)])
+        f = _chunk_objective(model.structure, model.rows, base, X, weights, jnp.asarray(Yc), jnp.asarray(points),
+                             reml=reml, complete=complete, structures=structures)
+        return np.asarray(f)[: len(cols)]
+
     @float64  # in a worker thread: JAX's float64 setting is per thread
     def process(chunk):
         cols, complete, size = chunk
         res = run(cols, complete, size, theta0)
+        messages = [[] for _ in cols]
         bad = ~np.isfinite(res["objective"])
         for scale in (0.5, 0.1):  # a non-finite evaluation: restart from a smaller start, as a single fit does
             if not bad.any():
                 break
             _take_better(res, bad, run(cols[bad], complete, size, theta0 * scale))
+            for i in np.flatnonzero(bad & np.isfinite(res["objective"])):
+                messages[i].append(f"restarted from θ start × {scale} after a non-finite evaluation")
             bad = ~np.isfinite(res["objective"])
-        _leave_boundary_saddles(res, lambda which, starts: run(cols[which], complete, size, starts), diag)
+        _leave_boundary_saddles(res, lambda which, starts: run(cols[which], complete, size, starts),
+                                lambda points: objective_rows(cols, complete, size, points), lower, messages)
         res["converged"] = res["converged"] & np.isfinite(res["objective"])
+        res["messages"] = messages
         return cols, res
 
     # XLA runs these small vectorized programs on one core each: chunks go to a thread per core
@@ -402,6 +431,8 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
         for cols, res in pool.map(carry_effort(process), chunks):
             for k in out:
                 out[k][cols] = res[k]
+            for j, m_j in zip(cols, res["messages"]):
+                messages[j] = tuple(m_j)
             bar.update(len(cols))
     bar.close()
     warn_unfitted(columns, ~np.isfinite(out["objective"]), too_few, p + (1 if reml else 0))
@@ -409,7 +440,11 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
     return BatchResult(model=model, method=method, columns=columns, theta=theta.reshape(m, model.n_theta),
                        beta=out["beta"], se_beta=out["se"], sigma=out["sigma"], objective=out["objective"],
                        loglik=-out["objective"] / 2.0, converged=out["converged"], nobs=out["nobs"].astype(np.int64), n_iter=out["n_iter"],
-                       seconds=time.perf_counter() - t0, psi=None if structures is None else out["x"])
+                       seconds=time.perf_counter() - t0, psi=None if structures is None else out["x"],
+                       optsum=summarize_rows(optimizer="BFGS (vmapped)", method=method, initial=theta0, lower=lower,
+                                             converged=out["converged"], fmin=out["objective"],
+                                             evaluations=out["n_eval"], iterations=out["n_iter"],
+                                             max_evaluations=max_iter, gtol=_BATCH_GTOL, messages=messages))
 
 
 def _search_start(model, structures, start) -> np.ndarray:
@@ -430,8 +465,18 @@ def _fit_glmm_batch(model, values, columns, method, nagq, chunk_size, max_iter, 
                          max_iter=max_iter, bar=bar, start=start)
     bar.close()
     warn_unfitted(columns, ~np.isfinite(res["objective"]), np.zeros(m, bool), 0)
+    converged = res["converged"] & np.isfinite(res["objective"])
+    optsum = summarize_rows(optimizer="BFGS (vmapped)", method=res["method"], initial=res["theta_start"],
+                            lower=res["theta_lower"],
+                            converged=converged, fmin=res["objective"], evaluations=res["n_eval"],
+                            iterations=res["n_iter"], max_evaluations=max_iter, gtol=1e-8,
+                            messages=[(_RX_MESSAGE,) if fell else () for fell in res["hessian_fallback"]])
     return BatchResult(model=model, method=res["method"], columns=columns, theta=res["theta"], beta=res["beta"],
                        se_beta=res["se"], sigma=np.full(m, np.nan), objective=res["objective"],
-                       loglik=res["loglik"], converged=res["converged"] & np.isfinite(res["objective"]), nobs=res["nobs"].astype(np.int64),
+                       loglik=res["loglik"], converged=converged, nobs=res["nobs"].astype(np.int64),
                        n_iter=res["n_iter"], seconds=time.perf_counter() - t0, dispersion=res.get("dispersion"),
-                       dispersion_se=res.get("dispersion_se"), psi=res.get("psi"))
+                       dispersion_se=res.get("dispersion_se"), psi=res.get("psi"), optsum=optsum)
+
+
+_RX_MESSAGE = ("the variance-covariance matrix computed from the Hessian is not positive definite or contains NA "
+               "values: falling back to var-cov estimated from RX")

@@ -32,13 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ..core._covariance import canonical_theta
+from ..core._covariance import canonical_theta, theta_diagonal_mask
 from .._errors import ConvergenceWarning, DataError
 from .._memory import chunk_size as memory_chunk_size
 from ._glmm import _objective, _state_at, glmm_problem
 from ..optim._optimize import bfgs_minimize
 from ..core._pirls import pirls, split_x
-from ..core._structures import is_structured, n_psi, psi_to_theta
+from ..core._structures import is_structured, n_psi, psi_diagonal_mask, psi_to_theta
+from ._boundary import snap_rows
 from .._compile import jit
 
 __all__ = ["glmm_columns", "fit_glmm_chunk"]
@@ -151,6 +152,8 @@ def fit_glmm_chunk(problem, Y, W, constants, theta0, log_d0, nodes, node_weights
         log_d0 = jnp.zeros((Y.shape[1], 0), dtype=Y.dtype)
     else:
         log_d0 = log_d0[:, None]
+    bounded = theta_diagonal_mask(problem.structure.qs) if structures is None else psi_diagonal_mask(structures)
+    lower = np.concatenate([np.where(bounded, 0.0, -np.inf), np.full(p + log_d0.shape[1], -np.inf)])
 
     def one(y, w, c, tail):
         prob = _with_column(problem, y, w, c)
@@ -164,6 +167,10 @@ def fit_glmm_chunk(problem, Y, W, constants, theta0, log_d0, nodes, node_weights
         if nodes is not None:  # AGQ continues from the Laplace optimum, as a single fit does
             res = bfgs_minimize(_search_objective, res.x, prob, nodes, node_weights, structures, max_iter=max_iter,
                                 gtol=1e-8)
+        # tiny variances to the boundary (β fixed), as a single fit's; the Hessian then at the snapped point
+        x, value = snap_rows(res.x, lower, lambda pt: _search_objective(pt, prob, nodes, node_weights, structures),
+                             value=res.value, xp=jnp)
+        res = res._replace(x=x, value=value)
         H = _difference_hessian(res.x, prob, nodes, node_weights, structures)
         positive_definite = jnp.all(jnp.isfinite(jnp.linalg.cholesky(H)))
         variance = jnp.diagonal(2.0 * jnp.linalg.inv(H))[k:]
@@ -171,7 +178,7 @@ def fit_glmm_chunk(problem, Y, W, constants, theta0, log_d0, nodes, node_weights
         se = jnp.where(usable, jnp.sqrt(jnp.where(usable, variance, 1.0)), jnp.nan)
         return dict(theta=_inner_x(res.x[:k], structures), psi=res.x[:k], beta=res.x[k:k + p], se=se[:p],
                     se_tail=se[p:], tail=res.x[k + p:], objective=res.value, converged=res.converged,
-                    n_iter=res.n_iter, nobs=jnp.sum(w > 0), hessian_ok=usable)
+                    n_iter=res.n_iter, n_eval=res.n_eval, nobs=jnp.sum(w > 0), hessian_ok=usable)
 
     return jax.vmap(one, in_axes=(1, 1, 0, 0))(Y, W, constants, log_d0)
 
@@ -238,6 +245,10 @@ def fit_glmm_batch(model, values, columns, *, method: str, nagq, chunk_size, max
         bar.update(len(cols))
     res = {k: np.concatenate(v) for k, v in out.items()}
     _warn_fallback(fallback)
+    # the record's shared start and bounds: θ's (ψ's); β starts from each column's own GLM
+    bounded = theta_diagonal_mask(model.qs) if structures is None else psi_diagonal_mask(structures)
+    res.update(theta_start=np.asarray(theta0), theta_lower=np.where(bounded, 0.0, -np.inf),
+               hessian_fallback=~res["hessian_ok"] & np.isfinite(res["objective"]))
     return _finish(model, problem, res, method)
 
 

@@ -5,6 +5,11 @@ The functions take the objective (x → float, on the host), the optimizer (x0 �
 result; they know the parameters only through `lower`: lme4's lower bounds on x, 0 on the diagonal of each T_k
 (those are the coordinates that can sit on the boundary) and -inf elsewhere. Linear fits run them on θ,
 generalized fits on (θ, β[, log dispersion]), structured fits on (ψ[, β, ...]).
+
+The snap and the saddle are written once, on rows: `snap_rows` and `saddle_starts` take a row of x per problem
+and the objective as a function of rows of points, so the batch drivers (many responses, many designs) run the
+same rules with the same tolerances on all their problems at once; `snap_to_boundary` and
+`leave_boundary_saddle` are those rules for one point.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from ..optim._summary import OptSummary, summarize
 from ..results._results import SINGULAR_TOL
 
 __all__ = ["diagnose", "finite_result", "leave_boundary_saddle", "minimize_with_restarts", "on_boundary",
-           "snap_to_boundary", "warn_fit"]
+           "refit_is_lower", "SADDLE_MESSAGE", "saddle_probes", "saddle_starts", "snap_rows", "snap_to_boundary", "warn_fit"]
 
 
 def finite_result(res) -> bool:
@@ -54,52 +59,98 @@ def scaled_starts(x0, n_scaled: int, default=None) -> list[tuple[str, np.ndarray
     return out
 
 
-def on_boundary(x, lower) -> np.ndarray:
-    """Which coordinates sit on their bound (within SINGULAR_TOL): lme4 leaves them out of its checks."""
-    lower = np.asarray(lower, dtype=np.float64)
-    bounded = np.isfinite(lower)
-    return bounded & (np.abs(np.asarray(x) - np.where(bounded, lower, 0.0)) < SINGULAR_TOL)
+def on_boundary(x, lower, xp=np):
+    """Which coordinates sit on their bound (within SINGULAR_TOL): lme4 leaves them out of its checks. x may hold
+    one point or a row per problem (..., k); xp: NumPy, or jax.numpy inside a traced fit."""
+    lower = xp.asarray(lower, dtype=xp.float64)
+    bounded = xp.isfinite(lower)
+    return bounded & (xp.abs(xp.asarray(x) - xp.where(bounded, lower, 0.0)) < SINGULAR_TOL)
+
+
+def _each_row(objective: Callable) -> Callable:
+    """A host objective of one point as a function of rows of points."""
+    return lambda points: np.array([objective(point) for point in points], dtype=np.float64)
+
+
+def snap_rows(x, lower, objective_rows: Callable, value=None, xp=np):
+    """The snap to the boundary on every row of x (..., k) at once; returns (x, the objective at x or None where it
+    was not evaluated). lme4 keeps diagonal θ ≥ 0 and often lands exactly on 0; the search is unconstrained, so a
+    variance that belongs at the boundary ends near 1e-6: such tiny coordinates are set to their bound where that
+    does not raise the objective (by more than 1e-10 relative). objective_rows(points) → the objective at each
+    row of points; value: the objective at x where the optimizer knows it. On the host (NumPy) nothing is
+    evaluated when no coordinate is tiny; inside a traced fit (jax.numpy, vmapped) every row is."""
+    lower = xp.asarray(lower, dtype=x.dtype)
+    tiny = on_boundary(x, lower, xp) & (x != lower)
+    if xp is np and not tiny.any():
+        return x, value
+    if value is None:
+        value = objective_rows(x)
+    snapped = xp.where(tiny, lower, x)
+    f_snapped = objective_rows(snapped)
+    keep = xp.isfinite(f_snapped) & (f_snapped <= value + 1e-10 * xp.abs(value))
+    return xp.where(keep[..., None], snapped, x), xp.where(keep, f_snapped, value)
 
 
 def snap_to_boundary(x: np.ndarray, lower, objective: Callable) -> np.ndarray:
-    """lme4 keeps diagonal θ ≥ 0 and often lands exactly on 0; the search is unconstrained, so a variance that
-    belongs at the boundary ends near 1e-6. Set such tiny coordinates to their bound when that does not raise the
-    objective."""
-    x = np.asarray(x, dtype=np.float64)
-    tiny = on_boundary(x, lower) & (x != np.asarray(lower))
-    if not tiny.any():
-        return x
-    snapped = x.copy()
-    snapped[tiny] = np.asarray(lower, dtype=np.float64)[tiny]
-    f_here, f_snapped = objective(x), objective(snapped)
-    if np.isfinite(f_snapped) and f_snapped <= f_here + 1e-10 * abs(f_here):
-        return snapped
-    return x
+    """`snap_rows` for one point and a host objective of one point."""
+    return snap_rows(np.asarray(x, dtype=np.float64)[None], lower, _each_row(objective))[0][0]
+
+
+SADDLE_STEP = 0.01  # how far off its bound a probe moves a coordinate
+SADDLE_MESSAGE = "the optimizer stopped at a saddle point on the boundary (a zero variance); restarted from there"
+
+
+def saddle_probes(x: np.ndarray, lower) -> tuple[np.ndarray, np.ndarray]:
+    """The points tried around each row of x (m, k), in order: just off each coordinate that sits on its bound,
+    then off all of them at once. Returns the points (k + 1, m, k) and which of them are probes (k + 1, m): the
+    i-th where coordinate i is on its bound, the last where more than one is."""
+    lower = np.asarray(lower, dtype=np.float64)
+    zero = np.isfinite(lower) & (x == lower)
+    off = np.where(zero, lower + SADDLE_STEP, x)
+    single = np.eye(x.shape[-1], dtype=bool)[:, None, :]  # (k, 1, k): coordinate i alone
+    points = np.concatenate([np.where(single & zero, off, x), off[None]])
+    valid = np.concatenate([zero.T, (zero.sum(axis=-1) > 1)[None]])
+    return points, valid
+
+
+def saddle_starts(x: np.ndarray, lower, objective_rows: Callable, value) -> tuple[np.ndarray, np.ndarray]:
+    """Where each row of x (m, k) should search again from a saddle on the boundary. The deviance is even in the
+    sign of each column of T, so a zero column is a stationary point whatever the data: an unconstrained
+    optimizer that starts or lands there stays, even where it is a saddle (lme4's bounded optimizer steps off
+    it). Probe just off each coordinate on its bound and off all of them (`saddle_probes`); a row's best probe
+    (the first of equal ones) is a start when it lowers the objective by more than 1e-9·(1 + |f|).
+    objective_rows(points (m, k)) → (m,); value (m,): the objective at x. Returns (which rows, their starts)."""
+    value = np.asarray(value, dtype=np.float64)
+    points, valid = saddle_probes(x, lower)
+    values = np.full(valid.shape, np.inf)
+    for i in np.flatnonzero(valid.any(axis=1)):
+        f = np.asarray(objective_rows(points[i]), dtype=np.float64)
+        values[i] = np.where(valid[i] & ~np.isnan(f), f, np.inf)
+    rows = np.arange(x.shape[0])
+    best = np.argmin(values, axis=0)
+    which = values[best, rows] < value - 1e-9 * (1.0 + np.abs(value))
+    return which, points[best, rows]
+
+
+def refit_is_lower(value, refit_value):
+    """Whether a search again from a saddle ended lower than where it started (per row)."""
+    return np.asarray(refit_value) < np.asarray(value)
 
 
 def leave_boundary_saddle(x: np.ndarray, res, lower, objective: Callable, refit: Callable, messages: list):
-    """The deviance is even in the sign of each column of T, so a zero column is a stationary point whatever
-    the data: an unconstrained optimizer that starts or lands there stays, even where it is a saddle (lme4's
-    bounded optimizer steps off it). Probe just off each zero coordinate with a bound (and off all of them);
-    if the objective drops, `refit(start) -> (x, result)` goes on from the best probe, kept if it ends lower."""
+    """`saddle_starts` for one point: if a probe lowers the objective, `refit(start) -> (x, result)` goes on from
+    the best one, kept if it ends lower."""
     lower = np.asarray(lower, dtype=np.float64)
-    zero = np.flatnonzero(np.isfinite(lower) & (x == lower))
-    if zero.size == 0:
+    if not (np.isfinite(lower) & (x == lower)).any():
         return x, res
     f0 = objective(x)
-    best, best_value = None, f0 - 1e-9 * (1.0 + abs(f0))
-    for idx in [[i] for i in zero] + ([list(zero)] if zero.size > 1 else []):
-        probe = x.copy()
-        probe[idx] = lower[idx] + 0.01
-        value = objective(probe)
-        if value < best_value:
-            best, best_value = probe, value
-    if best is None:
+    which, starts = saddle_starts(np.asarray(x, dtype=np.float64)[None], lower, _each_row(objective), [f0])
+    if not which[0]:
         return x, res
-    x2, res2 = refit(best)
-    if not objective(x2) < f0:
+    x2, res2 = refit(starts[0])
+    if not refit_is_lower(f0, objective(x2)):
         return x, res
-    messages.append("the optimizer stopped at a saddle point on the boundary (a zero variance); restarted from there")
+    messages.append(SADDLE_MESSAGE)
     return x2, res2
 
 

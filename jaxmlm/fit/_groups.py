@@ -37,8 +37,10 @@ from ..formula._design import build_design, to_pandas
 from ..formula._family import get_family
 from ..formula._terms import parse_formula
 from ..optim._batch_bfgs import host_batch_bfgs_minimize
+from ..optim._summary import summarize_rows
 from ..results._results import SINGULAR_TOL
 from ._batch import _estimates
+from ._boundary import SADDLE_MESSAGE, refit_is_lower, saddle_starts, snap_rows
 from .._compile import carry_effort, jit
 
 __all__ = ["GroupsResult", "fit_groups"]
@@ -72,6 +74,7 @@ class GroupsResult:
     skipped: pd.Series  # reason per group left out (errors='skip'); empty when none was
     buckets: list  # (padded levels per term, number of groups) per compiled bucket
     seconds: float
+    optsum: object = None  # `optim._summary.RowsSummary`: the optimizer's record, a row per group
     _refit: dict = dataclasses.field(repr=False, default_factory=dict)  # what fit_of needs: frame, rows, options
 
     def _series(self, values, name):
@@ -335,40 +338,70 @@ def _evaluate(structure, statistics, theta, p: int, reml: bool):
     return jax.vmap(one)(theta, statistics)
 
 
-def _snap_to_boundary(evaluate, theta: np.ndarray, value: np.ndarray, mask: np.ndarray):
-    """As a single fit does: a diagonal θ that ends below lme4's singularity tolerance is set to 0 when that does
-    not raise the objective (the optimizer is unconstrained, so a variance that belongs at 0 ends near 1e-6)."""
-    tiny = mask[None, :] & (np.abs(theta) < SINGULAR_TOL) & (theta != 0)
-    if not tiny.any():
-        return theta
-    snapped = np.where(tiny, 0.0, theta)
-    f_snapped = np.asarray(evaluate(snapped)[0])
-    keep = np.isfinite(f_snapped) & (f_snapped <= value + 1e-10 * np.abs(value))
-    return np.where(keep[:, None], snapped, theta)
+def _search(value_and_grad, evaluate, starts: np.ndarray, lower: np.ndarray, max_iter: int):
+    """The batched host BFGS from `starts`, then each design's tiny variances snapped to the boundary as a single
+    fit's are (`_boundary.snap_rows`). Returns the result and the snapped θ."""
+    res = host_batch_bfgs_minimize(value_and_grad, starts, max_iter=max_iter)
+    theta, _ = snap_rows(res.x, lower, lambda th: np.asarray(evaluate(th)[0]), value=res.value)
+    return res, theta
+
+
+def _take_rows(which: np.ndarray, new, old):
+    """Rows `which` of new, the others of old (arrays, or the fields of two `OptimResult`s)."""
+    if isinstance(old, tuple):
+        return type(old)(*(_take_rows(which, u, v) for u, v in zip(new, old)))
+    new, old = np.asarray(new), np.asarray(old)
+    return np.where(which.reshape(which.shape + (1,) * (new.ndim - 1)), new, old)
 
 
 @float64  # in a worker thread: JAX's float64 setting is per thread
 def _run_chunk(chunk: _Chunk, structure, theta0: np.ndarray, mask, reml: bool, max_iter: int) -> dict:
     """One chunk's fits; a design whose fit went non-finite is refitted from smaller starts, as a single fit is
-    (the others start at their optimum, so they stop at once)."""
+    (the others start at their optimum, so they stop at once, and keep their first run). Each design's messages
+    say what its single fit's would (a restart, a saddle left)."""
     real = chunk.groups.size
     statistics = jax.tree.map(jnp.asarray, chunk.statistics)
     evaluate = lambda th: _evaluate(structure, statistics, th, p=chunk.p, reml=reml)  # noqa: E731
     value_and_grad = lambda th: evaluate(th)[:2]  # noqa: E731
     starts = np.broadcast_to(theta0, (statistics[1].shape[0], theta0.size))
-    res = host_batch_bfgs_minimize(value_and_grad, starts, max_iter=max_iter)
+    lower = np.where(mask, 0.0, -np.inf)
+    messages = [[] for _ in range(starts.shape[0])]
+    res, theta = _search(value_and_grad, evaluate, starts, lower, max_iter)
     for scale in (0.5, 0.1):
         bad = ~np.isfinite(res.value)
         if not bad.any():
             break
-        res = host_batch_bfgs_minimize(value_and_grad, np.where(bad[:, None], theta0 * scale, res.x),
-                                       max_iter=max_iter)
-    theta = _snap_to_boundary(evaluate, res.x, res.value, mask)
+        res2, theta2 = _search(value_and_grad, evaluate, np.where(bad[:, None], theta0 * scale, res.x), lower,
+                               max_iter)
+        res, theta = _take_rows(bad, res2, res), _take_rows(bad, theta2, theta)
+        for i in np.flatnonzero(bad & np.isfinite(res.value)):
+            messages[i].append(f"restarted from θ start × {scale} after a non-finite evaluation")
     objective, _, estimates = evaluate(theta)
+    res, theta, objective, estimates = _leave_saddles(value_and_grad, evaluate, res, theta, objective, estimates,
+                                                      lower, max_iter, messages)
     out = {k: np.asarray(v)[:real] for k, v in estimates.items()}
-    out.update(theta=theta[:real], objective=np.asarray(objective)[:real], n_iter=np.asarray(res.n_iter)[:real])
+    out.update(theta=theta[:real], objective=np.asarray(objective)[:real], n_iter=np.asarray(res.n_iter)[:real],
+               n_eval=np.asarray(res.n_eval)[:real], messages=messages[:real])
     out["converged"] = np.asarray(res.converged)[:real] & np.isfinite(out["objective"])
     return out
+
+
+def _leave_saddles(value_and_grad, evaluate, res, theta, objective, estimates, lower, max_iter, messages):
+    """As a single fit does: a design stopped at a saddle on the boundary searches again from the best probe off it
+    (`_boundary.saddle_starts`), kept where it ends lower. The designs that need no second search start at their
+    own optimum, so they stop at once (and keep their first run)."""
+    objective = np.asarray(objective)
+    which, starts = saddle_starts(theta, lower, lambda th: np.asarray(evaluate(th)[0]), objective)
+    if not which.any():
+        return res, theta, objective, estimates
+    res2, theta2 = _search(value_and_grad, evaluate, np.where(which[:, None], starts, theta), lower, max_iter)
+    objective2, _, estimates2 = evaluate(theta2)
+    take = which & refit_is_lower(objective, np.asarray(objective2))
+    for i in np.flatnonzero(take):
+        messages[i].append(SADDLE_MESSAGE)
+    estimates = {k: _take_rows(take, estimates2[k], v) for k, v in estimates.items()}
+    return (_take_rows(take, res2, res), _take_rows(take, theta2, theta), _take_rows(take, objective2, objective),
+            estimates)
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -490,6 +523,10 @@ def fit_groups(formula: str, data, by, family="gaussian", method: str | None = N
         converged_values=out["converged"], nobs_values=layout.n_rows, n_levels=layout.n_levels,
         n_iter=out["n_iter"], skipped=pd.Series(reasons[refused], index=labels[refused], name="reason", dtype=object),
         buckets=_bucket_counts(chunks), seconds=time.perf_counter() - t0,
+        optsum=summarize_rows(optimizer="BFGS (batched)", method=method, initial=theta0,
+                              lower=np.where(theta_diagonal_mask(qs), 0.0, -np.inf), converged=out["converged"],
+                              fmin=out["objective"], evaluations=out["n_eval"], iterations=out["n_iter"],
+                              max_evaluations=max_iter, gtol=1e-9, messages=list(out["messages"])),
         _refit=dict(frame=frame, weights=weights, offset=offset, na_action=na_action,
                     positions=_GroupRows(row_positions[order], np.cumsum(layout.n_rows))),
     )
@@ -517,7 +554,9 @@ def _fit_chunks(chunks, structures, theta0, qs, reml, max_iter, n_groups, p) -> 
     out = dict(theta=np.full((n_groups, k), np.nan), beta=np.full((n_groups, p), np.nan),
                se=np.full((n_groups, p), np.nan), sigma=np.full(n_groups, np.nan),
                objective=np.full(n_groups, np.nan), converged=np.zeros(n_groups, bool),
-               n_iter=np.zeros(n_groups, np.int64))
+               n_iter=np.zeros(n_groups, np.int64), n_eval=np.zeros(n_groups, np.int64),
+               messages=np.empty(n_groups, dtype=object))
+    out["messages"][:] = [()] * n_groups
     mask = np.asarray(theta_diagonal_mask(qs))
     # XLA runs these small vectorized programs on one core each: chunks go to a thread per core
     workers = max(1, min(os.cpu_count() or 1, len(chunks), 8))
@@ -525,5 +564,9 @@ def _fit_chunks(chunks, structures, theta0, qs, reml, max_iter, n_groups, p) -> 
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         for chunk, res in zip(chunks, pool.map(carry_effort(run), chunks)):
             for key in out:
-                out[key][chunk.groups] = res[key]
+                if key == "messages":
+                    for g, m in zip(chunk.groups, res[key]):
+                        out[key][g] = tuple(m)
+                else:
+                    out[key][chunk.groups] = res[key]
     return out

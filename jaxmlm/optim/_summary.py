@@ -14,7 +14,7 @@ import numpy as np
 
 from ._convergence import check_convergence
 
-__all__ = ["OptSummary", "summarize", "RETURN_CODES"]
+__all__ = ["OptSummary", "RETURN_CODES", "RowsSummary", "return_codes", "summarize", "summarize_rows"]
 
 # why the optimizer itself stopped (before the convergence checks at the optimum)
 RETURN_CODES = ("converged", "max_evaluations", "not_finite", "stalled")
@@ -65,14 +65,16 @@ class OptSummary:
         return "OptSummary\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
+def return_codes(converged, value, n_eval, max_evaluations: int) -> np.ndarray:
+    """Why the optimizer stopped, per problem (one of RETURN_CODES): converged, a non-finite objective, the
+    evaluation limit, or a stall short of the tolerances."""
+    converged, value, n_eval = np.asarray(converged, bool), np.asarray(value, np.float64), np.asarray(n_eval)
+    return np.where(converged, "converged", np.where(~np.isfinite(value), "not_finite",
+                                                     np.where(n_eval >= max_evaluations, "max_evaluations", "stalled")))
+
+
 def _return_code(result, max_evaluations: int) -> str:
-    if bool(result.converged):
-        return "converged"
-    if not np.isfinite(float(result.value)):
-        return "not_finite"
-    if int(result.n_eval) >= max_evaluations:
-        return "max_evaluations"
-    return "stalled"
+    return str(return_codes(result.converged, result.value, result.n_eval, max_evaluations))
 
 
 def summarize(*, optimizer: str, method: str, result, initial, lower, final, fmin: float, grad, hessian,
@@ -94,3 +96,55 @@ def summarize(*, optimizer: str, method: str, result, initial, lower, final, fmi
         return_code=_return_code(result, max_evaluations), converged=bool(result.converged) and ok,
         grad_max=float(np.max(np.abs(grad))) if grad.size else 0.0, hessian_eigenvalues=eig,
         messages=tuple(messages) + tuple(found), nagq=int(nagq))
+
+
+@dataclasses.dataclass(frozen=True)
+class RowsSummary:
+    """The OptSummary of a batch of fits (many responses, many designs): what the fits share, and per fit (row)
+    what each optimizer run did. The batch fits' convergence check is the optimizer's own (no Hessian per row)."""
+
+    optimizer: str
+    method: str
+    initial: np.ndarray  # the start every row's search began from: θ (or ψ); a GLMM's β starts per row
+    lower: np.ndarray  # lower bounds on those coordinates
+    ftol: float
+    gtol: float
+    max_evaluations: int
+    evaluations: np.ndarray  # (m,) objective evaluations, restarts and saddle searches included
+    iterations: np.ndarray  # (m,)
+    fmin: np.ndarray  # (m,)
+    return_code: np.ndarray  # (m,) of RETURN_CODES
+    converged: np.ndarray  # (m,)
+    messages: tuple[tuple[str, ...], ...]  # per row: restarts, saddles, fallbacks
+
+    def __len__(self) -> int:
+        return len(self.converged)
+
+    def row(self, i: int) -> dict:
+        """Row i's record: the shared fields and that fit's own."""
+        return dict(optimizer=self.optimizer, method=self.method, initial=self.initial, lower=self.lower,
+                    ftol=self.ftol, gtol=self.gtol, max_evaluations=self.max_evaluations,
+                    evaluations=int(self.evaluations[i]), iterations=int(self.iterations[i]), fmin=float(self.fmin[i]),
+                    return_code=str(self.return_code[i]), converged=bool(self.converged[i]),
+                    messages=self.messages[i])
+
+    def __repr__(self) -> str:
+        codes, counts = np.unique(self.return_code, return_counts=True)
+        noted = sum(1 for m in self.messages if m)
+        return (f"RowsSummary({len(self)} fits, optimizer={self.optimizer!r}, method={self.method!r}, "
+                f"return codes {dict(zip(codes.tolist(), counts.tolist()))}, {noted} with messages)")
+
+
+def summarize_rows(*, optimizer: str, method: str, initial, lower, converged, fmin, evaluations, iterations,
+                   max_evaluations: int, gtol: float, ftol: float = 1e-13, messages=None) -> RowsSummary:
+    """The record of a batch of fits, one row each; messages: per row a sequence of strings (None: none)."""
+    converged = np.asarray(converged, bool)
+    fmin = np.asarray(fmin, np.float64)
+    evaluations = np.asarray(evaluations, np.int64)
+    rows = tuple(tuple(m) for m in messages) if messages is not None else ((),) * converged.size
+    return RowsSummary(optimizer=optimizer, method=method, initial=np.asarray(initial, np.float64).copy(),
+                       lower=np.asarray(lower, np.float64).copy(), ftol=float(ftol), gtol=float(gtol),
+                       max_evaluations=int(max_evaluations), evaluations=evaluations,
+                       iterations=np.asarray(iterations, np.int64), fmin=fmin,
+                       return_code=return_codes(converged, fmin, evaluations, max_evaluations), converged=converged,
+                       messages=rows)
