@@ -10,6 +10,70 @@ import jaxmlm as jm
 # The suite compiles afresh: entries left in a shared cache directory by earlier runs (of other versions, or cut
 # short) are not what the tests are about. JAXMLM_CACHE_DIR still turns the persistent cache on for a run that
 # asks for it; importing jaxmlm alone leaves JAX's cache setting alone.
+#
+# Within one run, though, the same program is compiled many times over: by both xdist workers, by every
+# `model.sample` (numpyro jits its sampler afresh for each MCMC object), and again after a worker drops its
+# caches near the memory-mapping limit below. So the tests' processes (never the library, never the
+# subprocesses that tests start) share JAX's persistent cache in a directory made for this run alone and
+# removed when it ends. JAXMLM_TEST_XLA_CACHE=0 turns it off.
+_RUN_CACHE_VAR = "JAXMLM_TEST_XLA_CACHE_DIR"
+_own_cache_dir: list = []
+
+
+def pytest_configure(config):
+    if os.environ.get("JAXMLM_TEST_XLA_CACHE", "1") == "0" or os.environ.get("JAXMLM_CACHE_DIR"):
+        return
+    if not _atomic_cache_writes():
+        return
+    path = os.environ.get(_RUN_CACHE_VAR)
+    if not path:  # the controller (or a run without xdist): xdist's workers inherit the variable
+        import tempfile
+
+        path = tempfile.mkdtemp(prefix="jaxmlm-test-xla-")
+        os.environ[_RUN_CACHE_VAR] = path
+        _own_cache_dir.append(path)
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # every entry, however small
+
+
+def _atomic_cache_writes():
+    """JAX writes an entry in place: the other worker could read it half-written, and JAX's warning about the
+    bad entry would fail a test that turns warnings into errors. Entries appear whole instead (a temporary file,
+    then a rename); without the private class the cache is simply not used."""
+    try:
+        from jax._src import lru_cache
+    except ImportError:  # pragma: no cover
+        return False
+    if not hasattr(lru_cache, "_CACHE_SUFFIX"):  # pragma: no cover
+        return False
+    if getattr(lru_cache.LRUCache.put, "_atomic", False):
+        return True
+    original = lru_cache.LRUCache.put
+
+    def put(self, key, value):
+        if self.eviction_enabled:  # eviction writes under JAX's own file lock
+            return original(self, key, value)
+        target = self.path / f"{key}{lru_cache._CACHE_SUFFIX}"
+        if target.exists():
+            return
+        partial = self.path / f".{key}.{os.getpid()}.partial"
+        partial.write_bytes(value)
+        os.replace(partial, target)
+
+    put._atomic = True
+    lru_cache.LRUCache.put = put
+    return True
+
+
+def pytest_unconfigure(config):
+    if _own_cache_dir:
+        import shutil
+
+        shutil.rmtree(_own_cache_dir.pop(), ignore_errors=True)
+        os.environ.pop(_RUN_CACHE_VAR, None)
 
 # The suite compiles far more than it runs: jaxmlm's programs at XLA's lowest optimization level (its own
 # compile option, not XLA_FLAGS) halve the compile time; tests/test_compile.py checks that both efforts agree.
@@ -67,6 +131,33 @@ class _LmerFits(dict):
 def lmer_fit():
     """`lmer_fit(formula, dataset)`: the session's REML fit of a bundled dataset (the tests only read it)."""
     return _LmerFits()
+
+
+class _GlmerFits(dict):
+    """Laplace fits of (formula, dataset, family) triples, fitted once a session (cbpp's binomial model is read by
+    tests in several files)."""
+
+    def __call__(self, formula: str, dataset: str, family: str = "binomial"):
+        key = (formula, dataset, family)
+        if key not in self:
+            self[key] = jm.glmer(formula, jm.datasets.load(dataset), family=family)
+        return self[key]
+
+
+@pytest.fixture(scope="session")
+def glmer_fit():
+    """`glmer_fit(formula, dataset, family)`: the session's Laplace fit of a bundled dataset (the tests only read
+    it)."""
+    return _GlmerFits()
+
+
+CBPP = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+
+
+@pytest.fixture(scope="session")
+def cbpp_fit(glmer_fit):
+    """glmer(cbind(incidence, size - incidence) ~ period + (1 | herd), cbpp, binomial)."""
+    return glmer_fit(CBPP, "cbpp")
 
 
 @pytest.fixture(scope="session")

@@ -90,12 +90,12 @@ def test_glmm_profile_intervals_match_lme4(case):
     np.testing.assert_allclose(ci.iloc[:, 1], ref["upper"], rtol=1e-3, atol=1e-4)
 
 
-def test_glmm_bootstrap_draws_are_refits():
+def test_glmm_bootstrap_draws_are_refits(cbpp_fit):
     """A binomial cbind() model: each sample (proportions on the model's trials) refitted in the batch as a single
     glmer fit of the simulated counts would be; no σ among the parameters."""
     data = jm.datasets.load("cbpp")
     formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
-    fit = jm.glmer(formula, data, family="binomial")
+    fit = cbpp_fit
     boot = fit.bootstrap(4, seed=5, chunk_size=4)
     assert list(boot.draws.columns) == ["sd_(Intercept)|herd", "(Intercept)", "period2", "period3", "period4"]
     assert boot.converged.all()

@@ -121,12 +121,12 @@ def test_refusals():
 
 
 @pytest.mark.slow  # GLMM batch compiles and four glmer fits
-def test_glmm_batch_equals_single_fits():
+def test_glmm_batch_equals_single_fits(cbpp_fit):
     """cbpp's binomial GLMM: simulated counts out of each herd-period's trials, the Laplace likelihood-ratio test of
     period in one batch against glmer fits of each simulation."""
     cbpp = jm.datasets.load("cbpp")
     formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
-    fit = jm.glmer(formula, cbpp, family="binomial")
+    fit = cbpp_fit
     result = jm.power_sim(fit, "period", n_sim=2, seed=5, effect={"period4": -0.5})
     beta = fit.fixef.to_numpy().copy()
     beta[3] = -0.5
