@@ -84,3 +84,21 @@ def test_cs_poisson_correlation_interval_ends_where_the_deviance_rises_by_z2():
                 assert 0.0 < res.fun - fit.objective < target
             else:
                 assert res.fun - fit.objective == pytest.approx(target, rel=2e-3)
+
+
+def test_ar1_profile_traces_on_the_structure_coordinates(ar1_ml):
+    """profile_traces (lme4's as.data.frame(profile(fit))): ζ = 0 at the estimate, increasing through it, and the
+    correlation's values on ρ's scale; a row an ar1() coordinate determines names that coordinate."""
+    from jaxmlm.inference import _profile
+
+    with jax.enable_x64(True):
+        traces = _profile.profile_traces(ar1_ml, names=["sd_ftime3|g", "cor_ftime2.ftime1|g"], n_points=7)
+    assert sorted(set(traces["parameter"])) == ["cor_ftime2.ftime1|g", "sd_ftime1|g"]
+    (term,) = ar1_ml.extra["structures"]
+    for name, estimate in (("sd_ftime1|g", term["sd"][0]), ("cor_ftime2.ftime1|g", term["rho"])):
+        t = traces[traces["parameter"] == name]
+        assert np.all(np.diff(t["zeta"].to_numpy()) > 0)
+        at = t[t["zeta"] == 0.0]["value"].to_numpy()
+        assert at == pytest.approx([estimate], rel=1e-6)
+    cor = traces[traces["parameter"] == "cor_ftime2.ftime1|g"]["value"]
+    assert cor.between(-1, 1).all()

@@ -306,8 +306,9 @@ def profile_coordinates(fit, names=None) -> list[ProfileCoordinate]:
     require_laplace(fit, "confint(method='profile')")
     all_names = parameter_names(fit.model)
     wanted = all_names if names is None else list(names)
-    if is_structured(fit.model.structures):
-        coords = _structured_coordinates(fit, wanted)
+    if is_structured(fit.model.structures):  # a row a structure's coordinate determines names that coordinate
+        sources = _row_sources(fit.model)
+        coords = _structured_coordinates(fit, {sources.get(n, (n, 1))[0] for n in wanted})
     else:
         coords = _linear_coordinates(fit, wanted) if fit.model.is_gaussian else _glmm_coordinates(fit, wanted)
     order = {n: k for k, n in enumerate(all_names)}
