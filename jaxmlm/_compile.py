@@ -7,9 +7,11 @@ compile time, several times the run time per evaluation (docs/scale.md, "Compile
 measurements). The objective agrees to rounding; both options change code generation, not the operations XLA
 emits.
 
-The setting is jaxmlm's own (per call, per thread, or by JAXMLM_COMPILE=fast in the environment): the user's
-XLA_FLAGS and the options of the user's own programs are never touched. Each effort is a separate jitted
-function, so both keep their compiled programs.
+The default, "auto", compiles with "fast" the programs whose arguments are small (a first fit of sleepstudy's
+size is then mostly not compiling) and with XLA's full optimization the rest; the choice depends on the
+arguments' sizes only, so the same data always run the same program. The setting is jaxmlm's own (per call, per
+thread, or by JAXMLM_COMPILE in the environment): the user's XLA_FLAGS and the options of the user's own
+programs are never touched. Each effort is a separate jitted function, so both keep their compiled programs.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def _outside_trace(args, kwargs) -> bool:
 
 
 EFFORTS: dict[str, dict | None] = {
+    "auto": None,  # per call: "fast" on small arguments (AUTO_FAST_ELEMENTS), else "default"
     "default": None,  # XLA's own choice
     # level 0 for LLVM, and XLA's elemental emitters for fused loops (its MLIR fusion emitters cost a pass
     # pipeline per fusion that only pays on long runs)
@@ -52,8 +55,22 @@ def _checked(effort: str, source: str) -> str:
     return effort
 
 
+# A program whose array arguments hold at most this many numbers in all (sleepstudy's, cbpp's) runs for well under
+# a millisecond either way, so its first call is all compiling: "auto" compiles it with "fast".
+AUTO_FAST_ELEMENTS = 1 << 14
+
+
+def _small(args, kwargs) -> bool:
+    total = 0
+    for leaf in jax.tree_util.tree_leaves((args, kwargs)):
+        total += getattr(leaf, "size", 1)
+        if total > AUTO_FAST_ELEMENTS:
+            return False
+    return True
+
+
 def current_effort() -> str:
-    """The effort in force: a `compile_effort` block, else JAXMLM_COMPILE, else "default"."""
+    """The effort in force: a `compile_effort` block, else JAXMLM_COMPILE, else "auto"."""
     return _scoped.get() or _environment_effort()
 
 
@@ -61,12 +78,13 @@ def _environment_effort() -> str:
     raw = os.environ.get(_ENV_VAR)
     if raw in EFFORTS:
         return raw
-    return _checked(raw or "default", _ENV_VAR)
+    return _checked(raw or "auto", _ENV_VAR)
 
 
 @contextlib.contextmanager
 def compile_effort(effort: str):
-    """Within: jaxmlm compiles its programs with `effort` ("fast": XLA optimization level 0; "default": XLA's)."""
+    """Within: jaxmlm compiles its programs with `effort`: "fast" (see the module docstring), "default" (XLA's own
+    optimization) or "auto" (the default: "fast" for programs on small data, else "default")."""
     token = _scoped.set(_checked(effort, "compile_effort"))
     try:
         yield
@@ -105,7 +123,8 @@ def jit(fn=None, /, **jit_kwargs):
     """`jax.jit` with one compiled variant per effort; as a decorator with or without keyword arguments."""
     if fn is None:
         return functools.partial(jit, **jit_kwargs)
-    variants = {name: jax.jit(fn, compiler_options=options, **jit_kwargs) for name, options in EFFORTS.items()}
+    variants = {name: jax.jit(fn, compiler_options=options, **jit_kwargs)
+                for name, options in EFFORTS.items() if name != "auto"}
     _all_variants.extend(variants.values())
     default = variants["default"]
 
@@ -116,6 +135,8 @@ def jit(fn=None, /, **jit_kwargs):
         if _calls[0] % CHECK_EVERY == 0:
             _bound_programs()
         effort = _scoped.get() or _environment_effort()
+        if effort == "auto":
+            effort = "fast" if _small(args, kwargs) else "default"
         # inside another program's trace the call is inlined there, and JAX refuses compiler options on it
         if effort == "default" or not _outside_trace(args, kwargs):
             return default(*args, **kwargs)
