@@ -20,8 +20,10 @@ import contextlib
 import contextvars
 import functools
 import os
+import weakref
 
 import jax
+import numpy as np
 
 __all__ = ["EFFORTS", "carry_effort", "compile_effort", "compiled_programs", "current_effort", "jit", "release_programs"]
 
@@ -61,12 +63,43 @@ AUTO_FAST_ELEMENTS = 1 << 14
 
 
 def _small(args, kwargs) -> bool:
-    total = 0
-    for leaf in jax.tree_util.tree_leaves((args, kwargs)):
-        total += getattr(leaf, "size", 1)
-        if total > AUTO_FAST_ELEMENTS:
-            return False
-    return True
+    return _numbers(args) + _numbers(kwargs) <= AUTO_FAST_ELEMENTS
+
+
+# Flattening a problem's pytree (an equinox Module of a few dozen arrays) costs ~50-100 µs in Python, as much as
+# a small model's evaluation, and a host optimizer passes the same problem on every call: its count is kept per
+# object (a weak reference, so that a count never outlives its object nor is read for another at the same id).
+_counts: dict[int, tuple] = {}
+_COUNTS_KEPT = 512
+
+
+def _numbers(tree) -> int:
+    """How many numbers the array leaves of `tree` hold (other leaves count 1): the sum of `size` over
+    jax.tree_util.tree_leaves(tree). Dispatch on type() alone: an equinox Module's attribute lookup (isinstance,
+    hasattr) costs microseconds."""
+    hit = _counts.get(id(tree))
+    if hit is not None and hit[0]() is tree:
+        return hit[1]
+    kind = type(tree)
+    if tree is None:
+        return 0
+    if kind in (tuple, list):
+        return sum(_numbers(t) for t in tree)
+    if kind is dict:
+        return sum(_numbers(t) for t in tree.values())
+    if kind in (bool, int, float, complex, str):
+        return 1
+    if issubclass(kind, (np.ndarray, np.generic, jax.Array)):
+        return int(tree.size)
+    count = sum(getattr(leaf, "size", 1) for leaf in jax.tree_util.tree_leaves(tree))
+    try:
+        ref = weakref.ref(tree)
+    except TypeError:  # not weakly referable: counted on every call
+        return count
+    if len(_counts) >= _COUNTS_KEPT:
+        _counts.clear()
+    _counts[id(tree)] = (ref, count)
+    return count
 
 
 def current_effort() -> str:
