@@ -47,6 +47,9 @@ class Structure(eqx.Module):
     pair_a: tuple[jax.Array, ...]
     pair_b: tuple[jax.Array, ...]
     pair_target: tuple[jax.Array, ...]
+    # (G, K): the tail columns of each distinct combination of tail levels, when every tail term is a scalar
+    # intercept and the rows have at most half as many combinations as rows (`_tail_groups`); else None
+    tail_groups: jax.Array | None = None
 
     @property
     def n_terms(self) -> int:
@@ -69,6 +72,8 @@ class RowData(eqx.Module):
     tail_row: tuple[jax.Array, ...]  # per tail term (n,): first tail column of the row's level
     # row_entry[t][j]: per prefix term t and tail term j, the index of the row's first scalar entry in E_t
     row_entry: tuple[tuple[jax.Array, ...], ...]
+    # (n,): the row's combination of tail levels (a row of Structure.tail_groups), or None
+    tail_group: jax.Array | None = None
 
 
 class Blocks(eqx.Module):
@@ -208,6 +213,7 @@ def build_structure(codes: list[np.ndarray], qs: list[int], n_levels: list[int])
         pb.append(jnp.asarray(b))
         pt.append(jnp.asarray(target.astype(np.int64 if m_z * m_z > 2**31 - 1 else np.int32)))
 
+    group, groups = _tail_groups(tail_row, [qs[k] for k in tail_terms])
     structure = Structure(
         qs=tuple(int(q) for q in qs),
         n_levels=tuple(int(l) for l in n_levels),
@@ -221,17 +227,44 @@ def build_structure(codes: list[np.ndarray], qs: list[int], n_levels: list[int])
         pair_a=tuple(pa),
         pair_b=tuple(pb),
         pair_target=tuple(pt),
+        tail_groups=None if groups is None else jnp.asarray(groups),
     )
-    index_parts = dict(tail_row=tail_row, row_entry=row_entry)
+    index_parts = dict(tail_row=tail_row, row_entry=row_entry, tail_group=group, tail_terms=tail_terms)
     return structure, index_parts
 
 
+def _tail_groups(tail_row: list[np.ndarray], tail_qs: list[int]):
+    """(row → combination, (G, K) tail columns of each combination) of the rows' tail levels, or (None, None).
+
+    With scalar intercept tail terms a row's contribution to the tail's ZᵀWZ and FᵀWZ depends only on its
+    combination of tail levels (its z are ones), so `cross_products` first sums the rows' weights within
+    combinations and scatters once per combination: a poststratification cells model (every cell its own row,
+    a few thousand combinations of the demographic terms) scatters a fraction of the products."""
+    if not tail_row or any(q != 1 for q in tail_qs):
+        return None, None
+    n = tail_row[0].shape[0]
+    if len(tail_row) == 1:
+        used, group = np.unique(tail_row[0], return_inverse=True)
+        groups = used[:, None]
+    else:
+        cols = np.stack(tail_row, axis=1)
+        groups, group = np.unique(cols, axis=0, return_inverse=True)
+    if groups.shape[0] > n // 2:
+        return None, None
+    return group.reshape(-1).astype(np.int32), groups.astype(np.int32)
+
+
 def row_data(codes: list[np.ndarray], zs: list[np.ndarray], index_parts: dict) -> RowData:
+    group = index_parts.get("tail_group")
+    # the combinations stand for the rows only where every tail z is 1 (intercepts, no weights folded into z)
+    if group is not None and not all(np.all(np.asarray(zs[k]) == 1.0) for k in index_parts["tail_terms"]):
+        group = None
     return RowData(
         codes=tuple(jnp.asarray(c, dtype=jnp.int32) for c in codes),
         z=tuple(jnp.asarray(z) for z in zs),
         tail_row=tuple(jnp.asarray(r) for r in index_parts["tail_row"]),
         row_entry=tuple(tuple(jnp.asarray(r) for r in re_t) for re_t in index_parts["row_entry"]),
+        tail_group=None if group is None else jnp.asarray(group),
     )
 
 
@@ -263,6 +296,21 @@ def same_q_runs(qs: tuple[int, ...], first: int = 0, stop: int | None = None) ->
         runs.append((k, end, qs[k]))
         k = end
     return runs
+
+
+def _grouped_tail(structure: Structure, group: jax.Array, w: jax.Array, wF: jax.Array):
+    """The tail's ZᵀWZ and FᵀWZ from the rows' weights summed within combinations of tail levels (`_tail_groups`)."""
+    m_z, idx = structure.m_z, structure.tail_groups
+    n_groups, f = idx.shape[0], wF.shape[1]
+    w_group = _segsum(w, group, n_groups)  # (G,)
+    wF_group = _segsum(wF, group, n_groups)  # (G, f)
+    wide = jnp.int64 if m_z * m_z > 2**31 - 1 else jnp.int32
+    target = idx[:, :, None].astype(wide) * m_z + idx[:, None, :]
+    vals = jnp.broadcast_to(w_group[:, None, None], target.shape)
+    tail_zz = _segsum(vals.reshape(-1), target.reshape(-1), m_z * m_z).reshape(m_z, m_z)
+    vals = jnp.broadcast_to(wF_group[:, None, :], (n_groups, idx.shape[1], f))
+    tail_fz = _segsum(vals.reshape(-1, f), idx.reshape(-1), m_z).T
+    return tail_zz, tail_fz
 
 
 def cross_products(structure: Structure, rows: RowData, weights: jax.Array, F: jax.Array) -> Blocks:
@@ -298,7 +346,9 @@ def cross_products(structure: Structure, rows: RowData, weights: jax.Array, F: j
     m_z = structure.m_z
     tail_zz = jnp.zeros((m_z, m_z), dtype=F.dtype)
     tail_fz = jnp.zeros((f, m_z), dtype=F.dtype)
-    if m_z:
+    if m_z and rows.tail_group is not None and structure.tail_groups is not None:
+        tail_zz, tail_fz = _grouped_tail(structure, rows.tail_group, w, wF)
+    elif m_z:
         # each row's tail columns (n, s); every (column, column) pair of a row lands in its own cell of the tail
         tail_idx = _stacked_columns(rows.tail_row, qs, D)
         wz_tail = tail_z * w[:, None]
