@@ -34,6 +34,7 @@ def single(formula, frame, family, column):
         return jm.glmer(formula, data, family=family, weights=observed.astype(float))
 
 
+@pytest.mark.slow  # a GLMM batch compile
 def test_binomial_columns_equal_single_fits(contraception_like):
     frame, Y, _ = contraception_like
     model = jm.Model("y ~ x + (1 | g)", frame, family="binomial")
@@ -50,6 +51,7 @@ def test_binomial_columns_equal_single_fits(contraception_like):
         assert batch.nobs[j] == keep.sum()
 
 
+@pytest.mark.slow  # a GLMM batch compile
 def test_poisson_columns_equal_single_fits(contraception_like):
     """Including a column of non-integer counts: it warns, as its single fit does, and its logLik is -inf."""
     frame, _, counts = contraception_like

@@ -74,6 +74,7 @@ def test_collapsed_density_and_conditional_mode_match_dense(which, request):
         np.testing.assert_allclose(np.concatenate([np.asarray(x).ravel() for x in u]), u_dense, rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.slow  # compiling the sampler
 def test_sleepstudy_posterior(sleep_model):
     """One short NUTS run (compiling the sampler dominates), checked from several sides; kept in one test so
     that parallel test workers do not each compile it."""
@@ -172,6 +173,7 @@ def test_bad_sampler_arguments(sleep_model):
         sleep_model.sample(chains=1, draws=10, warmup=10, priors={"sigma_scale": -1.0})
 
 
+@pytest.mark.slow  # compiling the sampler
 def test_binomial_posterior_near_glmer():
     cbpp = jm.datasets.load("cbpp")
     model = jm.Model("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial")

@@ -152,6 +152,7 @@ def test_bad_prior_names_refused_before_compiling(model):
             model.sample(chains=1, draws=5, warmup=5, prior=bad)
 
 
+@pytest.mark.slow  # compiling the sampler
 def test_cells_posterior_near_glmer(model, fit):
     post = model.sample(chains=2, draws=200, warmup=200, seed=2, centring=fit)
     table = post.summary()

@@ -53,6 +53,7 @@ def single(frame, family, column):
         return jm.glmer("y ~ x + (1 | g)", data, family=family, weights=observed.astype(float))
 
 
+@pytest.mark.slow  # a batch compile and a single-fit compile per family
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_batch_columns_equal_single_fits(case):
     frame, Y, family = CASES[case]()

@@ -78,6 +78,7 @@ def test_lanczos_breakdown_is_harmless():
         assert abs(value - exact) < 4 * se
 
 
+@pytest.mark.slow  # two probe counts, each its own program
 @pytest.mark.parametrize("reml, weighted", [(False, False), (True, True)])
 def test_estimated_objective_against_dense_brute_force(reml, weighted):
     """A crossed design whose Schur complement (90 item columns × 2) exceeds the sketch: the objective is an
@@ -102,6 +103,7 @@ def test_estimated_objective_against_dense_brute_force(reml, weighted):
     assert errors[1] < 0.1 < errors[0] * 10  # a tenth of a deviance unit at 128 probes (measured: 0.12 → 0.01)
 
 
+@pytest.mark.slow  # an optimization of a stochastic objective
 def test_crossed_fit_close_to_direct():
     model = jm.Model("y ~ x + (1|user) + (1|item)", _crossed())
     direct = model.fit(method="ml")

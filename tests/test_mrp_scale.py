@@ -286,6 +286,7 @@ def _coverage(replicates, seed0, draws):
     return hits / total
 
 
+@pytest.mark.slow  # 20 fits and post-stratifications
 def test_point_fit_intervals_cover_the_true_state_values():
     """20 replicate polls of 400 (12 states, state effects redrawn each time), 240 state intervals: coverage of
     the 95% intervals within [0.89, 0.99]. Monte Carlo: were the intervals independent, the standard error of the
@@ -295,13 +296,7 @@ def test_point_fit_intervals_cover_the_true_state_values():
     assert 0.89 <= coverage <= 0.99, coverage
 
 
-# ------------------------------------------------------------------------ a binomial GLMM
-@pytest.fixture(scope="module")
-def cbpp_fit():
-    return jm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", jm.datasets.load("cbpp"),
-                    family="binomial")
-
-
+# ------------------------------------------------------------------------ a binomial GLMM (conftest.cbpp_fit)
 def test_glmm_draws_have_the_laplace_covariance(cbpp_fit):
     """GLMM: the draws centre on (β̂, b̂) with covariance S M(W)⁻¹ Sᵀ, W the Fisher weights at the optimum
     (dense; its β block is lme4's RX-based vcov); Monte Carlo as for the linear model (8192 draws)."""
@@ -448,6 +443,7 @@ def binomial_study():
     return {k: (h, n, w / n) for k, (h, n, w) in out.items()}
 
 
+@pytest.mark.slow  # 30 glmer fits, 60 post-stratifications
 def test_binomial_point_fit_intervals_cover_the_true_state_values(binomial_study):
     """The glmer point fit's 95% state intervals (θ at θ̂) cover the true post-stratified state shares in [0.88,
     0.99] of 360 intervals (the band as in the linear study, a little wider below: the Laplace Gaussian and the
@@ -456,6 +452,7 @@ def test_binomial_point_fit_intervals_cover_the_true_state_values(binomial_study
     assert 0.88 <= hits / total <= 0.99, hits / total
 
 
+@pytest.mark.slow  # 30 glmer fits, 60 post-stratifications
 def test_binomial_theta_uncertainty_widens_and_covers(binomial_study):
     """With θ drawn (12 states: θ̂ itself is uncertain) the intervals are wider on average and cover within
     [0.90, 0.99], no less than with θ fixed."""
