@@ -101,14 +101,26 @@ def _minimize(x0, problem, nodes, weights, max_iter):
                               np.asarray(x0, dtype=np.float64), max_iter=max_iter, gtol=1e-8)
 
 
-def _at_optimum(x, problem, nodes, weights):
-    """Everything the result needs at the optimum: the objective, its exact gradient, the Hessian in (θ, β) by
-    central differences of that gradient (2k calls of the optimizer's own program), and the state (`_state_at`)."""
+def _derivatives_at(x, problem, nodes, weights, known=None):
+    """The objective, its exact gradient and the Hessian in (θ, β) by central differences of that gradient (2k
+    calls of the optimizer's own program) at x. known: (value, gradient) at x already evaluated (the search's last
+    accepted point), not evaluated again."""
     x = np.asarray(x, dtype=np.float64)
-    value, grad = _value_and_grad(x, problem, nodes, weights)
-    hess = central_difference_hessian(
-        lambda points: np.stack([np.asarray(_value_and_grad(pt, problem, nodes, weights)[1]) for pt in points]), x)
-    return dict(value=value, grad=grad, hess=hess, **_state_at(x, problem))
+    value, grad = known if known is not None else _value_and_grad(x, problem, nodes, weights)
+
+    def gradients_at(points):
+        # every call dispatched before any result is read: the host does not wait between the 2k programs
+        pending = [_value_and_grad(pt, problem, nodes, weights)[1] for pt in points]
+        return np.stack([np.asarray(g) for g in pending])
+
+    return dict(value=value, grad=grad, hess=central_difference_hessian(gradients_at, x))
+
+
+def _known_at(x, res):
+    """The search's value and gradient where x is its last point unchanged (not snapped, not sign-flipped)."""
+    if res is None or not np.array_equal(np.asarray(res.x, dtype=np.float64), x):
+        return None
+    return np.asarray(res.value, dtype=np.float64), np.asarray(res.grad, dtype=np.float64)
 
 
 @jit
@@ -248,23 +260,24 @@ def _to_boundary(model, problem, res, nodes, weights, max_iter: int, messages: l
     return leave_boundary_saddle(finish(res.x), res, lower, objective, refit, messages)
 
 
-def _newton_polish(x, state, problem, nodes, weights, steps: int = 3):
+def _newton_polish(x, derivs, problem, nodes, weights, steps: int = 3):
     """Finish with Newton steps on (θ, β) using the Hessian we need anyway for the standard errors.
     BFGS stops once the gradient is small relative to the deviance; along flat directions (a predictor and its
     square, say) that can leave fixed effects off in the fourth digit. The steps reuse the Hessian at the start
     (each costs one gradient, where a Hessian costs 2k); each is kept only if it lowers the deviance. The state is
     taken again at the end, and the Hessian too if the steps moved a coordinate by more than 1e-4 (1 + |x|) (after
     BFGS they are usually ~1e-6: the Hessian there differs by as little). Boundary fits (a θ near 0) are left as
-    they are."""
+    they are. derivs: `_derivatives_at`'s at x; returns x and the derivatives there (the caller takes the state
+    once, at the final x)."""
     nt = problem.structure.n_theta
     if np.any(np.abs(x[:nt]) < SINGULAR_TOL):
-        return x, state
-    hess = np.asarray(state["hess"])
+        return x, derivs
+    hess = np.asarray(derivs["hess"])
     try:
         np.linalg.cholesky(hess)
     except np.linalg.LinAlgError:
-        return x, state
-    x_start, value, grad = x, float(state["value"]), np.asarray(state["grad"])
+        return x, derivs
+    x_start, value, grad = x, float(derivs["value"]), np.asarray(derivs["grad"])
     for _ in range(steps):
         step = np.linalg.solve(hess, grad)
         if not np.all(np.isfinite(step)) or np.max(np.abs(step)) < 1e-12:
@@ -274,10 +287,10 @@ def _newton_polish(x, state, problem, nodes, weights, steps: int = 3):
             break
         x, value, grad = x - step, float(v_new), np.asarray(g_new)
     if x is x_start:
-        return x, state
+        return x, derivs
     if np.any(np.abs(x - x_start) > 1e-4 * (1.0 + np.abs(x_start))):
-        return x, _at_optimum(x, problem, nodes, weights)
-    return x, dict(value=value, grad=grad, hess=hess, **_state_at(x, problem))
+        return x, _derivatives_at(x, problem, nodes, weights, known=(value, grad))
+    return x, dict(value=value, grad=grad, hess=hess)
 
 
 def _vcov(hess, nt, vcov_rx, messages) -> np.ndarray:
@@ -334,12 +347,13 @@ def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000,
     x0 = _start(model, problem, start)
     res, messages, nodes, weights = _search(problem, x0, method, nagq, max_iter)
     x, res = _to_boundary(model, problem, res, nodes, weights, max_iter, messages)
-    state = _at_optimum(jnp.asarray(x), problem, nodes, weights)
-    x, state = _newton_polish(x, state, problem, nodes, weights)
+    derivs = _derivatives_at(x, problem, nodes, weights, known=_known_at(x, res))
+    x, derivs = _newton_polish(x, derivs, problem, nodes, weights)
     canonical = canonical_theta(x[:model.n_theta], model.qs)
     if not np.array_equal(canonical, x[:model.n_theta]):  # a Newton step may have flipped a column's sign
         x[:model.n_theta] = canonical
-        state = _at_optimum(jnp.asarray(x), problem, nodes, weights)
+        derivs = _derivatives_at(x, problem, nodes, weights)
+    state = dict(**derivs, **_state_at(x, problem))
     if not bool(state["ok"]):
         messages.append(f"PIRLS did not converge at the optimum (after {int(state['iters'])} iterations)")
     fit = _result(model, problem, x, state, res, messages, x0=x0, method=method, nagq=nagq, max_iter=max_iter)
