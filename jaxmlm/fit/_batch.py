@@ -341,15 +341,47 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
     Y: n × m (NumPy array or DataFrame), one row per row of the model's data after rows with missing values in
     the formula's variables were dropped (`model.design.row_index`; a DataFrame indexed like the original data is
     aligned on it). With cs() / ar1() terms each column is searched on ψ, as a single fit is (start: ψ; the
-    result's `psi`, and θ = θ(ψ)). NaN in a column drops those rows for that response only. The model's weights and offset apply
-    to every column. method: 'reml' or 'ml' (Gaussian; default 'reml'), 'laplace' or 'agq' with nagq (the other
-    families; default 'laplace', columns on the model's response scale: 0/1 or proportions, counts, positive values,
-    values in (0, 1) for beta; a dispersion family's d is estimated per column). start: θ to start every column
-    from; for a GLMM also a dict with "theta" and, for a dispersion family, "dispersion" (d's start).
-    chunk_size: responses per vectorized step (default from the design's size, to bound memory). progress: show
-    progress (tqdm when installed); None shows it for multi-chunk batches.
+    result's `psi`, and θ = θ(ψ)). NaN in a column drops those rows for that response only. The model's weights
+    and offset apply to every column. method: 'reml' or 'ml' (Gaussian; default 'reml'), 'laplace' or 'agq' with
+    nagq (the other families; default 'laplace', columns on the model's response scale: 0/1 or proportions,
+    counts, positive values, values in (0, 1) for beta; a dispersion family's d is estimated per column). start: θ
+    to start every column from; for a GLMM also a dict with "theta" and, for a dispersion family, "dispersion"
+    (d's start). chunk_size: responses per vectorized step (default from the design's size, to bound memory).
+    progress: show progress (tqdm when installed); None shows it for multi-chunk batches.
     """
     t0 = time.perf_counter()
+    method = _batch_method(model, method, nagq, chunk_size)
+    values, columns = _as_matrix(model, Y)
+    if not model.is_gaussian:
+        return _fit_glmm_batch(model, values, columns, method, nagq, chunk_size, max_iter, progress, t0, start)
+    reml, p = method == "reml", model.design.X.shape[1]
+    structures = model.structures if is_structured(model.structures) else None
+    theta0 = _search_start(model, structures, start)
+    n_obs, missing = observed_counts(values)
+    too_few = n_obs <= p + (1 if reml else 0)
+    max_workers = max(1, min(os.cpu_count() or 1, 8))
+    chunks = _plan_chunks(model, [(np.flatnonzero(~missing & ~too_few), True),
+                                  (np.flatnonzero(missing & ~too_few), False)], chunk_size, max_workers)
+    batch = _LinearChunks(model, values, reml, max_iter, structures, theta0)
+    out = _empty_results(values.shape[1], theta0.size, model.n_theta, p, n_obs)
+    messages: list = [()] * values.shape[1]
+    bar = _Progress(values.shape[1], enabled=(len(chunks) > 1) if progress is None else bool(progress))
+    # XLA runs these small vectorized programs on one core each: chunks go to a thread per core
+    workers = max(1, min(max_workers, len(chunks)))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        for cols, res in pool.map(carry_effort(batch.process), chunks):
+            for k in out:
+                out[k][cols] = res[k]
+            for j, m_j in zip(cols, res["messages"]):
+                messages[j] = tuple(m_j)
+            bar.update(len(cols))
+    bar.close()
+    warn_unfitted(columns, ~np.isfinite(out["objective"]), too_few, p + (1 if reml else 0))
+    return _linear_batch_result(model, method, columns, out, messages, batch, max_iter, t0)
+
+
+def _batch_method(model, method, nagq, chunk_size) -> str:
+    """The batch's method, checked against the family (and chunk_size checked), before anything compiles."""
     if method is None:
         method = "reml" if model.is_gaussian else ("agq" if nagq and nagq > 1 else "laplace")
     method = method.lower()
@@ -358,93 +390,98 @@ def fit_batch(model, Y, method: str | None = None, *, chunk_size: int | None = N
         raise ValueError(f"fit_batch method for the {model.family.name} family must be one of {allowed}, got {method!r}")
     if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    values, columns = _as_matrix(model, Y)
-    if not model.is_gaussian:
-        return _fit_glmm_batch(model, values, columns, method, nagq, chunk_size, max_iter, progress, t0, start)
-    d, reml = model.design, method == "reml"
-    m, p = values.shape[1], d.X.shape[1]
-    structures = model.structures if is_structured(model.structures) else None
-    theta0 = _search_start(model, structures, start)
+    return method
 
-    n_obs, missing = observed_counts(values)
-    too_few = n_obs <= p + (1 if reml else 0)
-    groups = [(np.flatnonzero(~missing & ~too_few), True), (np.flatnonzero(missing & ~too_few), False)]
-    max_workers = max(1, min(os.cpu_count() or 1, 8))
 
-    out = dict(x=np.full((m, theta0.size), np.nan), theta=np.full((m, model.n_theta), np.nan), beta=np.full((m, p), np.nan), se=np.full((m, p), np.nan),
-               sigma=np.full(m, np.nan), objective=np.full(m, np.nan), converged=np.zeros(m, bool),
-               n_iter=np.zeros(m, np.int64), n_eval=np.zeros(m, np.int64), nobs=n_obs.astype(np.float64))
-    messages: list = [()] * m
-    X, weights = jnp.asarray(d.X), jnp.asarray(d.weights)
-    base = _base_blocks(model.structure, model.rows, weights, X)
-    diag = theta_diagonal_mask(model.qs) if structures is None else psi_diagonal_mask(structures)
-    mask, lower = jnp.asarray(diag), np.where(diag, 0.0, -np.inf)
+def _plan_chunks(model, groups, chunk_size, max_workers) -> list:
+    """(columns, complete, padded size) per vectorized step: complete columns and columns with missing values
+    apart (their statistics are formed differently), each group in chunks of one size."""
     chunks = []
     for idx, complete in groups:
         if idx.size:
             size = chunk_size or min(_default_chunk(model, complete, max_workers),
                                      1 << int(np.ceil(np.log2(idx.size))))
             chunks += [(idx[i : i + size], complete, size) for i in range(0, idx.size, size)]
-    bar = _Progress(m, enabled=(len(chunks) > 1) if progress is None else bool(progress))
+    return chunks
 
-    def run(cols, complete, size, starts):
-        Yc = values[:, cols] - d.offset[:, None]  # the offset comes off chunk by chunk: no copy of all of Y
-        starts = np.broadcast_to(starts, (len(cols), theta0.size))
-        if len(cols) < size:  # pad with copies of the first column: one compiled program per chunk size
+
+def _empty_results(m: int, n_x: int, n_theta: int, p: int, n_obs) -> dict:
+    return dict(x=np.full((m, n_x), np.nan), theta=np.full((m, n_theta), np.nan), beta=np.full((m, p), np.nan),
+                se=np.full((m, p), np.nan), sigma=np.full(m, np.nan), objective=np.full(m, np.nan),
+                converged=np.zeros(m, bool), n_iter=np.zeros(m, np.int64), n_eval=np.zeros(m, np.int64),
+                nobs=n_obs.astype(np.float64))
+
+
+class _LinearChunks:
+    """A linear batch's chunks: the fit of a chunk of columns from given starts, the objective of a chunk at
+    given points (the saddle probes), and a whole chunk's fit with restarts and the boundary path."""
+
+    def __init__(self, model, values, reml: bool, max_iter: int, structures, theta0):
+        d = model.design
+        self.model, self.values, self.offset = model, values, d.offset
+        self.reml, self.max_iter, self.structures, self.theta0 = reml, max_iter, structures, theta0
+        self.X, self.weights = jnp.asarray(d.X), jnp.asarray(d.weights)
+        self.base = _base_blocks(model.structure, model.rows, self.weights, self.X)
+        diag = theta_diagonal_mask(model.qs) if structures is None else psi_diagonal_mask(structures)
+        self.mask, self.lower = jnp.asarray(diag), np.where(diag, 0.0, -np.inf)
+
+    def _padded(self, cols, size, rows):
+        """The chunk's responses (offset removed chunk by chunk: no copy of all of Y) and per-column rows, padded
+        with copies of the first column: one compiled program per chunk size."""
+        Yc = self.values[:, cols] - self.offset[:, None]
+        if len(cols) < size:
             Yc = np.concatenate([Yc, np.repeat(Yc[:, :1], size - len(cols), axis=1)], axis=1)
-            starts = np.concatenate([starts, np.repeat(starts[:1], size - len(cols), axis=0)])
-        res = _fit_chunk(model.structure, model.rows, base, X, weights, jnp.asarray(Yc), jnp.asarray(starts),
-                         mask, reml=reml, max_iter=max_iter, complete=complete, structures=structures)
+            rows = np.concatenate([rows, np.repeat(rows[:1], size - len(rows), axis=0)])
+        return jnp.asarray(Yc), jnp.asarray(rows)
+
+    def run(self, cols, complete, size, starts):
+        Yc, starts = self._padded(cols, size, np.broadcast_to(starts, (len(cols), self.theta0.size)))
+        m = self.model
+        res = _fit_chunk(m.structure, m.rows, self.base, self.X, self.weights, Yc, starts, self.mask,
+                         reml=self.reml, max_iter=self.max_iter, complete=complete, structures=self.structures)
         return {k: np.array(v)[: len(cols)] for k, v in res.items()}
 
-    def objective_rows(cols, complete, size, points):
-        Yc = values[:, cols] - d.offset[:, None]
-        if len(cols) < size:  # padded as `run` pads, so that the probes' program compiles once per chunk size
-            Yc = np.concatenate([Yc, np.repeat(Yc[:, :1], size - len(cols), axis=1)], axis=1)
-            points = np.concatenate([points, np.repeat(points[:1], size - len(cols), axis=0)])
-        f = _chunk_objective(model.structure, model.rows, base, X, weights, jnp.asarray(Yc), jnp.asarray(points),
-                             reml=reml, complete=complete, structures=structures)
+    def objective_rows(self, cols, complete, size, points):
+        Yc, points = self._padded(cols, size, points)
+        m = self.model
+        f = _chunk_objective(m.structure, m.rows, self.base, self.X, self.weights, Yc, points, reml=self.reml,
+                             complete=complete, structures=self.structures)
         return np.asarray(f)[: len(cols)]
 
     @float64  # in a worker thread: JAX's float64 setting is per thread
-    def process(chunk):
+    def process(self, chunk):
         cols, complete, size = chunk
-        res = run(cols, complete, size, theta0)
+        res = self.run(cols, complete, size, self.theta0)
         messages = [[] for _ in cols]
         bad = ~np.isfinite(res["objective"])
         for scale in (0.5, 0.1):  # a non-finite evaluation: restart from a smaller start, as a single fit does
             if not bad.any():
                 break
-            _take_better(res, bad, run(cols[bad], complete, size, theta0 * scale))
+            _take_better(res, bad, self.run(cols[bad], complete, size, self.theta0 * scale))
             for i in np.flatnonzero(bad & np.isfinite(res["objective"])):
                 messages[i].append(f"restarted from θ start × {scale} after a non-finite evaluation")
             bad = ~np.isfinite(res["objective"])
-        _leave_boundary_saddles(res, lambda which, starts: run(cols[which], complete, size, starts),
-                                lambda points: objective_rows(cols, complete, size, points), lower, messages)
+        _leave_boundary_saddles(res, lambda which, starts: self.run(cols[which], complete, size, starts),
+                                lambda points: self.objective_rows(cols, complete, size, points), self.lower,
+                                messages)
         res["converged"] = res["converged"] & np.isfinite(res["objective"])
         res["messages"] = messages
         return cols, res
 
-    # XLA runs these small vectorized programs on one core each: chunks go to a thread per core
-    workers = max(1, min(max_workers, len(chunks)))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for cols, res in pool.map(carry_effort(process), chunks):
-            for k in out:
-                out[k][cols] = res[k]
-            for j, m_j in zip(cols, res["messages"]):
-                messages[j] = tuple(m_j)
-            bar.update(len(cols))
-    bar.close()
-    warn_unfitted(columns, ~np.isfinite(out["objective"]), too_few, p + (1 if reml else 0))
+
+def _linear_batch_result(model, method, columns, out, messages, batch: _LinearChunks, max_iter, t0) -> BatchResult:
+    m = len(out["objective"])
     theta = canonical_theta(out["theta"], model.qs)
     return BatchResult(model=model, method=method, columns=columns, theta=theta.reshape(m, model.n_theta),
                        beta=out["beta"], se_beta=out["se"], sigma=out["sigma"], objective=out["objective"],
-                       loglik=-out["objective"] / 2.0, converged=out["converged"], nobs=out["nobs"].astype(np.int64), n_iter=out["n_iter"],
-                       seconds=time.perf_counter() - t0, psi=None if structures is None else out["x"],
-                       optsum=summarize_rows(optimizer="BFGS (vmapped)", method=method, initial=theta0, lower=lower,
-                                             converged=out["converged"], fmin=out["objective"],
+                       loglik=-out["objective"] / 2.0, converged=out["converged"],
+                       nobs=out["nobs"].astype(np.int64), n_iter=out["n_iter"], seconds=time.perf_counter() - t0,
+                       psi=None if batch.structures is None else out["x"],
+                       optsum=summarize_rows(optimizer="BFGS (vmapped)", method=method, initial=batch.theta0,
+                                             lower=batch.lower, converged=out["converged"], fmin=out["objective"],
                                              evaluations=out["n_eval"], iterations=out["n_iter"],
                                              max_evaluations=max_iter, gtol=_BATCH_GTOL, messages=messages))
+
 
 
 def _search_start(model, structures, start) -> np.ndarray:
