@@ -101,3 +101,15 @@ def test_each_subpackage_imports_in_a_fresh_interpreter(subpackage):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=PACKAGE.parent)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_driver_and_optimizer_functions_fit_in_one_sitting():
+    """The fitting drivers and the optimizers are small functions: none longer than 60 lines (docstring included)."""
+    long = []
+    for path in sorted([*PACKAGE.joinpath("fit").glob("*.py"), *PACKAGE.joinpath("optim").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 60:
+                    long.append(f"{path.parent.name}/{path.name}:{node.name} ({length} lines)")
+    assert not long, long
