@@ -101,19 +101,30 @@ def _minimize(x0, problem, nodes, weights, max_iter):
                               np.asarray(x0, dtype=np.float64), max_iter=max_iter, gtol=1e-8)
 
 
-def _derivatives_at(x, problem, nodes, weights, known=None):
+_DELTA = 1e-5  # `central_difference_hessian`'s step
+
+
+def _gradients(points, problem, nodes, weights) -> np.ndarray:
+    """The gradients at the rows of points, every call dispatched before any result is read (the host does not
+    wait between the programs)."""
+    pending = [_value_and_grad(pt, problem, nodes, weights)[1] for pt in points]
+    return np.stack([np.asarray(g) for g in pending])
+
+
+def _derivatives_at(x, problem, nodes, weights, known=None, plus=None):
     """The objective, its exact gradient and the Hessian in (θ, β) by central differences of that gradient (2k
     calls of the optimizer's own program) at x. known: (value, gradient) at x already evaluated (the search's last
-    accepted point), not evaluated again."""
+    accepted point); plus: the gradients at x + δeⱼ already evaluated (`_newton_polish`'s); neither evaluated
+    again."""
     x = np.asarray(x, dtype=np.float64)
     value, grad = known if known is not None else _value_and_grad(x, problem, nodes, weights)
 
     def gradients_at(points):
-        # every call dispatched before any result is read: the host does not wait between the 2k programs
-        pending = [_value_and_grad(pt, problem, nodes, weights)[1] for pt in points]
-        return np.stack([np.asarray(g) for g in pending])
+        if plus is None:
+            return _gradients(points, problem, nodes, weights)
+        return np.vstack([plus, _gradients(points[x.size:], problem, nodes, weights)])
 
-    return dict(value=value, grad=grad, hess=central_difference_hessian(gradients_at, x))
+    return dict(value=value, grad=grad, hess=central_difference_hessian(gradients_at, x, _DELTA))
 
 
 def _known_at(x, res):
@@ -260,24 +271,30 @@ def _to_boundary(model, problem, res, nodes, weights, max_iter: int, messages: l
     return leave_boundary_saddle(finish(res.x), res, lower, objective, refit, messages)
 
 
-def _newton_polish(x, derivs, problem, nodes, weights, steps: int = 3):
-    """Finish with Newton steps on (θ, β) using the Hessian we need anyway for the standard errors.
-    BFGS stops once the gradient is small relative to the deviance; along flat directions (a predictor and its
-    square, say) that can leave fixed effects off in the fourth digit. The steps reuse the Hessian at the start
-    (each costs one gradient, where a Hessian costs 2k); each is kept only if it lowers the deviance. The state is
-    taken again at the end, and the Hessian too if the steps moved a coordinate by more than 1e-4 (1 + |x|) (after
-    BFGS they are usually ~1e-6: the Hessian there differs by as little). Boundary fits (a θ near 0) are left as
-    they are. derivs: `_derivatives_at`'s at x; returns x and the derivatives there (the caller takes the state
-    once, at the final x)."""
+def _newton_polish(x, problem, nodes, weights, known=None, steps: int = 3):
+    """Finish with Newton steps on (θ, β); returns x and `_derivatives_at`'s there (the caller takes the state
+    once, at the final x). BFGS stops once the gradient is small relative to the deviance; along flat directions
+    (a predictor and its square, say) that can leave fixed effects off in the fourth digit. The steps use the
+    Hessian at the start by forward differences, from the half of the central differences' gradients (x + δeⱼ)
+    the standard errors need anyway (each step costs one gradient, where a Hessian costs 2k); each is kept only if
+    it lowers the deviance. If the steps moved a coordinate by more than 1e-4 (1 + |x|) the Hessian is taken again
+    at the end; otherwise the other half (x − δeⱼ) completes the central one at the start (after BFGS the steps
+    are usually ~1e-6: the Hessian there differs by as little). Boundary fits (a θ near 0) are left as they are.
+    known: (value, gradient) at x, if already evaluated."""
     nt = problem.structure.n_theta
     if np.any(np.abs(x[:nt]) < SINGULAR_TOL):
-        return x, derivs
-    hess = np.asarray(derivs["hess"])
+        return x, _derivatives_at(x, problem, nodes, weights, known=known)
+    x_start = x = np.asarray(x, dtype=np.float64)
+    value, grad = known if known is not None else _value_and_grad(x, problem, nodes, weights)
+    value, grad = float(value), np.asarray(grad, dtype=np.float64)
+    plus = _gradients(x + _DELTA * np.eye(x.size), problem, nodes, weights)
+    start = dict(known=(value, grad), plus=plus)
+    hess = (plus - grad) / _DELTA
+    hess = 0.5 * (hess + hess.T)
     try:
         np.linalg.cholesky(hess)
     except np.linalg.LinAlgError:
-        return x, derivs
-    x_start, value, grad = x, float(derivs["value"]), np.asarray(derivs["grad"])
+        return x, _derivatives_at(x, problem, nodes, weights, **start)
     for _ in range(steps):
         step = np.linalg.solve(hess, grad)
         if not np.all(np.isfinite(step)) or np.max(np.abs(step)) < 1e-12:
@@ -286,11 +303,10 @@ def _newton_polish(x, derivs, problem, nodes, weights, steps: int = 3):
         if not float(v_new) <= value + 1e-12 * abs(value):
             break
         x, value, grad = x - step, float(v_new), np.asarray(g_new)
-    if x is x_start:
-        return x, derivs
     if np.any(np.abs(x - x_start) > 1e-4 * (1.0 + np.abs(x_start))):
         return x, _derivatives_at(x, problem, nodes, weights, known=(value, grad))
-    return x, dict(value=value, grad=grad, hess=hess)
+    central = _derivatives_at(x_start, problem, nodes, weights, **start)
+    return x, dict(central, value=value, grad=grad)
 
 
 def _vcov(hess, nt, vcov_rx, messages) -> np.ndarray:
@@ -347,8 +363,7 @@ def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000,
     x0 = _start(model, problem, start)
     res, messages, nodes, weights = _search(problem, x0, method, nagq, max_iter)
     x, res = _to_boundary(model, problem, res, nodes, weights, max_iter, messages)
-    derivs = _derivatives_at(x, problem, nodes, weights, known=_known_at(x, res))
-    x, derivs = _newton_polish(x, derivs, problem, nodes, weights)
+    x, derivs = _newton_polish(x, problem, nodes, weights, known=_known_at(x, res))
     canonical = canonical_theta(x[:model.n_theta], model.qs)
     if not np.array_equal(canonical, x[:model.n_theta]):  # a Newton step may have flipped a column's sign
         x[:model.n_theta] = canonical
