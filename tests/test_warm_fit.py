@@ -63,3 +63,22 @@ def test_fit_derivatives_are_those_at_the_estimate(case, cbpp_fit):
     vcov = 2.0 * np.linalg.inv(hess)[nt:, nt:]
     np.testing.assert_allclose(np.asarray(fit.vcov), vcov, rtol=1e-5)
     np.testing.assert_allclose(fit.optinfo.hessian_eigenvalues, np.linalg.eigvalsh(hess), rtol=1e-5)
+
+
+@pytest.mark.parametrize("offset", [0.0, 2e-3])
+def test_newton_polish_hessian_is_central(offset, cbpp_fit):
+    """From the estimate (steps of ~0) the polish's Hessian is the central one at its start, its forward half
+    reused; from 2e-3 off (steps larger than 1e-4) the central one at the point it ends at. Its value and gradient
+    are those at that end point."""
+    from jaxmlm.fit._glmm import _newton_polish
+
+    problem = cbpp_fit.model.glmm_problem
+    start = np.concatenate([cbpp_fit.theta, np.asarray(cbpp_fit.fixef)]) + offset
+    x, derivs = float64(_newton_polish)(start.copy(), problem, None, None)
+    moved = np.any(np.abs(x - start) > 1e-4 * (1.0 + np.abs(start)))
+    assert moved == (offset > 0)
+    value, grad, hess = _fresh_derivatives(x if moved else start, problem)
+    np.testing.assert_array_equal(derivs["hess"], hess)
+    end_value, end_grad, _ = _fresh_derivatives(x, problem) if not moved else (value, grad, None)
+    assert float(derivs["value"]) == end_value
+    np.testing.assert_array_equal(np.asarray(derivs["grad"]), end_grad)
