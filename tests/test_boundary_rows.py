@@ -197,3 +197,16 @@ def test_batch_leaves_a_saddle_start_as_single_fits_do():
         single = jm.Model(formula, column).fit(method="ml", start=np.zeros(3), warn=False)
         assert batch.objective[j] == pytest.approx(single.objective, rel=1e-9)
         assert SADDLE_MESSAGE in batch.optsum.messages[j] and SADDLE_MESSAGE in single.optsum.messages
+
+
+@pytest.mark.filterwarnings("ignore::jaxmlm.ConvergenceWarning")
+def test_glmm_batch_leaves_a_saddle_on_the_boundary_as_a_single_fit_does():
+    """Started at θ = 0 (a stationary point whatever the data), a GLMM batch column searches again from just off
+    the boundary and ends at the single fit's optimum, with the record's saddle message."""
+    cbpp = jm.datasets.load("cbpp")
+    model = jm.Model("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial")
+    batch = model.fit_batch(np.column_stack([cbpp.incidence / cbpp["size"]] * 2), start={"theta": [0.0]})
+    single = model.fit()
+    np.testing.assert_allclose(batch.objective, single.objective, rtol=1e-9)
+    np.testing.assert_allclose(batch.theta[:, 0], float(np.asarray(single.theta)[0]), rtol=1e-4)
+    assert all(any("saddle" in msg for msg in row) for row in batch.optsum.messages)

@@ -507,7 +507,8 @@ def _fit_glmm_batch(model, values, columns, method, nagq, chunk_size, max_iter, 
                             lower=res["theta_lower"],
                             converged=converged, fmin=res["objective"], evaluations=res["n_eval"],
                             iterations=res["n_iter"], max_evaluations=max_iter, gtol=1e-8,
-                            messages=[(_RX_MESSAGE,) if fell else () for fell in res["hessian_fallback"]])
+                            messages=[((SADDLE_MESSAGE,) if saddle else ()) + ((_RX_MESSAGE,) if fell else ())
+                                      for saddle, fell in zip(res.pop("saddle"), res["hessian_fallback"])])
     return BatchResult(model=model, method=res["method"], columns=columns, theta=res["theta"], beta=res["beta"],
                        se_beta=res["se"], sigma=np.full(m, np.nan), objective=res["objective"],
                        loglik=res["loglik"], converged=converged, nobs=res["nobs"].astype(np.int64),

@@ -39,7 +39,7 @@ from ._glmm import _objective, _state_at, glmm_problem
 from ..optim._optimize import bfgs_minimize
 from ..core._pirls import pirls, split_x
 from ..core._structures import is_structured, n_psi, psi_diagonal_mask, psi_to_theta
-from ._boundary import snap_rows
+from ._boundary import refit_is_lower, saddle_starts, snap_rows
 from .._compile import jit
 
 __all__ = ["glmm_columns", "fit_glmm_chunk"]
@@ -142,10 +142,12 @@ def _difference_hessian(x, problem, nodes, node_weights, structures=None, delta:
 
 
 @jit(static_argnames=("max_iter", "structures"))
-def fit_glmm_chunk(problem, Y, W, constants, theta0, log_d0, nodes, node_weights, max_iter: int, structures=None):
+def fit_glmm_chunk(problem, Y, W, constants, theta0, log_d0, nodes, node_weights, max_iter: int, structures=None,
+                   x0=None):
     """Fit the columns of Y (n × c) with prior weights W (n × c) on the problem's design; log_d0 (c,): each
     column's start of log d (None: no dispersion coordinate). structures (static): the search runs on the cs() /
-    ar1() parameters ψ (theta0 holds ψ's start), as a single structured fit's."""
+    ar1() parameters ψ (theta0 holds ψ's start), as a single structured fit's. x0 (c, k + p [+ 1]): each column's
+    whole start instead (a search again from off a saddle); theta0 and log_d0 are then unused."""
     nt, p = problem.structure.n_theta, problem.p
     k = nt if structures is None else n_psi(structures)
     if log_d0 is None:
@@ -155,15 +157,16 @@ def fit_glmm_chunk(problem, Y, W, constants, theta0, log_d0, nodes, node_weights
     bounded = theta_diagonal_mask(problem.structure.qs) if structures is None else psi_diagonal_mask(structures)
     lower = np.concatenate([np.where(bounded, 0.0, -np.inf), np.full(p + log_d0.shape[1], -np.inf)])
 
-    def one(y, w, c, tail):
+    def one(y, w, c, tail, start):
         prob = _with_column(problem, y, w, c)
-        # d at the start: None (binomial, Poisson), the family's fixed d, or exp(log d₀)
-        theta_start = _inner_x(theta0, structures)
-        phi = split_x(jnp.concatenate([theta_start, jnp.zeros(p, dtype=theta0.dtype), tail]), prob)[2]
-        beta0, _, _, _, _ = pirls(theta_start, jnp.zeros(p, dtype=theta0.dtype), prob, joint=True, phi=phi)
-        beta0 = jnp.where(jnp.isfinite(beta0), beta0, 0.0)
-        x0 = jnp.concatenate([theta0, beta0, tail])
-        res = bfgs_minimize(_search_objective, x0, prob, None, None, structures, max_iter=max_iter, gtol=1e-8)
+        if start is None:
+            # d at the start: None (binomial, Poisson), the family's fixed d, or exp(log d₀)
+            theta_start = _inner_x(theta0, structures)
+            phi = split_x(jnp.concatenate([theta_start, jnp.zeros(p, dtype=theta0.dtype), tail]), prob)[2]
+            beta0, _, _, _, _ = pirls(theta_start, jnp.zeros(p, dtype=theta0.dtype), prob, joint=True, phi=phi)
+            beta0 = jnp.where(jnp.isfinite(beta0), beta0, 0.0)
+            start = jnp.concatenate([theta0, beta0, tail])
+        res = bfgs_minimize(_search_objective, start, prob, None, None, structures, max_iter=max_iter, gtol=1e-8)
         if nodes is not None:  # AGQ continues from the Laplace optimum, as a single fit does
             res = bfgs_minimize(_search_objective, res.x, prob, nodes, node_weights, structures, max_iter=max_iter,
                                 gtol=1e-8)
@@ -180,7 +183,16 @@ def fit_glmm_chunk(problem, Y, W, constants, theta0, log_d0, nodes, node_weights
                     se_tail=se[p:], tail=res.x[k + p:], objective=res.value, converged=res.converged,
                     n_iter=res.n_iter, n_eval=res.n_eval, nobs=jnp.sum(w > 0), hessian_ok=usable)
 
-    return jax.vmap(one, in_axes=(1, 1, 0, 0))(Y, W, constants, log_d0)
+    return jax.vmap(one, in_axes=(1, 1, 0, 0, None if x0 is None else 0))(Y, W, constants, log_d0, x0)
+
+
+@jit(static_argnames=("structures",))
+def chunk_objective(problem, Y, W, constants, points, nodes, node_weights, structures=None):
+    """Each column's search objective at its row of points (c, k + p [+ 1]): the saddle probes'."""
+    def one(y, w, c, x):
+        return _search_objective(x, _with_column(problem, y, w, c), nodes, node_weights, structures)
+
+    return jax.vmap(one, in_axes=(1, 1, 0, 0))(Y, W, constants, points)
 
 
 def _rx_standard_errors(problem, x, y, w, c) -> np.ndarray:
@@ -267,10 +279,11 @@ def _fit_columns(model, problem, values, names, theta0, d_start, nodes, node_wei
     (recorded in `fallback` for the columns among `real`, the chunk's unpadded names)."""
     Y, W, constants, non_integer = glmm_columns(model, values, names)
     log_d0 = dispersion_starts(model, problem, Y, W, constants, d_start)
-    res = fit_glmm_chunk(problem, jnp.asarray(Y), jnp.asarray(W), jnp.asarray(constants), theta0,
-                         None if log_d0 is None else jnp.asarray(log_d0), nodes, node_weights, max_iter,
-                         structures)
+    data = (problem, jnp.asarray(Y), jnp.asarray(W), jnp.asarray(constants))
+    log_d0 = None if log_d0 is None else jnp.asarray(log_d0)
+    res = fit_glmm_chunk(*data, theta0, log_d0, nodes, node_weights, max_iter, structures)
     res = {k: np.array(v) for k, v in res.items()}
+    res["saddle"] = _leave_saddles(res, data, theta0, log_d0, nodes, node_weights, max_iter, structures)
     res["constants"], res["non_integer"] = constants, non_integer
     x = np.concatenate([res["theta"], res["beta"], res["tail"]], axis=1)
     for j in np.flatnonzero((~res["hessian_ok"] & np.isfinite(res["objective"]))[: len(real)]):
@@ -278,6 +291,35 @@ def _fit_columns(model, problem, values, names, theta0, d_start, nodes, node_wei
         res["se_tail"][j] = np.nan
         fallback.append(real[j])
     return res
+
+
+def _search_x(res) -> np.ndarray:
+    return np.concatenate([res["psi"], res["beta"], res["tail"]], axis=1)
+
+
+def _leave_saddles(res, data, theta0, log_d0, nodes, node_weights, max_iter, structures) -> np.ndarray:
+    """As a single fit does (`_boundary.saddle_starts`): a column stopped at a saddle on the boundary searches
+    again from the best probe off it (β and d from where it stopped), kept where it ends lower. Returns which
+    columns moved."""
+    x = _search_x(res)
+    k = res["psi"].shape[1]
+    lower = np.full(x.shape[1], -np.inf)
+    diag = theta_diagonal_mask(data[0].structure.qs) if structures is None else psi_diagonal_mask(structures)
+    lower[:k] = np.where(diag, 0.0, -np.inf)
+    moved = np.zeros(x.shape[0], dtype=bool)
+    if not (np.isfinite(lower) & (x == lower)).any():
+        return moved
+    objective_rows = lambda pts: chunk_objective(*data, jnp.asarray(pts), nodes, node_weights, structures)  # noqa: E731
+    which, starts = saddle_starts(x, lower, objective_rows, res["objective"])
+    if not which.any():
+        return moved
+    starts = np.where(which[:, None], starts, x)  # every column searches, the others from their optimum
+    retry = fit_glmm_chunk(*data, theta0, log_d0, nodes, node_weights, max_iter, structures, x0=jnp.asarray(starts))
+    retry = {key: np.array(v) for key, v in retry.items()}
+    moved = which & refit_is_lower(res["objective"], retry["objective"])
+    for key in retry:
+        res[key][moved] = retry[key][moved]
+    return moved
 
 
 def _finish(model, problem, res, method):
