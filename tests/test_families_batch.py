@@ -40,7 +40,22 @@ def _beta(seed=13):
     return frame, np.stack([rng.beta(mu * 8.0, (1.0 - mu) * 8.0) for _ in range(N_COLUMNS)], 1), "beta"
 
 
-CASES = {"nbinom2": _nbinom2, "Gamma": _gamma, "beta": _beta}
+def _nbinom1(seed=21):
+    frame, eta, rng = _frame(seed)
+    mu, phi = np.exp(1.0 + eta), 1.5  # Var = μ(1 + φ): size μ/φ, probability 1/(1 + φ)
+    return frame, np.stack([rng.negative_binomial(mu / phi, 1.0 / (1.0 + phi)) for _ in range(N_COLUMNS)], 1), \
+        "nbinom1"
+
+
+def _inverse_gaussian(seed=22):
+    frame, eta, rng = _frame(seed)
+    mu = np.exp(0.3 + 0.5 * eta)
+    return frame, np.stack([rng.wald(mu, 6.0) for _ in range(N_COLUMNS)], 1), \
+        jm.families.inverse_gaussian(link="log")
+
+
+CASES = {"nbinom2": _nbinom2, "nbinom1": _nbinom1, "Gamma": _gamma, "inverse_gaussian": _inverse_gaussian,
+         "beta": _beta}
 
 
 def single(frame, family, column):

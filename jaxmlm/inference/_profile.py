@@ -288,10 +288,7 @@ def _linear_coordinates(fit, wanted) -> list[ProfileCoordinate]:
     for j, name in enumerate(x_names):
         if name not in wanted:
             continue
-        select = np.zeros((p + 1, p - 1))
-        select[[k for k in range(p) if k != j], np.arange(p - 1)] = 1.0
-        column = np.zeros(p + 1)
-        column[j] = 1.0
+        select, column = _held_fixed_effect(p, j)
 
         def evaluate(v, sel_j=jnp.asarray(select), col_j=jnp.asarray(column)):
             return _fixed_profile(theta_ml, problem, sel_j, col_j, jnp.asarray(v, dtype=jnp.float64))[0]
@@ -547,6 +544,16 @@ def _structured_coordinates(fit, wanted) -> list[ProfileCoordinate]:
     return out
 
 
+def _held_fixed_effect(p: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """For a profile of β_j: `select` (p + 1, p − 1) places the other p − 1 fixed effects, searched freely, in
+    the (p + 1)-vector the held fixed-effect objective takes, and `column` (p + 1,) marks β_j's place."""
+    select = np.zeros((p + 1, p - 1))
+    select[[k for k in range(p) if k != j], np.arange(p - 1)] = 1.0
+    column = np.zeros(p + 1)
+    column[j] = 1.0
+    return select, column
+
+
 def _structured_fixed_coordinates(ml, problem, wanted, d_hat) -> list[ProfileCoordinate]:
     model = ml.model
     x_names = list(model.design.x_names)
@@ -555,10 +562,7 @@ def _structured_fixed_coordinates(ml, problem, wanted, d_hat) -> list[ProfileCoo
     for j, name in enumerate(x_names):
         if name not in wanted:
             continue
-        select = np.zeros((p + 1, p - 1))
-        select[[i for i in range(p) if i != j], np.arange(p - 1)] = 1.0
-        column = np.zeros(p + 1)
-        column[j] = 1.0
+        select, column = _held_fixed_effect(p, j)
 
         def evaluate(v, sel_j=jnp.asarray(select), col_j=jnp.asarray(column)):
             return _structured_fixed_profile(psi0, problem, sel_j, col_j, jnp.asarray(v, dtype=jnp.float64),
