@@ -121,7 +121,11 @@ def _python_engine(results, name, engine, fn, data):
         _, warm = (None, cold) if engine == "mixedlm" else _timed(lambda: fn(name, data))
         results.append(dict(workload=name, engine=engine, cold_s=cold, warm_s=warm, **out))
     except Exception as exc:  # an engine that cannot fit a workload is reported, not fatal
-        results.append(dict(workload=name, engine=engine, error=f"{type(exc).__name__}: {exc}"[:200]))
+        if isinstance(exc, subprocess.TimeoutExpired):  # its message holds the command line: say what happened
+            message = f"TimeoutExpired: the {engine} fit did not finish within {exc.timeout:.0f} seconds"
+        else:
+            message = f"{type(exc).__name__}: {exc}"[:200]
+        results.append(dict(workload=name, engine=engine, error=message))
 
 
 def _save(results: list) -> None:
