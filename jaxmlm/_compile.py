@@ -8,14 +8,18 @@ measurements). The objective agrees to rounding; both options change code genera
 emits.
 
 The default, "auto", compiles with "fast" the programs whose arguments are small (a first fit of sleepstudy's
-size is then mostly not compiling) and with XLA's full optimization the rest; the choice depends on the
-arguments' sizes only, so the same data always run the same program. The setting is jaxmlm's own (per call, per
-thread, or by JAXMLM_COMPILE in the environment): the user's XLA_FLAGS and the options of the user's own
+size is then mostly not compiling), the larger ones that a fit runs only once or twice (`jit(once=True)`: a
+start, the state at the optimum) with "lean": XLA's full optimization through the elemental emitters, which
+compiles a PIRLS program in under half the time and, measured, to the same bits (docs/bayes_mrp.md); every other
+program with XLA's full optimization. The choice depends on the program and its arguments' sizes only, so the same
+data always run the same program. The setting is jaxmlm's own (per call, per thread, or by JAXMLM_COMPILE in the
+environment): the user's XLA_FLAGS and the options of the user's own
 programs are never touched. Each effort is a separate jitted function, so both keep their compiled programs.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import contextvars
 import functools
@@ -25,7 +29,7 @@ import weakref
 import jax
 import numpy as np
 
-__all__ = ["EFFORTS", "carry_effort", "compile_effort", "compiled_programs", "current_effort", "jit", "release_programs"]
+__all__ = ["EFFORTS", "carry_effort", "compile_ahead", "compile_effort", "compiled_programs", "current_effort", "jit", "release_programs"]
 
 try:  # JAX's own test of "not inside a trace" (private, hence the fallback on traced arguments)
     from jax._src.core import trace_state_clean as _trace_state_clean
@@ -40,11 +44,13 @@ def _outside_trace(args, kwargs) -> bool:
 
 
 EFFORTS: dict[str, dict | None] = {
-    "auto": None,  # per call: "fast" on small arguments (AUTO_FAST_ELEMENTS), else "default"
+    "auto": None,  # per call: "fast" on small arguments (AUTO_FAST_ELEMENTS), else "default" ("lean" if once)
     "default": None,  # XLA's own choice
     # level 0 for LLVM, and XLA's elemental emitters for fused loops (its MLIR fusion emitters cost a pass
     # pipeline per fusion that only pays on long runs)
     "fast": {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False},
+    # XLA's full optimization with the elemental emitters alone: what "auto" gives a program run once per fit
+    "lean": {"xla_cpu_use_fusion_emitters": False},
 }
 
 _ENV_VAR = "JAXMLM_COMPILE"
@@ -152,14 +158,22 @@ def _bound_programs() -> None:
         release_programs()
 
 
-def jit(fn=None, /, **jit_kwargs):
-    """`jax.jit` with one compiled variant per effort; as a decorator with or without keyword arguments."""
+def jit(fn=None, /, *, once: bool = False, **jit_kwargs):
+    """`jax.jit` with one compiled variant per effort; as a decorator with or without keyword arguments. once: the
+    program runs once or a few times per fit, so that "auto" compiles it "lean" when its arguments are not small."""
     if fn is None:
-        return functools.partial(jit, **jit_kwargs)
+        return functools.partial(jit, once=once, **jit_kwargs)
     variants = {name: jax.jit(fn, compiler_options=options, **jit_kwargs)
                 for name, options in EFFORTS.items() if name != "auto"}
     _all_variants.extend(variants.values())
     default = variants["default"]
+    large = "lean" if once else "default"
+
+    def variant_for(args, kwargs):
+        effort = _scoped.get() or _environment_effort()
+        if effort == "auto":
+            effort = "fast" if _small(args, kwargs) else large
+        return variants[effort]
 
     # a host optimizer calls these programs a few dozen times per fit: the wrapper does the least it can per call
     @functools.wraps(fn)
@@ -167,16 +181,40 @@ def jit(fn=None, /, **jit_kwargs):
         _calls[0] += 1
         if _calls[0] % CHECK_EVERY == 0:
             _bound_programs()
-        effort = _scoped.get() or _environment_effort()
-        if effort == "auto":
-            effort = "fast" if _small(args, kwargs) else "default"
+        variant = variant_for(args, kwargs)
         # inside another program's trace the call is inlined there, and JAX refuses compiler options on it
-        if effort == "default" or not _outside_trace(args, kwargs):
+        if variant is default or not _outside_trace(args, kwargs):
             return default(*args, **kwargs)
-        return variants[effort](*args, **kwargs)
+        return variant(*args, **kwargs)
 
     call.variants = variants
+    call.variant_for = variant_for
     return call
+
+
+_ahead = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxmlm-compile")
+
+
+def compile_ahead(program, *args, **kwargs) -> concurrent.futures.Future:
+    """Starts compiling jaxmlm's jitted `program` for these arguments in a worker thread: the variant a call with
+    them picks, under the caller's float64 setting, into the program's own cache (a later call finds it there).
+    XLA compiles without Python's lock, so on two cores the caller can meanwhile compile and run another program
+    (a fit's start while its search program compiles). Wait on the future before calling `program` with such
+    arguments (two compiles of one program at once would each do the work). Its result is None; an error is
+    kept there (the call itself will raise it)."""
+    choose = getattr(program, "variant_for", None)
+    if choose is None:  # not one of jaxmlm's jitted functions (a wrapper around one): nothing to start
+        done = concurrent.futures.Future()
+        done.set_result(None)
+        return done
+    variant = choose(args, kwargs)
+    x64 = bool(jax.config.jax_enable_x64)
+
+    def work():
+        with jax.enable_x64(x64):
+            variant.lower(*args, **kwargs).compile()
+
+    return _ahead.submit(work)
 
 
 def carry_effort(fn):

@@ -40,7 +40,7 @@ def _crossed_cells(seed=0, n=600):
 
 @float64
 def _fresh_derivatives(x, problem):
-    value, grad = _value_and_grad(x, problem, None, None)
+    value, grad, _ = _value_and_grad(x, problem, None, None)
     hess = central_difference_hessian(
         lambda points: np.stack([np.asarray(_value_and_grad(p, problem, None, None)[1]) for p in points]), x)
     return float(value), np.asarray(grad), hess

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._pirls import GlmmProblem, laplace_weights, mode_at, row_terms, split_x
+from ._pirls import GlmmProblem, laplace_weights, modes_and_pirls, row_terms, split_x
 
 __all__ = ["gauss_hermite", "agq_deviance", "MAX_NAGQ"]
 
@@ -40,12 +40,12 @@ def gauss_hermite(k: int) -> tuple[np.ndarray, np.ndarray]:
     return z, w
 
 
-def agq_deviance(x, problem: GlmmProblem, nodes, weights, newton_steps: int = 2) -> jax.Array:
+def agq_deviance(x, problem: GlmmProblem, nodes, weights, newton_steps: int = 2, with_pirls: bool = False):
     """lme4's nAGQ deviance at x = (θ, β) (no family constant). nodes/weights from `gauss_hermite`; newton_steps
-    as in `_pirls.mode_at`."""
+    as in `_pirls.mode_at`; with_pirls as in `_pirls.laplace_deviance`."""
     structure, rows = problem.structure, problem.rows
     theta, beta, phi = split_x(x, problem)
-    u_terms, _, _ = mode_at(theta, beta, problem, phi, newton_steps)
+    u_terms, pirls_state = modes_and_pirls(theta, beta, problem, phi, newton_steps)
     u = u_terms[0][:, 0]
     codes = rows.codes[0]
     n_groups = structure.n_levels[0]
@@ -66,4 +66,5 @@ def agq_deviance(x, problem: GlmmProblem, nodes, weights, newton_steps: int = 2)
     log_mult = jax.scipy.special.logsumexp(
         -0.5 * (g_k - g0[:, None]) + 0.5 * nodes[None, :] ** 2, b=weights[None, :], axis=1
     )
-    return jnp.sum(g0) + jnp.sum(jnp.log(L2)) - 2.0 * jnp.sum(log_mult)
+    value = jnp.sum(g0) + jnp.sum(jnp.log(L2)) - 2.0 * jnp.sum(log_mult)
+    return (value, pirls_state) if with_pirls else value

@@ -61,6 +61,7 @@ __all__ = [
     "newton_step",
     "laplace_deviance",
     "mode_at",
+    "modes_and_pirls",
     "split_x",
     "row_terms",
     "laplace_weights",
@@ -359,29 +360,43 @@ def newton_step(u_terms, theta, beta, problem: GlmmProblem, phi=None, gather=Non
     return _solve_u(problem, theta, w, eta_z + resid, observed=phi is not None)
 
 
-def _mode_flat(theta, beta, problem: GlmmProblem, phi, gather, newton_steps: int = 2):
+def _pirls_mode(theta, beta, problem: GlmmProblem, phi, gather):
+    """PIRLS's converged modes (flat) on stop-gradient inputs, its status and iteration count: (u*, ok, iters)."""
     phi_fixed = None if phi is None else jax.lax.stop_gradient(phi)
     _, u_star, _, ok, it = _pirls_flat(jax.lax.stop_gradient(theta), jax.lax.stop_gradient(beta), problem, gather,
                                        phi=phi_fixed)
-    u = jax.lax.stop_gradient(u_star)
+    return jax.lax.stop_gradient(u_star), ok, it
+
+
+def _mode_flat(theta, beta, problem: GlmmProblem, phi, gather, newton_steps: int = 2):
+    """(u, (u*, ok, iters)): `newton_steps` differentiable Newton steps from PIRLS's modes u* (`_pirls_mode`)."""
+    pirls_state = _pirls_mode(theta, beta, problem, phi, gather)
+    u = pirls_state[0]
     for _ in range(newton_steps):
         u = newton_step(u, theta, beta, problem, phi, gather)
-    return u, ok, it
+    return u, pirls_state
 
 
 def mode_at(theta, beta, problem: GlmmProblem, phi=None, newton_steps: int = 2):
     """The conditional modes (per term) as a differentiable function of (θ, β, phi): PIRLS (not traced) +
     `newton_steps` Newton steps. Two give exact first and second derivatives (module docstring), one exact first
     derivatives (all a gradient-based search needs), none the mode without derivatives in (θ, β)."""
-    u, ok, it = _mode_flat(theta, beta, problem, phi, row_gather(problem.structure, problem.rows), newton_steps)
-    return split_modes(u, problem.structure), ok, it
+    u, pirls_state = modes_and_pirls(theta, beta, problem, phi, newton_steps)
+    return u, pirls_state[1], pirls_state[2]
+
+
+def modes_and_pirls(theta, beta, problem: GlmmProblem, phi=None, newton_steps: int = 2):
+    """`mode_at`'s modes (per term) and PIRLS's own (u* flat, converged, iterations), which a caller can return
+    beside a deviance so that the state at a point needs no second PIRLS run."""
+    u, pirls_state = _mode_flat(theta, beta, problem, phi, row_gather(problem.structure, problem.rows), newton_steps)
+    return split_modes(u, problem.structure), pirls_state
 
 
 def laplace_parts(theta, beta, problem: GlmmProblem, phi=None, newton_steps: int = 2):
-    """Pieces of the Laplace deviance at the mode: (deviance, ‖u‖², log det, u (flat), log-det weights, PIRLS ok).
-    For a dispersion family "deviance" is −2 Σ log p(y | μ, d), constants included."""
+    """Pieces of the Laplace deviance at the mode: (deviance, ‖u‖², log det, u (flat), log-det weights, PIRLS's
+    (u*, ok, iters)). For a dispersion family "deviance" is −2 Σ log p(y | μ, d), constants included."""
     gather = row_gather(problem.structure, problem.rows)
-    u, ok, _ = _mode_flat(theta, beta, problem, phi, gather, newton_steps)
+    u, pirls_state = _mode_flat(theta, beta, problem, phi, gather, newton_steps)
     eta = problem.X @ beta + problem.offset + _zlu(problem.structure, gather, theta, u)
     dev = _deviance(problem, eta, phi)
     w = laplace_weights(problem, eta, phi)
@@ -392,18 +407,21 @@ def laplace_parts(theta, beta, problem: GlmmProblem, phi=None, newton_steps: int
         blocks = _unused_tail_positive(blocks)
     factor = factorize(theta, blocks, problem.structure)
     logdet = factor.logdet_z(problem.structure.m_z)
-    return dev, _penalty(u), logdet, u, w, ok
+    return dev, _penalty(u), logdet, u, w, pirls_state
 
 
-def laplace_deviance(x, problem: GlmmProblem, newton_steps: int = 2) -> jax.Array:
+def laplace_deviance(x, problem: GlmmProblem, newton_steps: int = 2, with_pirls: bool = False):
     """lme4's Laplace objective at x = (θ, β), or the proper Laplace −2 log L at x = (θ, β, log d) for a
     dispersion family. Pure; jit/grad/hessian-able. newton_steps=1 (`mode_at`) keeps the value and the gradient
-    exact with a smaller program, for searches that never take second derivatives by autodiff."""
+    exact with a smaller program, for searches that never take second derivatives by autodiff. with_pirls: returns
+    (deviance, PIRLS's (u*, ok, iters)) (`modes_and_pirls`), for `jax.value_and_grad(..., has_aux=True)`."""
     theta, beta, phi = split_x(x, problem)
-    dev, pen, logdet, u, _, _ = laplace_parts(theta, beta, problem, phi, newton_steps)
+    dev, pen, logdet, u, _, pirls_state = laplace_parts(theta, beta, problem, phi, newton_steps)
     if problem.laplace_weights == "plugin":
-        return pen + logdet + plugin_aic(problem, theta, beta, u)[0]
-    return dev + pen + logdet + problem.constant
+        value = pen + logdet + plugin_aic(problem, theta, beta, u)[0]
+    else:
+        value = dev + pen + logdet + problem.constant
+    return (value, pirls_state) if with_pirls else value
 
 
 def plugin_aic(problem: GlmmProblem, theta, beta, u):

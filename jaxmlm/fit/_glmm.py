@@ -10,7 +10,9 @@ The route follows lme4's glmer:
    when H is not positive definite, lme4's fallback from the PIRLS factor, with a warning.
 A first fit compiles three programs: the β start, the value and gradient, and the state at the optimum. Compiling
 an optimizer loop with PIRLS inside, and autodiff's Hessian through it, took 3-4× as long (cbpp 10.7 s, a
-three-term Poisson model 31 s on 2 cores), for a few milliseconds less per fit.
+three-term Poisson model 31 s on 2 cores), for a few milliseconds less per fit. The value and gradient also
+return PIRLS's modes, so that the state at the optimum is a small program without a PIRLS loop of its own; it
+and the β start run once per fit, so "auto" compiles them with the fast effort (`_compile.jit(once=True)`).
 The log-likelihood for nAGQ = 1 is lme4's (family constants included). For nAGQ > 1 `objective` is lme4's
 quadrature deviance, which leaves the family constant c(y) out, while `loglik` adds it back, so that it is a
 log-likelihood comparable with the Laplace fit's (AIC/BIC use it).
@@ -39,11 +41,11 @@ from .._warn import user_stacklevel
 from ..core._linalg import factorize
 from ..optim._optimize import central_difference_hessian, host_bfgs_minimize
 from ..core._problem import GlmmObjective
-from ..core._pirls import (GlmmProblem, laplace_deviance, laplace_weights, mode_at, pirls, plugin_aic,
-                           random_part, split_x)
+from ..core._pirls import (GlmmProblem, flat_modes, laplace_deviance, laplace_weights, mode_at, pirls,
+                           plugin_aic, random_part, split_modes, split_x)
 from ..results._results import SINGULAR_TOL, MixedModelResult
 from ._boundary import diagnose, leave_boundary_saddle, minimize_with_restarts, scaled_starts, snap_to_boundary, warn_fit
-from .._compile import jit
+from .._compile import compile_ahead, jit
 
 __all__ = ["fit_glmm", "glmm_problem", "glmer_nb", "APPROXIMATIONS"]
 
@@ -70,13 +72,13 @@ _LME4_WEIGHTS = {"nbinom2": "fisher", "Gamma": "plugin", "inverse_gaussian": "pl
 
 
 # ---------------------------------------------------------------------------------------------- compiled pieces
-@jit
+@jit(once=True)
 def _start_beta(theta, problem, phi=None):
     beta, _, pdev, ok, _ = pirls(theta, jnp.zeros(problem.p, dtype=theta.dtype), problem, joint=True, phi=phi)
     return beta, pdev, ok
 
 
-@jit
+@jit(once=True)
 def _glm_mean(beta, problem):
     return problem.family.linkinv(problem.X @ beta + problem.offset)
 
@@ -85,19 +87,21 @@ def _objective(x, problem, nodes, weights):
     """The search's objective: value and gradient exact with one Newton step (`_pirls.mode_at`); the Hessian for
     the standard errors comes from central differences of this gradient."""
     if nodes is None:
-        return laplace_deviance(x, problem, newton_steps=1)
-    return agq_deviance(x, problem, nodes, weights, newton_steps=1)
+        return laplace_deviance(x, problem, newton_steps=1, with_pirls=True)
+    return agq_deviance(x, problem, nodes, weights, newton_steps=1, with_pirls=True)
 
 
 @jit
 def _value_and_grad(x, problem, nodes, weights):
-    return jax.value_and_grad(_objective)(x, problem, nodes, weights)
+    """(value, gradient, PIRLS's (u*, converged, iterations) at x): the modes for `_state_from` at the optimum."""
+    (value, pirls_state), grad = jax.value_and_grad(_objective, has_aux=True)(x, problem, nodes, weights)
+    return value, grad, pirls_state
 
 
 def _minimize(x0, problem, nodes, weights, max_iter):
     """BFGS on (θ, β) around the compiled value and gradient (NumPy arguments: for a small model jnp.asarray's
     dispatch would cost as much as an evaluation)."""
-    return host_bfgs_minimize(lambda x: _value_and_grad(np.asarray(x), problem, nodes, weights),
+    return host_bfgs_minimize(lambda x: _value_and_grad(np.asarray(x), problem, nodes, weights)[:2],
                               np.asarray(x0, dtype=np.float64), max_iter=max_iter, gtol=1e-8)
 
 
@@ -117,7 +121,7 @@ def _derivatives_at(x, problem, nodes, weights, known=None, plus=None):
     accepted point); plus: the gradients at x + δeⱼ already evaluated (`_newton_polish`'s); neither evaluated
     again."""
     x = np.asarray(x, dtype=np.float64)
-    value, grad = known if known is not None else _value_and_grad(x, problem, nodes, weights)
+    value, grad = known if known is not None else _value_and_grad(x, problem, nodes, weights)[:2]
 
     def gradients_at(points):
         if plus is None:
@@ -134,19 +138,39 @@ def _known_at(x, res):
     return np.asarray(res.value, dtype=np.float64), np.asarray(res.grad, dtype=np.float64)
 
 
-@jit
-def _state_at(x, problem):
-    """The modes, Fisher weights, PIRLS status and lme4's RX fallback vcov at x, in one compiled program."""
+def _state_parts(x, u, problem):
+    """The modes per term, Fisher weights and lme4's RX fallback vcov at x, from PIRLS's flat modes u there."""
     theta, beta, phi = split_x(x, problem)
-    # the modes' PIRLS run gives the iteration count too (a second run would double the program)
-    u, ok, iters = mode_at(theta, beta, problem, phi, newton_steps=0)
+    u = split_modes(u, problem.structure)
     eta = problem.X @ beta + problem.offset + random_part(problem.structure, problem.rows, theta, u)
     w = laplace_weights(problem, eta, phi)
     # X alone: any further column in the span of [Z X] (a column of ones duplicates the intercept) makes the
     # tail singular, and whether its Cholesky then succeeds depends on the machine's rounding
     factor = factorize(theta, cross_products(problem.structure, problem.rows, w, problem.X), problem.structure)
     inv = factor.fixed_inverse(problem.structure.m_z, problem.p)
-    return dict(u=u, w=w, ok=ok, iters=iters, vcov_rx=inv.T @ inv, factors=factor.factors)
+    return dict(u=u, w=w, vcov_rx=inv.T @ inv, factors=factor.factors)
+
+
+@jit(once=True)
+def _state_from(x, u, problem):
+    """`_state_parts` (the modes u from `_value_and_grad`'s PIRLS at x): no PIRLS loop in this program."""
+    return _state_parts(x, u, problem)
+
+
+@jit(once=True)
+def _state_at(x, problem):
+    """The modes, Fisher weights, PIRLS status and lme4's RX fallback vcov at x, in one compiled program."""
+    theta, beta, phi = split_x(x, problem)
+    # the modes' PIRLS run gives the iteration count too (a second run would double the program)
+    u, ok, iters = mode_at(theta, beta, problem, phi, newton_steps=0)
+    return dict(_state_parts(x, flat_modes(u), problem), ok=ok, iters=iters)
+
+
+def _final_state(x, problem, nodes, weights):
+    """The state at the final x from one more evaluation of the search's own program (its PIRLS modes) and the
+    small `_state_from`: no second PIRLS program to compile."""
+    _, _, (u, ok, iters) = _value_and_grad(x, problem, nodes, weights)
+    return dict(_state_from(x, u, problem), ok=ok, iters=iters)
 
 
 # ---------------------------------------------------------------------------------------------- the driver
@@ -285,7 +309,7 @@ def _newton_polish(x, problem, nodes, weights, known=None, steps: int = 3):
     if np.any(np.abs(x[:nt]) < SINGULAR_TOL):
         return x, _derivatives_at(x, problem, nodes, weights, known=known)
     x_start = x = np.asarray(x, dtype=np.float64)
-    value, grad = known if known is not None else _value_and_grad(x, problem, nodes, weights)
+    value, grad = known if known is not None else _value_and_grad(x, problem, nodes, weights)[:2]
     value, grad = float(value), np.asarray(grad, dtype=np.float64)
     plus = _gradients(x + _DELTA * np.eye(x.size), problem, nodes, weights)
     start = dict(known=(value, grad), plus=plus)
@@ -299,7 +323,7 @@ def _newton_polish(x, problem, nodes, weights, known=None, steps: int = 3):
         step = np.linalg.solve(hess, grad)
         if not np.all(np.isfinite(step)) or np.max(np.abs(step)) < 1e-12:
             break
-        v_new, g_new = _value_and_grad(x - step, problem, nodes, weights)
+        v_new, g_new, _ = _value_and_grad(x - step, problem, nodes, weights)
         if not float(v_new) <= value + 1e-12 * abs(value):
             break
         x, value, grad = x - step, float(v_new), np.asarray(g_new)
@@ -360,7 +384,12 @@ def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000,
     problem = glmm_problem(model, approximation)
     if method == "agq" and problem.laplace_weights == "plugin":
         raise ValueError("approximation='lme4' for the Gamma and inverse Gaussian families is Laplace only (nagq=1)")
-    x0 = _start(model, problem, start)
+    # the search's program (then the state's) compiles in a worker thread while the start's compiles and runs here
+    shape = np.zeros(model.n_theta + problem.p + problem.n_dispersion)
+    ahead = compile_ahead(_value_and_grad, shape, problem, None, None)
+    state_ahead = compile_ahead(_state_from, shape, np.zeros(problem.structure.m_z), problem)
+    x0 = _start(model, problem, start)  # a bad start raises here, without waiting for the compile
+    ahead.exception()  # waits; an error there is the search's own to raise
     res, messages, nodes, weights = _search(problem, x0, method, nagq, max_iter)
     x, res = _to_boundary(model, problem, res, nodes, weights, max_iter, messages)
     x, derivs = _newton_polish(x, problem, nodes, weights, known=_known_at(x, res))
@@ -368,7 +397,8 @@ def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000,
     if not np.array_equal(canonical, x[:model.n_theta]):  # a Newton step may have flipped a column's sign
         x[:model.n_theta] = canonical
         derivs = _derivatives_at(x, problem, nodes, weights)
-    state = dict(**derivs, **_state_at(x, problem))
+    state_ahead.exception()
+    state = dict(**derivs, **_final_state(x, problem, nodes, weights))
     if not bool(state["ok"]):
         messages.append(f"PIRLS did not converge at the optimum (after {int(state['iters'])} iterations)")
     fit = _result(model, problem, x, state, res, messages, x0=x0, method=method, nagq=nagq, max_iter=max_iter)
@@ -437,7 +467,7 @@ def _warn_separation(fit) -> None:
         )
 
 
-@jit
+@jit(once=True)
 def _plugin_state(x, problem):
     theta, beta, phi = split_x(x, problem)
     u, _, _ = mode_at(theta, beta, problem, phi, newton_steps=0)
