@@ -28,7 +28,7 @@ from ._callback import float64_callback
 from ._blocks import Blocks, Structure, same_q_runs
 
 __all__ = ["Factor", "theta_to_factors", "factorize", "eliminate_prefix", "tail_log_terms", "solve_coefficients",
-           "solve_modes", "solve_left_lower_t", "inverse_from_cholesky", "same_q_runs", "scale_modes",
+           "solve_modes", "solve_left_lower_t", "prefix_log_terms", "inverse_from_cholesky", "same_q_runs", "scale_modes",
            "scale_columns", "column_scale"]
 
 # Inside fits, the inverse S_zz⁻¹ that the gradient needs comes from LAPACK's potri on the host (a callback) for
@@ -269,23 +269,48 @@ def eliminate_prefix(theta: jax.Array, blocks: Blocks, structure: Structure):
 
     The per-level blocks are worked on level-minor (`_levelwise`): every small-matrix formula is unrolled over
     elementwise vectors of all levels, then packed back into the (l, q, q) layout of `Factor`."""
+    prefix, upd = _eliminate(theta, blocks, structure, False)
+    S = _tail_matrix(theta, blocks, structure, upd)
+    return prefix._replace_tail(jnp.zeros((0, 0), dtype=S.dtype)), S
+
+
+def prefix_log_terms(theta: jax.Array, blocks: Blocks, structure: Structure, p: int, host_lapack: bool = True):
+    """(Factor with an empty tail, [log det S_zz, log det of the X block's Schur complement, log r²]): the prefix
+    elimination and `tail_log_terms` of its tail matrix, the same values, with hand-written reverse rules for
+    the large pieces of the gradient (the entry pairs' update, `_pair_update`, and, for scalar tail terms, the
+    tail's assembly and log terms, `_scalar_tail_log_terms`). The gradient of an InstEval-sized tail costs a
+    fraction of autodiff's (docs/scale.md); there are no forward-mode derivatives (grad and vjp only)."""
+    prefix, upd = _eliminate(theta, blocks, structure, True)
+    m_z = structure.m_z
+    scale = column_scale(theta, structure.qs, structure.n_levels, structure.n_prefix) if m_z else None
+    if scale is None:
+        S = _tail_matrix(theta, blocks, structure, upd)
+        terms = tail_log_terms(S, m_z, p, host_lapack)
+    else:
+        terms = _scalar_tail_log_terms(p, bool(host_lapack), upd["zz"], upd["fz"], upd["ff"], scale, blocks.tail_zz,
+                                       blocks.tail_fz, blocks.tail_ff)
+    return prefix._replace_tail(jnp.zeros((0, 0), dtype=theta.dtype)), terms
+
+
+def _eliminate(theta: jax.Array, blocks: Blocks, structure: Structure, reverse_only: bool):
+    """The prefix's blocks of L (a Factor without its tail) and the updates for the tail (`upd`: zz flat, fz, ff).
+    reverse_only: the entry pairs' update by `_pair_update`'s reverse rule (no forward-mode derivatives)."""
     factors = theta_to_factors(theta, structure.qs)
     work = _scaled_prefix(blocks, structure, factors)
     f, m_z = blocks.tail_ff.shape[0], structure.m_z
     upd = dict(zz=jnp.zeros((m_z * m_z,), dtype=theta.dtype) if m_z else None,
                fz=jnp.zeros((m_z, f), dtype=theta.dtype) if m_z else None,
                ff=jnp.zeros((f, f), dtype=theta.dtype))
-    packed = [_eliminate_term(t, work, upd, structure) for t in range(structure.n_prefix)]
-    S = _tail_matrix(theta, blocks, structure, upd)
+    packed = [_eliminate_term(t, work, upd, structure, reverse_only) for t in range(structure.n_prefix)]
     prefix = Factor(
         diag=tuple(p[0] for p in packed),
         offdiag=tuple(p[1] for p in packed),
         fixed=tuple(p[2] for p in packed),
         entries=tuple(p[3] for p in packed),
-        tail=jnp.zeros((0, 0), dtype=S.dtype),
+        tail=jnp.zeros((0, 0), dtype=theta.dtype),
         factors=tuple(factors),
     )
-    return prefix, S
+    return prefix, upd
 
 
 def _scaled_prefix(blocks: Blocks, structure: Structure, factors) -> dict:
@@ -301,7 +326,7 @@ def _scaled_prefix(blocks: Blocks, structure: Structure, factors) -> dict:
     )
 
 
-def _eliminate_term(t: int, work: dict, upd: dict, structure: Structure):
+def _eliminate_term(t: int, work: dict, upd: dict, structure: Structure, reverse_only: bool = False):
     """Eliminates prefix term t: its blocks of L (packed: diag, offdiag, fixed, entries), its Schur updates pushed
     into the later prefix terms of `work` and accumulated for the tail in `upd`."""
     n_entries = int(work["entries"][t][0][0].shape[0])
@@ -315,8 +340,8 @@ def _eliminate_term(t: int, work: dict, upd: dict, structure: Structure):
     if structure.m_z and n_entries:
         m_z = structure.m_z
         a, b = structure.pair_a[t], structure.pair_b[t]
-        upd["zz"] = upd["zz"] + jax.ops.segment_sum(sum(x[a] * x[b] for x in Le[0]), structure.pair_target[t],
-                                                    m_z * m_z)
+        pairs = _pair_update if reverse_only else _pair_update.fun
+        upd["zz"] = upd["zz"] + pairs(tuple(Le[0]), a, b, structure.pair_target[t], m_z * m_z)
         fz = sum(lf[:, lev] * le for lf, le in zip(Lf[0], Le[0]))  # (f, nnz)
         upd["fz"] = upd["fz"] + jax.ops.segment_sum(fz.T, structure.entry_row[t], m_z)
     return lw.pack(L_t), tuple(lw.pack(B) for B in Lb), lw.pack_rows(Lf), lw.pack_entries(Le)
@@ -339,6 +364,98 @@ def _update_later_prefix(t: int, work: dict, Lb, Lf, Le, structure: Structure) -
             contrib = lw.outer_sum(Le, lw.gather(Lb[i], lev))
             work["entries"][k] = lw.subtract(work["entries"][k],
                                              lw.segment_sum(contrib, structure.entry_map[t][i], n_k))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _pair_update(xs, a, b, target, size: int) -> jax.Array:
+    """Σ_c x_c[a] x_c[b] summed into the flat tail positions `target` (the entry pairs of one prefix term).
+    Its reverse rule gathers the cotangent once at the targets and scatters it back into the entries twice, where
+    autodiff's transposes of the two gathers and the scatter cost about twice as much (docs/scale.md)."""
+    return jax.ops.segment_sum(sum(x[a] * x[b] for x in xs), target, size)
+
+
+def _pair_update_fwd(xs, a, b, target, size):
+    return _pair_update.fun(xs, a, b, target, size), (xs, a, b, target)
+
+
+def _pair_update_bwd(size, res, g):
+    xs, a, b, target = res
+    h, n = g[target], xs[0].shape[0]
+    back = tuple(jax.ops.segment_sum(h * x[b], a, n) + jax.ops.segment_sum(h * x[a], b, n) for x in xs)
+    return back, None, None, None
+
+
+_pair_update.defvjp(_pair_update_fwd, _pair_update_bwd)
+
+
+def _scalar_tail_matrix(upd_zz, upd_fz, upd_ff, scale, tail_zz, tail_fz, tail_ff):
+    """`_tail_matrix` for scalar tail terms (Λ_tail = diag(scale)): S (lower triangle) and the unscaled blocks."""
+    m_z, f = scale.shape[0], tail_ff.shape[0]
+    S_u = tail_zz - upd_zz.reshape(m_z, m_z)  # the pairs' targets are in the lower triangle
+    S_fz_u = tail_fz - upd_fz.T
+    S_zz = scale[:, None] * S_u * scale[None, :] + jnp.eye(m_z, dtype=S_u.dtype)
+    S = jnp.block([[S_zz, jnp.zeros((m_z, f), dtype=S_u.dtype)], [S_fz_u * scale[None, :], tail_ff - upd_ff]])
+    return S, S_u, S_fz_u
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _scalar_tail_log_terms(p: int, host_lapack: bool, upd_zz, upd_fz, upd_ff, scale, tail_zz, tail_fz, tail_ff):
+    """`tail_log_terms` of `_scalar_tail_matrix`'s S, as a function of the prefix's updates, the tail's scale and
+    the tail's statistics. Its reverse rule builds the log terms' derivative with respect to S (`_tail_adjoint`)
+    for the blocks the updates touch and takes it through the scaling in a few fused passes; autodiff's
+    transposes of the same steps cost several times as much (docs/scale.md)."""
+    S = _scalar_tail_matrix(upd_zz, upd_fz, upd_ff, scale, tail_zz, tail_fz, tail_ff)[0]
+    return _tail_values(jnp.diagonal(cholesky_of_lower(S)), scale.shape[0], p)
+
+
+def _scalar_tail_fwd(p, host_lapack, upd_zz, upd_fz, upd_ff, scale, tail_zz, tail_fz, tail_ff):
+    S = _scalar_tail_matrix(upd_zz, upd_fz, upd_ff, scale, tail_zz, tail_fz, tail_ff)[0]
+    L = cholesky_of_lower(S)
+    return _tail_values(jnp.diagonal(L), scale.shape[0], p), (L, upd_zz, upd_fz, scale, tail_zz, tail_fz)
+
+
+def _scalar_tail_bwd(p, host_lapack, res, c):
+    # every m_z × m_z intermediate here is an elementwise expression of the inverse and the statistics, so XLA
+    # fuses it into its consumers (the pairs' gather, two reductions) instead of writing new dense buffers: on
+    # the CPU each fresh InstEval-sized buffer costs about as much in page faults as a pass of arithmetic
+    L, upd_zz, upd_fz, scale, tail_zz, tail_fz = res
+    m_z = scale.shape[0]
+    g_zz, g_fz, g_ff = _tail_adjoint(L, m_z, p, host_lapack, c)
+    S_u = tail_zz - upd_zz.reshape(m_z, m_z)
+    P = g_zz * S_u  # S_u's rows and columns both carry the scale: two reductions, no transposed copy
+    d_scale = (jnp.sum(P * scale[None, :], axis=1) + jnp.sum(P * scale[:, None], axis=0)
+               + jnp.sum(g_fz * (tail_fz - upd_fz.T), axis=0))
+    scaled = scale[:, None] * g_zz * scale[None, :]
+    g_fz_scaled = g_fz * scale[None, :]
+    return (-scaled.reshape(-1), -g_fz_scaled.T, -g_ff, d_scale, scaled, g_fz_scaled, g_ff)
+
+
+_scalar_tail_log_terms.defvjp(_scalar_tail_fwd, _scalar_tail_bwd)
+
+
+def _tail_adjoint(L: jax.Array, m_z: int, p: int, host_lapack: bool, c: jax.Array):
+    """Σ_i c_i ∂(log terms)_i/∂S on S's lower triangle (`lower_weights`: what a lower-triangle-carried tangent
+    pairs with), in its zz, fz and ff blocks: c_z S_zz⁻¹ + c_x B Bᵀ + c_r u uᵀ as in `_tail_log_terms`, the
+    rank-(p + 1) part as a sum of outer products (elementwise, fused with the inverse's pass)."""
+    m = L.shape[0]
+    L_zz = L[:m_z, :m_z]
+    if host_lapack and _host_lapack(m_z):  # its strict upper triangle is L's zeros: lower_weights drops it anyway
+        G_z = float64_callback(_potri, L_zz.shape, L_zz).astype(L.dtype)
+    else:
+        G_z = inverse_from_cholesky(L_zz, False)
+    Lb = L[: m - 1, : m - 1]
+    E_x = jnp.eye(m - 1, dtype=L.dtype)[:, m_z:]
+    Bt = jax.lax.linalg.triangular_solve(Lb, E_x, left_side=True, lower=True, transpose_a=True)
+    u_head = -jax.lax.linalg.triangular_solve(Lb, L[-1, : m - 1][:, None], left_side=True, lower=True,
+                                              transpose_a=True)[:, 0]
+    u = jnp.concatenate([u_head, jnp.ones((1,), L.dtype)]) / L[-1, -1]
+    R = jnp.concatenate([jnp.concatenate([Bt, jnp.zeros((1, p), L.dtype)]), u[:, None]], axis=1)  # (m, p + 1)
+    Rc = R * jnp.concatenate([jnp.full((p,), c[1]), c[2:3]])[None, :]
+    rank = sum(Rc[:m_z, r, None] * R[None, :m_z, r] for r in range(p + 1))
+    g_zz = lower_weights(c[0] * G_z + rank)
+    g_fz = 2.0 * (Rc[m_z:] @ R[:m_z].T)
+    g_ff = lower_weights(Rc[m_z:] @ R[m_z:].T)
+    return g_zz, g_fz, g_ff
 
 
 def _tail_matrix(theta: jax.Array, blocks: Blocks, structure: Structure, upd: dict) -> jax.Array:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._blocks import Blocks, RowData, Structure, cross_products, split_levels
-from ._linalg import Factor, eliminate_prefix, factorize, solve_coefficients, tail_log_terms
+from ._linalg import Factor, eliminate_prefix, factorize, prefix_log_terms, solve_coefficients, tail_log_terms
 from ..optim._optimize import OptimResult, lbfgs_minimize
 from .._compile import jit
 
@@ -116,11 +116,17 @@ def deviance_from_factor(factor: Factor, problem: LinearProblem, reml: bool) -> 
 
 
 def profiled_deviance(theta: jax.Array, problem: LinearProblem, reml: bool = False,
-                      host_lapack: bool = True) -> jax.Array:
+                      host_lapack: bool = True, reverse_only: bool = False) -> jax.Array:
     """-2 × profiled log-likelihood (ML) or the REML criterion at θ. Pure; jit/grad/vmap-able. host_lapack=False:
-    the gradient of a large dense tail stays in XLA too (no host callback; `_linalg.inverse_from_cholesky`)."""
-    prefix, S = eliminate_prefix(theta, problem.blocks, problem.structure)
-    logdet_z, logdet_x, log_r2 = tail_log_terms(S, problem.structure.m_z, problem.p, host_lapack)
+    the gradient of a large dense tail stays in XLA too (no host callback; `_linalg.inverse_from_cholesky`).
+    reverse_only: the same value, with the cheaper hand-written reverse rules of `_linalg.prefix_log_terms`
+    (grad and vjp only, no forward-mode derivatives)."""
+    if reverse_only:
+        prefix, terms = prefix_log_terms(theta, problem.blocks, problem.structure, problem.p, host_lapack)
+    else:
+        prefix, S = eliminate_prefix(theta, problem.blocks, problem.structure)
+        terms = tail_log_terms(S, problem.structure.m_z, problem.p, host_lapack)
+    logdet_z, logdet_x, log_r2 = terms
     return _deviance(prefix.logdet_prefix() + logdet_z, logdet_x, log_r2, problem, reml)
 
 
@@ -147,7 +153,7 @@ def deviance_and_gradient(theta: jax.Array, problem: LinearProblem, reml: bool):
     """The objective and its gradient at θ: the one program a fit runs, from a host-side optimizer loop
     (`_optimize.host_bfgs_minimize`) and for the convergence checks' gradient stencil. It compiles several times
     faster than `fit_linear`'s whole optimizer loop."""
-    return jax.value_and_grad(profiled_deviance)(theta, problem, reml)
+    return jax.value_and_grad(profiled_deviance)(theta, problem, reml, True, True)
 
 
 @jit(static_argnames=("reml",))
@@ -158,7 +164,8 @@ def deviance_value(theta, problem, reml):
 @jit(static_argnames=("reml", "batch_size"))
 def gradients_at_points(points: jax.Array, problem: LinearProblem, reml: bool, batch_size: int) -> jax.Array:
     """The objective's gradient at each row of `points` (P × k), vectorized `batch_size` points at a time."""
-    return jax.lax.map(lambda t: jax.grad(profiled_deviance)(t, problem, reml), points, batch_size=batch_size)
+    return jax.lax.map(lambda t: jax.grad(profiled_deviance)(t, problem, reml, True, True), points,
+                       batch_size=batch_size)
 
 
 @jit(static_argnames=("reml", "with_hessian"))
