@@ -78,3 +78,17 @@ def test_state_from_search_modes_equals_the_state_by_its_own_pirls():
         np.testing.assert_allclose(np.asarray(from_search[key]), np.asarray(own[key]), rtol=1e-12)
     for a, b in zip(from_search["u"], own["u"]):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-13)
+
+
+def test_a_fit_compiles_the_state_program_ahead_once(caplog):
+    """The search's and the state's programs are compiled by the worker, once: the shapes it compiles for are the
+    calls' (a wrong shape would fail there and leave the compile to the call)."""
+    cbpp = jm.datasets.load("cbpp")
+    caplog.set_level(logging.DEBUG, logger="jax")
+    with jax.log_compiles(True):
+        jm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd) + (1 | period)", cbpp,
+                 family="binomial")
+    for name in ("_state_from", "_value_and_grad"):
+        compiled = [r for r in caplog.records if f"XLA compilation of jit({name})" in r.getMessage()]
+        assert len(compiled) == 1, name
+        assert compiled[0].threadName.startswith("jaxmlm-compile"), name  # the worker's, not the call's

@@ -166,6 +166,11 @@ def _state_at(x, problem):
     return dict(_state_parts(x, flat_modes(u), problem), ok=ok, iters=iters)
 
 
+def _n_modes(structure) -> int:
+    """The length of the flat modes (`_pirls.flat_modes`)."""
+    return sum(l * q for l, q in zip(structure.n_levels, structure.qs))
+
+
 def _final_state(x, problem, nodes, weights):
     """The state at the final x from one more evaluation of the search's own program (its PIRLS modes) and the
     small `_state_from`: no second PIRLS program to compile."""
@@ -387,7 +392,7 @@ def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000,
     # the search's program (then the state's) compiles in a worker thread while the start's compiles and runs here
     shape = np.zeros(model.n_theta + problem.p + problem.n_dispersion)
     ahead = compile_ahead(_value_and_grad, shape, problem, None, None)
-    state_ahead = compile_ahead(_state_from, shape, np.zeros(problem.structure.m_z), problem)
+    state_ahead = compile_ahead(_state_from, shape, np.zeros(_n_modes(problem.structure)), problem)
     x0 = _start(model, problem, start)  # a bad start raises here, without waiting for the compile
     ahead.exception()  # waits; an error there is the search's own to raise
     res, messages, nodes, weights = _search(problem, x0, method, nagq, max_iter)
