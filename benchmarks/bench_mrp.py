@@ -6,7 +6,8 @@ frame to CSV, and then, each in a fresh child process reading those files:
   `poststratify(..., by=["state"], draws=1000)` (cold, then warm);
 * lme4 (Rscript): `glmer` with its defaults, then predict(newdata = population, type = "response",
   allow.new.levels = TRUE) and the weighted sum by state (point estimates: lme4 has no interval for this).
-The table compares times, the deviance and the state estimates; the JSON goes to benchmarks/results/mrp.json.
+The table compares times, the deviance and the state estimates; the JSON goes to benchmarks/results/mrp_<n>.json
+(mrp_<n>_no_r.json without lme4, so that a jaxmlm-only run leaves the side-by-side record alone).
 
 Run:  python benchmarks/bench_mrp.py [--n 750148] [--interactions] [--no-r] [--draws 1000]
 """
@@ -117,7 +118,7 @@ def main(argv=None) -> None:
         record["max_abs_estimate_difference"] = float(np.max(np.abs(est - [lme4_est[s] for s in jx["state"]])))
     _report(record)
     RESULTS.mkdir(exist_ok=True)
-    name = f"mrp_{args.n}{'_interactions' if args.interactions else ''}.json"
+    name = f"mrp_{args.n}{'_interactions' if args.interactions else ''}{'_no_r' if args.no_r else ''}.json"
     (RESULTS / name).write_text(json.dumps(record, indent=1))
     (RESULTS / f"mrp_{args.n}_jaxmlm_only.json").unlink(missing_ok=True)
     print(f"written to benchmarks/results/{name}")
