@@ -29,7 +29,8 @@ import weakref
 import jax
 import numpy as np
 
-__all__ = ["EFFORTS", "carry_effort", "compile_ahead", "compile_effort", "compiled_programs", "current_effort", "jit", "release_programs"]
+__all__ = ["EFFORTS", "carry_effort", "compile_ahead", "compile_effort", "compiled_programs", "current_effort", "jit",
+           "release_programs"]
 
 try:  # JAX's own test of "not inside a trace" (private, hence the fallback on traced arguments)
     from jax._src.core import trace_state_clean as _trace_state_clean
