@@ -83,18 +83,18 @@ def _glm_mean(beta, problem):
     return problem.family.linkinv(problem.X @ beta + problem.offset)
 
 
-def _objective(x, problem, nodes, weights):
+def _objective(x, problem, nodes, weights, with_pirls: bool = False):
     """The search's objective: value and gradient exact with one Newton step (`_pirls.mode_at`); the Hessian for
-    the standard errors comes from central differences of this gradient."""
+    the standard errors comes from central differences of this gradient. with_pirls: (value, PIRLS's modes)."""
     if nodes is None:
-        return laplace_deviance(x, problem, newton_steps=1, with_pirls=True)
-    return agq_deviance(x, problem, nodes, weights, newton_steps=1, with_pirls=True)
+        return laplace_deviance(x, problem, newton_steps=1, with_pirls=with_pirls)
+    return agq_deviance(x, problem, nodes, weights, newton_steps=1, with_pirls=with_pirls)
 
 
 @jit
 def _value_and_grad(x, problem, nodes, weights):
     """(value, gradient, PIRLS's (u*, converged, iterations) at x): the modes for `_state_from` at the optimum."""
-    (value, pirls_state), grad = jax.value_and_grad(_objective, has_aux=True)(x, problem, nodes, weights)
+    (value, pirls_state), grad = jax.value_and_grad(_objective, has_aux=True)(x, problem, nodes, weights, True)
     return value, grad, pirls_state
 
 
