@@ -5,7 +5,17 @@ import pathlib
 import numpy as np
 import pytest
 
-import jaxmlm as jm
+# The tests' own programs (numpyro's samplers, optax loops in the docs' examples, jax.grad of core functions) are
+# compiled by JAX's jit with XLA's defaults, as a user's would be; the suite compiles far more than it runs, so the
+# test processes (and the subprocesses they start) ask XLA for its lowest optimization level and its elemental loop
+# emitters, the same code generation as jaxmlm's "fast" effort (benchmarks/suite_time.md has the measurement). It
+# changes how XLA generates code, not what it computes. Read when the backend starts: set before any computation.
+_FAST_XLA = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+if os.environ.get("JAXMLM_TEST_XLA_DEFAULT", "0") != "1":
+    _flags = os.environ.setdefault("JAXMLM_TEST_USER_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+    os.environ["XLA_FLAGS"] = " ".join([_flags] + [f for f in _FAST_XLA if f.split("=")[0] not in _flags]).strip()
+
+import jaxmlm as jm  # noqa: E402
 
 # The suite compiles afresh: entries left in a shared cache directory by earlier runs (of other versions, or cut
 # short) are not what the tests are about. JAXMLM_CACHE_DIR still turns the persistent cache on for a run that

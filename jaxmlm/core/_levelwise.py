@@ -71,10 +71,21 @@ def pack_entries(M: LevelMatrix) -> jax.Array:
 
 
 # ------------------------------------------------------------------------------------------- arithmetic
+def _wide(*dims: int) -> bool:
+    return max(dims) > UNROLL_MAX
+
+
+def _unpack_packed(P: jax.Array) -> LevelMatrix:
+    """(..., l, r, c) → r × c level matrix of (..., l) arrays."""
+    return [[P[..., i, j] for j in range(P.shape[-1])] for i in range(P.shape[-2])]
+
+
 def sandwich(Ta: jax.Array, B: LevelMatrix, Tb: jax.Array) -> LevelMatrix:
     """Taᵀ B Tb for constant lower-triangular Ta (r × r) and Tb (c × c) (the zeros above their diagonals are
-    skipped)."""
+    skipped). Above `UNROLL_MAX` one batched product instead (unrolled, the traced program grows as r c²)."""
     r, c = len(B), len(B[0])
+    if _wide(r, c):
+        return _unpack_packed(jnp.einsum("ji,...jk,km->...im", Ta, pack(B), Tb))
     BT = [[sum(B[i][k] * Tb[k, m] for k in range(m, c)) for m in range(c)] for i in range(r)]
     return [[sum(Ta[j, i] * BT[j][m] for j in range(i, r)) for m in range(c)] for i in range(r)]
 
@@ -82,6 +93,8 @@ def sandwich(Ta: jax.Array, B: LevelMatrix, Tb: jax.Array) -> LevelMatrix:
 def times(M: LevelMatrix, T: jax.Array) -> LevelMatrix:
     """M T for a constant lower-triangular T."""
     c = len(M[0])
+    if _wide(c):
+        return _unpack_packed(pack(M) @ T)
     return [[sum(row[k] * T[k, m] for k in range(m, c)) for m in range(c)] for row in M]
 
 
@@ -142,6 +155,8 @@ def gather(M: LevelMatrix, index: jax.Array) -> LevelMatrix:
 
 def outer_sum(X: LevelMatrix, Y: LevelMatrix) -> LevelMatrix:
     """X Yᵀ level by level: element (r, s) = Σ_c X[r][c] Y[s][c]."""
+    if _wide(len(X[0])):
+        return _unpack_packed(pack(X) @ jnp.swapaxes(pack(Y), -1, -2))
     return [[sum(xr[c] * ys[c] for c in range(len(xr))) for ys in Y] for xr in X]
 
 
