@@ -48,6 +48,8 @@ class IterativeProblem(eqx.Module):
     sum_log_w: jax.Array
     probes: jax.Array  # (m − m_first, P) Rademacher probes, fixed
     sketch: jax.Array  # (m − m_first, s) Gaussian sketch for Hutch++, fixed
+    cross: jax.Array | None  # small designs: Z_1ᵀWZ_r (m_first, m − m_first), the first term against the rest
+    rest_gram: jax.Array | None  # and Z_rᵀWZ_r (m − m_first, m − m_first); None: products by rows
     qs: tuple[int, ...] = eqx.field(static=True)
     n_levels: tuple[int, ...] = eqx.field(static=True)
     first: int = eqx.field(static=True)  # the term eliminated exactly (the most columns)
@@ -57,8 +59,20 @@ class IterativeProblem(eqx.Module):
         return self.X.shape[1]
 
 
+# Products by dense cross-products when they hold at most this many numbers per number of the rows' own
+# random-effects columns (n Σq): their memory stays O(rows), and a matrix product runs at the BLAS's speed where a
+# gather and a segment sum run at XLA's loop code's (docs/scale.md, the iterative path, has the measurements).
+DENSE_CROSS_PER_ROW_ENTRY = 8
+DENSE_CROSS_MAX = 1 << 24
+
+
 def make_iterative_problem(codes, zs, n_levels, X, y, weights, n_probes: int, seed: int,
-                           sketch_size: int) -> IterativeProblem:
+                           sketch_size: int, products: str = "auto") -> IterativeProblem:
+    """products: "rows" (gathers and segment sums over the rows, O(rows + levels) memory), "dense" (the first
+    term's and the others' cross-products formed once, θ-free) or "auto" (dense while they are small against the
+    rows: DENSE_CROSS_PER_ROW_ENTRY, DENSE_CROSS_MAX). Either gives the same estimate to rounding."""
+    if products not in ("auto", "rows", "dense"):
+        raise ValueError(f"products must be 'auto', 'rows' or 'dense', got {products!r}")
     qs = tuple(int(z.shape[1]) for z in zs)
     n_levels = tuple(int(l) for l in n_levels)
     w = jnp.asarray(weights, dtype=jnp.float64)
@@ -74,45 +88,119 @@ def make_iterative_problem(codes, zs, n_levels, X, y, weights, n_probes: int, se
     key_probes, key_sketch = jax.random.split(jax.random.PRNGKey(seed))
     probes = jax.random.rademacher(key_probes, (m_rest, n_probes), dtype=jnp.float64)
     sketch = jax.random.normal(key_sketch, (m_rest, min(sketch_size, m_rest)), dtype=jnp.float64)
+    entries = m_rest * (sizes[first] + m_rest)
+    dense = m_rest > 0 and (products == "dense" or products == "auto" and entries <= DENSE_CROSS_MAX
+                            and entries <= DENSE_CROSS_PER_ROW_ENTRY * int(w.shape[0]) * sum(qs))
+    cross, rest_gram = _cross_products(codes, zs, w, n_levels, first) if dense else (None, None)
     return IterativeProblem(
-        codes=codes, z=zs, level_zz=level_zz, X=X, y=jnp.asarray(y, dtype=jnp.float64), w=w,
+        cross=cross, rest_gram=rest_gram, codes=codes, z=zs, level_zz=level_zz, X=X, y=jnp.asarray(y, dtype=jnp.float64), w=w,
         xwx=X.T @ (w[:, None] * X), n=jnp.sum(positive).astype(jnp.float64),
         sum_log_w=jnp.sum(jnp.where(positive, jnp.log(jnp.where(positive, w, 1.0)), 0.0)),
         probes=probes, sketch=sketch, qs=qs, n_levels=n_levels, first=first,
     )
 
 
+def _cross_products(codes, zs, w, n_levels, first):
+    """Z_1ᵀWZ_r (m_first, m_rest) and Z_rᵀWZ_r (m_rest, m_rest), r the other terms in order: one segment sum per
+    pair of terms over (row column, column column) positions."""
+    rest = [k for k in range(len(zs)) if k != first]
+    qs = [int(z.shape[1]) for z in zs]
+    offsets = np.cumsum([0] + [n_levels[k] * qs[k] for k in rest])
+    m_rest = int(offsets[-1])
+
+    def index(k, offset):  # (n, q): the coordinate of each row's column j of term k
+        return offset + codes[k][:, None] * qs[k] + jnp.arange(qs[k], dtype=jnp.int32)
+
+    def block(j, size_j):
+        total = 0.0
+        for k, offset in zip(rest, offsets[:-1]):
+            rows, cols = index(j, 0), index(k, int(offset))
+            vals = w[:, None, None] * zs[j][:, :, None] * zs[k][:, None, :]
+            flat = rows[:, :, None] * m_rest + cols[:, None, :]
+            total = total + jax.ops.segment_sum(vals.reshape(-1), flat.reshape(-1), num_segments=size_j * m_rest)
+        return total.reshape(size_j, m_rest)
+
+    cross = block(first, n_levels[first] * qs[first])
+    rest_gram = sum(jnp.pad(block(k, n_levels[k] * qs[k]),
+                            ((int(offset), m_rest - int(offset) - n_levels[k] * qs[k]), (0, 0)))
+                    for k, offset in zip(rest, offsets[:-1]))
+    return cross, rest_gram
+
+
 # ----------------------------------------------------------------------------------------- products with Z
-def _split(V, problem):
-    """(m, c) → per term (l, q, c)."""
+def _split(V, problem, terms=None):
+    """(m, c) → per term (l, q, c); `terms`: V holds only these terms' rows."""
+    terms = range(len(problem.qs)) if terms is None else terms
     out, pos = [], 0
-    for l, q in zip(problem.n_levels, problem.qs):
+    for k in terms:
+        l, q = problem.n_levels[k], problem.qs[k]
         out.append(V[pos : pos + l * q].reshape(l, q, -1))
         pos += l * q
     return out
 
 
+def _rows(parts, factors, problem, terms):
+    """Σ_k Z_k T_k V_k over `terms` for V_k (l, q, c): (n, c). T is applied per level, before the gather."""
+    total = 0.0
+    for Vk, k in zip(parts, terms):
+        Bk = _times_factor([Vk], factors, [k], False)[0][problem.codes[k]]  # (n, q, c)
+        z = problem.z[k]
+        total = total + (Bk[:, 0] * z[:, :1] if problem.qs[k] == 1 else jnp.sum(z[:, :, None] * Bk, axis=1))
+    return total
+
+
+def _levels(R, factors, problem, terms):
+    """T_kᵀ Z_kᵀ R for R (n, c), per term in `terms`: (l, q, c)."""
+    out = []
+    for k in terms:
+        z = problem.z[k]
+        G = jax.ops.segment_sum(z[:, :, None] * R[:, None, :], problem.codes[k], num_segments=problem.n_levels[k])
+        out.append(_times_factor([G], factors, [k], True)[0])
+    return out
+
+
+def _flat(parts):
+    return jnp.concatenate([p.reshape(-1, p.shape[-1]) for p in parts], axis=0)
+
+
+def _times_factor(parts, factors, terms, transpose: bool):
+    """T_k V_k (or T_kᵀ V_k) per level, per term."""
+    spec = "ji,ljc->lic" if transpose else "ij,ljc->lic"
+    # a one-column term's factor is a scalar: a product, not a batched matrix product per level
+    return [factors[k][0, 0] * Vk if Vk.shape[1] == 1 else jnp.einsum(spec, factors[k], Vk)
+            for Vk, k in zip(parts, terms)]
+
+
 def _z_lambda(V, factors, problem):
     """ZΛ V for V (m, c): (n, c)."""
-    total = 0.0
-    for Vk, Tk, c, z in zip(_split(V, problem), factors, problem.codes, problem.z):
-        Bk = jnp.einsum("ij,ljc->lic", Tk, Vk)  # b = T u per level
-        total = total + jnp.einsum("nq,nqc->nc", z, Bk[c])
-    return total
+    terms = range(len(problem.qs))
+    return _rows(_split(V, problem), factors, problem, terms)
 
 
 def _z_lambda_t(R, factors, problem):
     """ΛᵀZᵀ R for R (n, c): (m, c)."""
-    parts = []
-    for Tk, c, z, l in zip(factors, problem.codes, problem.z, problem.n_levels):
-        G = jax.ops.segment_sum(z[:, :, None] * R[:, None, :], c, num_segments=l)  # (l, q, c)
-        parts.append(jnp.einsum("ji,ljc->lic", Tk, G).reshape(-1, R.shape[1]))
-    return jnp.concatenate(parts, axis=0)
+    return _flat(_levels(R, factors, problem, range(len(problem.qs))))
 
 
 def _apply_A(V, factors, problem):
-    """(ΛᵀZᵀWZΛ + I) V."""
-    return _z_lambda_t(problem.w[:, None] * _z_lambda(V, factors, problem), factors, problem) + V
+    """(ΛᵀZᵀWZΛ + I) V: by rows, or from the dense cross-products when the problem holds them."""
+    if problem.cross is None:
+        return _z_lambda_t(problem.w[:, None] * _z_lambda(V, factors, problem), factors, problem) + V
+    k1, rest = problem.first, _rest(problem)
+    parts = _split(V, problem)
+    v1 = _times_factor([parts[k1]], factors, [k1], False)[0]
+    vr = _flat(_times_factor([parts[k] for k in rest], factors, rest, False))
+    y1 = jnp.einsum("lij,ljc->lic", problem.level_zz[k1], v1) + (problem.cross @ vr).reshape(v1.shape)
+    yr = problem.cross.T @ v1.reshape(-1, V.shape[1]) + problem.rest_gram @ vr
+    out = _split(yr, problem, rest)
+    out.insert(k1, y1)
+    terms = list(rest)
+    terms.insert(k1, k1)
+    return _flat(_times_factor(out, factors, terms, True)) + V
+
+
+def _rest(problem):
+    return [k for k in range(len(problem.qs)) if k != problem.first]
 
 
 def _diagonal_factors(factors, problem):
@@ -127,39 +215,38 @@ def _diagonal_factors(factors, problem):
 def _block_solve(L_blocks, V, problem, transpose: bool, terms=None):
     """L_D⁻¹ V (or L_D⁻ᵀ V) for V (m, c), block by block; `terms`: V holds only these terms' rows."""
     terms = range(len(problem.qs)) if terms is None else terms
-    parts, pos = [], 0
-    for k in terms:
-        size = problem.n_levels[k] * problem.qs[k]
-        Vk = V[pos : pos + size].reshape(problem.n_levels[k], problem.qs[k], -1)
-        X = jax.lax.linalg.triangular_solve(L_blocks[k], Vk, left_side=True, lower=True, transpose_a=transpose)
-        parts.append(X.reshape(-1, V.shape[1]))
-        pos += size
-    return jnp.concatenate(parts, axis=0)
+    parts = [Vk / L_blocks[k] if problem.qs[k] == 1 else  # 1 × 1 blocks: a division per level
+             jax.lax.linalg.triangular_solve(L_blocks[k], Vk, left_side=True, lower=True, transpose_a=transpose)
+             for k, Vk in zip(terms, _split(V, problem, terms))]
+    return _flat(parts)
 
 
-def _schur_operator(apply, L_blocks, problem):
-    """v ↦ S v for the Schur complement S = A_rr − A_r1 A_11⁻¹ A_1r of the first term's block A_11 (block
-    diagonal: its levels do not couple, so A_11⁻¹ is exact), on the other terms' coordinates; two products with A."""
-    k1 = problem.first
-    sizes = [l * q for l, q in zip(problem.n_levels, problem.qs)]
-    start = sum(sizes[:k1])
-    rest = [k for k in range(len(sizes)) if k != k1]
+def _schur_operator(factors, L_blocks, problem):
+    """u ↦ S u for the Schur complement S = A_rr − A_r1 A_11⁻¹ A_1r of the first term's block A_11 (block
+    diagonal: its levels do not couple, so A_11⁻¹ is exact), on the other terms' coordinates. With η = Z_r Λ_r u
+    and ξ = Z_1 Λ_1 A_11⁻¹ Λ_1ᵀ Z_1ᵀ W η, S u = Λ_rᵀ Z_rᵀ W (η − ξ) + u: one gather and one segment sum per side
+    (the zero blocks of two full products with A are never formed). From the dense cross-products (small
+    designs, `make_iterative_problem`) the same three products are matrix products."""
+    k1, rest = problem.first, _rest(problem)
 
-    def full(V1, Vr):
-        before = Vr[:start]
-        after = Vr[start:]
-        return jnp.concatenate([before, V1, after], axis=0)
+    def inverse_first(Y1):  # A_11⁻¹ Y1 (per level, exact)
+        return _block_solve(L_blocks, _block_solve(L_blocks, Y1, problem, False, [k1]), problem, True, [k1])
 
-    def split(V):
-        return V[start : start + sizes[k1]], jnp.concatenate([V[:start], V[start + sizes[k1]:]], axis=0)
+    def S_rows(u):
+        w = problem.w[:, None]
+        eta = _rows(_split(u, problem, rest), factors, problem, rest)
+        t1 = inverse_first(_flat(_levels(w * eta, factors, problem, [k1])))
+        xi = _rows(_split(t1, problem, [k1]), factors, problem, [k1])
+        return _flat(_levels(w * (eta - xi), factors, problem, rest)) + u
 
-    def S(Vr):
-        Y1, Yr = split(apply(full(jnp.zeros((sizes[k1], Vr.shape[1]), Vr.dtype), Vr)))
-        T1 = _block_solve(L_blocks, _block_solve(L_blocks, Y1, problem, False, [k1]), problem, True, [k1])
-        _, Yr2 = split(apply(full(T1, jnp.zeros_like(Vr))))
-        return Yr - Yr2
+    def S_dense(u):
+        v = _flat(_times_factor(_split(u, problem, rest), factors, rest, False))
+        y1 = _times_factor(_split(problem.cross @ v, problem, [k1]), factors, [k1], True)
+        s1 = _times_factor(_split(inverse_first(_flat(y1)), problem, [k1]), factors, [k1], False)
+        y = problem.rest_gram @ v - problem.cross.T @ _flat(s1)
+        return _flat(_times_factor(_split(y, problem, rest), factors, rest, True)) + u
 
-    return S, rest
+    return (S_rows if problem.cross is None else S_dense), rest
 
 
 # --------------------------------------------------------------------------------------------- the solvers
@@ -218,18 +305,19 @@ def _lanczos_quadrature(apply, probes, steps: int):
 
 def _tridiagonal_log_quadrature(alphas: np.ndarray, betas: np.ndarray) -> np.ndarray:
     """e₀ᵀ log(T) e₀ for each probe's Lanczos tridiagonal T (diagonal alphas[:, p], off-diagonal betas[:-1, p]),
-    from its eigenpairs by LAPACK's tridiagonal solver on the host (microseconds each): inside these programs
-    XLA's CPU eigh of the batch never returned for 32 or fewer Lanczos steps (33 and more did). A breakdown
-    (β = 0) leaves a zero block whose eigenvectors carry no weight on e₀."""
-    import scipy.linalg
-
-    alphas, betas = np.asarray(alphas), np.asarray(betas)
-    out = np.empty(alphas.shape[1])
-    for p in range(alphas.shape[1]):
-        lam, U = scipy.linalg.eigh_tridiagonal(alphas[:, p], betas[:-1, p])
-        weight = U[0] ** 2
-        out[p] = np.sum(np.where(weight > 0, weight * np.log(np.maximum(lam, 1e-300)), 0.0))
-    return out
+    from its eigenpairs by LAPACK on the host, all probes in one batched call: inside these programs XLA's CPU
+    eigh of the batch never returned for 32 or fewer Lanczos steps (33 and more did). A breakdown (β = 0) leaves
+    a zero block whose eigenvectors carry no weight on e₀."""
+    alphas, betas = np.asarray(alphas).T, np.asarray(betas).T  # (P, steps)
+    k = alphas.shape[1]
+    T = np.zeros((alphas.shape[0], k, k))
+    diagonal, below = np.arange(k), np.arange(k - 1)
+    T[:, diagonal, diagonal] = alphas
+    T[:, below + 1, below] = betas[:, :-1]
+    T[:, below, below + 1] = betas[:, :-1]
+    lam, U = np.linalg.eigh(T)
+    weight = U[:, 0, :] ** 2
+    return np.sum(np.where(weight > 0, weight * np.log(np.maximum(lam, 1e-300)), 0.0), axis=1)
 
 
 def _slq_logdet(apply, probes, sketch, steps: int, sketch_iterations: int):
@@ -242,11 +330,13 @@ def _slq_logdet(apply, probes, sketch, steps: int, sketch_iterations: int):
     if sketch.shape[1]:
         Y, _, _ = _pcg(apply, lambda V: V, sketch, 1e-14, sketch_iterations)
         Q, _ = jnp.linalg.qr(Y)
-        head = jnp.sum(_lanczos_quadrature(apply, Q, steps))
         probes = probes - Q @ (Q.T @ probes)
+        # the basis and the probes in one Lanczos run (its columns are independent): one loop, one callback
+        both = _lanczos_quadrature(apply, jnp.concatenate([Q, probes], axis=1), steps)
+        head, per_probe = jnp.sum(both[: Q.shape[1]]), both[Q.shape[1]:]
     else:
+        per_probe = _lanczos_quadrature(apply, probes, steps)
         head = jnp.zeros((), probes.dtype)
-    per_probe = _lanczos_quadrature(apply, probes, steps)
     return head + jnp.mean(per_probe), jnp.std(per_probe, ddof=1) / jnp.sqrt(probes.shape[1])
 
 
@@ -265,7 +355,7 @@ def _solve_all(theta, problem: IterativeProblem, lanczos_steps: int, cg_tol: flo
     # log det A = log det A_11 + log det S (S: the Schur complement of the first term's exact block);
     # log det S = log det D_r + log det(L_r⁻¹ S L_r⁻ᵀ), the last by quadrature
     if len(problem.qs) > 1:
-        S, rest = _schur_operator(apply, L_blocks, problem)
+        S, rest = _schur_operator(factors, L_blocks, problem)
 
         def apply_scaled(V):
             inner = S(_block_solve(L_blocks, V, problem, True, rest))
