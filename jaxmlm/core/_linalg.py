@@ -369,8 +369,8 @@ def _update_later_prefix(t: int, work: dict, Lb, Lf, Le, structure: Structure) -
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _pair_update(xs, a, b, target, size: int) -> jax.Array:
     """Σ_c x_c[a] x_c[b] summed into the flat tail positions `target` (the entry pairs of one prefix term).
-    Its reverse rule gathers the cotangent once at the targets and scatters it back into the entries twice, where
-    autodiff's transposes of the two gathers and the scatter cost about twice as much (docs/scale.md)."""
+    Its reverse rule gathers the cotangent once at the targets and scatters it back into the entries twice; autodiff
+    transposes each of the two gathers and the products separately (1.8M-long buffers each at InstEval's size)."""
     return jax.ops.segment_sum(sum(x[a] * x[b] for x in xs), target, size)
 
 
@@ -402,8 +402,8 @@ def _scalar_tail_matrix(upd_zz, upd_fz, upd_ff, scale, tail_zz, tail_fz, tail_ff
 def _scalar_tail_log_terms(p: int, host_lapack: bool, upd_zz, upd_fz, upd_ff, scale, tail_zz, tail_fz, tail_ff):
     """`tail_log_terms` of `_scalar_tail_matrix`'s S, as a function of the prefix's updates, the tail's scale and
     the tail's statistics. Its reverse rule builds the log terms' derivative with respect to S (`_tail_adjoint`)
-    for the blocks the updates touch and takes it through the scaling in a few fused passes; autodiff's
-    transposes of the same steps cost several times as much (docs/scale.md)."""
+    for the blocks the updates touch and takes it through the scaling in a few fused passes, where autodiff's
+    transposes of the same steps write several fresh tail-sized buffers (benchmarks/results/insteval_gradient.md)."""
     S = _scalar_tail_matrix(upd_zz, upd_fz, upd_ff, scale, tail_zz, tail_fz, tail_ff)[0]
     return _tail_values(jnp.diagonal(cholesky_of_lower(S)), scale.shape[0], p)
 
