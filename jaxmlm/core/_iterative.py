@@ -17,6 +17,11 @@ With A = ΛᵀZᵀWZΛ + I (m × m) every piece of the profiled deviance is reac
 ML: d = log det A + n(1 + log(2π r²/n)) − Σ log w; REML adds log det S_X with n − p for n (as `_lmm`). Given θ, β and
 u are exact to the solver's tolerance; only log det A is estimated, so the objective, and through it θ, carry the
 quadrature's error (tests/test_iterative.py measures it against the direct path).
+
+Products with the Schur complement go by rows (a gather and a segment sum per side) or, where the first term's
+cross-products with the others are small against the rows (`make_iterative_problem`'s `products`), as matrix
+products from those θ-free cross-products: the same numbers to rounding, at the BLAS's speed rather than XLA's
+loop code's (docs/scale.md, the iterative path, has the costs).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from .._compile import jit
 __all__ = ["IterativeProblem", "make_iterative_problem", "iterative_deviance", "iterative_estimates"]
 
 class IterativeProblem(eqx.Module):
-    """The rows themselves (the iterative path never forms pairwise statistics) and their θ-free summaries."""
+    """The rows themselves and their θ-free summaries (pairwise cross-products only for small designs: `cross`)."""
 
     codes: tuple[jax.Array, ...]  # per term: (n,) level of each row
     z: tuple[jax.Array, ...]  # per term: (n, q) random-effects columns
