@@ -20,8 +20,8 @@ quadrature's error (tests/test_iterative.py measures it against the direct path)
 
 Products with the Schur complement go by rows (a gather and a segment sum per side) or, where the first term's
 cross-products with the others are small against the rows (`make_iterative_problem`'s `products`), as matrix
-products from those θ-free cross-products: the same numbers to rounding, at the BLAS's speed rather than XLA's
-loop code's (docs/scale.md, the iterative path, has the costs).
+products from those θ-free cross-products: the same numbers to rounding, faster at those sizes (docs/scale.md,
+the iterative path, has the costs).
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ class IterativeProblem(eqx.Module):
 
 
 # Products by dense cross-products when they hold at most this many numbers per number of the rows' own
-# random-effects columns (n Σq): their memory stays O(rows), and a matrix product runs at the BLAS's speed where a
-# gather and a segment sum run at XLA's loop code's (docs/scale.md, the iterative path, has the measurements).
+# random-effects columns (n Σq): their memory stays O(rows), and below that size a matrix product beats a gather
+# and a segment sum over the rows at both compile efforts (docs/scale.md, the iterative path, has the crossover).
 DENSE_CROSS_PER_ROW_ENTRY = 8
 DENSE_CROSS_MAX = 1 << 24
 
