@@ -135,6 +135,8 @@ def test_solver_arguments_are_checked_before_fitting():
         model.fit(method="ml", solver_options=dict(n_probes=8))
     with pytest.raises(ValueError, match="at least 2"):
         model.fit(method="ml", solver="iterative", solver_options=dict(n_probes=1))
+    with pytest.raises(ValueError, match="products must be"):
+        model.fit(method="ml", solver="iterative", solver_options=dict(products="sparse"))
     glmm = jm.Model("cbind(incidence, size - incidence) ~ period + (1 | herd)", jm.datasets.load("cbpp"),
                     family="binomial")
     with pytest.raises(ValueError, match="linear mixed models"):
@@ -168,3 +170,11 @@ def test_products_option_is_checked():
     with pytest.raises(ValueError, match="products must be"):
         make_iterative_problem([np.zeros(3, int)], [np.ones((3, 1))], [1], np.ones((3, 1)), np.zeros(3), np.ones(3),
                                n_probes=2, seed=0, sketch_size=0, products="sparse")
+
+
+def test_fit_products_option_gives_the_same_fit_either_way():
+    """solver_options products: the fit by rows' gathers and by the cross-products formed once agree."""
+    model = jm.Model("y ~ x + (1|user) + (1|item)", _crossed(n=500, n_users=40, n_items=30))
+    rows, dense = (_fit(model, "ml", n_probes=8, products=p) for p in ("rows", "dense"))
+    assert rows.objective == pytest.approx(dense.objective, rel=1e-9)
+    np.testing.assert_allclose(rows.theta, dense.theta, rtol=1e-5)

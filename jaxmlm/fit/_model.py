@@ -259,7 +259,9 @@ class Model:
         Lanczos estimate of the log-determinant (`_iterative`), for crossed designs whose dense tail will not fit.
         β and u are exact given θ; the objective carries the estimate's error (its standard error is in
         `fit.extra["objective_se"]`). solver_options: n_probes (default 64), sketch_size (n_probes // 2),
-        lanczos_steps (30), seed (0), cg_tol (1e-10).
+        lanczos_steps (30), seed (0), cg_tol (1e-10), products ("auto": the θ-free cross-products between terms
+        formed once while they are small against the rows, else "rows": gathers and segment sums over the rows;
+        "dense" or "rows" to force either; the same estimate to rounding).
 
         dtype='float32' (linear models): the optimizer's search runs in single precision on statistics formed in
         double precision, then a double-precision polish starts from its optimum (a few evaluations), and the
@@ -331,20 +333,23 @@ class Model:
             raise ValueError("solver='iterative' fits linear mixed models ('reml' or 'ml')")
         if dtype != "float64":
             raise ValueError("solver='iterative' runs in float64")
-        known = {"n_probes", "lanczos_steps", "seed", "cg_tol", "sketch_size"}
+        known = {"n_probes", "lanczos_steps", "seed", "cg_tol", "sketch_size", "products"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"unknown solver_options {unknown}; known: {sorted(known)}")
         n_probes, steps = int(options.get("n_probes", 64)), int(options.get("lanczos_steps", 30))
         if n_probes < 2 or steps < 2:
             raise ValueError("solver_options n_probes and lanczos_steps must be at least 2")
+        products = options.get("products", "auto")
+        if products not in ("auto", "rows", "dense"):
+            raise ValueError(f"solver_options products must be 'auto', 'rows' or 'dense', got {products!r}")
         theta0 = self.start_theta(start)
         d = self.design
-        key = (n_probes, int(options.get("seed", 0)), int(options.get("sketch_size", n_probes // 2)))
+        key = (n_probes, int(options.get("seed", 0)), int(options.get("sketch_size", n_probes // 2)), products)
         if self._iterative_key != key:
             self._iterative_problem = make_iterative_problem(
                 [t.codes for t in d.terms], [t.z for t in d.terms], [t.n_levels for t in d.terms], d.X,
-                d.y - d.offset, d.weights, n_probes=key[0], seed=key[1], sketch_size=key[2])
+                d.y - d.offset, d.weights, n_probes=key[0], seed=key[1], sketch_size=key[2], products=products)
             self._iterative_key = key
         problem = self._iterative_problem
         settings = dict(lanczos_steps=steps, cg_tol=float(options.get("cg_tol", 1e-10)))
