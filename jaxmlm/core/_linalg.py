@@ -437,18 +437,12 @@ def _tail_adjoint(L: jax.Array, m_z: int, p: int, host_lapack: bool, c: jax.Arra
     """Σ_i c_i ∂(log terms)_i/∂S on S's lower triangle (`lower_weights`: what a lower-triangle-carried tangent
     pairs with), in its zz, fz and ff blocks: c_z S_zz⁻¹ + c_x B Bᵀ + c_r u uᵀ as in `_tail_log_terms`, the
     rank-(p + 1) part as a sum of outer products (elementwise, fused with the inverse's pass)."""
-    m = L.shape[0]
     L_zz = L[:m_z, :m_z]
     if host_lapack and _host_lapack(m_z):  # its strict upper triangle is L's zeros: lower_weights drops it anyway
         G_z = float64_callback(_potri, L_zz.shape, L_zz).astype(L.dtype)
     else:
         G_z = inverse_from_cholesky(L_zz, False)
-    Lb = L[: m - 1, : m - 1]
-    E_x = jnp.eye(m - 1, dtype=L.dtype)[:, m_z:]
-    Bt = jax.lax.linalg.triangular_solve(Lb, E_x, left_side=True, lower=True, transpose_a=True)
-    u_head = -jax.lax.linalg.triangular_solve(Lb, L[-1, : m - 1][:, None], left_side=True, lower=True,
-                                              transpose_a=True)[:, 0]
-    u = jnp.concatenate([u_head, jnp.ones((1,), L.dtype)]) / L[-1, -1]
+    Bt, u = _thin_log_term_solves(L, m_z)
     R = jnp.concatenate([jnp.concatenate([Bt, jnp.zeros((1, p), L.dtype)]), u[:, None]], axis=1)  # (m, p + 1)
     Rc = R * jnp.concatenate([jnp.full((p,), c[1]), c[2:3]])[None, :]
     rank = sum(Rc[:m_z, r, None] * R[None, :m_z, r] for r in range(p + 1))
@@ -510,18 +504,24 @@ def _tail_log_terms_jvp(m_z, p, host_lapack, primals, tangents):
     L = cholesky_of_lower(S)
     values = _tail_values(jnp.diagonal(L), m_z, p)
     m = S.shape[0]
-    Lb = L[: m - 1, : m - 1]
     G_z = inverse_from_cholesky(L[:m_z, :m_z], host_lapack) if m_z else jnp.zeros((0, 0), S.dtype)
-    # Bᵀ = L_b⁻ᵀ E_x: the X rows of L_b⁻¹, by one triangular solve with p right-hand sides
-    E_x = jnp.eye(m - 1, dtype=S.dtype)[:, m_z:]
-    Bt = jax.lax.linalg.triangular_solve(Lb, E_x, left_side=True, lower=True, transpose_a=True)
-    u_head = -jax.lax.linalg.triangular_solve(Lb, L[-1, : m - 1][:, None], left_side=True, lower=True,
-                                              transpose_a=True)[:, 0]
-    u = jnp.concatenate([u_head, jnp.ones((1,), S.dtype)]) / L[-1, -1]
+    Bt, u = _thin_log_term_solves(L, m_z)
     t_z = jnp.sum(lower_weights(G_z) * dS[:m_z, :m_z])
     t_x = jnp.sum(lower_weights(Bt @ Bt.T) * dS[: m - 1, : m - 1])
     t_r = jnp.sum(lower_weights(jnp.outer(u, u)) * dS)
     return values, jnp.stack([t_z, t_x, t_r])
+
+
+def _thin_log_term_solves(L: jax.Array, m_z: int):
+    """Bᵀ (the X rows of L_b⁻¹, L_b = L without its last row and column, by one triangular solve with p right-hand
+    sides) and u = L⁻ᵀ e_last: what the X block's and log r²'s derivatives need besides S_zz⁻¹."""
+    m = L.shape[0]
+    Lb = L[: m - 1, : m - 1]
+    E_x = jnp.eye(m - 1, dtype=L.dtype)[:, m_z:]
+    Bt = jax.lax.linalg.triangular_solve(Lb, E_x, left_side=True, lower=True, transpose_a=True)
+    u_head = -jax.lax.linalg.triangular_solve(Lb, L[-1, : m - 1][:, None], left_side=True, lower=True,
+                                              transpose_a=True)[:, 0]
+    return Bt, jnp.concatenate([u_head, jnp.ones((1,), L.dtype)]) / L[-1, -1]
 
 
 def _solve_tail(factor: Factor, structure: Structure, n_fixed: int):

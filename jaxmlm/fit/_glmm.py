@@ -12,7 +12,7 @@ A first fit compiles three programs: the β start, the value and gradient, and t
 an optimizer loop with PIRLS inside, and autodiff's Hessian through it, took 3-4× as long (cbpp 10.7 s, a
 three-term Poisson model 31 s on 2 cores), for a few milliseconds less per fit. The value and gradient also
 return PIRLS's modes, so that the state at the optimum is a small program without a PIRLS loop of its own; it
-and the β start run once per fit, so "auto" compiles them with the fast effort (`_compile.jit(once=True)`).
+and the β start run once per fit, so "auto" compiles them with the "lean" effort (`_compile.jit(once=True)`).
 The log-likelihood for nAGQ = 1 is lme4's (family constants included). For nAGQ > 1 `objective` is lme4's
 quadrature deviance, which leaves the family constant c(y) out, while `loglik` adds it back, so that it is a
 log-likelihood comparable with the Laplace fit's (AIC/BIC use it).
