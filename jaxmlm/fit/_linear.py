@@ -17,7 +17,8 @@ from .._errors import DataError
 from ..core._covariance import canonical_theta
 from ..core._lmm import (deviance_and_gradient, deviance_value, gradients_at_points, linear_diagnostics,
                          linear_estimates, split_problem)
-from ..optim._optimize import central_difference_hessian, cobyqa_minimize, host_bfgs_minimize
+from ..optim._optimize import (central_difference_hessian, cobyqa_minimize, cobyqa_newton_minimize,
+                               difference_derivatives, host_bfgs_minimize)
 from ..results._results import MixedModelResult
 from . import _boundary
 
@@ -43,6 +44,7 @@ class _Objective:
 
     def __init__(self, problem, reml: bool, qs, derivative_free: bool):
         self.problem, self.reml, self.qs, self.derivative_free = problem, reml, qs, derivative_free
+        self.finished = None  # (θ, gradient, Hessian) of the last derivative-free search's Newton finish
 
     def value(self, theta) -> float:
         return float(deviance_value(jnp.asarray(theta, dtype=jnp.float64), self.problem, self.reml))
@@ -64,8 +66,12 @@ class _Objective:
                                       first_step=min(0.25, initial_radius), **tolerances)
         lower = _theta_lower(self.qs)
         start = canonical_theta(np.asarray(theta0, dtype=np.float64), self.qs)  # same TTᵀ, diagonal ≥ 0
-        return cobyqa_minimize(lambda th: float(deviance_value(jnp.asarray(th, dtype=dtype), problem, self.reml)),
-                               start, lower, max_eval=max_iter, initial_radius=initial_radius)
+        res, hess = cobyqa_newton_minimize(
+            lambda th: float(deviance_value(jnp.asarray(th, dtype=dtype), problem, self.reml)), start, lower,
+            max_eval=max_iter, initial_radius=initial_radius)
+        # the finish's differences serve lme4's checks only if they are of the float64 objective
+        self.finished = None if hess is None or dtype != jnp.float64 else (np.asarray(res.x), res.grad, hess)
+        return res
 
 
 def _theta_lower(qs) -> np.ndarray:
@@ -113,7 +119,9 @@ def _not_finite():
 
 def _derivatives(model, obj: _Objective, theta, res, objective: float):
     """Gradient and Hessian at θ for lme4's checks, by the cheapest route for the model's size."""
-    if obj.derivative_free:  # as lme4: differences of the deviance (a gradient costs ~5 evaluations here)
+    if obj.derivative_free:  # as lme4: differences of the deviance (a gradient costs ~3 evaluations here)
+        if obj.finished is not None and np.array_equal(theta, obj.finished[0]):
+            return obj.finished[1], obj.finished[2]  # the Newton finish's gradient at θ, Hessian one step away
         return finite_difference_derivatives(obj.value, theta, objective)
     if theta.size <= _STENCIL_MAX_PARAMS:
         # the optimizer's last gradient is the stencil's centre when θ left it unchanged (one evaluation fewer)
@@ -204,27 +212,10 @@ def stencil_derivatives(problem, theta: np.ndarray, reml: bool, delta: float = 1
 
 
 def finite_difference_derivatives(objective, theta: np.ndarray, f0: float, delta: float = 1e-4):
-    """Gradient and Hessian by lme4's deriv12 stencil (central differences of the objective, step 1e-4;
-    1 + 2k + 2k(k-1) evaluations)."""
-    k = theta.size
-    grad, hess = np.zeros(k), np.zeros((k, k))
-
-    def f(*steps):
-        x = theta.copy()
-        for i, s in steps:
-            x[i] += s * delta
-        return objective(x)
-
-    plus = [f((j, 1)) for j in range(k)]
-    minus = [f((j, -1)) for j in range(k)]
-    for j in range(k):
-        grad[j] = (plus[j] - minus[j]) / (2 * delta)
-        hess[j, j] = (plus[j] - 2 * f0 + minus[j]) / delta**2
-        for i in range(j):
-            hess[i, j] = hess[j, i] = (
-                f((j, 1), (i, 1)) - f((j, 1), (i, -1)) - f((j, -1), (i, 1)) + f((j, -1), (i, -1))
-            ) / (4 * delta**2)
-    return grad, hess
+    """Gradient and Hessian by central differences of the objective with lme4's step (1e-4), as lme4's deriv12
+    but for the Hessian's off-diagonal elements from two points each instead of four
+    (`_optimize.difference_derivatives`: 1 + k(k + 1) evaluations with the centre)."""
+    return difference_derivatives(objective, np.asarray(theta, dtype=np.float64), f0, delta)
 
 
 def _cast_problem(problem, dtype):

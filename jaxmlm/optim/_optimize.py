@@ -6,7 +6,9 @@
 * `host_bfgs_minimize`: the same BFGS as a NumPy loop around one compiled value-and-gradient program (single
   fits: nothing but the objective compiles). Both run the one step of `_bfgs` (and so does the batched host
   loop of `_batch_bfgs`);
-* `cobyqa_minimize`: derivative-free, with lower bounds, for large dense tails (as lme4 fits with BOBYQA).
+* `cobyqa_minimize`: derivative-free, with lower bounds, for large dense tails (as lme4 fits with BOBYQA);
+  `cobyqa_newton_minimize` runs it to a coarse radius and finishes with one Newton step on the differences that
+  lme4's convergence check takes anyway (`difference_derivatives`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import numpy as np
 
 from ._bfgs import HOST, TRACED, BfgsOptions, BfgsState, bfgs_converged, bfgs_done, bfgs_init, bfgs_step
 
-__all__ = ["OptimResult", "bfgs_minimize", "central_difference_hessian", "cobyqa_minimize", "host_bfgs_minimize",
-           "lbfgs_minimize"]
+__all__ = ["OptimResult", "bfgs_minimize", "central_difference_hessian", "cobyqa_minimize", "cobyqa_newton_minimize",
+           "difference_derivatives", "difference_gradient", "host_bfgs_minimize", "lbfgs_minimize"]
 
 
 class OptimResult(NamedTuple):
@@ -172,6 +174,98 @@ def cobyqa_minimize(fun: Callable[[np.ndarray], float], x0, lower, *, max_eval: 
                                 final_tr_radius=min(final_radius, initial_radius)))
     return OptimResult(x=np.asarray(res.x), value=np.asarray(res.fun), grad=np.full_like(x0, np.nan),
                        n_iter=np.asarray(res.nit), n_eval=np.asarray(res.nfev), converged=np.asarray(bool(res.success)))
+
+
+# The Newton finish of `cobyqa_newton_minimize`: COBYQA stops at this trust-region radius (about 1e-4 from the
+# optimum in θ), the step is taken only this far from every lower bound, and only this long.
+COARSE_RADIUS = 1e-3
+_NEWTON_MARGIN = 1e-2
+_NEWTON_MAX_STEP = 1e-2
+
+
+def cobyqa_newton_minimize(fun: Callable[[np.ndarray], float], x0, lower, *, max_eval: int = 1000,
+                           initial_radius: float = 1.0, final_radius: float = 1e-6, delta: float = 1e-4):
+    """`cobyqa_minimize` to `COARSE_RADIUS`, then one Newton step from the gradient and Hessian of the objective's
+    central differences there (`difference_derivatives`, step δ), then the gradient's differences at the new
+    point: (OptimResult, Hessian or None). The Hessian is the one at COBYQA's end, a Newton step (< 1e-2) away
+    from x: for lme4's checks at x with no further evaluations, where COBYQA alone spends its last third of
+    evaluations shrinking its radius from 1e-3 to 1e-6 and the check then differences the objective at x anew.
+
+    The step is taken only well inside the bounds (every bounded coordinate > `_NEWTON_MARGIN` from its bound at
+    both ends), with a positive definite Hessian, a short step and a value no higher than COBYQA's; otherwise
+    COBYQA goes on from the better point to `final_radius` (what `cobyqa_minimize` alone does) and the Hessian is
+    None. Returns NumPy values; n_eval counts every evaluation."""
+    lower = np.asarray(lower, dtype=np.float64)
+    if initial_radius <= COARSE_RADIUS:
+        return cobyqa_minimize(fun, x0, lower, max_eval=max_eval, initial_radius=initial_radius,
+                               final_radius=final_radius), None
+    coarse = cobyqa_minimize(fun, x0, lower, max_eval=max_eval, initial_radius=initial_radius,
+                             final_radius=COARSE_RADIUS)
+    x, value = np.asarray(coarse.x, dtype=np.float64), float(coarse.value)
+    newton = _newton_step(fun, x, value, lower, delta) if np.isfinite(value) else None
+    if newton is not None and newton[3]:
+        x1, value1, hess, _, used = newton
+        grad1 = difference_gradient(fun, x1, delta)
+        return OptimResult(x=x1, value=np.asarray(value1), grad=grad1, n_iter=np.asarray(coarse.n_iter + 1),
+                           n_eval=np.asarray(coarse.n_eval + used + 2 * x.size),
+                           converged=np.asarray(bool(coarse.converged))), hess
+    used = 0 if newton is None else newton[4]
+    rest = cobyqa_minimize(fun, x, lower, max_eval=max(1, max_eval - int(coarse.n_eval) - used),
+                           initial_radius=COARSE_RADIUS, final_radius=final_radius)
+    if not float(rest.value) <= value:  # COBYQA's start is its best point so far: only non-finite ends differ
+        rest = rest._replace(x=x, value=np.asarray(value))
+    return rest._replace(n_eval=np.asarray(int(coarse.n_eval) + used + int(rest.n_eval)),
+                         n_iter=np.asarray(int(coarse.n_iter) + int(rest.n_iter))), None
+
+
+def _newton_step(fun, x, value, lower, delta):
+    """(x1, f(x1), the Hessian at x, whether the step is accepted, evaluations) from x, or None when x is too near
+    a bound for a step (no evaluations spent)."""
+    bounded = np.isfinite(lower)
+    if np.any(x[bounded] - lower[bounded] <= _NEWTON_MARGIN):
+        return None
+    grad, hess = difference_derivatives(fun, x, value, delta)
+    used = x.size * (x.size + 1)
+    try:
+        np.linalg.cholesky(hess)
+    except np.linalg.LinAlgError:
+        return x, np.inf, hess, False, used
+    if not np.isfinite(grad).all():
+        return x, np.inf, hess, False, used
+    step = -np.linalg.solve(hess, grad)
+    x1 = x + step
+    if np.max(np.abs(step)) > _NEWTON_MAX_STEP or np.any(x1[bounded] - lower[bounded] <= _NEWTON_MARGIN):
+        return x, np.inf, hess, False, used
+    value1 = float(fun(x1))
+    return x1, value1 if np.isfinite(value1) else np.inf, hess, bool(value1 <= value), used + 1
+
+
+def difference_gradient(fun: Callable[[np.ndarray], float], x, delta: float = 1e-4) -> np.ndarray:
+    """The gradient by central differences of fun (lme4's step 1e-4): 2k evaluations."""
+    x = np.asarray(x, dtype=np.float64)
+    steps = delta * np.eye(x.size)
+    return np.array([(float(fun(x + e)) - float(fun(x - e))) / (2 * delta) for e in steps])
+
+
+def difference_derivatives(fun: Callable[[np.ndarray], float], x, f0: float, delta: float = 1e-4):
+    """Gradient and Hessian by central differences of fun at x (f0 = fun(x)), with lme4's step (1e-4): the
+    gradient and the Hessian's diagonal as lme4's deriv12 takes them, each off-diagonal element from the two
+    diagonal steps f(x ± δeᵢ ± δeⱼ) and the axis points already taken (the seven-point formula, Abramowitz and
+    Stegun 25.3.27; lme4 takes four corner points), so 2k + k(k − 1) = k(k + 1) evaluations instead of 2k². Both
+    formulas are exact for quadratics and err by O(δ²); the rounding of the objective, divided by δ², is the
+    larger error either way (~1e-3 relative on small models' Hessians, tests/test_gradients.py)."""
+    x = np.asarray(x, dtype=np.float64)
+    k = x.size
+    steps = delta * np.eye(k)
+    plus = np.array([float(fun(x + e)) for e in steps])
+    minus = np.array([float(fun(x - e)) for e in steps])
+    grad = (plus - minus) / (2 * delta)
+    hess = np.diag((plus - 2 * f0 + minus) / delta**2)
+    for j in range(k):
+        for i in range(j):
+            both = float(fun(x + steps[i] + steps[j])) + float(fun(x - steps[i] - steps[j]))
+            hess[i, j] = hess[j, i] = (both - plus[i] - minus[i] - plus[j] - minus[j] + 2 * f0) / (2 * delta**2)
+    return grad, hess
 
 
 def central_difference_hessian(gradients_at: Callable[[np.ndarray], np.ndarray], x, delta: float = 1e-5) -> np.ndarray:
