@@ -40,12 +40,14 @@ def gauss_hermite(k: int) -> tuple[np.ndarray, np.ndarray]:
     return z, w
 
 
-def agq_deviance(x, problem: GlmmProblem, nodes, weights, newton_steps: int = 2, with_pirls: bool = False):
+def agq_deviance(x, problem: GlmmProblem, nodes, weights, newton_steps: int = 2, with_pirls: bool = False,
+                 u_start=None):
     """lme4's nAGQ deviance at x = (θ, β) (no family constant). nodes/weights from `gauss_hermite`; newton_steps
-    as in `_pirls.mode_at`; with_pirls as in `_pirls.laplace_deviance`."""
+    as in `_pirls.mode_at`; with_pirls as in `_pirls.laplace_deviance`; u_start (PIRLS's start) as in
+    `_pirls.modes_and_pirls`."""
     structure, rows = problem.structure, problem.rows
     theta, beta, phi = split_x(x, problem)
-    u_terms, pirls_state = modes_and_pirls(theta, beta, problem, phi, newton_steps)
+    u_terms, pirls_state = modes_and_pirls(theta, beta, problem, phi, newton_steps, u_start)
     u = u_terms[0][:, 0]
     codes = rows.codes[0]
     n_groups = structure.n_levels[0]

@@ -60,6 +60,7 @@ __all__ = [
     "pirls",
     "newton_step",
     "laplace_deviance",
+    "laplace_deviance_from",
     "mode_at",
     "modes_and_pirls",
     "split_x",
@@ -138,22 +139,38 @@ def _term_offsets(structure: Structure) -> np.ndarray:
 
 
 def row_gather(structure: Structure, rows: RowData):
-    """(index, z), both (n, Σ q): each row's positions in the flat b = Λu and its Z values, one stacked array per
-    run of same-q terms (built once per program and shared by every ZΛu in it)."""
+    """What ZΛu reads per row, built once per program and shared by every ZΛu in it: (index, z), both (n, Σ q),
+    each row's positions in the flat b = Λu and its Z values, one stacked array per run of same-q terms; or, when
+    the rows' tail levels come in combinations (`_blocks._tail_groups`: scalar intercept tail terms), the prefix
+    terms' (index, z), the rows' combination and each combination's (G, K) positions in b, so that the tail part
+    of ZΛu is summed once per combination and gathered once per row (n·K gathers become G·K + n)."""
     offsets = _term_offsets(structure)
+    D = structure.n_prefix if _grouped(structure, rows) else structure.n_terms
     index = []
-    for a, e, q in same_q_runs(structure.qs):
+    for a, e, q in same_q_runs(structure.qs, 0, D):
         codes = jnp.stack(rows.codes[a:e], axis=1).astype(jnp.int32)  # (n, K)
         first = codes * q + jnp.asarray(offsets[a:e])[None, :]
         index.append((first[:, :, None] + jnp.arange(q, dtype=jnp.int32)[None, None, :]).reshape(codes.shape[0], -1))
     index = index[0] if len(index) == 1 else jnp.concatenate(index, axis=1)
-    return index, jnp.concatenate(rows.z, axis=1)
+    z = jnp.concatenate(rows.z[:D], axis=1)
+    if D == structure.n_terms:
+        return index, z
+    # a tail column's position in the flat modes: the tail's columns are laid out as the flat modes' tail terms
+    return index, z, rows.tail_group, structure.tail_groups + int(offsets[D])
+
+
+def _grouped(structure: Structure, rows: RowData) -> bool:
+    return rows.tail_group is not None and structure.tail_groups is not None and structure.m_z > 0
 
 
 def _zlu(structure: Structure, gather, theta, u) -> jax.Array:
-    index, z = gather
     b = scale_modes(theta, structure.qs, structure.n_levels, u)
-    return jnp.sum(z * b[index], axis=1)
+    index, z = gather[:2]
+    part = jnp.sum(z * b[index], axis=1)
+    if len(gather) == 2:
+        return part
+    group, columns = gather[2:]
+    return part + jnp.sum(b[columns], axis=1)[group]
 
 
 def random_part(structure: Structure, rows: RowData, theta, u_terms, gather=None) -> jax.Array:
@@ -274,61 +291,78 @@ def pirls(theta, beta, problem: GlmmProblem, joint: bool = False, tol: float = 1
     return b, split_modes(u, problem.structure), pd, ok, it
 
 
-def _pirls_flat(theta, beta, problem: GlmmProblem, gather, joint: bool = False, tol: float = 1e-11, phi=None):
-    """`pirls` on the flat modes (`flat_modes`), with `row_gather`'s arrays built by the caller."""
+def _pirls_flat(theta, beta, problem: GlmmProblem, gather, joint: bool = False, tol: float = 1e-11, phi=None,
+                u_start=None):
+    """`pirls` on the flat modes (`flat_modes`), with `row_gather`'s arrays built by the caller. u_start: the modes
+    to start from (default 0; not with joint=True), e.g. those at a nearby (θ, β). Should PIRLS get stuck from
+    there (a start far from this (θ, β)'s mode can saturate the weights), it starts again from 0, once.
+
+    The loop carries ZΛu beside u: a step's solve reads it, and a halved step's is the same interpolation of the
+    two ends' (ZΛu is linear in u), so that an iteration computes ZΛu once, for the new modes."""
     fam = problem.family
     structure = problem.structure
     terms = _entry_terms(structure) if structure.n_terms > 1 else None
 
-    def eta_of(b, u):
-        return problem.X @ b + problem.offset + _zlu(structure, gather, theta, u)
+    def zlu(u):
+        return _zlu(structure, gather, theta, u)
 
-    def pdev_of(b, u):
-        return _deviance(problem, eta_of(b, u), phi) + _penalty(u)
+    def pdev_of(b, u, zu):
+        return _deviance(problem, problem.X @ b + problem.offset + zu, phi) + _penalty(u)
 
-    def step(b, u, eta):
+    def step(b, zu, eta):
         w, resid = _scoring_residual(problem, eta, phi)
         if joint:
             return _solve_joint(problem, theta, w, eta - problem.offset + resid)
-        return b, _solve_u(problem, theta, w, _zlu(structure, gather, theta, u) + resid)
+        return b, _solve_u(problem, theta, w, zu + resid)
 
-    u0 = jnp.zeros((int(_term_offsets(structure)[-1]),), dtype=theta.dtype)
+    u0 = jnp.zeros((int(_term_offsets(structure)[-1]),), dtype=theta.dtype) if u_start is None else u_start
     if joint:
         # R's glm start: η from the family's mustart, then the first solve is taken whole
         eta0 = fam.linkfun(fam.mustart(problem.y, problem.weights))
-        beta, u0 = step(beta, u0, eta0)
-    pd0 = pdev_of(beta, u0)
+        beta, u0 = step(beta, None, eta0)
+    zu0 = zlu(u0)
+    pd0 = pdev_of(beta, u0, zu0)
 
     def cond(carry):
-        b, u, pd, it, done, ok = carry
-        return (it < _MAX_PIRLS) & ~done
+        return (carry[4] < _MAX_PIRLS) & ~carry[5]
+
+    def from_zero(b, u, zu, pd):
+        zero = jnp.zeros_like(u)
+        return b, zero, jnp.zeros_like(zu), pdev_of(b, zero, jnp.zeros_like(zu))
 
     def body(carry):
-        b, u, pd, it, _, _ = carry
-        b_new, u_new = step(b, u, eta_of(b, u))
+        b, u, zu, pd, it, _, _, restarted = carry
+        b_new, u_new = step(b, zu, problem.X @ b + problem.offset + zu)
+        zu_new = zlu(u_new)
 
         def halve_cond(c):
-            k, bc, uc, pdc = c
+            k, bc, uc, zc, pdc = c
             return (k < _MAX_HALVING) & ~(pdc <= pd)
 
         def halve_body(c):
-            k, _, _, _ = c
+            k = c[0]
             f = 0.5 ** (k + 1)
-            bc, uc = b + f * (b_new - b), u + f * (u_new - u)
-            return k + 1, bc, uc, pdev_of(bc, uc)
+            bc, uc, zc = b + f * (b_new - b), u + f * (u_new - u), zu + f * (zu_new - zu)
+            return k + 1, bc, uc, zc, pdev_of(bc, uc, zc)
 
-        k, bc, uc, pdc = jax.lax.while_loop(halve_cond, halve_body, (0, b_new, u_new, pdev_of(b_new, u_new)))
+        k, bc, uc, zc, pdc = jax.lax.while_loop(halve_cond, halve_body,
+                                                (0, b_new, u_new, zu_new, pdev_of(b_new, u_new, zu_new)))
         improved = pdc <= pd
         change = jnp.abs(pd - pdc) / (0.1 + jnp.abs(pdc))
         step_size = _step_size(u, uc, terms, structure.n_terms) + jnp.max(jnp.abs(b - bc), initial=0.0)
         converged = improved & ((change < tol) | (step_size < 1e-10))
         stuck = ~improved  # halving could not lower h: we are at the mode to machine precision, or failing
         ok = converged | (stuck & (change < 1e-8))
-        return (jnp.where(improved, bc, b), jnp.where(improved, uc, u), jnp.where(improved, pdc, pd), it + 1,
-                converged | stuck, ok)
+        keep = lambda new, old: jnp.where(improved, new, old)  # noqa: E731
+        out = keep(bc, b), keep(uc, u), keep(zc, zu), keep(pdc, pd)
+        again = jnp.asarray(False)
+        if u_start is not None:
+            again = stuck & ~ok & ~restarted
+            out = jax.lax.cond(again, from_zero, lambda *a: a, *out)
+        return *out, it + 1, (converged | stuck) & ~again, ok, restarted | again
 
-    b, u, pd, it, _, ok = jax.lax.while_loop(
-        cond, body, (beta, u0, pd0, jnp.asarray(0), jnp.asarray(False), jnp.asarray(False))
+    b, u, _, pd, it, _, ok, _ = jax.lax.while_loop(
+        cond, body, (beta, u0, zu0, pd0, jnp.asarray(0), jnp.asarray(False), jnp.asarray(False), jnp.asarray(False))
     )
     return b, u, pd, ok & jnp.isfinite(pd), it
 
@@ -360,17 +394,19 @@ def newton_step(u_terms, theta, beta, problem: GlmmProblem, phi=None, gather=Non
     return _solve_u(problem, theta, w, eta_z + resid, observed=phi is not None)
 
 
-def _pirls_mode(theta, beta, problem: GlmmProblem, phi, gather):
-    """PIRLS's converged modes (flat) on stop-gradient inputs, its status and iteration count: (u*, ok, iters)."""
+def _pirls_mode(theta, beta, problem: GlmmProblem, phi, gather, u_start=None):
+    """PIRLS's converged modes (flat) on stop-gradient inputs, its status and iteration count: (u*, ok, iters).
+    u_start: where PIRLS starts (default 0)."""
     phi_fixed = None if phi is None else jax.lax.stop_gradient(phi)
+    u_start = None if u_start is None else jax.lax.stop_gradient(u_start)
     _, u_star, _, ok, it = _pirls_flat(jax.lax.stop_gradient(theta), jax.lax.stop_gradient(beta), problem, gather,
-                                       phi=phi_fixed)
+                                       phi=phi_fixed, u_start=u_start)
     return jax.lax.stop_gradient(u_star), ok, it
 
 
-def _mode_flat(theta, beta, problem: GlmmProblem, phi, gather, newton_steps: int = 2):
+def _mode_flat(theta, beta, problem: GlmmProblem, phi, gather, newton_steps: int = 2, u_start=None):
     """(u, (u*, ok, iters)): `newton_steps` differentiable Newton steps from PIRLS's modes u* (`_pirls_mode`)."""
-    pirls_state = _pirls_mode(theta, beta, problem, phi, gather)
+    pirls_state = _pirls_mode(theta, beta, problem, phi, gather, u_start)
     u = pirls_state[0]
     for _ in range(newton_steps):
         u = newton_step(u, theta, beta, problem, phi, gather)
@@ -385,18 +421,22 @@ def mode_at(theta, beta, problem: GlmmProblem, phi=None, newton_steps: int = 2):
     return u, pirls_state[1], pirls_state[2]
 
 
-def modes_and_pirls(theta, beta, problem: GlmmProblem, phi=None, newton_steps: int = 2):
+def modes_and_pirls(theta, beta, problem: GlmmProblem, phi=None, newton_steps: int = 2, u_start=None):
     """`mode_at`'s modes (per term) and PIRLS's own (u* flat, converged, iterations), which a caller can return
-    beside a deviance so that the state at a point needs no second PIRLS run."""
-    u, pirls_state = _mode_flat(theta, beta, problem, phi, row_gather(problem.structure, problem.rows), newton_steps)
+    beside a deviance so that the state at a point needs no second PIRLS run. u_start: PIRLS's start (flat modes,
+    default 0): a search passes the modes of its previous point, a few PIRLS iterations fewer for the same mode
+    to PIRLS's tolerance."""
+    u, pirls_state = _mode_flat(theta, beta, problem, phi, row_gather(problem.structure, problem.rows), newton_steps,
+                                u_start)
     return split_modes(u, problem.structure), pirls_state
 
 
-def laplace_parts(theta, beta, problem: GlmmProblem, phi=None, newton_steps: int = 2):
+def laplace_parts(theta, beta, problem: GlmmProblem, phi=None, newton_steps: int = 2, u_start=None):
     """Pieces of the Laplace deviance at the mode: (deviance, ‖u‖², log det, u (flat), log-det weights, PIRLS's
-    (u*, ok, iters)). For a dispersion family "deviance" is −2 Σ log p(y | μ, d), constants included."""
+    (u*, ok, iters)). For a dispersion family "deviance" is −2 Σ log p(y | μ, d), constants included. u_start as
+    in `modes_and_pirls`."""
     gather = row_gather(problem.structure, problem.rows)
-    u, pirls_state = _mode_flat(theta, beta, problem, phi, gather, newton_steps)
+    u, pirls_state = _mode_flat(theta, beta, problem, phi, gather, newton_steps, u_start)
     eta = problem.X @ beta + problem.offset + _zlu(problem.structure, gather, theta, u)
     dev = _deviance(problem, eta, phi)
     w = laplace_weights(problem, eta, phi)
@@ -415,8 +455,14 @@ def laplace_deviance(x, problem: GlmmProblem, newton_steps: int = 2, with_pirls:
     dispersion family. Pure; jit/grad/hessian-able. newton_steps=1 (`mode_at`) keeps the value and the gradient
     exact with a smaller program, for searches that never take second derivatives by autodiff. with_pirls: returns
     (deviance, PIRLS's (u*, ok, iters)) (`modes_and_pirls`), for `jax.value_and_grad(..., has_aux=True)`."""
+    return laplace_deviance_from(x, problem, None, newton_steps, with_pirls)
+
+
+def laplace_deviance_from(x, problem: GlmmProblem, u_start, newton_steps: int = 2, with_pirls: bool = False):
+    """`laplace_deviance` with PIRLS started from the flat modes u_start (None: 0), as in `modes_and_pirls`: the
+    same function of x to PIRLS's tolerance (its mode, then the Newton steps)."""
     theta, beta, phi = split_x(x, problem)
-    dev, pen, logdet, u, _, pirls_state = laplace_parts(theta, beta, problem, phi, newton_steps)
+    dev, pen, logdet, u, _, pirls_state = laplace_parts(theta, beta, problem, phi, newton_steps, u_start)
     if problem.laplace_weights == "plugin":
         value = pen + logdet + plugin_aic(problem, theta, beta, u)[0]
     else:
