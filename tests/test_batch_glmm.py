@@ -1,7 +1,9 @@
 """GLMM batches: each column of a vmapped binomial / Poisson batch equals its own single Laplace fit."""
 
+import logging
 import warnings
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -35,12 +37,19 @@ def single(formula, frame, family, column):
 
 
 @pytest.mark.slow  # a GLMM batch compile
-def test_binomial_columns_equal_single_fits(contraception_like):
+def test_binomial_columns_equal_single_fits(contraception_like, caplog):
+    """... and the batch compiles two programs, the start and the search's value and gradient, each once (the
+    search, the boundary snap and the Hessian's differences all call the second)."""
     frame, Y, _ = contraception_like
     model = jm.Model("y ~ x + (1 | g)", frame, family="binomial")
     Y = Y.copy()
     Y[:5, 2] = np.nan  # this response drops five rows
-    batch = model.fit_batch(Y)
+    caplog.set_level(logging.DEBUG, logger="jax")
+    with jax.log_compiles(True):
+        batch = model.fit_batch(Y)
+    compiled = [r.getMessage() for r in caplog.records if "XLA compilation of jit(" in r.getMessage()]
+    for name in ("_chunk_starts", "chunk_value_and_grad"):
+        assert sum(f"jit({name})" in m for m in compiled) == 1
     assert batch.method == "laplace" and batch.converged.all()
     for j in range(Y.shape[1]):
         keep = ~np.isnan(Y[:, j])

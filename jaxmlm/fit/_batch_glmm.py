@@ -1,13 +1,16 @@
 """Many GLMM responses on one design: the Laplace (or AGQ) fit vmapped over response columns.
 
 The GLMM problem differs between columns only in its response, its prior weights (a missing value gets weight 0)
-and the family's normalizing constant, so one compiled program fits a whole chunk: the starting β comes from a
-joint PIRLS at θ = lme4's start, then a quasi-Newton fit on (θ, β) as a single fit's first stage does, by the
-batch optimizer (`bfgs_minimize`: one evaluation per loop pass, so vmapped columns never wait on one another's line
-searches). Standard errors come from the exact Hessian of each column's deviance, as in a single fit; where that
-Hessian is not positive definite (a boundary fit, say) they fall back, as a single fit does and with its warning, to
-lme4's RX (the PIRLS factor at the optimum). (A single fit also tries a few Newton steps at the end; the batch
-stops at the gradient tolerance, which keeps objectives within 1e-6 relative.)
+and the family's normalizing constant, so a chunk of columns shares two compiled programs: a vmapped joint PIRLS
+at θ = lme4's start gives each column's starting β, then a quasi-Newton fit on (θ, β) as a single fit's does: the
+host loop `host_batch_bfgs_minimize` (a single fit's BFGS step on (columns × k) arrays, one evaluation per pass, so
+no column waits on another's line search) around one vmapped value-and-gradient program, which also serves the
+boundary snap, the saddle probes and the Hessian's differences. Compiling the optimizer's loop with PIRLS inside
+and the Hessian's gradients as one program instead took three times as long (docs/scale.md). Standard errors come
+from the Hessian of each column's deviance (central differences of its exact gradient), as in a single fit; where
+that Hessian is not positive definite (a boundary fit, say) they fall back, as a single fit does and with its
+warning, to lme4's RX (the PIRLS factor at the optimum). (A single fit also tries a few Newton steps at the end;
+the batch stops at the gradient tolerance, which keeps objectives within 1e-6 relative.)
 
 A family with a dispersion parameter d (negative binomial, Gamma, inverse Gaussian, beta) optimizes x = (θ, β,
 log d) per column, the single fit's coordinates and objective (`_pirls.laplace_deviance`). d starts, as in a single
@@ -36,7 +39,7 @@ from ..core._covariance import canonical_theta, theta_diagonal_mask
 from .._errors import ConvergenceWarning, DataError
 from .._memory import chunk_size as memory_chunk_size
 from ._glmm import _objective, _state_at, glmm_problem
-from ..optim._optimize import bfgs_minimize
+from ..optim._batch_bfgs import host_batch_bfgs_minimize
 from ..core._pirls import pirls, split_x
 from ..core._structures import is_structured, n_psi, psi_diagonal_mask, psi_to_theta
 from ._boundary import refit_is_lower, saddle_starts, snap_rows
@@ -129,70 +132,114 @@ def _search_objective(x, problem, nodes, node_weights, structures):
     return _objective(_inner_x(x, structures), problem, nodes, node_weights)
 
 
-def _difference_hessian(x, problem, nodes, node_weights, structures=None, delta: float = 1e-5):
-    """The Hessian by central differences of the exact gradient, as a single fit's (`central_difference_hessian`):
-    the 2k gradients are one vmapped evaluation, and the program compiles in far less time than autodiff's
-    forward-over-reverse Hessian through PIRLS' Newton steps."""
-    steps = delta * jnp.eye(x.size, dtype=x.dtype)
-    grads = jax.vmap(jax.grad(_search_objective), in_axes=(0, None, None, None, None))(
-        jnp.concatenate([x + steps, x - steps]), problem, nodes, node_weights, structures)
-    plus, minus = jnp.split(grads, 2)
-    hess = (plus - minus) / (2.0 * delta)
-    return 0.5 * (hess + hess.T)
+@jit(static_argnames=("structures",))
+def _chunk_starts(problem, Y, W, constants, theta0, log_d0, structures=None):
+    """Each column's start x = (θ₀ (ψ₀), β₀[, log d₀]): β₀ from a joint PIRLS at θ's start (lme4's nAGQ = 0
+    step), d at its start (None for binomial and Poisson, the family's fixed d, or exp(log d₀)), as a single
+    fit's."""
+    p = problem.p
 
-
-@jit(static_argnames=("max_iter", "structures"))
-def fit_glmm_chunk(problem, Y, W, constants, theta0, log_d0, nodes, node_weights, max_iter: int, structures=None,
-                   x0=None):
-    """Fit the columns of Y (n × c) with prior weights W (n × c) on the problem's design; log_d0 (c,): each
-    column's start of log d (None: no dispersion coordinate). structures (static): the search runs on the cs() /
-    ar1() parameters ψ (theta0 holds ψ's start), as a single structured fit's. x0 (c, k + p [+ 1]): each column's
-    whole start instead (a search again from off a saddle); theta0 and log_d0 are then unused."""
-    nt, p = problem.structure.n_theta, problem.p
-    k = nt if structures is None else n_psi(structures)
-    if log_d0 is None:
-        log_d0 = jnp.zeros((Y.shape[1], 0), dtype=Y.dtype)
-    else:
-        log_d0 = log_d0[:, None]
-    bounded = theta_diagonal_mask(problem.structure.qs) if structures is None else psi_diagonal_mask(structures)
-    lower = np.concatenate([np.where(bounded, 0.0, -np.inf), np.full(p + log_d0.shape[1], -np.inf)])
-
-    def one(y, w, c, tail, start):
+    def one(y, w, c, tail):
         prob = _with_column(problem, y, w, c)
-        if start is None:
-            # d at the start: None (binomial, Poisson), the family's fixed d, or exp(log d₀)
-            theta_start = _inner_x(theta0, structures)
-            phi = split_x(jnp.concatenate([theta_start, jnp.zeros(p, dtype=theta0.dtype), tail]), prob)[2]
-            beta0, _, _, _, _ = pirls(theta_start, jnp.zeros(p, dtype=theta0.dtype), prob, joint=True, phi=phi)
-            beta0 = jnp.where(jnp.isfinite(beta0), beta0, 0.0)
-            start = jnp.concatenate([theta0, beta0, tail])
-        res = bfgs_minimize(_search_objective, start, prob, None, None, structures, max_iter=max_iter, gtol=1e-8)
-        if nodes is not None:  # AGQ continues from the Laplace optimum, as a single fit does
-            res = bfgs_minimize(_search_objective, res.x, prob, nodes, node_weights, structures, max_iter=max_iter,
-                                gtol=1e-8)
-        # tiny variances to the boundary (β fixed), as a single fit's; the Hessian then at the snapped point
-        x, value = snap_rows(res.x, lower, lambda pt: _search_objective(pt, prob, nodes, node_weights, structures),
-                             value=res.value, xp=jnp)
-        res = res._replace(x=x, value=value)
-        H = _difference_hessian(res.x, prob, nodes, node_weights, structures)
-        positive_definite = jnp.all(jnp.isfinite(jnp.linalg.cholesky(H)))
-        variance = jnp.diagonal(2.0 * jnp.linalg.inv(H))[k:]
-        usable = positive_definite & jnp.all(jnp.isfinite(variance)) & jnp.all(variance > 0)
-        se = jnp.where(usable, jnp.sqrt(jnp.where(usable, variance, 1.0)), jnp.nan)
-        return dict(theta=_inner_x(res.x[:k], structures), psi=res.x[:k], beta=res.x[k:k + p], se=se[:p],
-                    se_tail=se[p:], tail=res.x[k + p:], objective=res.value, converged=res.converged,
-                    n_iter=res.n_iter, n_eval=res.n_eval, nobs=jnp.sum(w > 0), hessian_ok=usable)
+        theta_start = _inner_x(theta0, structures)
+        zeros = jnp.zeros(p, dtype=theta0.dtype)
+        phi = split_x(jnp.concatenate([theta_start, zeros, tail]), prob)[2]
+        beta0 = pirls(theta_start, zeros, prob, joint=True, phi=phi)[0]
+        return jnp.concatenate([theta0, jnp.where(jnp.isfinite(beta0), beta0, 0.0), tail])
 
-    return jax.vmap(one, in_axes=(1, 1, 0, 0, None if x0 is None else 0))(Y, W, constants, log_d0, x0)
+    return jax.vmap(one, in_axes=(1, 1, 0, 0))(Y, W, constants, log_d0)
 
 
 @jit(static_argnames=("structures",))
-def chunk_objective(problem, Y, W, constants, points, nodes, node_weights, structures=None):
-    """Each column's search objective at its row of points (c, k + p [+ 1]): the saddle probes'."""
+def chunk_value_and_grad(problem, Y, W, constants, points, nodes, node_weights, structures=None):
+    """Each column's search objective and its exact gradient at its row of points (c, k + p [+ 1]): the one
+    program every pass of the chunk's search, the boundary snap, the saddle probes and the Hessian's differences
+    call (nodes None: Laplace; else AGQ)."""
     def one(y, w, c, x):
-        return _search_objective(x, _with_column(problem, y, w, c), nodes, node_weights, structures)
+        prob = _with_column(problem, y, w, c)
+        return jax.value_and_grad(_search_objective)(x, prob, nodes, node_weights, structures)
 
     return jax.vmap(one, in_axes=(1, 1, 0, 0))(Y, W, constants, points)
+
+
+class _Chunk:
+    """One chunk's data and its compiled value and gradient, called on NumPy points (c, K)."""
+
+    def __init__(self, problem, Y, W, constants, structures):
+        self.data = (problem, jnp.asarray(Y), jnp.asarray(W), jnp.asarray(constants))
+        self.structures = structures
+
+    def value_and_grad(self, points, nodes=None, node_weights=None):
+        return chunk_value_and_grad(*self.data, jnp.asarray(points), nodes, node_weights, self.structures)
+
+    def objective(self, points, nodes=None, node_weights=None) -> np.ndarray:
+        return np.asarray(self.value_and_grad(points, nodes, node_weights)[0])
+
+    def hessians(self, x: np.ndarray, nodes, node_weights, delta: float = 1e-5) -> np.ndarray:
+        """Each column's Hessian at its row of x by central differences of the exact gradient, as a single fit's
+        (`central_difference_hessian`, the same δ): 2K calls of the search's own program, all dispatched before
+        any is read."""
+        K = x.shape[1]
+        steps = delta * np.eye(K)
+        pending = [self.value_and_grad(x + sign * steps[j], nodes, node_weights)[1]
+                   for sign in (1.0, -1.0) for j in range(K)]
+        grads = np.stack([np.asarray(g) for g in pending], axis=1)  # (c, 2K, K): row j of each half is ∂g/∂x_j
+        hess = (grads[:, :K] - grads[:, K:]) / (2.0 * delta)
+        return 0.5 * (hess + np.swapaxes(hess, 1, 2))
+
+
+def _search(chunk: _Chunk, starts: np.ndarray, nodes, node_weights, max_iter: int):
+    """The batched host BFGS (a single fit's algorithm, `host_batch_bfgs_minimize`): Laplace, then for AGQ the
+    quadrature deviance from the Laplace optimum, as a single fit does."""
+    res = host_batch_bfgs_minimize(chunk.value_and_grad, starts, max_iter=max_iter, gtol=1e-8)
+    if nodes is not None:
+        res = host_batch_bfgs_minimize(lambda pts: chunk.value_and_grad(pts, nodes, node_weights), res.x,
+                                       max_iter=max_iter, gtol=1e-8)
+    return res
+
+
+def _hessian_standard_errors(hess: np.ndarray, k: int):
+    """Per column: whether the Hessian is positive definite with a usable inverse, and the standard errors of the
+    coordinates after the first k from 2 H⁻¹ (NaN where not usable), as a single fit's `_glmm._vcov`."""
+    K = hess.shape[1]
+    eye = np.broadcast_to(np.eye(K), hess.shape)
+    finite = np.isfinite(hess).all(axis=(1, 2))
+    safe = np.where(finite[:, None, None], hess, eye)
+    positive_definite = finite & (np.linalg.eigvalsh(safe)[:, 0] > 0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        variance = 2.0 * np.diagonal(np.linalg.inv(np.where(positive_definite[:, None, None], safe, eye)),
+                                     axis1=1, axis2=2)[:, k:]
+    usable = positive_definite & np.isfinite(variance).all(axis=1) & (variance > 0).all(axis=1)
+    se = np.where(usable[:, None], np.sqrt(np.where(usable[:, None], variance, 1.0)), np.nan)
+    return usable, se
+
+
+def fit_glmm_chunk(problem, Y, W, constants, theta0, log_d0, nodes, node_weights, max_iter: int, structures=None,
+                   x0=None) -> dict:
+    """Fit the columns of Y (n × c) with prior weights W (n × c) on the problem's design; log_d0 (c,): each
+    column's start of log d (None: no dispersion coordinate). structures: the search runs on the cs() / ar1()
+    parameters ψ (theta0 holds ψ's start), as a single structured fit's. x0 (c, k + p [+ 1]): each column's whole
+    start instead (a search again from off a saddle); theta0 and log_d0 are then unused.
+
+    A host loop around one compiled, vmapped value-and-gradient program (`chunk_value_and_grad`) and a start
+    program: compiling the optimizer's loop with PIRLS inside, the boundary snap and the Hessian's 2K gradients as
+    one program took several times as long as these two together."""
+    nt, p = problem.structure.n_theta, problem.p
+    k = nt if structures is None else n_psi(structures)
+    chunk = _Chunk(problem, Y, W, constants, structures)
+    if x0 is None:
+        log_d0 = jnp.zeros((Y.shape[1], 0), dtype=jnp.asarray(Y).dtype) if log_d0 is None else log_d0[:, None]
+        x0 = _chunk_starts(*chunk.data, theta0, log_d0, structures)
+    res = _search(chunk, np.asarray(x0, dtype=np.float64), nodes, node_weights, max_iter)
+    bounded = theta_diagonal_mask(problem.structure.qs) if structures is None else psi_diagonal_mask(structures)
+    lower = np.concatenate([np.where(bounded, 0.0, -np.inf), np.full(res.x.shape[1] - k, -np.inf)])
+    # tiny variances to the boundary (β fixed), as a single fit's; the Hessian then at the snapped point
+    x, value = snap_rows(res.x, lower, lambda pts: chunk.objective(pts, nodes, node_weights), value=res.value)
+    usable, se = _hessian_standard_errors(chunk.hessians(x, nodes, node_weights), k)
+    theta = np.asarray(jax.vmap(lambda row: _inner_x(row, structures))(jnp.asarray(x[:, :k])))
+    return dict(theta=theta, psi=x[:, :k], beta=x[:, k:k + p], se=se[:, :p], se_tail=se[:, p:], tail=x[:, k + p:],
+                objective=np.asarray(value), converged=np.asarray(res.converged), n_iter=np.asarray(res.n_iter),
+                n_eval=np.asarray(res.n_eval), nobs=np.sum(np.asarray(W) > 0, axis=0), hessian_ok=usable)
 
 
 def _rx_standard_errors(problem, x, y, w, c) -> np.ndarray:
@@ -309,13 +356,12 @@ def _leave_saddles(res, data, theta0, log_d0, nodes, node_weights, max_iter, str
     moved = np.zeros(x.shape[0], dtype=bool)
     if not (np.isfinite(lower) & (x == lower)).any():
         return moved
-    objective_rows = lambda pts: chunk_objective(*data, jnp.asarray(pts), nodes, node_weights, structures)  # noqa: E731
-    which, starts = saddle_starts(x, lower, objective_rows, res["objective"])
+    chunk = _Chunk(*data, structures)
+    which, starts = saddle_starts(x, lower, lambda pts: chunk.objective(pts, nodes, node_weights), res["objective"])
     if not which.any():
         return moved
     starts = np.where(which[:, None], starts, x)  # every column searches, the others from their optimum
-    retry = fit_glmm_chunk(*data, theta0, log_d0, nodes, node_weights, max_iter, structures, x0=jnp.asarray(starts))
-    retry = {key: np.array(v) for key, v in retry.items()}
+    retry = fit_glmm_chunk(*data, theta0, log_d0, nodes, node_weights, max_iter, structures, x0=starts)
     moved = which & refit_is_lower(res["objective"], retry["objective"])
     for key in retry:
         res[key][moved] = retry[key][moved]
