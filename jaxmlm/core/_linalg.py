@@ -214,9 +214,35 @@ def symmetric_from_lower(M: jax.Array) -> jax.Array:
 
 @jax.custom_jvp
 def cholesky_of_lower(S: jax.Array) -> jax.Array:
-    """The Cholesky factor of the symmetric matrix whose lower triangle is S's, reading S's lower triangle only.
-    Its derivative mirrors the tangent first (the generic rule takes the tangent whole, as if symmetric)."""
+    """The Cholesky factor of the symmetric matrix whose lower triangle is S's, reading S's lower triangle only
+    (on the CPU by `_potrf_row_major`). Its derivative mirrors the tangent first (the generic rule takes the
+    tangent whole, as if symmetric)."""
+    return jax.lax.platform_dependent(S, cpu=_potrf_row_major, default=_lax_cholesky)
+
+
+def _lax_cholesky(S: jax.Array) -> jax.Array:
     return jax.lax.linalg.cholesky(S, symmetrize_input=False)
+
+
+def _potrf_row_major(S: jax.Array) -> jax.Array:
+    """jax's Cholesky on the CPU, without its layout: LAPACK's potrf on S's own row-major memory. Read as
+    column-major (LAPACK's order) that memory is Sᵀ, whose upper triangle holds S's lower one, so potrf is asked
+    for the upper factor U of Sᵀ (UᵀU = Sᵀ), which read back row-major is S's lower factor L; then, as jax's, zeros
+    above the diagonal and NaN where the factorization fails. jax's own call asks XLA for a column-major operand,
+    so XLA writes the assembled tail transposed (strided reads of the tail-sized statistics and updates) and copies
+    it once more (benchmarks/results/insteval_value.md)."""
+    from jaxlib import lapack
+
+    if S.dtype not in (jnp.float32, jnp.float64):
+        return _lax_cholesky(S)
+    target = lapack.prepare_lapack_call("potrf_ffi", np.dtype(S.dtype))
+    call = jax.ffi.ffi_call(target, (jax.ShapeDtypeStruct(S.shape, S.dtype),
+                                     jax.ShapeDtypeStruct(S.shape[:-2], jnp.int32)),
+                            input_output_aliases={0: 0}, vmap_method="broadcast_all")
+    L, info = call(S, uplo=np.uint8(ord("U")))
+    n = S.shape[-1]
+    below = jnp.arange(n)[:, None] >= jnp.arange(n)[None, :]
+    return jnp.where((info == 0)[..., None, None], jnp.where(below, L, 0.0), jnp.nan)
 
 
 @cholesky_of_lower.defjvp
