@@ -523,6 +523,18 @@ def _typical_sds(model, centring):
 
 
 # ---------------------------------------------------------------------------------------------- driver
+EFFECTS = ("sampled", "laplace")
+
+
+def check_effects(effects) -> str:
+    """'sampled' or 'laplace' (anything else is refused before compiling)."""
+    if not isinstance(effects, str) or effects not in EFFECTS:
+        raise ValueError(f"unknown effects {effects!r}; known: 'sampled' (the random effects are sampled by NUTS) "
+                         "and 'laplace' (integrated out by the Laplace approximation, as tmbstan(laplace = TRUE); "
+                         "a Gaussian model's are integrated exactly either way)")
+    return effects
+
+
 def _glmm_spec(model):
     fam = model.family
     name = getattr(fam, "name", None)
@@ -554,13 +566,18 @@ def _split_terms(samples, data: GlmmData):
 def sample(model, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: int = 0, *,
            priors: dict | None = None, target_accept: float = 0.8, max_tree_depth: int = 10,
            chain_method: str = "vectorized", dense_mass: bool | None = None, progress_bar: bool = False,
-           prior: str = "default", centring="fit"):
+           prior: str = "default", centring="fit", effects: str = "sampled"):
     """Posterior draws by NUTS. Returns a ``Posterior`` (see ``_posterior.py``). prior='default' or 'rstanarm'
     (see the module docstring); ``priors`` overrides single hyperparameters of either. centring (binomial and
     Poisson models): where each scalar term's typical sd for its centring powers comes from, 'fit' (a point fit,
-    run here), a fit of this model (its θ), or 'prior' (half the sd prior's scale)."""
+    run here), a fit of this model (its θ), or 'prior' (half the sd prior's scale). effects (binomial and Poisson
+    models): 'sampled' (the random effects are NUTS coordinates) or 'laplace' (integrated out by the Laplace
+    approximation, NUTS on β and the covariance parameters only, b drawn afterwards: ``_laplace.py``); for a
+    Gaussian model both mean its exact collapsed sampler."""
     check_prior(prior)
-    check_centring(model, centring)
+    check_effects(effects)
+    if effects == "sampled" or model.is_gaussian:
+        check_centring(model, centring)
     for name, value, low in (("chains", chains, 1), ("draws", draws, 1), ("warmup", warmup, 0)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
@@ -577,6 +594,14 @@ def sample(model, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: 
 
     hyper = default_hyper(model, priors, prior)
     qs = model.qs
+    if effects == "laplace" and not model.is_gaussian:
+        from ._laplace import sample_laplace
+
+        family, link = _glmm_spec(model)
+        options = dict(chains=chains, draws=draws, warmup=warmup, target_accept=target_accept,
+                       max_tree_depth=max_tree_depth, chain_method=chain_method, dense_mass=dense_mass,
+                       progress_bar=progress_bar)
+        return sample_laplace(model, options, hyper, family, link, jax.random.PRNGKey(seed))
     if model.is_gaussian:
         problem = model.linear_problem
         kernel_model = functools.partial(_gaussian_model, qs=qs)
