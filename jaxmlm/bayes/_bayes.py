@@ -576,8 +576,7 @@ def sample(model, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: 
     Gaussian model both mean its exact collapsed sampler."""
     check_prior(prior)
     check_effects(effects)
-    if effects == "sampled" or model.is_gaussian:
-        check_centring(model, centring)
+    check_centring(model, centring)
     for name, value, low in (("chains", chains, 1), ("draws", draws, 1), ("warmup", warmup, 0)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
