@@ -9,10 +9,14 @@ hyperparameter's bulk ESS and R-hat and each term's worst random effect, min ESS
 of wall time and per CPU second (the machine may be shared). The R script is benchmarks/nuts_rstanarm.R; the JSON goes to benchmarks/results/nuts.json.
 
 jaxmlm's wall time includes the point fit that sets the centring powers (`centring="fit"`, reported apart as
-fit_s); `--centring prior` measures the earlier rule (half the sd prior's scale).
+fit_s); `--centring prior` measures the earlier rule (half the sd prior's scale). `--effects laplace` samples with
+the random effects integrated out by the Laplace approximation (no point fit needed); `--warmup` sets the warmup
+apart from the draws. Both report the 51 state estimates poststratified to the population frame (posterior mean,
+90% interval, bulk ESS and R-hat of each state's draws) and the point fit's for comparison.
 
-Run:  python benchmarks/bench_nuts.py [--n 5000] [--draws 1000] [--r-draws 1000] [--no-r] [--r-json previous.json]
-                                      [--centring fit|prior] [--out results/nuts.json]
+Run:  python benchmarks/bench_nuts.py [--n 5000] [--draws 1000] [--warmup W] [--r-draws 1000] [--no-r]
+                                      [--r-json previous.json] [--centring fit|prior] [--effects sampled|laplace]
+                                      [--chain-method vectorized|sequential] [--out results/nuts.json]
 """
 
 from __future__ import annotations
@@ -29,7 +33,47 @@ HERE = pathlib.Path(__file__).parent
 RESULTS = HERE / "results"
 
 
-def run_jaxmlm(cells_csv: str, draws: int, chains: int, prior: str, centring: str) -> dict:
+def state_draws(source, population, draws: int = 1000):
+    """Per-draw state estimates Σ N μ / Σ N (states × draws, draws in the source's order), by poststratify's
+    own pieces."""
+    import numpy as np
+
+    from jaxmlm.bayes import _cells, _kernel
+    from jaxmlm.bayes._mrp import _source_draws, _with_new_levels
+
+    weights = _cells.check_weights(population, "N")
+    group, keys, totals = _cells.group_codes(population, weights, ["state"])
+    src = _source_draws(source, draws, 0, False, None)
+    cells = _cells.cell_arrays(src.model, population, group, weights)
+    b = _with_new_levels(src, cells.n_new, 0)
+    q_total = sum(t.q for t in src.model.design.terms)
+    size_c, size_d = _kernel.chunk_sizes(len(population), src.beta.shape[0], q_total, None, None)
+    sims = np.asarray(_kernel.group_draws(cells, src.beta, b, src.model.family, totals, size_c, size_d))
+    sims = sims.reshape(len(keys), -1)
+    return (sims[:, 1:] if src.has_mode else sims), keys
+
+
+def state_table(sims, keys, chains: int | None = None) -> dict:
+    """Per state: mean, 90% interval (and bulk ESS, R-hat for posterior draws by chain)."""
+    import numpy as np
+
+    from jaxmlm.bayes._posterior import ess_bulk, split_rhat
+
+    names = [str(k[0]) if isinstance(k, tuple) else str(k) for k in (keys.itertuples(index=False, name=None)
+                                                                       if hasattr(keys, "itertuples") else keys)]
+    out = {}
+    for i, name in enumerate(names):
+        row = dict(mean=float(sims[i].mean()), q05=float(np.quantile(sims[i], 0.05)),
+                   q95=float(np.quantile(sims[i], 0.95)))
+        if chains:
+            by_chain = sims[i].reshape(chains, -1)
+            row.update(ess_bulk=ess_bulk(by_chain), r_hat=split_rhat(by_chain))
+        out[name] = row
+    return out
+
+
+def run_jaxmlm(cells_csv: str, draws: int, chains: int, prior: str, centring: str, effects: str = "sampled",
+               warmup: int | None = None, chain_method: str = "vectorized", population=None) -> dict:
     import numpy as np
     import pandas as pd
 
@@ -37,12 +81,13 @@ def run_jaxmlm(cells_csv: str, draws: int, chains: int, prior: str, centring: st
     from jaxmlm.bayes._posterior import ess_bulk, split_rhat
     from jaxmlm.datasets.simulate import xbox_formula
 
+    warmup = draws if warmup is None else warmup
     model = jm.Model(xbox_formula(), pd.read_csv(cells_csv), family="binomial")
     start, cpu_start = time.perf_counter(), time.process_time()
-    fit = model.fit(warn=False) if centring == "fit" else None  # what sample(centring="fit") runs, timed apart
+    fit = model.fit(warn=False) if centring == "fit" and effects == "sampled" else None  # timed apart
     fit_s = time.perf_counter() - start
-    post = model.sample(chains=chains, draws=draws, warmup=draws, seed=1, prior=prior,
-                        centring=fit if centring == "fit" else centring)
+    post = model.sample(chains=chains, draws=draws, warmup=warmup, seed=1, prior=prior, effects=effects,
+                        centring=fit if fit is not None else "prior", chain_method=chain_method)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     table = post.summary()
     names = model.design.group_names
@@ -52,8 +97,15 @@ def run_jaxmlm(cells_csv: str, draws: int, chains: int, prior: str, centring: st
     ess_all = min(table["ess_bulk"].min(), min(t["min_ess_bulk"] for t in per_term.values()))
     rhat_all = max(table["r_hat"].max(), max(t["max_rhat"] for t in per_term.values()))
     steps = np.asarray(post.mcmc.get_extra_fields()["num_steps"])
-    return dict(wall_s=wall, fit_s=fit_s, cpu_s=cpu, chains=chains, warmup=draws, draws=draws, prior=prior,
-                centring=centring, cells=int(model.design.n),
+    states = {}
+    if population is not None:
+        sims, keys = state_draws(post, population)
+        states = state_table(sims, keys, chains)
+    return dict(wall_s=wall, fit_s=fit_s, cpu_s=cpu, chains=chains, warmup=warmup, draws=draws, prior=prior,
+                centring=centring if effects == "sampled" else None, effects_integration=effects, chain_method=chain_method,
+                cells=int(model.design.n), states=states,
+                min_ess_bulk_states=float(min((r["ess_bulk"] for r in states.values()), default=np.nan)),
+                max_rhat_states=float(max((r["r_hat"] for r in states.values()), default=np.nan)),
                 hyper={name: dict(mean=float(row["mean"]), ess_bulk=float(row["ess_bulk"]), r_hat=float(row["r_hat"]))
                        for name, row in table.iterrows()},
                 effects=per_term,
@@ -63,6 +115,22 @@ def run_jaxmlm(cells_csv: str, draws: int, chains: int, prior: str, centring: st
                 divergences=post.divergences, intercept_mean=float(table.loc["(Intercept)", "mean"]),
                 intercept_sd=float(table.loc["(Intercept)", "sd"]),
                 sd_mean={name: float(row["mean"]) for name, row in table.iterrows() if name.startswith("sd_")})
+
+
+def run_point_fit(cells_csv: str, population) -> dict:
+    """glmer's fit and its 1000 joint draws of (β, b) given θ̂, poststratified by state (the plug-in estimate)."""
+    import pandas as pd
+
+    import jaxmlm as jm
+    from jaxmlm.datasets.simulate import xbox_formula
+
+    fit = jm.Model(xbox_formula(), pd.read_csv(cells_csv), family="binomial").fit(warn=False)
+    sims, keys = state_draws(fit, population)
+    table = jm.poststratify(fit, population, weight="N", by=["state"], level=0.9)
+    states = state_table(sims, keys)
+    for (_, row), name in zip(table.iterrows(), states):
+        states[name]["estimate"] = float(row["estimate"])
+    return dict(theta=[float(v) for v in fit.theta], beta=[float(v) for v in fit._beta], states=states)
 
 
 def run_rstanarm(cells_csv: str, draws: int, chains: int, out: pathlib.Path) -> dict:
@@ -83,6 +151,10 @@ def main() -> None:
     parser.add_argument("--centring", default="fit", choices=("fit", "prior"))
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=None, help="jaxmlm's warmup (default: = draws)")
+    parser.add_argument("--effects", default="sampled", choices=("sampled", "laplace"))
+    parser.add_argument("--chain-method", default="vectorized", choices=("vectorized", "sequential"))
+    parser.add_argument("--states", action="store_true", help="also the point fit's state estimates")
     parser.add_argument("--r-draws", type=int, default=1000, help="rstanarm's draws per chain (warmup the same)")
     parser.add_argument("--no-r", action="store_true")
     parser.add_argument("--r-json", help="reuse a result written by nuts_rstanarm.R instead of running it")
@@ -92,9 +164,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         cells_csv = str(pathlib.Path(tmp) / "cells.csv")
-        xbox_poll(args.n, seed=args.seed).cells.to_csv(cells_csv, index=False)
+        poll = xbox_poll(args.n, seed=args.seed)
+        poll.cells.to_csv(cells_csv, index=False)
         result = dict(poll_interviews=args.n, poll_seed=args.seed,
-                      jaxmlm=run_jaxmlm(cells_csv, args.draws, args.chains, "rstanarm", args.centring))
+                      jaxmlm=run_jaxmlm(cells_csv, args.draws, args.chains, "rstanarm", args.centring, args.effects,
+                                        args.warmup, args.chain_method, poll.population),
+                      truth={str(k): float(v) for k, v in poll.truth.items()})
+        if args.states:
+            result["point_fit"] = run_point_fit(cells_csv, poll.population)
         if args.r_json:
             r = json.loads(pathlib.Path(args.r_json).read_text())
             r.update(ess_per_s=r["min_ess_bulk"] / r["wall_s"], ess_per_cpu_s=r["min_ess_bulk"] / r["cpu_s"])
@@ -106,7 +183,8 @@ def main() -> None:
         if name in result:
             r = result[name]
             print(f"{name:9s} {r['chains']}×{r['draws']}: {r['wall_s']:7.1f} s  min bulk ESS {r['min_ess_bulk']:7.1f}  "
-                  f"max R-hat {r['max_rhat']:.4f}  ESS/s {r['ess_per_s']:.2f}  ESS/CPU-s {r['ess_per_cpu_s']:.2f}", file=sys.stderr)
+                  f"max R-hat {r['max_rhat']:.4f}  states: min ESS {r.get('min_ess_bulk_states', float('nan')):.1f} "
+                  f"max R-hat {r.get('max_rhat_states', float('nan')):.4f}  ESS/s {r['ess_per_s']:.2f}  ESS/CPU-s {r['ess_per_cpu_s']:.2f}", file=sys.stderr)
     for group in ("hyper", "effects"):
         for name, row in result["jaxmlm"][group].items():
             ess, rhat = row.get("ess_bulk", row.get("min_ess_bulk")), row.get("r_hat", row.get("max_rhat"))
