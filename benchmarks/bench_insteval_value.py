@@ -2,18 +2,19 @@
 broken down: model building, the search's evaluations, lme4's check, the estimates. Prints one JSON line.
 
     python -m benchmarks.bench_insteval_value pieces        # the value and its pieces as separate programs
-    python -m benchmarks.bench_insteval_value fit           # warm fits, today's path and the earlier one in turn
+    python -m benchmarks.bench_insteval_value fit after     # a cold fit and warm fits, phase by phase
+    python -m benchmarks.bench_insteval_value fit before    # the same as before these changes
+    python -m benchmarks.bench_insteval_value pair          # jaxmlm's and mixedlm's warm fits, alternating
 
-`fit` alternates, fit by fit in one process, today's derivative-free path (COBYQA to a radius of 1e-3, one
-Newton step on the check's differences, the check's seven-point differences) with the earlier one (COBYQA to
-1e-6, then lme4's deriv12 stencil at the optimum), and times each phase of every fit. Run with
+`fit after` runs today's path (the row-major Cholesky; COBYQA to a radius of 1e-3, one Newton step on the
+check's differences, the check's seven-point differences), `fit before` the earlier one (jax's Cholesky; COBYQA
+to 1e-6, then lme4's deriv12 stencil at the optimum); alternate the two processes. Run with
 OPENBLAS_NUM_THREADS=1 and JAXMLM_MALLOPT=1 at the lowest load at hand and take minima: on a shared machine
 single timings vary several-fold. benchmarks/results/insteval_value.md has the numbers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -120,18 +121,15 @@ def _deriv12(objective, theta, f0, delta=1e-4):
     return grad, hess
 
 
-@contextlib.contextmanager
-def _earlier_path():
-    """COBYQA to 1e-6 without the Newton finish, and lme4's stencil for the check."""
+def _earlier_path() -> None:
+    """As before these changes: jax's Cholesky in the value program, COBYQA to 1e-6 without the Newton finish,
+    lme4's stencil for the check. Set before anything compiles."""
+    from jaxmlm.core import _linalg
     from jaxmlm.fit import _linear
     from jaxmlm.optim import _optimize
 
-    saved = _optimize.COARSE_RADIUS, _linear.finite_difference_derivatives
+    _linalg._potrf_row_major = _linalg._lax_cholesky
     _optimize.COARSE_RADIUS, _linear.finite_difference_derivatives = 10.0, _deriv12
-    try:
-        yield
-    finally:
-        _optimize.COARSE_RADIUS, _linear.finite_difference_derivatives = saved
 
 
 class _Phases:
@@ -173,30 +171,55 @@ class _Phases:
             setattr(owner, name, original)
 
 
-def fit(repeats: int = 3) -> dict:
+def fit(path: str, repeats: int = 3) -> dict:
+    """A cold fit, then `repeats` warm fits (a new Model each, as benchmarks/run.py times them), phase by phase."""
     import jaxmlm as jm
 
+    if path == "before":
+        _earlier_path()
     data = jm.datasets.load("InstEval")
     phases = _Phases()
-    out: dict = {"after": [], "before": []}
-    jm.Model(FORMULA, data).fit(method="ml", warn=False)  # compiles
-    for _ in range(repeats):
-        for label in ("after", "before"):
-            phases.reset()
-            with _earlier_path() if label == "before" else contextlib.nullcontext():
-                t = time.perf_counter()
-                result = jm.Model(FORMULA, data).fit(method="ml", warn=False)
-                total = time.perf_counter() - t
-            times = dict(phases.times)
-            check = times.pop("check", 0.0)  # its evaluations are counted in "values" too
-            out[label].append(dict(total_s=round(total, 3), evaluations=phases.evaluations,
-                                   ms_per_value=round(1e3 * times["values"] / phases.evaluations, 1),
-                                   outside_values_s=round(total - times["values"], 3), check_s=round(check, 3),
-                                   **{f"{k}_s": round(v, 3) for k, v in times.items()},
-                                   objective=result.objective, theta=[float(x) for x in result.theta],
-                                   grad_max=float(result.optinfo.grad_max)))
+    out: dict = dict(path=path, warm=[])
+    for i in range(repeats + 1):
+        phases.reset()
+        t = time.perf_counter()
+        result = jm.Model(FORMULA, data).fit(method="ml", warn=False)
+        total = time.perf_counter() - t
+        times = dict(phases.times)
+        check = times.pop("check", 0.0)  # its evaluations are counted in "values" too
+        row = dict(total_s=round(total, 3), evaluations=phases.evaluations,
+                   ms_per_value=round(1e3 * times["values"] / phases.evaluations, 1),
+                   outside_values_s=round(total - times["values"], 3), check_s=round(check, 3),
+                   **{f"{k}_s": round(v, 3) for k, v in times.items()})
+        if i == 0:
+            out["cold"] = row
+        else:
+            out["warm"].append(row)
     phases.restore()
+    out.update(objective=result.objective, theta=[float(x) for x in result.theta],
+               grad_max=float(result.optinfo.grad_max), n_eval=int(result.optinfo.n_eval))
     return out
+
+
+def pair(repeats: int = 4) -> dict:
+    """Warm fits of jaxmlm and mixedlm (benchmarks/peers.py's call) alternating in one process, after one fit of
+    each: under a changing load the ratio of fits run back to back is steadier than that of separate runs."""
+    import jaxmlm as jm
+
+    from benchmarks import peers
+    from benchmarks.workloads import WORKLOADS
+
+    workload, data = WORKLOADS["insteval"], jm.datasets.load("InstEval")
+    objectives = {e: peers.python_fit(e, workload, data)[0] for e in ("jaxmlm", "mixedlm")}
+    times: dict = {"jaxmlm": [], "mixedlm": []}
+    for _ in range(repeats):
+        for engine in times:
+            t = time.perf_counter()
+            peers.python_fit(engine, workload, data)
+            times[engine].append(round(time.perf_counter() - t, 3))
+    ratios = [round(j / m, 3) for j, m in zip(times["jaxmlm"], times["mixedlm"])]
+    return dict(warm_s=times, pair_ratios=ratios, ratio_of_minima=round(min(times["jaxmlm"]) / min(times["mixedlm"]), 3),
+                objectives=objectives)
 
 
 if __name__ == "__main__":
@@ -204,6 +227,7 @@ if __name__ == "__main__":
 
     import jaxmlm
 
-    out = pieces() if sys.argv[1] == "pieces" else fit()
+    mode = sys.argv[1]
+    out = pieces() if mode == "pieces" else pair() if mode == "pair" else fit(sys.argv[2] if len(sys.argv) > 2 else "after")
     print(json.dumps(dict(jaxmlm=jaxmlm.__file__, blas_threads=os.environ.get("OPENBLAS_NUM_THREADS"),
                           uptime=os.getloadavg(), **out)), flush=True)
