@@ -48,10 +48,12 @@ class LinearProblem(eqx.Module):
     sum_log_w: jax.Array
 
 
-@jit(static_argnames=("p",))
+@jit(once=True, static_argnames=("p",))
 def _linear_statistics(structure: Structure, rows: RowData, weights, X, y, p: int) -> LinearProblem:
     """The statistics and the weights' summaries in one compiled pass (eager ops on million-row arrays each cost
-    a dispatch and a pass over memory)."""
+    a dispatch and a pass over memory). It runs once per fit (per chunk), as do the estimates at the optimum, so
+    "auto" compiles both "lean" (`_compile.jit(once=True)`): on InstEval a first fit's two compiles took 2.6 s
+    instead of 7 s, the same bits (benchmarks/results/insteval_value.md)."""
     F = jnp.concatenate([X, y[:, None]], axis=1)
     positive = weights > 0
     sum_log_w = jnp.sum(jnp.where(positive, jnp.log(jnp.where(positive, weights, 1.0)), 0.0))
@@ -78,7 +80,7 @@ def make_linear_problem(structure: Structure, rows: RowData, weights, X, y) -> L
     return total
 
 
-@jit(static_argnames=("p", "size"))
+@jit(once=True, static_argnames=("p", "size"))
 def _chunk_statistics(structure: Structure, rows: RowData, weights, X, y, start, p: int, size: int) -> LinearProblem:
     """Statistics of rows [start, start + size). The last chunk's slice is shifted back to stay in range and the
     rows before `start` get weight 0, so every chunk has one shape and no row counts twice."""
@@ -176,7 +178,7 @@ def linear_diagnostics(theta: jax.Array, problem: LinearProblem, reml: bool, wit
     return grad, hess
 
 
-@jit(static_argnames=("reml",))
+@jit(once=True, static_argnames=("reml",))
 def linear_estimates(theta: jax.Array, problem: LinearProblem, reml: bool):
     """β, b per term, σ, vcov(β) and the objective at θ."""
     factor = factorize(theta, problem.blocks, problem.structure)
