@@ -2,14 +2,17 @@
 
 One run simulates the poll (`jaxmlm.datasets.simulate.xbox_poll`), writes its binomial cells and the population
 frame to CSV, and then, each in a fresh child process reading those files:
-* jaxmlm: `glmer` (cold: compiling included, no persistent compilation cache; then warm, the same fit again) and
+* jaxmlm: `glmer` (cold: compiling included, no persistent compilation cache; then warm, the same fit again,
+  `--warm` times: the median is `fit_warm_s`, every run's wall and CPU seconds are kept) and
   `poststratify(..., by=["state"], draws=1000)` (cold, then warm);
 * lme4 (Rscript): `glmer` with its defaults, then predict(newdata = population, type = "response",
   allow.new.levels = TRUE) and the weighted sum by state (point estimates: lme4 has no interval for this).
 The table compares times, the deviance and the state estimates; the JSON goes to benchmarks/results/mrp_<n>.json
-(mrp_<n>_no_r.json without lme4, so that a jaxmlm-only run leaves the side-by-side record alone).
+(mrp_<n>_no_r.json without lme4, so that a jaxmlm-only run leaves the side-by-side record alone; with
+`--stored-r` lme4 is not run again but its record is taken from the stored mrp_<n>.json, which is rewritten with
+the new jaxmlm numbers beside it).
 
-Run:  python benchmarks/bench_mrp.py [--n 750148] [--interactions] [--no-r] [--draws 1000]
+Run:  python benchmarks/bench_mrp.py [--n 750148] [--interactions] [--no-r | --stored-r] [--draws 1000] [--warm 1]
 """
 
 from __future__ import annotations
@@ -43,20 +46,28 @@ cat(toJSON(list(fit_s = t1 - t0, predict_sum_s = t2 - t1, deviance = -2 * as.num
 """
 
 
-def _child_jaxmlm(cells_csv: str, pop_csv: str, formula: str, draws: int) -> dict:
+def _child_jaxmlm(cells_csv: str, pop_csv: str, formula: str, draws: int, warm: int = 1) -> dict:
+    import numpy as np
     import pandas as pd
 
     import jaxmlm as jm
 
     cells, pop = pd.read_csv(cells_csv), pd.read_csv(pop_csv)
-    out = {}
-    for run in ("cold", "warm"):
-        start = time.perf_counter()
+    out = {"fit_warm_runs": []}
+    for run in ["cold"] + ["warm"] * warm:
+        start, cpu = time.perf_counter(), time.process_time()
         fit = jm.glmer(formula, cells, family="binomial")
-        out[f"fit_{run}_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        table = jm.poststratify(fit, pop, weight="N", by=["state"], draws=draws, seed=1)
-        out[f"poststratify_{run}_s"] = time.perf_counter() - start
+        seconds = (time.perf_counter() - start, time.process_time() - cpu)
+        if run == "cold":
+            out["fit_cold_s"], out["fit_cold_cpu_s"] = seconds
+        else:
+            out["fit_warm_runs"].append(dict(wall_s=seconds[0], cpu_s=seconds[1], load=os.getloadavg()[0]))
+        if run == "cold" or len(out["fit_warm_runs"]) == 1:
+            start = time.perf_counter()
+            table = jm.poststratify(fit, pop, weight="N", by=["state"], draws=draws, seed=1)
+            out[f"poststratify_{run}_s"] = time.perf_counter() - start
+    out["fit_warm_s"] = float(np.median([r["wall_s"] for r in out["fit_warm_runs"]]))
+    out["fit_warm_cpu_s"] = float(np.median([r["cpu_s"] for r in out["fit_warm_runs"]]))
     out.update(deviance=float(fit.deviance), converged=bool(fit.converged), state=list(table["state"].astype(str)),
                estimate=table["estimate"].tolist(), lower=table["lower"].tolist(), upper=table["upper"].tolist())
     return out
@@ -75,11 +86,15 @@ def main(argv=None) -> None:
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--interactions", action="store_true", help="add (1|state:age) and (1|sex:race)")
     parser.add_argument("--no-r", action="store_true", help="skip lme4")
-    parser.add_argument("--child", nargs=4, metavar=("CELLS", "POP", "FORMULA", "DRAWS"), help=argparse.SUPPRESS)
+    parser.add_argument("--stored-r", action="store_true",
+                        help="take lme4's record from the stored mrp_<n>.json instead of running it again")
+    parser.add_argument("--warm", type=int, default=1, help="warm fits after the cold one (median reported)")
+    parser.add_argument("--child", nargs=5, metavar=("CELLS", "POP", "FORMULA", "DRAWS", "WARM"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        cells_csv, pop_csv, formula, draws = args.child
-        print(json.dumps(_child_jaxmlm(cells_csv, pop_csv, formula, int(draws))))
+        cells_csv, pop_csv, formula, draws, warm = args.child
+        print(json.dumps(_child_jaxmlm(cells_csv, pop_csv, formula, int(draws), int(warm))))
         return
 
     import numpy as np
@@ -97,10 +112,14 @@ def main(argv=None) -> None:
         env = dict(os.environ, JAXMLM_NO_CACHE="1")
         record["load_average_before"] = os.getloadavg()
         record["jaxmlm"] = _run_child([sys.executable, __file__, "--child", cells_csv, pop_csv, formula,
-                                       str(args.draws)], env)
+                                       str(args.draws), str(args.warm)], env)
         RESULTS.mkdir(exist_ok=True)  # kept should lme4 not finish
         (RESULTS / f"mrp_{args.n}_jaxmlm_only.json").write_text(json.dumps(record, indent=1))
-        if not args.no_r:
+        if args.stored_r:
+            stored = json.loads((RESULTS / f"mrp_{args.n}{'_interactions' if args.interactions else ''}.json")
+                                .read_text())
+            record["lme4"] = dict(stored["lme4"], stored=True)  # from an earlier run of this script
+        elif not args.no_r:
             script = os.path.join(tmp, "mrp.R")
             pathlib.Path(script).write_text(_R_SCRIPT)
             start = time.perf_counter()
@@ -131,6 +150,9 @@ def _report(record: dict) -> None:
     print(f"{'':>8} {'fit cold':>9} {'fit warm':>9} {'MRP cold':>9} {'MRP warm':>9} {'deviance':>14}")
     print(f"{'jaxmlm':>8} {jx['fit_cold_s']:9.1f} {jx['fit_warm_s']:9.1f} {jx['poststratify_cold_s']:9.2f} "
           f"{jx['poststratify_warm_s']:9.2f} {jx['deviance']:14.4f}")
+    if "fit_cold_cpu_s" in jx:
+        print(f"{'CPU s':>8} {jx['fit_cold_cpu_s']:9.1f} {jx['fit_warm_cpu_s']:9.1f}  (warm runs: "
+              + ", ".join(f"{r['wall_s']:.1f}/{r['cpu_s']:.1f} s" for r in jx["fit_warm_runs"]) + ")")
     if "lme4" in record:
         r = record["lme4"]
         print(f"{'lme4':>8} {r['fit_s']:9.1f} {'':>9} {r['predict_sum_s']:9.2f} {'(point)':>9} {r['deviance']:14.4f}")

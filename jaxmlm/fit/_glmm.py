@@ -95,8 +95,10 @@ def _objective(x, problem, nodes, weights, with_pirls: bool = False, u_start=Non
 
 
 @jit
-def _value_and_grad_from(x, u_start, problem, nodes, weights):
-    """(value, gradient, PIRLS's (u*, converged, iterations) at x), PIRLS started from the flat modes u_start."""
+def _value_and_grad(x, problem, nodes, weights, u_start=None):
+    """(value, gradient, PIRLS's (u*, converged, iterations) at x): the modes for `_state_from` at the optimum.
+    u_start: the flat modes PIRLS starts from (None: 0). A fit always passes an array (`_evaluate`), so that its
+    calls are one program."""
     (value, pirls_state), grad = jax.value_and_grad(_objective, has_aux=True)(x, problem, nodes, weights, True,
                                                                               u_start)
     return value, grad, pirls_state
@@ -106,23 +108,37 @@ class Modes:
     """Where a fit's evaluations start PIRLS: the modes u* at the lowest value evaluated so far whose PIRLS
     converged (0 before the first), the search's current point. Its trials are near it, so PIRLS from there needs
     a few iterations fewer to the same mode (to its tolerance; from a trial that overshot, the modes can be far off
-    for the next); each evaluation stays a pure function of (x, start)."""
+    for the next); each evaluation stays a pure function of (x, start).
+
+    Only where PIRLS is Newton's method (a canonical link, no dispersion parameter: binomial logit, Poisson log),
+    which converges quadratically, so that its stop leaves modes as accurate from any start; Fisher scoring
+    (other links, dispersion families) converges linearly, and from a near start it stops after a step as small
+    as its tolerance with the modes off by more: the gradients at x ± δ then differ by more than the Hessian's
+    differences resolve (an inverse Gaussian fit's standard error moved by 1%). There every evaluation starts
+    from 0, as the standard errors' central differences need."""
 
     def __init__(self, problem):
         self.u = np.zeros(_n_modes(problem.structure))
         self.best = np.inf
+        family = problem.family
+        self.enabled = bool(getattr(family, "canonical", False)) and not getattr(family, "has_dispersion", False)
 
     def keep(self, value, pirls_state):
         value = float(value)
-        if value <= self.best and bool(pirls_state[1]):
+        if self.enabled and value <= self.best and bool(pirls_state[1]):
             self.u, self.best = pirls_state[0], value
 
 
-def _value_and_grad(x, problem, nodes, weights, modes: Modes | None = None):
-    """(value, gradient, PIRLS's (u*, converged, iterations) at x): the modes for `_state_from` at the optimum.
-    modes: PIRLS starts from modes.u, which this evaluation's modes then replace; None: PIRLS from 0."""
-    start = np.zeros(_n_modes(problem.structure)) if modes is None else modes.u
-    out = _value_and_grad_from(x, start, problem, nodes, weights)
+def _start_of(modes: Modes | None):
+    """PIRLS's start for `_value_and_grad`: modes.u, or None (0) without `Modes` (a program of its own: a fit
+    always passes `Modes`, so that its calls are one program)."""
+    return None if modes is None else modes.u
+
+
+def _evaluate(x, problem, nodes, weights, modes: Modes | None = None):
+    """`_value_and_grad` at x with PIRLS from modes.u, which this evaluation's modes then replace (`Modes.keep`);
+    modes None: PIRLS from 0."""
+    out = _value_and_grad(x, problem, nodes, weights, _start_of(modes))
     if modes is not None:
         modes.keep(out[0], out[2])
     return out
@@ -131,7 +147,7 @@ def _value_and_grad(x, problem, nodes, weights, modes: Modes | None = None):
 def _minimize(x0, problem, nodes, weights, max_iter, modes: Modes | None = None):
     """BFGS on (θ, β) around the compiled value and gradient (NumPy arguments: for a small model jnp.asarray's
     dispatch would cost as much as an evaluation)."""
-    return host_bfgs_minimize(lambda x: _value_and_grad(np.asarray(x), problem, nodes, weights, modes)[:2],
+    return host_bfgs_minimize(lambda x: _evaluate(np.asarray(x), problem, nodes, weights, modes)[:2],
                               np.asarray(x0, dtype=np.float64), max_iter=max_iter, gtol=1e-8)
 
 
@@ -141,8 +157,8 @@ _DELTA = 1e-5  # `central_difference_hessian`'s step
 def _gradients(points, problem, nodes, weights, modes: Modes | None = None) -> np.ndarray:
     """The gradients at the rows of points, every call dispatched before any result is read (the host does not
     wait between the programs), PIRLS started from the same modes (modes.u, left as it is) at every point."""
-    start = np.zeros(_n_modes(problem.structure)) if modes is None else modes.u
-    pending = [_value_and_grad_from(pt, start, problem, nodes, weights)[1] for pt in points]
+    start = _start_of(modes)
+    pending = [_value_and_grad(pt, problem, nodes, weights, start)[1] for pt in points]
     return np.stack([np.asarray(g) for g in pending])
 
 
@@ -152,7 +168,7 @@ def _derivatives_at(x, problem, nodes, weights, known=None, plus=None, modes: Mo
     accepted point); plus: the gradients at x + δeⱼ already evaluated (`_newton_polish`'s); neither evaluated
     again."""
     x = np.asarray(x, dtype=np.float64)
-    value, grad = known if known is not None else _value_and_grad(x, problem, nodes, weights, modes)[:2]
+    value, grad = known if known is not None else _evaluate(x, problem, nodes, weights, modes)[:2]
 
     def gradients_at(points):
         if plus is None:
@@ -205,7 +221,7 @@ def _n_modes(structure) -> int:
 def _final_state(x, problem, nodes, weights, modes: Modes | None = None):
     """The state at the final x from one more evaluation of the search's own program (its PIRLS modes) and the
     small `_state_from`: no second PIRLS program to compile."""
-    _, _, (u, ok, iters) = _value_and_grad(x, problem, nodes, weights, modes)
+    _, _, (u, ok, iters) = _evaluate(x, problem, nodes, weights, modes)
     return dict(_state_from(x, u, problem), ok=ok, iters=iters)
 
 
@@ -317,7 +333,7 @@ def _to_boundary(model, problem, res, nodes, weights, max_iter: int, messages: l
     lower = _x_lower(model, np.asarray(res.x).size)
 
     def objective(x):
-        return float(_value_and_grad(np.asarray(x, dtype=np.float64), problem, nodes, weights, modes)[0])
+        return float(_evaluate(np.asarray(x, dtype=np.float64), problem, nodes, weights, modes)[0])
 
     def finish(x):
         x = np.asarray(x, dtype=np.float64).copy()
@@ -345,7 +361,7 @@ def _newton_polish(x, problem, nodes, weights, known=None, steps: int = 3, modes
     if np.any(np.abs(x[:nt]) < SINGULAR_TOL):
         return x, _derivatives_at(x, problem, nodes, weights, known=known, modes=modes)
     x_start = x = np.asarray(x, dtype=np.float64)
-    value, grad = known if known is not None else _value_and_grad(x, problem, nodes, weights, modes)[:2]
+    value, grad = known if known is not None else _evaluate(x, problem, nodes, weights, modes)[:2]
     value, grad = float(value), np.asarray(grad, dtype=np.float64)
     at_start = None if modes is None else modes.u  # the modes at x_start, for the other half of its Hessian
     plus = _gradients(x + _DELTA * np.eye(x.size), problem, nodes, weights, modes)
@@ -360,7 +376,7 @@ def _newton_polish(x, problem, nodes, weights, known=None, steps: int = 3, modes
         step = np.linalg.solve(hess, grad)
         if not np.all(np.isfinite(step)) or np.max(np.abs(step)) < 1e-12:
             break
-        v_new, g_new, _ = _value_and_grad(x - step, problem, nodes, weights, modes)
+        v_new, g_new, _ = _evaluate(x - step, problem, nodes, weights, modes)
         if not float(v_new) <= value + 1e-12 * abs(value):
             break
         x, value, grad = x - step, float(v_new), np.asarray(g_new)
@@ -425,7 +441,7 @@ def fit_glmm(model, *, method: str, nagq=None, start=None, max_iter: int = 1000,
         raise ValueError("approximation='lme4' for the Gamma and inverse Gaussian families is Laplace only (nagq=1)")
     # the search's program (then the state's) compiles in a worker thread while the start's compiles and runs here
     shape = np.zeros(model.n_theta + problem.p + problem.n_dispersion)
-    ahead = compile_ahead(_value_and_grad_from, shape, np.zeros(_n_modes(problem.structure)), problem, None, None)
+    ahead = compile_ahead(_value_and_grad, shape, problem, None, None, np.zeros(_n_modes(problem.structure)))
     state_ahead = compile_ahead(_state_from, shape, np.zeros(_n_modes(problem.structure)), problem)
     x0 = _start(model, problem, start)  # a bad start raises here, without waiting for the compile
     ahead.exception()  # waits; an error there is the search's own to raise
