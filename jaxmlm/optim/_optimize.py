@@ -192,9 +192,9 @@ def cobyqa_newton_minimize(fun: Callable[[np.ndarray], float], x0, lower, *, max
     evaluations shrinking its radius from 1e-3 to 1e-6 and the check then differences the objective at x anew.
 
     The step is taken only well inside the bounds (every bounded coordinate > `_NEWTON_MARGIN` from its bound at
-    both ends), with a positive definite Hessian, a short step and a value no higher than COBYQA's; otherwise
-    COBYQA goes on from the better point to `final_radius` (what `cobyqa_minimize` alone does) and the Hessian is
-    None. Returns NumPy values; n_eval counts every evaluation."""
+    both ends), with finite differences, a positive definite Hessian, a short step and a value no higher than
+    COBYQA's; otherwise COBYQA goes on from its end point to `final_radius` (what `cobyqa_minimize` alone does)
+    and the Hessian is None. Returns NumPy values; n_eval counts every evaluation."""
     lower = np.asarray(lower, dtype=np.float64)
     if initial_radius <= COARSE_RADIUS:
         return cobyqa_minimize(fun, x0, lower, max_eval=max_eval, initial_radius=initial_radius,
@@ -226,11 +226,11 @@ def _newton_step(fun, x, value, lower, delta):
         return None
     grad, hess = difference_derivatives(fun, x, value, delta)
     used = x.size * (x.size + 1)
+    if not (np.isfinite(grad).all() and np.isfinite(hess).all()):
+        return x, np.inf, hess, False, used
     try:
         np.linalg.cholesky(hess)
     except np.linalg.LinAlgError:
-        return x, np.inf, hess, False, used
-    if not np.isfinite(grad).all():
         return x, np.inf, hess, False, used
     step = -np.linalg.solve(hess, grad)
     x1 = x + step
