@@ -19,6 +19,7 @@ lme4 interpolates ζ with splines; we find the endpoints by root finding (Brent)
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from typing import Callable
 
@@ -38,7 +39,7 @@ from ._confint import (dispersion_name, interval_columns, parameter_names, requi
                        variance_parameters)
 from ..core._linalg import factorize
 from ..core._lmm import LinearProblem, fit_linear
-from ..optim._optimize import lbfgs_minimize
+from ..optim._bfgs import HOST, BfgsOptions, bfgs_done, bfgs_init, bfgs_step
 from ..core._agq import agq_deviance
 from ..core._pirls import laplace_deviance
 from .._compile import jit
@@ -101,14 +102,108 @@ def _ml_deviance_sd_cor(z, problem: LinearProblem, qs):
     return jnp.where(jnp.isfinite(dev), dev, jnp.inf)
 
 
-def _held(z_free, problem, qs, index, value):
-    return _ml_deviance_sd_cor(z_free.at[index].set(value), problem, qs)
+_SCALE_RANGE = 10.0  # how far (on the log / atanh scale) a profile's inner search may move a variance parameter
+
+
+class _HeldSearch:
+    """One coordinate's profile: value ↦ the minimum of the objective over the other coordinates with z[index]
+    held at value. A host BFGS (the fits' step, `_bfgs`) around one compiled program `program(z, index, value,
+    *args) -> (objective, gradient)` of the objective with z[index] set to value (its gradient there is 0); index
+    and value are arguments, so one compile serves every coordinate and every point. (An optimizer loop compiled
+    around the objective, PIRLS inside for a GLMM, took several times as long to compile as the profile ran.)
+
+    The search starts from the local quadratic model at z0 (the estimate, `_off_boundary`): the free coordinates'
+    Hessian H_ff and the cross column H_fi by central differences of the exact gradient (2k gradients, once per
+    coordinate), so that a point starts at the linear prediction z0_f − H_ff⁻¹ H_fi (value − z0_i) of where the
+    other coordinates go, with H_ff⁻¹ as BFGS's first inverse Hessian. Where H_ff is not positive definite (a
+    variance at its boundary) or the prediction is no better than z0 itself, the search starts at z0 with the
+    identity as a fit's does.
+
+    `scaled` marks the coordinates on a log scale (standard deviations, σ, d); the search stays within
+    `_SCALE_RANGE` of z0 in them (`_in_range`).
+    Where a variance goes to its boundary (σ → 0 against a term that takes over the residual variance, say) the
+    deviance decreases towards its limit ever more slowly along a flat ridge, BFGS's steps there grow without
+    bound, and at relative scales beyond ~e³⁰ the factorization loses the precision the deviance needs (values
+    far below the optimum's came back); e^±10 around the estimate is the boundary for any printed digit."""
+
+    def __init__(self, program, z0, index: int, scaled, *args):
+        self.program, self.index, self.args = program, int(index), args
+        self.z0 = np.asarray(z0, dtype=np.float64)
+        self.scaled = np.asarray(scaled, dtype=bool) & (np.arange(self.z0.size) != self.index)  # not the held one
+        self._model = None
+
+    def _call(self, z, value):
+        z = np.asarray(z, dtype=np.float64)
+        if not _in_range(z, self.z0, self.scaled):
+            return math.inf, np.zeros_like(z)  # a rejected trial: the step shrinks
+        v, g = self.program(z, np.int32(self.index), np.float64(value), *self.args)
+        return float(v), np.asarray(g, dtype=np.float64)
+
+    def _local_model(self, delta: float = 1e-5):
+        i, z0, k = self.index, self.z0, self.z0.size
+        columns = []
+        for j in range(k):
+            step = delta * np.eye(k)[j]
+            plus = self._call(z0 + step, z0[i] + step[i])[1]
+            minus = self._call(z0 - step, z0[i] - step[i])[1]
+            columns.append((plus - minus) / (2.0 * delta))
+        H = np.stack(columns, axis=1)
+        free = np.arange(k) != i
+        H_ff = 0.5 * (H[np.ix_(free, free)] + H[np.ix_(free, free)].T)
+        try:
+            if not np.all(np.isfinite(H)):
+                raise np.linalg.LinAlgError
+            np.linalg.cholesky(H_ff)
+        except np.linalg.LinAlgError:
+            return None
+        inv_ff = np.linalg.inv(H_ff)
+        inv_hess = np.eye(k)
+        inv_hess[np.ix_(free, free)] = inv_ff
+        return inv_hess, free, -inv_ff @ H[free, i]
+
+    def __call__(self, value) -> float:
+        value = float(value)
+        start = self.z0.copy()
+        start[self.index] = value
+        if self._model is None:
+            self._model = self._local_model() or False
+        inv_hess = None
+        f, g = self._call(start, value)
+        if self._model:
+            inv_hess, free, slope = self._model
+            predicted = start.copy()
+            predicted[free] += slope * (value - self.z0[self.index])
+            f_pred, g_pred = self._call(predicted, value)
+            if np.isfinite(f_pred) and np.all(np.isfinite(g_pred)) and f_pred < f:
+                start, f, g = predicted, f_pred, g_pred
+            else:
+                inv_hess = None
+        return _bfgs_from(lambda z: self._call(z, value), start, f, g, inv_hess)
+
+
+def _in_range(z, center, scaled) -> bool:
+    return not np.any(scaled & (np.abs(z - center) > _SCALE_RANGE))
+
+
+def _bfgs_from(value_and_grad, x, f, g, inv_hess=None) -> float:
+    """`host_bfgs_minimize` from x, whose value f and gradient g are known, with inv_hess (if given) as the first
+    inverse Hessian; returns the minimum."""
+    options = BfgsOptions()
+    s = bfgs_init(x, f, g, options, HOST)
+    if inv_hess is not None:
+        direction = -(inv_hess @ g)
+        if np.dot(direction, g) < 0:
+            s = s._replace(inv_hess=inv_hess, direction=direction, scaled=True)
+    while not bfgs_done(s, options, HOST):
+        s = bfgs_step(s, value_and_grad, options, HOST)
+    return float(s.value)
 
 
 @jit(static_argnames=("qs",))
-def _variance_profile(z0, problem, index, value, qs):
-    res = lbfgs_minimize(_held, z0.at[index].set(value), problem, qs, index, value)
-    return res.value, res.x
+def _variance_held(z, index, value, problem, qs):
+    return jax.value_and_grad(lambda z: _ml_deviance_sd_cor(z.at[index].set(value), problem, qs))(z)
+
+
 
 
 # ---------------------------------------------------------------------------------------------- GLMMs
@@ -117,17 +212,18 @@ def _glmm_deviance_sd_cor(z, problem, qs, nodes, node_weights):
     nt = problem.structure.n_theta
     theta, _ = _theta_sigma(jnp.concatenate([z[:nt], jnp.zeros((1,), dtype=z.dtype)]), qs)
     x = jnp.concatenate([theta, z[nt:]])
-    dev = laplace_deviance(x, problem) if nodes is None else agq_deviance(x, problem, nodes, node_weights)
+    # one Newton step after PIRLS keeps the value and the gradient exact (`_pirls.mode_at`), all the search needs
+    dev = (laplace_deviance(x, problem, newton_steps=1) if nodes is None
+           else agq_deviance(x, problem, nodes, node_weights, newton_steps=1))
     return jnp.where(jnp.isfinite(dev), dev, jnp.inf)
 
 
 @jit(static_argnames=("qs",))
-def _glmm_profile(z0, problem, index, value, qs, nodes, node_weights):
-    def held(z):
-        return _glmm_deviance_sd_cor(z.at[index].set(value), problem, qs, nodes, node_weights)
+def _glmm_held(z, index, value, problem, qs, nodes, node_weights):
+    return jax.value_and_grad(
+        lambda z: _glmm_deviance_sd_cor(z.at[index].set(value), problem, qs, nodes, node_weights))(z)
 
-    res = lbfgs_minimize(held, z0.at[index].set(value))
-    return res.value, res.x
+
 
 
 # ---------------------------------------------------------------------------------------------- intervals
@@ -242,15 +338,14 @@ def _glmm_coordinates(fit, wanted) -> list[ProfileCoordinate]:
     log_d = [np.log(fit.dispersion)] if d_name else []
     z_hat = np.concatenate([_unconstrained(variance_parameters(fit.theta, None, qs)[0], is_cor), beta_hat, log_d])
     is_sd = np.r_[~is_cor, np.zeros(len(x_names) + len(log_d), bool)]
+    scaled = np.r_[~is_cor, np.zeros(len(x_names), bool), np.ones(len(log_d), bool)]  # the log scales
     z_hat_j = jnp.asarray(_off_boundary(z_hat, is_sd, 0.0))
     out = []
     for i, name in enumerate(var_names + x_names + ([d_name] if d_name else [])):
         if name not in wanted:
             continue
 
-        def evaluate(u, i=i):
-            return _glmm_profile(z_hat_j, problem, i, jnp.asarray(u, dtype=jnp.float64), qs, nodes, node_weights)[0]
-
+        evaluate = _HeldSearch(_glmm_held, z_hat_j, i, scaled, problem, qs, nodes, node_weights)
         zeta = _zeta_of(evaluate, z_hat[i], fit.objective)
         if i >= nt + len(x_names):  # log d: never at a boundary (its scale is its own estimate)
             out.append(ProfileCoordinate(name, "log", zeta, float(z_hat[i]), 0.1, log_scale=float(z_hat[i])))
@@ -274,9 +369,7 @@ def _linear_coordinates(fit, wanted) -> list[ProfileCoordinate]:
     out = []
     for i, name in enumerate(var_names):
         if name in wanted:
-            def evaluate(u, i=i):
-                return _variance_profile(z_hat_j, problem, i, jnp.asarray(u, dtype=jnp.float64), qs)[0]
-
+            evaluate = _HeldSearch(_variance_held, z_hat_j, i, ~is_cor, problem, qs)
             kind = "cor" if is_cor[i] else "log"
             out.append(ProfileCoordinate(name, kind, _zeta_of(evaluate, z_hat[i], d_hat), float(z_hat[i]), 0.1,
                                          log_scale=log_sigma if name != "sigma" else 0.0))
@@ -414,18 +507,19 @@ def _structured_ml(z, problem, structures):
 
 def _structured_glmm(z, problem, structures, k):
     theta = _structured_theta(z[:k], structures, jnp.zeros((), dtype=z.dtype))
-    dev = laplace_deviance(jnp.concatenate([theta, z[k:]]), problem)
+    dev = laplace_deviance(jnp.concatenate([theta, z[k:]]), problem, newton_steps=1)
     return jnp.where(jnp.isfinite(dev), dev, jnp.inf)
 
 
 @jit(static_argnames=("structures", "linear", "k"))
-def _structured_profile(z0, problem, index, value, structures, linear: bool, k: int):
+def _structured_held(z, index, value, problem, structures, linear: bool, k: int):
     def held(z):
         z = z.at[index].set(value)
         return _structured_ml(z, problem, structures) if linear else _structured_glmm(z, problem, structures, k)
 
-    res = lbfgs_minimize(held, z0.at[index].set(value))
-    return res.value, res.x
+    return jax.value_and_grad(held)(z)
+
+
 
 
 def _structured_fixed_deviance(psi, problem, structures):
@@ -436,12 +530,33 @@ def _structured_fixed_deviance(psi, problem, structures):
 
 
 @jit(static_argnames=("structures",))
-def _structured_fixed_profile(psi0, problem, select, column, value, structures):
-    from ..optim._optimize import bfgs_minimize
+def _structured_fixed_held(psi, problem, select, column, value, structures):
+    return jax.value_and_grad(_structured_fixed_deviance)(psi, _moved_to_offset(problem, select, column, value),
+                                                          structures)
 
-    res = bfgs_minimize(_structured_fixed_deviance, psi0, _moved_to_offset(problem, select, column, value),
-                        structures, gtol=1e-9)
-    return res.value, res.x
+
+def _log_scale_mask(structures) -> np.ndarray:
+    """Which coordinates of ψ are log standard deviations (cs(): the first q; ar1(): the first)."""
+    def one(s):
+        if s.kind == "us":
+            return np.zeros(s.n_params, bool)
+        return np.arange(s.n_params) < (s.q if s.kind == "cs" else 1)
+
+    return np.concatenate([one(s) for s in structures])
+
+
+def _structured_fixed_profile(psi0, problem, select, column, value, structures) -> float:
+    """The ML deviance with the fixed effect moved into the offset at `value`, minimized over ψ by the host BFGS
+    from the estimate, within `_SCALE_RANGE` of it on the log sds (see `_HeldSearch`)."""
+    center, scaled = np.asarray(psi0, dtype=np.float64), _log_scale_mask(structures)
+
+    def value_and_grad(psi):
+        if not _in_range(psi, center, scaled):
+            return math.inf, np.zeros_like(psi)
+        v, g = _structured_fixed_held(np.asarray(psi), problem, select, column, np.float64(value), structures)
+        return float(v), np.asarray(g, dtype=np.float64)
+
+    return _bfgs_from(value_and_grad, center, *value_and_grad(center))
 
 
 def _rho_transform(structure):
@@ -524,15 +639,13 @@ def _structured_coordinates(fit, wanted) -> list[ProfileCoordinate]:
     k = len(cov)
     is_sd = np.array([kind == "log" for _, kind, _ in cov] + [False] * (z_hat.size - k))
     z_start = jnp.asarray(_off_boundary(z_hat, is_sd, np.log(scale)))
+    scaled = np.array([kind == "log" for _, kind, _ in cov + tail])
     out = []
     for i, (name, kind, s) in enumerate(cov + tail):
         if name not in wanted:
             continue
 
-        def evaluate(u, i=i):
-            return _structured_profile(z_start, problem, i, jnp.asarray(u, dtype=jnp.float64), structures, linear,
-                                       k)[0]
-
+        evaluate = _HeldSearch(_structured_held, z_start, i, scaled, problem, structures, linear, k)
         zeta = _zeta_of(evaluate, z_hat[i], d_hat)
         step = float(fit.se[name]) if kind == "fixed" else 0.1
         log_scale = np.log(scale) if i < k else (float(z_hat[i]) if name != "sigma" and kind == "log" else 0.0)
@@ -565,8 +678,7 @@ def _structured_fixed_coordinates(ml, problem, wanted, d_hat) -> list[ProfileCoo
         select, column = _held_fixed_effect(p, j)
 
         def evaluate(v, sel_j=jnp.asarray(select), col_j=jnp.asarray(column)):
-            return _structured_fixed_profile(psi0, problem, sel_j, col_j, jnp.asarray(v, dtype=jnp.float64),
-                                             model.structures)[0]
+            return _structured_fixed_profile(psi0, problem, sel_j, col_j, v, model.structures)
 
         out.append(ProfileCoordinate(name, "fixed", _zeta_of(evaluate, float(ml.fixef[name]), d_hat),
                                      float(ml.fixef[name]), float(ml.se[name])))
