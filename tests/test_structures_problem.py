@@ -43,13 +43,12 @@ def test_linear_problem_over_psi_matches_the_fit(ar1_model, method):
     psi = fit.extra["psi"]
     with jax.enable_x64(True):
         x = jnp.asarray(psi)
-        value = float(jax.jit(problem.objective)(x))
-        grad = np.asarray(jax.jit(jax.grad(problem.objective))(x))
+        f, gradient = jax.jit(problem.objective), jax.jit(jax.grad(problem.objective))  # each compiled once
+        value = float(f(x))
+        grad = np.asarray(gradient(x))
         hess = np.asarray(jax.jit(jax.hessian(problem.objective))(x))
         named = jax.jit(problem.unpack)(x)
-        f = jax.jit(problem.objective)
         fd_grad = _central_gradient(lambda p: float(f(jnp.asarray(p))), psi)
-        gradient = jax.jit(jax.grad(problem.objective))
         fd_hess = np.stack([(np.asarray(gradient(x + 1e-5 * e)) - np.asarray(gradient(x - 1e-5 * e))) / 2e-5
                             for e in jnp.eye(psi.size)])
         # the same objective as the θ-space problem at θ(ψ)
