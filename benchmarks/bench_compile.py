@@ -154,6 +154,12 @@ def main(argv=None) -> None:
     if args.one:
         print(json.dumps(_one(args.one, args.interviews, args.seed)))
         return
+    import compileall
+
+    # .pyc files as pip writes them on install, so that "import" is what a user's process pays (not compiling
+    # jaxmlm's sources, which an editable install under PYTHONDONTWRITEBYTECODE would redo in every process)
+    compileall.compile_dir(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jaxmlm"),
+                           quiet=1)
     for name in args.only:
         out = subprocess.run([sys.executable, __file__, "--one", name, "--interviews", str(args.interviews),
                               "--seed", str(args.seed)], env=dict(os.environ, JAXMLM_NO_CACHE="1"),
