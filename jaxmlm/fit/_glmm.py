@@ -94,14 +94,27 @@ def _objective(x, problem, nodes, weights, with_pirls: bool = False, u_start=Non
     return agq_deviance(x, problem, nodes, weights, newton_steps=1, with_pirls=with_pirls, u_start=u_start)
 
 
-@jit
-def _value_and_grad(x, problem, nodes, weights, u_start=None):
-    """(value, gradient, PIRLS's (u*, converged, iterations) at x): the modes for `_state_from` at the optimum.
-    u_start: the flat modes PIRLS starts from (None: 0). A fit always passes an array (`_evaluate`), so that its
-    calls are one program."""
+def _value_and_grad_program(x, problem, nodes, weights, u_start=None):
     (value, pirls_state), grad = jax.value_and_grad(_objective, has_aux=True)(x, problem, nodes, weights, True,
                                                                               u_start)
     return value, grad, pirls_state
+
+
+_value_and_grad_program.__name__ = _value_and_grad_program.__qualname__ = "_value_and_grad"  # jit's name in logs
+_value_and_grad_program = jit(_value_and_grad_program)
+
+
+def _value_and_grad(x, problem, nodes, weights, u_start=None):
+    """(value, gradient, PIRLS's (u*, converged, iterations) at x): the modes for `_state_from` at the optimum.
+    u_start: the flat modes PIRLS starts from (None: 0, passed as an array, so that every caller, a fit's search
+    or its Hessian or a later caller's, runs the one compiled program)."""
+    if u_start is None:
+        u_start = np.zeros(_n_modes(problem.structure))
+    return _value_and_grad_program(x, problem, nodes, weights, u_start)
+
+
+_value_and_grad.variants = _value_and_grad_program.variants  # the compiled program's, for `compile_ahead`
+_value_and_grad.variant_for = _value_and_grad_program.variant_for
 
 
 class Modes:
@@ -130,8 +143,7 @@ class Modes:
 
 
 def _start_of(modes: Modes | None):
-    """PIRLS's start for `_value_and_grad`: modes.u, or None (0) without `Modes` (a program of its own: a fit
-    always passes `Modes`, so that its calls are one program)."""
+    """PIRLS's start for `_value_and_grad`: modes.u, or None (0) without `Modes`."""
     return None if modes is None else modes.u
 
 
