@@ -3,9 +3,10 @@
 The route follows lme4's glmer:
 1. β start: PIRLS over (u, β) together at the θ start (lme4's nAGQ = 0 step, with R's glm starting values).
 2. Laplace: BFGS over (θ, β) jointly on the Laplace deviance, with exact gradients (`_pirls`): a host loop
-   around one compiled value-and-gradient program (`_optimize.host_bfgs_minimize`). Every evaluation of a fit
-   starts PIRLS from the modes at the lowest value so far (`Modes`; the search's current point), not from 0:
-   the Xbox-shaped model's evaluations then take 2-3 PIRLS iterations instead of 6, for the same optimum.
+   around one compiled value-and-gradient program (`_optimize.host_bfgs_minimize`). Where PIRLS is Newton's
+   method (canonical link, no dispersion), every evaluation of a fit starts PIRLS from the modes at the lowest
+   value so far (`Modes`; the search's current point), not from 0: the Xbox-shaped model's evaluations then take
+   2-3 PIRLS iterations instead of 6, for the same optimum (docs/bayes_mrp.md).
 3. AGQ: from the Laplace optimum, the same on the quadrature deviance (`_agq`).
 4. Standard errors from the Hessian H of the same deviance in (θ, β), by central differences of the exact
    gradient: vcov(β) = the β block of 2 H⁻¹ (lme4's use.hessian=TRUE, which differences the deviance itself);
