@@ -39,8 +39,8 @@ def _dense_design(model):
 
 
 def _dense_laplace(Z, X, trials, y, sds, beta, iters=30):
-    """û, H = ΛZᵀWZΛ + I and −½ (Laplace deviance up to a constant), by dense Newton steps; sds: per column of Z.
-    Vectorized over a leading batch axis of sds (B × m) and beta (B × p)."""
+    """û, H = ΛZᵀWZΛ + I and −½ (Laplace deviance up to a constant), by dense Newton steps; sds: per column of
+    Z. Vectorized over a leading batch axis of sds (B × m) and beta (B × p)."""
     u = np.zeros(sds.shape)
     for _ in range(iters):
         eta = beta @ X.T + (u * sds) @ Z.T
@@ -127,7 +127,8 @@ def test_laplace_posterior_reports_like_the_other_samplers(small):
 
 # ---------------------------------------------------------------------------------------------- the effects' draws
 def test_effect_draws_are_the_laplace_gaussian_at_fixed_theta_beta():
-    """At one (θ, β): b's draws have mean Λû and covariance Λ(ΛᵀZᵀWZΛ + I)⁻¹Λ, û and H from a dense Newton solve."""
+    """At one (θ, β): b's draws have mean Λû and covariance Λ(ΛᵀZᵀWZΛ + I)⁻¹Λ, û and H from a dense Newton
+    solve."""
     frame = _binomial_data(5, n_g=6, n_h=4, cells=4)
     model = jm.Model("cbind(yes, no) ~ 1 + x + (1 | g) + (1 | h)", frame, family="binomial")
     problem = glmm_problem(model)

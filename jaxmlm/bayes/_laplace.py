@@ -99,8 +99,8 @@ def sample_laplace(model, mcmc_options: dict, hyper, family: str, link: str, key
     dense_mass = o["dense_mass"]
     if dense_mass is None:
         dense_mass = problem.p + sum(q * (q + 1) // 2 for q in qs) <= 60
-    kernel = NUTS(functools.partial(laplace_model, qs=qs), target_accept_prob=o["target_accept"], max_tree_depth=o["max_tree_depth"],
-                  dense_mass=dense_mass)
+    kernel = NUTS(functools.partial(laplace_model, qs=qs), target_accept_prob=o["target_accept"],
+                  max_tree_depth=o["max_tree_depth"], dense_mass=dense_mass)
     mcmc = MCMC(kernel, num_warmup=o["warmup"], num_samples=o["draws"], num_chains=o["chains"],
                 chain_method=o["chain_method"], progress_bar=o["progress_bar"], jit_model_args=True)
     key_mcmc, key_b = jax.random.split(key)
