@@ -102,7 +102,8 @@ def run_jaxmlm(cells_csv: str, draws: int, chains: int, prior: str, centring: st
         sims, keys = state_draws(post, population)
         states = state_table(sims, keys, chains)
     return dict(wall_s=wall, fit_s=fit_s, cpu_s=cpu, chains=chains, warmup=warmup, draws=draws, prior=prior,
-                centring=centring if effects == "sampled" else None, effects_integration=effects, chain_method=chain_method,
+                centring=centring if effects == "sampled" else None, effects_integration=effects,
+                chain_method=chain_method,
                 cells=int(model.design.n), states=states,
                 min_ess_bulk_states=float(min((r["ess_bulk"] for r in states.values()), default=np.nan)),
                 max_rhat_states=float(max((r["r_hat"] for r in states.values()), default=np.nan)),
