@@ -38,7 +38,7 @@ from ..core._structures import is_structured
 from ._confint import (dispersion_name, interval_columns, parameter_names, require_laplace, variance_parameter_names,
                        variance_parameters)
 from ..core._linalg import factorize
-from ..core._lmm import LinearProblem, fit_linear
+from ..core._lmm import LinearProblem, profiled_deviance
 from ..optim._bfgs import HOST, BfgsOptions, bfgs_done, bfgs_init, bfgs_step
 from ..core._agq import agq_deviance
 from ..core._pirls import laplace_deviance
@@ -66,9 +66,19 @@ def _moved_to_offset(problem: LinearProblem, select, column, value) -> LinearPro
 
 
 @jit
-def _fixed_profile(theta0, problem, select, column, value):
-    res = fit_linear(theta0, _moved_to_offset(problem, select, column, value), False)
-    return res.value, res.x
+def _fixed_held(theta, problem, select, column, value):
+    return jax.value_and_grad(profiled_deviance)(theta, _moved_to_offset(problem, select, column, value), False)
+
+
+def _fixed_profile(theta0, problem, select, column, value) -> float:
+    """The ML deviance with fixed effect `column` moved into the offset at `value`, minimized over θ by the fits'
+    host BFGS around one compiled program (`_HeldSearch`'s reason)."""
+    def value_and_grad(theta):
+        v, g = _fixed_held(np.asarray(theta), problem, select, column, np.float64(value))
+        return float(v), np.asarray(g, dtype=np.float64)
+
+    start = np.asarray(theta0, dtype=np.float64)
+    return _bfgs_from(value_and_grad, start, *value_and_grad(start))
 
 
 # ---------------------------------------------------------------------------------------------- variance parameters
@@ -384,7 +394,7 @@ def _linear_coordinates(fit, wanted) -> list[ProfileCoordinate]:
         select, column = _held_fixed_effect(p, j)
 
         def evaluate(v, sel_j=jnp.asarray(select), col_j=jnp.asarray(column)):
-            return _fixed_profile(theta_ml, problem, sel_j, col_j, jnp.asarray(v, dtype=jnp.float64))[0]
+            return _fixed_profile(theta_ml, problem, sel_j, col_j, v)
 
         out.append(ProfileCoordinate(name, "fixed", _zeta_of(evaluate, beta_hat[j], d_hat), float(beta_hat[j]),
                                      float(se[j])))
@@ -523,7 +533,6 @@ def _structured_held(z, index, value, problem, structures, linear: bool, k: int)
 
 
 def _structured_fixed_deviance(psi, problem, structures):
-    from ..core._lmm import profiled_deviance
     from ..core._structures import psi_to_theta
 
     return profiled_deviance(psi_to_theta(psi, structures), problem, False)
