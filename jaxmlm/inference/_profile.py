@@ -39,7 +39,7 @@ from ._confint import (dispersion_name, interval_columns, parameter_names, requi
                        variance_parameters)
 from ..core._linalg import factorize
 from ..core._lmm import LinearProblem, profiled_deviance
-from ..optim._bfgs import HOST, BfgsOptions, bfgs_done, bfgs_init, bfgs_step
+from ..optim._optimize import host_bfgs_minimize
 from ..core._agq import agq_deviance
 from ..core._pirls import laplace_deviance
 from .._compile import jit
@@ -78,7 +78,7 @@ def _fixed_profile(theta0, problem, select, column, value) -> float:
         return float(v), np.asarray(g, dtype=np.float64)
 
     start = np.asarray(theta0, dtype=np.float64)
-    return _bfgs_from(value_and_grad, start, *value_and_grad(start))
+    return _minimum(value_and_grad, start, value_and_grad(start))
 
 
 # ---------------------------------------------------------------------------------------------- variance parameters
@@ -188,25 +188,15 @@ class _HeldSearch:
                 start, f, g = predicted, f_pred, g_pred
             else:
                 inv_hess = None
-        return _bfgs_from(lambda z: self._call(z, value), start, f, g, inv_hess)
+        return _minimum(lambda z: self._call(z, value), start, (f, g), inv_hess)
+
+
+def _minimum(value_and_grad, x, known, inv_hess=None) -> float:
+    return float(host_bfgs_minimize(value_and_grad, x, known=known, inv_hess=inv_hess).value)
 
 
 def _in_range(z, center, scaled) -> bool:
     return not np.any(scaled & (np.abs(z - center) > _SCALE_RANGE))
-
-
-def _bfgs_from(value_and_grad, x, f, g, inv_hess=None) -> float:
-    """`host_bfgs_minimize` from x, whose value f and gradient g are known, with inv_hess (if given) as the first
-    inverse Hessian; returns the minimum."""
-    options = BfgsOptions()
-    s = bfgs_init(x, f, g, options, HOST)
-    if inv_hess is not None:
-        direction = -(inv_hess @ g)
-        if np.dot(direction, g) < 0:
-            s = s._replace(inv_hess=inv_hess, direction=direction, scaled=True)
-    while not bfgs_done(s, options, HOST):
-        s = bfgs_step(s, value_and_grad, options, HOST)
-    return float(s.value)
 
 
 @jit(static_argnames=("qs",))
@@ -565,7 +555,7 @@ def _structured_fixed_profile(psi0, problem, select, column, value, structures) 
         v, g = _structured_fixed_held(np.asarray(psi), problem, select, column, np.float64(value), structures)
         return float(v), np.asarray(g, dtype=np.float64)
 
-    return _bfgs_from(value_and_grad, center, *value_and_grad(center))
+    return _minimum(value_and_grad, center, value_and_grad(center))
 
 
 def _rho_transform(structure):

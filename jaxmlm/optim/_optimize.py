@@ -128,9 +128,13 @@ def host_bfgs_minimize(
     gtol: float = 1e-9,
     ftol: float = 1e-13,
     first_step: float = 0.25,
+    known=None,
+    inv_hess=None,
 ) -> OptimResult:
     """`bfgs_minimize`'s algorithm (the same `_bfgs.bfgs_step`) as a NumPy loop around one compiled
     value-and-gradient program, `value_and_grad(x) -> (value, gradient)`. Returns an `OptimResult` of NumPy values.
+    known: (value, gradient) at x0 already evaluated; inv_hess: a first inverse Hessian (a model of the curvature,
+    used where its direction descends) instead of the identity and its first scaling.
 
     A first fit mostly pays for compiling: the optimizer's `lax.while_loop` with the objective and its gradient
     inlined compiles several times slower than the bare value-and-gradient program, while the loop's own
@@ -142,7 +146,12 @@ def host_bfgs_minimize(
         return float(v), np.asarray(g, dtype=np.float64)
 
     x = np.array(x0, dtype=np.float64)
-    s = bfgs_init(x, *evaluate(x), options, HOST)
+    f, g = evaluate(x) if known is None else (float(known[0]), np.asarray(known[1], dtype=np.float64))
+    s = bfgs_init(x, f, g, options, HOST)
+    if inv_hess is not None:
+        direction = -(inv_hess @ g)
+        if np.dot(direction, g) < 0:
+            s = s._replace(inv_hess=np.asarray(inv_hess, dtype=np.float64), direction=direction, scaled=True)
     while not bfgs_done(s, options, HOST):
         s = bfgs_step(s, evaluate, options, HOST)
     return _result(s, options, HOST)
