@@ -5,7 +5,8 @@ This is glmmTMB's ``tmbstan(laplace = TRUE)`` (and the idea of INLA): NUTS moves
     (β, sd, correlation factors) ~ prior × exp(−½ D(θ, β)),
 
 with D the Laplace deviance that ``glmer`` minimizes (``core._pirls.laplace_deviance``: PIRLS to the conditional
-modes û(θ, β), then one differentiable Newton step, so that its first derivatives in (θ, β) are exact),
+modes û(θ, β), then one Newton step), its gradient written out by implicit differentiation at the modes
+(``core._laplace_grad``: no reverse pass through PIRLS, the factorization or the Newton step),
 
     D(θ, β) = Σ devresid(y, μ(û)) + ‖û‖² + log det(ΛᵀZᵀW(û)ZΛ + I) + c(y),
 
@@ -38,8 +39,9 @@ import numpy as np
 
 from .._compile import jit
 from ..core._blocks import cross_products
+from ..core._laplace_grad import laplace_deviance_fast
 from ..core._linalg import factorize
-from ..core._pirls import _zlu, laplace_deviance, laplace_weights, row_gather, split_modes
+from ..core._pirls import _zlu, laplace_weights, row_gather, split_modes
 from ._bayes import _fixed, _scales, tril_columnwise
 from ._joint import _in_chunks, _noise
 
@@ -53,8 +55,8 @@ def laplace_model(problem, hyper, qs):
     beta = _fixed(hyper, problem.p)
     factors = _scales(qs, hyper, 1.0)
     theta = numpyro.deterministic("theta", jnp.concatenate([tril_columnwise(T) for T in factors]))
-    value, (u_mode, ok, _) = laplace_deviance(jnp.concatenate([theta, beta]), problem, newton_steps=1,
-                                              with_pirls=True)
+    value, (u_mode, ok, _) = laplace_deviance_fast(jnp.concatenate([theta, beta]), problem, newton_steps=1,
+                                                   with_pirls=True)
     numpyro.deterministic("u_mode", u_mode)  # PIRLS's modes at the draw: the centre of b's Gaussian
     numpyro.deterministic("pirls_ok", ok)
     numpyro.factor("loglik", -0.5 * value)
