@@ -44,7 +44,8 @@ from .._warn import user_stacklevel
 from ..core._linalg import factorize
 from ..optim._optimize import central_difference_hessian, host_bfgs_minimize
 from ..core._problem import GlmmObjective
-from ..core._pirls import (GlmmProblem, flat_modes, laplace_deviance_from, laplace_weights, mode_at, pirls,
+from ..core._laplace_grad import laplace_deviance_fast
+from ..core._pirls import (GlmmProblem, flat_modes, laplace_weights, mode_at, pirls,
                            plugin_aic, random_part, split_modes, split_x)
 from ..results._results import SINGULAR_TOL, MixedModelResult
 from ._boundary import diagnose, leave_boundary_saddle, minimize_with_restarts, scaled_starts, snap_to_boundary, warn_fit
@@ -90,8 +91,8 @@ def _objective(x, problem, nodes, weights, with_pirls: bool = False, u_start=Non
     """The search's objective: value and gradient exact with one Newton step (`_pirls.mode_at`); the Hessian for
     the standard errors comes from central differences of this gradient. with_pirls: (value, PIRLS's modes).
     u_start: PIRLS's start (`_pirls.modes_and_pirls`)."""
-    if nodes is None:
-        return laplace_deviance_from(x, problem, u_start, newton_steps=1, with_pirls=with_pirls)
+    if nodes is None:  # binomial and Poisson: the gradient by `_laplace_grad`'s rule (others: autodiff)
+        return laplace_deviance_fast(x, problem, u_start, newton_steps=1, with_pirls=with_pirls)
     return agq_deviance(x, problem, nodes, weights, newton_steps=1, with_pirls=with_pirls, u_start=u_start)
 
 
