@@ -17,6 +17,7 @@ apart from the draws. Both report the 51 state estimates poststratified to the p
 Run:  python benchmarks/bench_nuts.py [--n 5000] [--draws 1000] [--warmup W] [--r-draws 1000] [--no-r]
                                       [--r-json previous.json] [--centring fit|prior] [--effects sampled|laplace]
                                       [--chain-method vectorized|sequential] [--out results/nuts.json]
+                                      [--time-evaluation]
 """
 
 from __future__ import annotations
@@ -118,6 +119,48 @@ def run_jaxmlm(cells_csv: str, draws: int, chains: int, prior: str, centring: st
                 sd_mean={name: float(row["mean"]) for name, row in table.iterrows() if name.startswith("sd_")})
 
 
+def time_laplace_evaluation(cells_csv: str, chains: int, repeats: int = 20) -> dict:
+    """The Laplace deviance's value and value-and-gradient at the point fit's neighbourhood (θ = 0.5, β = 0), warm,
+    medians of `repeats` calls, wall and CPU milliseconds: the value, the gradient by autodiff through the Newton
+    step and the factorization (`laplace_deviance`) and by the hand-written rule (`laplace_deviance_fast`, what
+    the sampler uses), alone and vectorized over the chains (XLA's default optimization, as NumPyro compiles)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import pandas as pd
+
+    import jaxmlm as jm
+    from jaxmlm.core._laplace_grad import laplace_deviance_fast
+    from jaxmlm.core._pirls import laplace_deviance
+    from jaxmlm.datasets.simulate import xbox_formula
+    from jaxmlm.fit._glmm import glmm_problem
+
+    problem = glmm_problem(jm.Model(xbox_formula(), pd.read_csv(cells_csv), family="binomial"))
+    with jax.enable_x64(True):
+        x = jnp.concatenate([jnp.full((problem.structure.n_theta,), 0.5), jnp.zeros(problem.p)])
+        xs = jnp.stack([x * (1 + 0.05 * c) for c in range(chains)])
+        value = lambda x: laplace_deviance(x, problem, newton_steps=1)  # noqa: E731
+        fast = lambda x: laplace_deviance_fast(x, problem, newton_steps=1)  # noqa: E731
+        programs = dict(value=(value, x), grad_autodiff=(jax.value_and_grad(value), x),
+                        grad_rule=(jax.value_and_grad(fast), x),
+                        chains_value=(jax.vmap(value), xs),
+                        chains_grad_autodiff=(jax.vmap(jax.value_and_grad(value)), xs),
+                        chains_grad_rule=(jax.vmap(jax.value_and_grad(fast)), xs))
+        out = {}
+        for name, (f, arg) in programs.items():
+            f = jax.jit(f)
+            jax.block_until_ready(f(arg))
+            wall, cpu = [], []
+            for _ in range(repeats):
+                t, c = time.perf_counter(), time.process_time()
+                jax.block_until_ready(f(arg))
+                wall.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
+            out[name] = dict(wall_ms=1e3 * float(np.median(wall)), cpu_ms=1e3 * float(np.median(cpu)))
+    out["load"] = open("/proc/loadavg").read().split()[:3]
+    return out
+
+
 def run_point_fit(cells_csv: str, population) -> dict:
     """glmer's fit and its 1000 joint draws of (β, b) given θ̂, poststratified by state (the plug-in estimate)."""
     import pandas as pd
@@ -160,6 +203,8 @@ def main() -> None:
     parser.add_argument("--no-r", action="store_true")
     parser.add_argument("--r-json", help="reuse a result written by nuts_rstanarm.R instead of running it")
     parser.add_argument("--out", default=str(RESULTS / "nuts.json"))
+    parser.add_argument("--time-evaluation", action="store_true",
+                        help="also time the Laplace deviance's value and gradient (before the run)")
     args = parser.parse_args()
     from jaxmlm.datasets.simulate import xbox_poll
 
@@ -167,10 +212,13 @@ def main() -> None:
         cells_csv = str(pathlib.Path(tmp) / "cells.csv")
         poll = xbox_poll(args.n, seed=args.seed)
         poll.cells.to_csv(cells_csv, index=False)
+        timing = time_laplace_evaluation(cells_csv, args.chains) if args.time_evaluation else None
         result = dict(poll_interviews=args.n, poll_seed=args.seed,
                       jaxmlm=run_jaxmlm(cells_csv, args.draws, args.chains, "rstanarm", args.centring, args.effects,
                                         args.warmup, args.chain_method, poll.population),
                       truth={str(k): float(v) for k, v in poll.truth.items()})
+        if timing is not None:
+            result["evaluation_ms"] = timing
         if args.states:
             result["point_fit"] = run_point_fit(cells_csv, poll.population)
         if args.r_json:
