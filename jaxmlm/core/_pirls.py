@@ -25,7 +25,10 @@ already gives dũ = −H⁻¹ ∂(∇h), the second makes the exact Hessian of t
 errors) come out of `jax.hessian` too. It costs two extra factorizations per evaluation and works for every block
 kind without a hand-written adjoint. For canonical links (logit, log) the PIRLS weights are Newton's; for probit
 and cloglog the Newton steps use the observed weights ∂²(deviance/2)/∂η², obtained by autodiff of the family's
-unit deviance, while the log-determinant keeps lme4's expected (Fisher) weights.
+unit deviance, while the log-determinant keeps lme4's expected (Fisher) weights. Where only the gradient is needed
+(the fits' search and the Laplace sampler), binomial and Poisson models take it from `_laplace_grad` instead: the
+same value, its gradient written out by the implicit function theorem at the modes, with no reverse pass through
+PIRLS, the factorization or the Newton step (several times cheaper).
 
 **Families with a dispersion parameter** (negative binomial, Gamma, inverse Gaussian, beta: `_dispersion.py`).
 The flat parameter vector is x = (θ, β, log d) (log d only when the family's d is estimated), and the objective is
