@@ -111,6 +111,16 @@ def split_levels(blocks: Blocks) -> Blocks:
     )
 
 
+def _device(a, dtype=None) -> jax.Array:
+    """A host array on the default device as jnp.asarray would give it (dtype canonical: int64 stays int64 only
+    under float64), by a plain transfer: jnp.asarray of a NumPy array compiles a small copy program per shape and
+    dtype, three to five of them on a first fit."""
+    if isinstance(a, jax.Array):
+        return a if dtype is None or a.dtype == dtype else a.astype(dtype)
+    host = np.asarray(a, dtype=dtype)
+    return jax.device_put(host.astype(jax.dtypes.canonicalize_dtype(host.dtype), copy=False))
+
+
 def _is_function(codes_from: np.ndarray, codes_to: np.ndarray, n_from: int, n_to: int) -> np.ndarray | None:
     """If each level of `from` co-occurs with exactly one level of `to`, that map; else None."""
     key = np.unique(codes_from.astype(np.int64) * n_to + codes_to)
@@ -121,26 +131,37 @@ def _is_function(codes_from: np.ndarray, codes_to: np.ndarray, n_from: int, n_to
 
 
 def _pairs_within_levels(levels: np.ndarray, rows: np.ndarray, m_z: int):
-    """All (a, b) entry pairs with the same level and rows[a] >= rows[b]; target a flat index into m_z × m_z."""
-    order = np.lexsort((rows, levels))
-    lv = levels[order]
-    counts = np.bincount(lv, minlength=int(lv.max()) + 1 if lv.size else 0)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    # for the k-th entry within its level (sorted by row), partners are the first k+1 entries of that level
-    pos_in_level = np.arange(len(order)) - starts[lv]
-    reps = pos_in_level + 1
-    a_sorted = np.repeat(np.arange(len(order)), reps)
-    offsets = np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
-    b_sorted = np.repeat(starts[lv], reps) + offsets
-    a = order[a_sorted]
-    b = order[b_sorted]
-    # order the pairs by their target's row, so the scatter into the m_z × m_z tail walks it row by row (several
-    # times faster than in random order; the sort, on 16-bit keys where they fit, runs once: docs/scale.md)
-    key = rows[a]
-    by_row = np.argsort(key.astype(np.int16) if m_z < 2**15 else key, kind="stable")
-    a, b = a[by_row], b[by_row]
-    target = rows[a].astype(np.int64) * m_z + rows[b]
-    return a.astype(np.int32), b.astype(np.int32), target
+    """All (a, b) entry pairs with the same level and rows[a] >= rows[b]; target a flat index into m_z × m_z
+    (int32 where m_z² fits). The pairs come ordered by their target's row, then level, then rows[b], so that the
+    scatter into the m_z × m_z tail walks it row by row (several times faster than in random order): generated
+    in that order from the entries sorted by (row, level) — entry a's partners are the first k + 1 entries of its
+    level by row, k its rank there — with no sort over the pairs (docs/scale.md)."""
+    n = levels.shape[0]
+    wide = m_z * m_z > 2**31 - 1
+    if n == 0:
+        empty = np.zeros(0, np.int32)
+        return empty, empty, np.zeros(0, np.int64 if wide else np.int32)
+    index = np.int64 if n > 2**31 - 1 else np.int32
+    by_level = np.lexsort((rows, levels)).astype(index)  # entries by level, then row
+    counts = np.bincount(levels, minlength=int(levels.max()) + 1)
+    level_start = (np.cumsum(counts) - counts).astype(index)[levels]  # per entry: its level's first position
+    rank = np.empty(n, index)
+    rank[by_level] = np.arange(n, dtype=index) - level_start[by_level]
+    by_row = np.lexsort((levels, rows))  # the a of the pairs: by row, then level
+    reps = rank[by_row] + 1
+    first = np.cumsum(reps, dtype=np.int64)
+    total = int(first[-1])
+    slot_type = np.int64 if total > 2**31 - 1 else np.int32
+    first = (first - reps).astype(slot_type)
+    # the pair's b as a position in by_level: its level's start plus its offset within the run of a's partners
+    slot = np.arange(total, dtype=slot_type)
+    slot -= np.repeat(first - level_start[by_row].astype(slot_type), reps)  # in place: fewer fresh pages
+    a = np.repeat(by_row.astype(np.int32), reps)
+    b = by_level.astype(np.int32)[slot]
+    flat = np.int64 if wide else np.int32
+    target = np.repeat(rows[by_row].astype(flat) * flat(m_z), reps)
+    target += rows[by_level].astype(flat)[slot]
+    return a, b, target
 
 
 def build_structure(codes: list[np.ndarray], qs: list[int], n_levels: list[int]):
@@ -203,15 +224,15 @@ def build_structure(codes: list[np.ndarray], qs: list[int], n_levels: list[int])
             want = par[entry_level[t]].astype(np.int64) * max(m_z, 1) + entry_row[t]
             pos = np.searchsorted(keys_k[order], want)
             emap_t.append(order[np.clip(pos, 0, max(len(order) - 1, 0))].astype(np.int32) if len(order) else pos.astype(np.int32))
-        parents.append(tuple(jnp.asarray(p) for p in par_t))
-        entry_map.append(tuple(jnp.asarray(e) for e in emap_t))
+        parents.append(tuple(_device(p) for p in par_t))
+        entry_map.append(tuple(_device(e) for e in emap_t))
 
     pa, pb, pt = [], [], []
     for t in range(n_prefix):
         a, b, target = _pairs_within_levels(entry_level[t], entry_row[t], max(m_z, 1))
-        pa.append(jnp.asarray(a))
-        pb.append(jnp.asarray(b))
-        pt.append(jnp.asarray(target.astype(np.int64 if m_z * m_z > 2**31 - 1 else np.int32)))
+        pa.append(_device(a))
+        pb.append(_device(b))
+        pt.append(_device(target))
 
     group, groups = _tail_groups(tail_row, [qs[k] for k in tail_terms])
     structure = Structure(
@@ -221,13 +242,13 @@ def build_structure(codes: list[np.ndarray], qs: list[int], n_levels: list[int])
         tail_offsets=tuple(tail_offsets),
         m_z=m_z,
         parents=tuple(parents),
-        entry_level=tuple(jnp.asarray(e) for e in entry_level),
-        entry_row=tuple(jnp.asarray(e) for e in entry_row),
+        entry_level=tuple(_device(e) for e in entry_level),
+        entry_row=tuple(_device(e) for e in entry_row),
         entry_map=tuple(entry_map),
         pair_a=tuple(pa),
         pair_b=tuple(pb),
         pair_target=tuple(pt),
-        tail_groups=None if groups is None else jnp.asarray(groups),
+        tail_groups=None if groups is None else _device(groups),
     )
     index_parts = dict(tail_row=tail_row, row_entry=row_entry, tail_group=group, tail_terms=tail_terms)
     return structure, index_parts
@@ -273,11 +294,11 @@ def row_data(codes: list[np.ndarray], zs: list[np.ndarray], index_parts: dict) -
     if group is not None and not all(np.all(np.asarray(zs[k]) == 1.0) for k in index_parts["tail_terms"]):
         group = None
     return RowData(
-        codes=tuple(jnp.asarray(c, dtype=jnp.int32) for c in codes),
-        z=tuple(jnp.asarray(z) for z in zs),
-        tail_row=tuple(jnp.asarray(r) for r in index_parts["tail_row"]),
-        row_entry=tuple(tuple(jnp.asarray(r) for r in re_t) for re_t in index_parts["row_entry"]),
-        tail_group=None if group is None else jnp.asarray(group),
+        codes=tuple(_device(c, np.int32) for c in codes),
+        z=tuple(_device(z) for z in zs),
+        tail_row=tuple(_device(r) for r in index_parts["tail_row"]),
+        row_entry=tuple(tuple(_device(r) for r in re_t) for re_t in index_parts["row_entry"]),
+        tail_group=None if group is None else _device(group),
     )
 
 
