@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._compile import compile_ahead
 from .._errors import DataError
 from ..core._covariance import canonical_theta
 from ..core._lmm import (deviance_and_gradient, deviance_value, gradients_at_points, linear_diagnostics,
@@ -47,7 +48,8 @@ class _Objective:
         self.finished = None  # (θ, gradient, Hessian) of the last derivative-free search's Newton finish
 
     def value(self, theta) -> float:
-        return float(deviance_value(jnp.asarray(theta, dtype=jnp.float64), self.problem, self.reml))
+        # NumPy θ: jnp.asarray of a NumPy array compiles a copy program of its own on first use
+        return float(deviance_value(np.asarray(theta, dtype=np.float64), self.problem, self.reml))
 
     def minimize(self, theta0, max_iter: int, problem=None, initial_radius: float = 1.0):
         """One optimizer run from θ0 on `problem` (default: the float64 statistics): BFGS on the host around the
@@ -128,7 +130,7 @@ def _derivatives(model, obj: _Objective, theta, res, objective: float):
         known = np.asarray(res.grad, dtype=np.float64) if np.array_equal(theta, np.asarray(res.x)) else None
         return stencil_derivatives(obj.problem, theta, obj.reml, grad=known,
                                    one_program=model._statistics_size > _STENCIL_MAX_SIZE)
-    return linear_diagnostics(jnp.asarray(theta), obj.problem, obj.reml, theta.size <= _HESSIAN_MAX_PARAMS)
+    return linear_diagnostics(np.asarray(theta), obj.problem, obj.reml, theta.size <= _HESSIAN_MAX_PARAMS)
 
 
 def fit_linear(model, reml: bool, *, start=None, max_iter: int = 1000, warn: bool = True,
@@ -136,10 +138,13 @@ def fit_linear(model, reml: bool, *, start=None, max_iter: int = 1000, warn: boo
     """Fit an unstructured linear mixed model by REML or ML from θ start (lme4's when `start` is None)."""
     obj = _Objective(model._for_evaluation(), reml, model.qs, model._derivative_free)
     theta0 = model.start_theta(start)
+    # the estimates' program compiles in a worker thread while the search's compiles and runs here
+    estimates_ahead = compile_ahead(linear_estimates, theta0, model.linear_problem, reml)
     default = None if start is None else model.theta_start()
     res, messages = _search(obj, model.linear_problem, theta0, default, max_iter, dtype)
     theta, res = _to_boundary(obj, res, model.theta_start(), max_iter, messages)
-    est = linear_estimates(jnp.asarray(theta), model.linear_problem, reml)
+    estimates_ahead.exception()  # waits (one compile of the program at a time); an error is the call's to raise
+    est = linear_estimates(np.asarray(theta, dtype=np.float64), model.linear_problem, reml)
     objective = float(est["objective"])
     grad, hess = _derivatives(model, obj, theta, res, objective)
     method = "reml" if reml else "ml"

@@ -25,7 +25,7 @@ from ..formula._design import build_design, check_linear_model, row_labels, to_p
 from .._errors import FormulaError, NewLevelError
 from .._warn import user_stacklevel
 from ..formula._family import get_family
-from ..core._lmm import deviance_value, make_linear_problem, profiled_deviance, split_problem
+from ..core._lmm import deviance_value, make_linear_problems, profiled_deviance, split_problem
 from ..core._problem import LinearObjective, LinearRows, StructuredObjective
 from ..core._pirls import GlmmProblem
 from ..results._results import MixedModelResult
@@ -154,7 +154,9 @@ class Model:
         """The Gaussian objective's statistics [Z X y]ᵀW[Z X y], formed once on first use."""
         if self._linear_problem is None:
             d = self.design
-            self._linear_problem = make_linear_problem(self.structure, self.rows, d.weights, d.X, d.y - d.offset)
+            # with their split form for the optimizer's programs (`_for_evaluation`): one program for both
+            self._linear_problem, self._evaluation_problem = make_linear_problems(
+                self.structure, self.rows, d.weights, d.X, d.y - d.offset)
         return self._linear_problem
 
     @property
