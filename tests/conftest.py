@@ -8,12 +8,34 @@ import pytest
 # The tests' own programs (numpyro's samplers, optax loops in the docs' examples, jax.grad of core functions) are
 # compiled by JAX's jit with XLA's defaults, as a user's would be; the suite compiles far more than it runs, so the
 # test processes (and the subprocesses they start) ask XLA for its lowest optimization level and its elemental loop
-# emitters, the same code generation as jaxmlm's "fast" effort (benchmarks/suite_time.md has the measurement). It
-# changes how XLA generates code, not what it computes. Read when the backend starts: set before any computation.
+# emitters, the same code generation as jaxmlm's "fast" effort (benchmarks/suite_time.md has the measurement), and
+# for LLVM's code generation in one piece on one thread and XLA's plain instruction scheduler: a small program's
+# module split for parallel code generation, and the scheduler that orders work for concurrency, cost more
+# compiling than they save running. They change how XLA generates code, not what it computes. Read when the
+# backend starts: set before any computation.
 _FAST_XLA = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+_LEAN_CODEGEN_XLA = ("--xla_cpu_parallel_codegen_split_count=1",
+                     "--xla_cpu_enable_concurrency_optimized_scheduler=false")
+
+
+def _known_xla_flags(flags) -> tuple:
+    """`flags` if this jaxlib knows them all (XLA aborts the process on an unknown flag), else none of them; asked
+    once, in a child process, by the first test process of a run (xdist's workers inherit the answer)."""
+    known = os.environ.get("JAXMLM_TEST_LEAN_CODEGEN")
+    if known is None:
+        import subprocess
+        import sys
+
+        env = dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
+        probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env, capture_output=True)
+        known = os.environ["JAXMLM_TEST_LEAN_CODEGEN"] = "1" if probe.returncode == 0 else "0"
+    return tuple(flags) if known == "1" else ()
+
+
 if os.environ.get("JAXMLM_TEST_XLA_DEFAULT", "0") != "1":
     _flags = os.environ.setdefault("JAXMLM_TEST_USER_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
-    os.environ["XLA_FLAGS"] = " ".join([_flags] + [f for f in _FAST_XLA if f.split("=")[0] not in _flags]).strip()
+    _wanted = _FAST_XLA + _known_xla_flags(_LEAN_CODEGEN_XLA)
+    os.environ["XLA_FLAGS"] = " ".join([_flags] + [f for f in _wanted if f.split("=")[0] not in _flags]).strip()
 
 import jaxmlm as jm  # noqa: E402
 
