@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -26,12 +26,13 @@ from .._errors import FormulaError, NewLevelError
 from .._warn import user_stacklevel
 from ..formula._family import get_family
 from ..core._lmm import deviance_value, make_linear_problems, profiled_deviance, split_problem
-from ..core._problem import LinearObjective, LinearRows, StructuredObjective
-from ..core._pirls import GlmmProblem
 from ..results._results import MixedModelResult
 from ._boundary import diagnose, warn_fit
 from ._linear import finite_difference_derivatives as _finite_difference_derivatives  # noqa: F401 (tests)
 from ..formula._terms import parse_formula
+
+if TYPE_CHECKING:
+    from ..core._problem import LinearObjective
 
 __all__ = ["Model", "lmer", "glmer"]
 
@@ -164,6 +165,8 @@ class Model:
         """The GLMM objective's data (core/_pirls.py's GlmmProblem: structure, rows, X, response, prior weights,
         offset, the family's constant), formed once on first use."""
         if self._glmm_problem is None:
+            from ..core._pirls import GlmmProblem  # here: a linear fit's first use imports none of PIRLS
+
             d, fam = self.design, self.family
             self._glmm_problem = GlmmProblem(
                 structure=self.structure, rows=self.rows, X=jnp.asarray(d.X), y=jnp.asarray(d.y),
@@ -215,6 +218,7 @@ class Model:
         problem = self._theta_problem(method, nagq)
         if not is_structured(self.structures):
             return problem
+        from ..core._problem import StructuredObjective
         from ..core._structures import psi_lower, psi_start
 
         k, structures = self.n_theta, self.structures
@@ -240,6 +244,8 @@ class Model:
         return glmm_objective(self, method, nagq)
 
     def _linear_objective(self, method: str) -> LinearObjective:
+        from ..core._problem import LinearObjective, LinearRows  # here: fits do not use the protocol's objects
+
         d = self.design
         source = LinearRows(structure=self.structure, rows=self.rows, weights=jnp.asarray(d.weights),
                             X=jnp.asarray(d.X), offset=jnp.asarray(d.offset))
