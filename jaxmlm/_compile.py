@@ -2,10 +2,10 @@
 
 A fit on small data spends most of its first call compiling (LLVM's optimization passes), while on large data the
 run dominates and XLA's full optimization pays. `compile_effort("fast")` compiles jaxmlm's programs with XLA's
-backend optimization level 0 and its elemental (non-MLIR) loop emitters on the CPU: about a third of the
-compile time, several times the run time per evaluation (docs/scale.md, "Compile effort", has the
-measurements). The objective agrees to rounding; both options change code generation, not the operations XLA
-emits.
+backend optimization level 0, its elemental (non-MLIR) loop emitters, LLVM's code generated in one piece and XLA's
+plain instruction scheduler on the CPU: about a third of the compile time, several times the run time per
+evaluation (docs/scale.md, "Compile effort", has the measurements). The objective agrees to rounding; the options
+change code generation, not the operations XLA emits.
 
 The default, "auto", compiles with "fast" the programs whose arguments are small (a first fit of sleepstudy's
 size is then mostly not compiling), the larger ones that a fit runs only once or twice (`jit(once=True)`: a
@@ -49,7 +49,12 @@ EFFORTS: dict[str, dict | None] = {
     "default": None,  # XLA's own choice
     # level 0 for LLVM, and XLA's elemental emitters for fused loops (its MLIR fusion emitters cost a pass
     # pipeline per fusion that only pays on long runs)
-    "fast": {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False},
+    # level 0 for LLVM, XLA's elemental emitters for fused loops (its MLIR fusion emitters cost a pass pipeline
+    # per fusion that only pays on long runs), LLVM's code generated in one piece on one thread, and XLA's plain
+    # instruction scheduler: splitting a small module for parallel code generation, and ordering its work for
+    # concurrency, cost more compiling than they save running
+    "fast": {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
+             "xla_cpu_parallel_codegen_split_count": 1, "xla_cpu_enable_concurrency_optimized_scheduler": False},
     # XLA's full optimization with the elemental emitters alone: what "auto" gives a program run once per fit
     "lean": {"xla_cpu_use_fusion_emitters": False},
 }
@@ -159,14 +164,39 @@ def _bound_programs() -> None:
         release_programs()
 
 
+# Compiler options that only some jaxlib versions know (an unknown one fails the compile): dropped, for every
+# program of the process, the first time jaxlib refuses one.
+_OPTIONAL_OPTIONS = ("xla_cpu_parallel_codegen_split_count", "xla_cpu_enable_concurrency_optimized_scheduler")
+_rebuilders: list = []
+
+
+def _variants(fn, jit_kwargs) -> dict:
+    variants = {name: jax.jit(fn, compiler_options=options, **jit_kwargs)
+                for name, options in EFFORTS.items() if name != "auto"}
+    _all_variants.extend(variants.values())
+    return variants
+
+
+def _drop_unknown_options(error: Exception) -> bool:
+    """True if `error` is jaxlib refusing one of the optional options, which are then dropped everywhere."""
+    refused = [name for name in _OPTIONAL_OPTIONS if name in str(error) and "compile option" in str(error)]
+    if not refused:
+        return False
+    for options in EFFORTS.values():
+        for name in _OPTIONAL_OPTIONS:
+            (options or {}).pop(name, None)
+    for rebuild in _rebuilders:
+        rebuild()
+    return True
+
+
 def jit(fn=None, /, *, once: bool = False, **jit_kwargs):
     """`jax.jit` with one compiled variant per effort; as a decorator with or without keyword arguments. once: the
     program runs once or a few times per fit, so that "auto" compiles it "lean" when its arguments are not small."""
     if fn is None:
         return functools.partial(jit, once=once, **jit_kwargs)
-    variants = {name: jax.jit(fn, compiler_options=options, **jit_kwargs)
-                for name, options in EFFORTS.items() if name != "auto"}
-    _all_variants.extend(variants.values())
+    variants = _variants(fn, jit_kwargs)
+    _rebuilders.append(lambda: variants.update(_variants(fn, jit_kwargs)))
     default = variants["default"]
     large = "lean" if once else "default"
 
@@ -186,7 +216,12 @@ def jit(fn=None, /, *, once: bool = False, **jit_kwargs):
         # inside another program's trace the call is inlined there, and JAX refuses compiler options on it
         if variant is default or not _outside_trace(args, kwargs):
             return default(*args, **kwargs)
-        return variant(*args, **kwargs)
+        try:
+            return variant(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001  (jaxlib's error class has changed name between versions)
+            if not _drop_unknown_options(error):
+                raise
+            return variant_for(args, kwargs)(*args, **kwargs)
 
     call.variants = variants
     call.variant_for = variant_for

@@ -11,7 +11,8 @@ import pytest
 # emitters, the same code generation as jaxmlm's "fast" effort (benchmarks/suite_time.md has the measurement), and
 # for LLVM's code generation in one piece on one thread and XLA's plain instruction scheduler: a small program's
 # module split for parallel code generation, and the scheduler that orders work for concurrency, cost more
-# compiling than they save running. They change how XLA generates code, not what it computes. Read when the
+# compiling than they save running. They change how XLA generates code, not what it computes (results agree
+# to rounding). Read when the
 # backend starts: set before any computation.
 _FAST_XLA = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 _LEAN_CODEGEN_XLA = ("--xla_cpu_parallel_codegen_split_count=1",
