@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Structure", "RowData", "Blocks", "build_structure", "row_data", "cross_products", "same_q_runs"]
+__all__ = ["Structure", "RowData", "Blocks", "build_structure", "row_data", "cross_products", "same_q_runs", "host_to_device"]
 
 
 class Structure(eqx.Module):
@@ -111,7 +111,7 @@ def split_levels(blocks: Blocks) -> Blocks:
     )
 
 
-def _device(a, dtype=None) -> jax.Array:
+def host_to_device(a, dtype=None) -> jax.Array:
     """A host array on the default device as jnp.asarray would give it (dtype canonical: int64 stays int64 only
     under float64), by a plain transfer: jnp.asarray of a NumPy array compiles a small copy program per shape and
     dtype, three to five of them on a first fit."""
@@ -224,15 +224,15 @@ def build_structure(codes: list[np.ndarray], qs: list[int], n_levels: list[int])
             want = par[entry_level[t]].astype(np.int64) * max(m_z, 1) + entry_row[t]
             pos = np.searchsorted(keys_k[order], want)
             emap_t.append(order[np.clip(pos, 0, max(len(order) - 1, 0))].astype(np.int32) if len(order) else pos.astype(np.int32))
-        parents.append(tuple(_device(p) for p in par_t))
-        entry_map.append(tuple(_device(e) for e in emap_t))
+        parents.append(tuple(host_to_device(p) for p in par_t))
+        entry_map.append(tuple(host_to_device(e) for e in emap_t))
 
     pa, pb, pt = [], [], []
     for t in range(n_prefix):
         a, b, target = _pairs_within_levels(entry_level[t], entry_row[t], max(m_z, 1))
-        pa.append(_device(a))
-        pb.append(_device(b))
-        pt.append(_device(target))
+        pa.append(host_to_device(a))
+        pb.append(host_to_device(b))
+        pt.append(host_to_device(target))
 
     group, groups = _tail_groups(tail_row, [qs[k] for k in tail_terms])
     structure = Structure(
@@ -242,13 +242,13 @@ def build_structure(codes: list[np.ndarray], qs: list[int], n_levels: list[int])
         tail_offsets=tuple(tail_offsets),
         m_z=m_z,
         parents=tuple(parents),
-        entry_level=tuple(_device(e) for e in entry_level),
-        entry_row=tuple(_device(e) for e in entry_row),
+        entry_level=tuple(host_to_device(e) for e in entry_level),
+        entry_row=tuple(host_to_device(e) for e in entry_row),
         entry_map=tuple(entry_map),
         pair_a=tuple(pa),
         pair_b=tuple(pb),
         pair_target=tuple(pt),
-        tail_groups=None if groups is None else _device(groups),
+        tail_groups=None if groups is None else host_to_device(groups),
     )
     index_parts = dict(tail_row=tail_row, row_entry=row_entry, tail_group=group, tail_terms=tail_terms)
     return structure, index_parts
@@ -294,11 +294,11 @@ def row_data(codes: list[np.ndarray], zs: list[np.ndarray], index_parts: dict) -
     if group is not None and not all(np.all(np.asarray(zs[k]) == 1.0) for k in index_parts["tail_terms"]):
         group = None
     return RowData(
-        codes=tuple(_device(c, np.int32) for c in codes),
-        z=tuple(_device(z) for z in zs),
-        tail_row=tuple(_device(r) for r in index_parts["tail_row"]),
-        row_entry=tuple(tuple(_device(r) for r in re_t) for re_t in index_parts["row_entry"]),
-        tail_group=None if group is None else _device(group),
+        codes=tuple(host_to_device(c, np.int32) for c in codes),
+        z=tuple(host_to_device(z) for z in zs),
+        tail_row=tuple(host_to_device(r) for r in index_parts["tail_row"]),
+        row_entry=tuple(tuple(host_to_device(r) for r in re_t) for re_t in index_parts["row_entry"]),
+        tail_group=None if group is None else host_to_device(group),
     )
 
 

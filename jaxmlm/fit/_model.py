@@ -17,7 +17,7 @@ import pandas as pd
 import jax
 
 from .._config import caller_precision, fit_allocations, float64, float64_methods, require_float64
-from ..core._blocks import build_structure, row_data
+from ..core._blocks import build_structure, host_to_device, row_data
 from ..optim._summary import OptSummary
 from ..core._covariance import theta_diagonal_mask, theta_names, theta_start, theta_to_matrices
 from ..core._structures import is_structured, psi_names, require_unstructured, structures_for
@@ -169,9 +169,9 @@ class Model:
 
             d, fam = self.design, self.family
             self._glmm_problem = GlmmProblem(
-                structure=self.structure, rows=self.rows, X=jnp.asarray(d.X), y=jnp.asarray(d.y),
-                weights=jnp.asarray(d.weights), offset=jnp.asarray(d.offset),
-                constant=jnp.asarray(fam.log_constant(d.y, d.weights, d.extra)), family=fam)
+                structure=self.structure, rows=self.rows, X=host_to_device(d.X), y=host_to_device(d.y),
+                weights=host_to_device(d.weights), offset=host_to_device(d.offset),
+                constant=host_to_device(fam.log_constant(d.y, d.weights, d.extra)), family=fam)
         return self._glmm_problem
 
     def _for_evaluation(self, problem=None):
@@ -247,10 +247,10 @@ class Model:
         from ..core._problem import LinearObjective, LinearRows  # here: fits do not use the protocol's objects
 
         d = self.design
-        source = LinearRows(structure=self.structure, rows=self.rows, weights=jnp.asarray(d.weights),
-                            X=jnp.asarray(d.X), offset=jnp.asarray(d.offset))
-        return LinearObjective(data=self._for_evaluation(), x0=jnp.asarray(self.theta_start()),
-                               lower=jnp.asarray(self.theta_lower()), source=source, method=method,
+        source = LinearRows(structure=self.structure, rows=self.rows, weights=host_to_device(d.weights),
+                            X=host_to_device(d.X), offset=host_to_device(d.offset))
+        return LinearObjective(data=self._for_evaluation(), x0=host_to_device(self.theta_start()),
+                               lower=host_to_device(self.theta_lower()), source=source, method=method,
                                names=tuple(self.theta_names), beta_names=tuple(d.x_names))
 
     def _require_gaussian(self, what: str) -> None:
