@@ -1,7 +1,9 @@
 """fit_batch: every column equals its own single fit; missing values per column; bad input."""
 
+import logging
 import warnings
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -65,6 +67,35 @@ def test_the_data_response_reproduces_the_fit(sleep):
     assert list(batch.fixef.index) == ["a"]
     assert batch.objective[0] == pytest.approx(fit.objective, rel=1e-10)
     np.testing.assert_allclose(batch.theta[0], fit.theta, atol=1e-6)
+
+
+def test_a_linear_batch_compiles_each_program_once(caplog):
+    """A batch of complete columns and columns with missing values, in several chunks each, compiles three
+    programs per kind of column (the columns' statistics, the search's pass, the estimates) once; the search,
+    its start, the boundary snap and the saddle probes all run the pass. A second batch compiles nothing."""
+    rng = np.random.default_rng(11)
+    g = np.repeat(np.arange(7), 5)[:33]  # a design of its own: nothing compiled for it yet
+    data = pd.DataFrame({"y": rng.normal(size=33), "x": rng.normal(size=33), "g": g.astype(str)})
+    model = jm.Model("y ~ x + (1 | g)", data)
+    Y = 1.0 + data["x"].to_numpy()[:, None] + rng.normal(size=(7, 10))[g] + rng.normal(size=(33, 10))
+    Y[:3, 8:] = np.nan  # two columns with missing values
+    caplog.set_level(logging.DEBUG, logger="jax")
+    jax.config.update("jax_log_compiles", True)  # global: the chunks run on worker threads
+    try:
+        first = model.fit_batch(Y, chunk_size=4, progress=False)
+        compiled = [r.getMessage() for r in caplog.records if "XLA compilation of jit(" in r.getMessage()]
+        caplog.clear()
+        again = model.fit_batch(Y, chunk_size=4, progress=False)
+        recompiled = [r.getMessage() for r in caplog.records if "XLA compilation of jit(" in r.getMessage()]
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    for name in ("_chunk_data", "_chunk_pass", "_chunk_estimates"):
+        assert sum(f"jit({name})" in m for m in compiled) == 2, (name, compiled)  # complete, and missing values
+    assert not any("while" in m for m in compiled)
+    assert recompiled == []
+    np.testing.assert_array_equal(again.objective, first.objective)
+    assert first.converged.all() and list(first.nobs) == [33] * 8 + [30] * 2
+    _check_columns(first, "y ~ x + (1 | g)", data, "y", Y, True, [0, 9])
 
 
 def test_penicillin_crossed_columns_equal_single_fits():

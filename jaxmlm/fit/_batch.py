@@ -4,11 +4,15 @@ Only the response enters the statistics [Z X y]ᵀW[Z X y] through its y-parts: 
 (Zₜᵀ W y, per level), of the tail (Z_tailᵀ W y), and Xᵀ W y, yᵀ W y. So the Z and X blocks are formed once and
 each response adds a few segment sums over the rows. A response with missing values gets zero weight on those
 rows; that changes its Z and X blocks too, so such columns get the full statistics of their own weights (and their
-own effective n). The dense BFGS loop of `_optimize.bfgs_minimize` (one evaluation per pass, no nested line
-search) runs vmapped over a chunk of responses at a time. Chunks are sized to the memory the machine has
-(`_memory`), the offset is taken off chunk by chunk and the scans for missing values go by blocks of columns, so
-beside the caller's Y and the results (a few numbers per response) memory stays bounded by the chunk size,
-whatever the number of responses.
+own effective n). Per chunk of responses three programs compile once: the columns' statistics, one pass of
+the dense BFGS step of `_bfgs.bfgs_step` (one evaluation per pass, no nested line search) vmapped over lanes of
+columns, and the estimates. The host runs the passes (`optim._batch_bfgs.lane_batch_bfgs_minimize`): a column
+keeps its lane until it stops, then the next takes it, so a pass evaluates searching columns only; the search's
+start, the boundary snap and the saddle probes run the same pass program. Compiling the whole vmapped BFGS loop
+with the deviance inside as one program instead cost several times as long (benchmarks/suite_time.md). Chunks
+are sized to the memory the machine has (`_memory`), the offset is taken off chunk by chunk and the scans for
+missing values go by blocks of columns, so beside the caller's Y and the results (a few numbers per response)
+memory stays bounded by the chunk size, whatever the number of responses.
 """
 
 from __future__ import annotations
@@ -34,20 +38,24 @@ from .._memory import DEFAULT_FRACTION, available_bytes
 from ..core._linalg import factorize, solve_coefficients
 from ..core._lmm import LinearProblem, deviance_from_factor, profiled_deviance
 from ..core._structures import is_structured, psi_diagonal_mask, psi_to_theta
-from ..optim._optimize import bfgs_minimize
+from ..optim._batch_bfgs import evaluation_state, lane_batch_bfgs_minimize, traced_lane_pass
+from ..optim._bfgs import BfgsOptions
 from ..results._results import SINGULAR_TOL
 from ..optim._summary import summarize_rows
 from ._boundary import SADDLE_MESSAGE, refit_is_lower, saddle_starts, snap_rows
-from .._compile import carry_effort, jit
+from .._compile import carry_effort, compile_effort, current_effort, jit
 
 __all__ = ["BatchResult", "fit_batch"]
 
 _CHUNK_BYTES = 64 * 2**20  # working memory aimed at per chunk (statistics and optimizer state)
-# The vmapped optimizer loop runs until the slowest response of a chunk has converged, and small chunks stay in
-# cache: measured on sleepstudy's design (2000 responses), chunks of 128 took 0.097 ms per response, 2000 took 0.19.
-_CHUNK_MAX = 128
-# A vectorized chunk runs until its slowest column converges, so the tolerance costs more here than in a single
-# fit. max|grad| ≤ 1e-7·(1+|f|) still puts the objective within ~1e-12 relative of the optimum (error ≈ g²/2H).
+# Each pass of a chunk's search is one dispatch of its compiled pass program, whose fixed cost large chunks
+# amortize; columns are split over the worker threads first (`_plan_chunks`). Measured in benchmarks/suite_time.md.
+_CHUNK_MAX = 2048
+# Columns a pass evaluates (`lane_batch_bfgs_minimize`): at least this many, and a quarter of the chunk, so that
+# cheap evaluations (a few numbers per column) do not leave the pass's dispatch to dominate.
+_LANES = 128
+# The batch's tolerance, looser than a single fit's: max|grad| ≤ 1e-7·(1+|f|) still puts the objective within
+# ~1e-12 relative of the optimum (error ≈ g²/2H).
 _BATCH_GTOL = 1e-7
 
 
@@ -154,56 +162,120 @@ def _estimates(theta, problem: LinearProblem, reml: bool):
 
 def _deviance(x, problem, reml: bool, structures):
     """The profiled deviance at θ = x, or at θ(ψ) with x = ψ for a model with cs() / ar1() terms."""
-    return profiled_deviance(_theta_of(x, structures), problem, reml)
+    return profiled_deviance(_theta_of(x, structures), problem, reml, True, True)  # the single fit's rules
 
 
 def _theta_of(x, structures):
     return x if structures is None else psi_to_theta(x, structures)
 
 
-def _column_problem(structure, rows, base, X, weights, y, complete: bool) -> LinearProblem:
-    """One response column's problem. complete=True: no missing values, so the Z/X blocks are shared and the
-    column adds its y-parts. Otherwise the column's statistics come from its own weights (missing rows weighted
-    0) and its own effective n."""
-    p = X.shape[1]
+def _column_data(structure, rows, base, X, weights, y, complete: bool):
+    """What one response column adds to the shared statistics. complete=True (no missing values): the blocks
+    that y enters (formed once per chunk, not per evaluation), the others being the shared Z/X blocks. Otherwise
+    the full statistics of its own weights (missing rows weighted 0), its effective n and Σ log w."""
     if complete:
         blocks = _with_response(base, _response_parts(structure, rows, weights, X, y))
-        return LinearProblem(structure=structure, blocks=blocks, n=jnp.sum(weights > 0).astype(jnp.float64),
-                             p=p, sum_log_w=_sum_log_w(weights))
+        return blocks.fixed, blocks.tail_fz, blocks.tail_ff  # the parts of the blocks that y enters
     observed = ~jnp.isnan(y)
     w = jnp.where(observed, weights, 0.0)
     F = jnp.concatenate([X, jnp.where(observed, y, 0.0)[:, None]], axis=1)
-    return LinearProblem(structure=structure, blocks=cross_products(structure, rows, w, F),
-                         n=jnp.sum(w > 0).astype(jnp.float64), p=p, sum_log_w=_sum_log_w(w))
+    return cross_products(structure, rows, w, F), jnp.sum(w > 0).astype(jnp.float64), _sum_log_w(w)
 
 
-@jit(static_argnames=("reml", "max_iter", "complete", "structures"))
-def _fit_chunk(structure, rows, base, X, weights, Y, theta0, diag_mask, reml: bool, max_iter: int, complete: bool,
-               structures=None):
-    """Fit the columns of Y (n × c) at once, column j from θ0[j] (θ0: c × k); structures (static): the search
-    runs on the cs() / ar1() parameters ψ, θ0 holds ψ's starts and diag_mask ψ's bounded coordinates. As a single
-    fit does, tiny variances are snapped to the boundary (`_boundary.snap_rows`, traced: one more evaluation)."""
-    lower = jnp.where(diag_mask, 0.0, -jnp.inf)
+def _column_problem(structure, base, shared, data, complete: bool) -> LinearProblem:
+    """One column's problem from its `_column_data`; shared: (n, Σ log w) of the model's weights (complete
+    columns)."""
+    p = base.tail_ff.shape[0]
+    if complete:
+        n, sum_log_w = shared
+        fixed, tail_fz, tail_ff = data
+        blocks = Blocks(diag=base.diag, offdiag=base.offdiag, fixed=fixed, entries=base.entries,
+                        tail_zz=base.tail_zz, tail_fz=tail_fz, tail_ff=tail_ff)
+        return LinearProblem(structure=structure, blocks=blocks, n=n, p=p, sum_log_w=sum_log_w)
+    blocks, n, sum_log_w = data
+    return LinearProblem(structure=structure, blocks=blocks, n=n, p=p, sum_log_w=sum_log_w)
 
-    def one(y, start):
-        problem = _column_problem(structure, rows, base, X, weights, y, complete)
-        res = bfgs_minimize(_deviance, start, problem, reml, structures, max_iter=max_iter, gtol=_BATCH_GTOL)
-        x, _ = snap_rows(res.x, lower, lambda pt: _deviance(pt, problem, reml, structures), value=res.value, xp=jnp)
-        theta = _theta_of(x, structures)
-        beta, se, sigma, objective = _estimates(theta, problem, reml)
-        return dict(x=x, theta=theta, beta=beta, se=se, sigma=sigma, objective=objective, converged=res.converged,
-                    n_iter=res.n_iter, n_eval=res.n_eval, nobs=problem.n)
 
-    return jax.vmap(one, in_axes=(1, 0))(Y, theta0)
+@jit(static_argnames=("complete",))
+def _chunk_data(structure, rows, base, X, weights, Y, complete: bool):
+    """Every column's `_column_data` for the columns of Y (n × c), stacked on a leading axis: formed once per
+    chunk, on the device, for all the search's evaluations."""
+    return jax.vmap(lambda y: _column_data(structure, rows, base, X, weights, y, complete), in_axes=1)(Y)
+
+
+@jit(static_argnames=("reml", "complete", "structures", "options"))
+def _chunk_pass(structure, base, shared, data, state, index, reml: bool, complete: bool, structures, options):
+    """One pass of the chunk's batched BFGS (`_batch_bfgs.traced_batch_pass`) around every column's deviance and
+    gradient: the one program that every pass of the search, its start, the boundary snap and the saddle probes
+    run (a state from `evaluation_state` only evaluates). state: every column's; lane i steps column index[i]
+    (`lane_batch_bfgs_minimize`)."""
+    lane_data = jax.tree_util.tree_map(lambda a: a[index], data)
+
+    def one(d, x):
+        problem = _column_problem(structure, base, shared, d, complete)
+        return jax.value_and_grad(_deviance)(x, problem, reml, structures)
+
+    return traced_lane_pass(lambda points: jax.vmap(one)(lane_data, points), state, index, options)
 
 
 @jit(static_argnames=("reml", "complete", "structures"))
-def _chunk_objective(structure, rows, base, X, weights, Y, points, reml: bool, complete: bool, structures=None):
-    """Each column's objective at its own point (a row of `points`): the saddle's probes."""
-    def one(y, x):
-        return _deviance(x, _column_problem(structure, rows, base, X, weights, y, complete), reml, structures)
+def _chunk_estimates(structure, base, shared, data, points, reml: bool, complete: bool, structures=None):
+    """Each column's θ, β, standard errors, σ, objective and effective n at its row of points."""
+    def one(d, x):
+        problem = _column_problem(structure, base, shared, d, complete)
+        theta = _theta_of(x, structures)
+        beta, se, sigma, objective = _estimates(theta, problem, reml)
+        return dict(theta=theta, beta=beta, se=se, sigma=sigma, objective=objective, nobs=problem.n)
 
-    return jax.vmap(one, in_axes=(1, 0))(Y, points)
+    return jax.vmap(one)(data, points)
+
+
+def _fit_chunk(chunk: "_Chunk", starts: np.ndarray, lower: np.ndarray) -> dict:
+    """Fit a chunk's columns, column j from starts[j]: the batched BFGS (`lane_batch_bfgs_minimize`, the single
+    fits' step on rows) in passes of the chunk's one compiled pass program; then, as a single fit does, tiny
+    variances snapped to the boundary (`_boundary.snap_rows`) and the estimates there."""
+    res = lane_batch_bfgs_minimize(chunk.run_pass, starts, chunk.options, chunk.lanes)
+    x, _ = snap_rows(res.x, lower, chunk.objective, value=res.value)
+    est = {k: np.array(v) for k, v in chunk.estimates(x).items()}
+    return dict(x=x, **est, converged=np.asarray(res.converged), n_iter=np.asarray(res.n_iter),
+                n_eval=np.asarray(res.n_eval))
+
+
+class _Chunk:
+    """One chunk's columns on the device (their `_column_data`) and its compiled programs, called on NumPy rows
+    of points."""
+
+    def __init__(self, batch: "_LinearChunks", Y, complete: bool):
+        m = batch.model
+        self.batch, self.complete = batch, complete
+        self.options = BfgsOptions(gtol=_BATCH_GTOL, max_iter=batch.max_iter)
+        self.lanes = min(max(_LANES, Y.shape[1] // 4), Y.shape[1])
+        # the pass runs a few dozen times per chunk, however small the design: "auto" compiles it fully optimized
+        self.effort = "default" if current_effort() == "auto" and Y.shape[1] >= _LANES else current_effort()
+        self.data = _chunk_data(m.structure, m.rows, batch.base, batch.X, batch.weights, Y, complete=complete)
+
+    def _args(self, points):
+        b = self.batch
+        return (b.model.structure, b.base, b.shared, self.data, jnp.asarray(points))
+
+    def run_pass(self, state, index):
+        b = self.batch
+        with compile_effort(self.effort):
+            return _chunk_pass(b.model.structure, b.base, b.shared, self.data, state, index, reml=b.reml,
+                               complete=self.complete, structures=b.structures, options=self.options)
+
+    def objective(self, points) -> np.ndarray:
+        """Each column's objective at its row of points (c × k), through the pass program, lanes at a time."""
+        state = evaluation_state(points, self.options)
+        out = np.empty(len(state.x))
+        for first in range(0, len(out), self.lanes):
+            index = np.arange(first, first + self.lanes) % len(out)
+            out[index] = np.asarray(self.run_pass(state, index)[2])
+        return out
+
+    def estimates(self, points) -> dict:
+        b = self.batch
+        return _chunk_estimates(*self._args(points), reml=b.reml, complete=self.complete, structures=b.structures)
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -399,8 +471,9 @@ def _plan_chunks(model, groups, chunk_size, max_workers) -> list:
     chunks = []
     for idx, complete in groups:
         if idx.size:
+            per_worker = -(-idx.size // max_workers)  # at least a chunk per worker thread
             size = chunk_size or min(_default_chunk(model, complete, max_workers),
-                                     1 << int(np.ceil(np.log2(idx.size))))
+                                     1 << int(np.ceil(np.log2(per_worker))))
             chunks += [(idx[i : i + size], complete, size) for i in range(0, idx.size, size)]
     return chunks
 
@@ -410,6 +483,13 @@ def _empty_results(m: int, n_x: int, n_theta: int, p: int, n_obs) -> dict:
                 se=np.full((m, p), np.nan), sigma=np.full(m, np.nan), objective=np.full(m, np.nan),
                 converged=np.zeros(m, bool), n_iter=np.zeros(m, np.int64), n_eval=np.zeros(m, np.int64),
                 nobs=n_obs.astype(np.float64))
+
+
+def _pad_rows(rows: np.ndarray, size: int) -> np.ndarray:
+    """rows padded to size rows with copies of the first: one compiled program per chunk size."""
+    if len(rows) >= size:
+        return rows
+    return np.concatenate([rows, np.repeat(rows[:1], size - len(rows), axis=0)])
 
 
 class _LinearChunks:
@@ -422,36 +502,33 @@ class _LinearChunks:
         self.reml, self.max_iter, self.structures, self.theta0 = reml, max_iter, structures, theta0
         self.X, self.weights = jnp.asarray(d.X), jnp.asarray(d.weights)
         self.base = _base_blocks(model.structure, model.rows, self.weights, self.X)
+        positive = d.weights > 0
+        self.shared = (jnp.asarray(float(positive.sum())), jnp.asarray(float(np.sum(np.log(d.weights[positive])))))
         diag = theta_diagonal_mask(model.qs) if structures is None else psi_diagonal_mask(structures)
-        self.mask, self.lower = jnp.asarray(diag), np.where(diag, 0.0, -np.inf)
+        self.lower = np.where(diag, 0.0, -np.inf)
 
     def _padded(self, cols, size, rows):
         """The chunk's responses (offset removed chunk by chunk: no copy of all of Y) and per-column rows, padded
         with copies of the first column: one compiled program per chunk size."""
         Yc = self.values[:, cols] - self.offset[:, None]
-        if len(cols) < size:
-            Yc = np.concatenate([Yc, np.repeat(Yc[:, :1], size - len(cols), axis=1)], axis=1)
-            rows = np.concatenate([rows, np.repeat(rows[:1], size - len(rows), axis=0)])
-        return jnp.asarray(Yc), jnp.asarray(rows)
+        return jnp.asarray(_pad_rows(Yc.T, size).T), _pad_rows(np.asarray(rows, dtype=np.float64), size)
 
-    def run(self, cols, complete, size, starts):
+    def run(self, cols, complete, size, starts, chunk=None):
+        """Fit the columns cols from starts (one row, or a row per column); chunk: those columns' `_Chunk`."""
         Yc, starts = self._padded(cols, size, np.broadcast_to(starts, (len(cols), self.theta0.size)))
-        m = self.model
-        res = _fit_chunk(m.structure, m.rows, self.base, self.X, self.weights, Yc, starts, self.mask,
-                         reml=self.reml, max_iter=self.max_iter, complete=complete, structures=self.structures)
+        chunk = _Chunk(self, Yc, complete) if chunk is None else chunk
+        res = _fit_chunk(chunk, starts, self.lower)
         return {k: np.array(v)[: len(cols)] for k, v in res.items()}
 
-    def objective_rows(self, cols, complete, size, points):
-        Yc, points = self._padded(cols, size, points)
-        m = self.model
-        f = _chunk_objective(m.structure, m.rows, self.base, self.X, self.weights, Yc, points, reml=self.reml,
-                             complete=complete, structures=self.structures)
-        return np.asarray(f)[: len(cols)]
+    def objective_rows(self, chunk, cols, size, points):
+        """The chunk's columns' objectives, each at its row of points (the saddle probes)."""
+        return chunk.objective(_pad_rows(np.asarray(points, dtype=np.float64), size))[: len(cols)]
 
     @float64  # in a worker thread: JAX's float64 setting is per thread
     def process(self, chunk):
         cols, complete, size = chunk
-        res = self.run(cols, complete, size, self.theta0)
+        whole = _Chunk(self, self._padded(cols, size, self.theta0[None])[0], complete)  # the saddle probes' too
+        res = self.run(cols, complete, size, self.theta0, whole)
         messages = [[] for _ in cols]
         bad = ~np.isfinite(res["objective"])
         for scale in (0.5, 0.1):  # a non-finite evaluation: restart from a smaller start, as a single fit does
@@ -462,7 +539,7 @@ class _LinearChunks:
                 messages[i].append(f"restarted from θ start × {scale} after a non-finite evaluation")
             bad = ~np.isfinite(res["objective"])
         _leave_boundary_saddles(res, lambda which, starts: self.run(cols[which], complete, size, starts),
-                                lambda points: self.objective_rows(cols, complete, size, points), self.lower,
+                                lambda points: self.objective_rows(whole, cols, size, points), self.lower,
                                 messages)
         res["converged"] = res["converged"] & np.isfinite(res["objective"])
         res["messages"] = messages
