@@ -25,38 +25,18 @@ import argparse
 import json
 import logging
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMULA = "Reaction ~ Days + (Days | Subject)"
-_STAGES = {
-    "trace": re.compile(r"Finished tracing \+? ?(\S+) for jit in ([\d.e-]+) sec"),
-    "lower": re.compile(r"Finished jaxpr to MLIR module conversion jit\((\S+)\) in ([\d.e-]+) sec"),
-    "compile": re.compile(r"Finished XLA compilation of jit\((\S+)\) in ([\d.e-]+) sec"),
-}
-
-
-class _Log(logging.Handler):
-    """Per program: tracing, lowering and compiling seconds, and how many compiles (cache reads included)."""
-
-    def __init__(self):
-        super().__init__(level=logging.DEBUG)
-        self.programs = defaultdict(lambda: dict(trace=0.0, lower=0.0, compile=0.0, compiles=0))
-
-    def emit(self, record):
-        message = record.getMessage()
-        for stage, pattern in _STAGES.items():
-            found = pattern.search(message)
-            if found:
-                row = self.programs[found.group(1)]
-                row[stage] += float(found.group(2))
-                row["compiles"] += stage == "compile"
+try:  # JAX's per-program tracing, lowering and compiling times, as bench_compile.py reads them
+    from benchmarks.bench_compile import _CompileLog
+except ImportError:  # run as a script from benchmarks/
+    from bench_compile import _CompileLog
 
 
 def _clock():
@@ -79,7 +59,7 @@ def child(cache_dir: str) -> dict:
     from jaxmlm.fit import _model  # noqa: F401 (what the first jm.lmer imports)
     parts = dict(import_=_since(t))
     jm.enable_compilation_cache(cache_dir)
-    log = _Log()
+    log = _CompileLog()
     logger = logging.getLogger("jax")
     logger.addHandler(log)
     logger.setLevel(logging.DEBUG)
