@@ -103,6 +103,7 @@ def laplace_deviance_fast(x, problem: GlmmProblem, u_start=None, newton_steps: i
     get `laplace_deviance_from` itself."""
     if not supported(problem):
         return laplace_deviance_from(x, problem, u_start, newton_steps, with_pirls)
+
     @jax.custom_vjp
     def f(x, problem, u_start):
         value, pirls_state = laplace_deviance_from(x, problem, u_start, newton_steps, True)

@@ -256,7 +256,7 @@ class _Chunk:
 
     def _args(self, points):
         b = self.batch
-        return (b.model.structure, b.base, b.shared, self.data, jnp.asarray(points))
+        return (b.model.structure, b.base, b.shared, self.data, np.asarray(points, dtype=np.float64))
 
     def run_pass(self, state, index):
         b = self.batch
