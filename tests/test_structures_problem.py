@@ -46,7 +46,9 @@ def test_linear_problem_over_psi_matches_the_fit(ar1_model, method):
         f, gradient = jax.jit(problem.objective), jax.jit(jax.grad(problem.objective))  # each compiled once
         value = float(f(x))
         grad = np.asarray(gradient(x))
-        hess = np.asarray(jax.jit(jax.hessian(problem.objective))(x))
+        # forward over forward: the same exact Hessian as jax.hessian's forward over reverse, whose transposed
+        # factorization compiles several times slower (two parameters: the four products cost nothing to run)
+        hess = np.asarray(jax.jit(jax.jacfwd(jax.jacfwd(problem.objective)))(x))
         named = jax.jit(problem.unpack)(x)
         fd_grad = _central_gradient(lambda p: float(f(jnp.asarray(p))), psi)
         fd_hess = np.stack([(np.asarray(gradient(x + 1e-5 * e)) - np.asarray(gradient(x - 1e-5 * e))) / 2e-5
