@@ -197,7 +197,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=None, help="jaxmlm's warmup (default: = draws)")
     parser.add_argument("--effects", default="sampled", choices=("sampled", "laplace"))
-    parser.add_argument("--chain-method", default="vectorized", choices=("vectorized", "sequential"))
+    parser.add_argument("--chain-method", default="vectorized", choices=("vectorized", "sequential", "parallel"))
     parser.add_argument("--states", action="store_true", help="also the point fit's state estimates")
     parser.add_argument("--r-draws", type=int, default=1000, help="rstanarm's draws per chain (warmup the same)")
     parser.add_argument("--no-r", action="store_true")

@@ -19,9 +19,10 @@ The random effects are then drawn for every (θ, β) draw from the Laplace appro
 
     u | θ, β, y ≈ N(û, (L Lᵀ)⁻¹),   L Lᵀ = ΛᵀZᵀW(û)ZΛ + I,   b = Λu,
 
-û being PIRLS's modes at that draw (kept by the sampler as a deterministic site, so no PIRLS is run again) and the
-factor formed with the same weights as the deviance's log-determinant: one factorization and one back
-substitution per draw, vectorized in chunks of draws (``_joint._in_chunks``).
+û being PIRLS's modes at that draw (found again after the run, as the deviance found them: keeping them as a
+deterministic site would put a second PIRLS into the sampler's program) and the factor formed with the same
+weights as the deviance's log-determinant: one PIRLS run, one factorization and one back substitution per draw,
+vectorized in chunks of draws (``_joint._in_chunks``). The chains run as `_chains.run_nuts` runs them.
 
 The approximation is that of ``glmer``'s nAGQ = 1: accurate when each level's effect is determined by many
 observations (the conditional posterior of u then close to Gaussian), worse with few binary observations per level
@@ -30,6 +31,7 @@ observations (the conditional posterior of u then close to Gaussian), worse with
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 
@@ -41,84 +43,88 @@ from .._compile import jit
 from ..core._blocks import cross_products
 from ..core._laplace_grad import laplace_deviance_fast
 from ..core._linalg import factorize
-from ..core._pirls import _zlu, laplace_weights, row_gather, split_modes
+from ..core._pirls import _zlu, laplace_deviance_from, laplace_weights, row_gather, split_modes
 from ._bayes import _fixed, _scales, tril_columnwise
 from ._joint import _in_chunks, _noise
 
 __all__ = ["laplace_model", "sample_laplace", "draw_effects"]
 
+# PIRLS's tolerance inside the sampler (the fits' is 1e-11): the Newton step after PIRLS makes the deviance and its
+# gradient the same to rounding, one PIRLS iteration sooner (tests/test_sample_laplace.py checks them)
+SAMPLER_PIRLS_TOL = 1e-8
 
-def laplace_model(problem, hyper, qs):
-    """The NumPyro model: priors on (β, sds, correlations), the likelihood exp(−½ Laplace deviance)."""
+
+def laplace_model(problem, hyper, qs, likelihood: bool = True):
+    """The NumPyro model: priors on (β, sds, correlations), the likelihood exp(−½ Laplace deviance).
+    likelihood=False: the priors alone (the sites of a draw, without a PIRLS run)."""
     import numpyro
 
     beta = _fixed(hyper, problem.p)
     factors = _scales(qs, hyper, 1.0)
     theta = numpyro.deterministic("theta", jnp.concatenate([tril_columnwise(T) for T in factors]))
-    value, (u_mode, ok, _) = laplace_deviance_fast(jnp.concatenate([theta, beta]), problem, newton_steps=1,
-                                                   with_pirls=True)
-    numpyro.deterministic("u_mode", u_mode)  # PIRLS's modes at the draw: the centre of b's Gaussian
-    numpyro.deterministic("pirls_ok", ok)
-    numpyro.factor("loglik", -0.5 * value)
+    if likelihood:
+        value = laplace_deviance_fast(jnp.concatenate([theta, beta]), problem, newton_steps=1)
+        numpyro.factor("loglik", -0.5 * value)
 
 
-def _effects_at(key, theta, beta, u_mode, problem, gather):
-    """One draw of b per term: Λ(û + L⁻ᵀε), L the factor with the log-determinant's weights at û."""
+def _effects_at(key, theta, beta, problem, gather):
+    """One draw of b per term: Λ(û + L⁻ᵀε), û PIRLS's modes at (θ, β) as the deviance finds them, L the factor with
+    the log-determinant's weights at û; and whether PIRLS converged."""
     structure = problem.structure
+    _, (u_mode, ok, _) = laplace_deviance_from(jnp.concatenate([theta, beta]), problem, None, 1, True)
     eta = problem.X @ beta + problem.offset + _zlu(structure, gather, theta, u_mode)
     w = laplace_weights(problem, eta)
     ones = jnp.ones((eta.shape[0], 1), dtype=eta.dtype)
     factor = factorize(theta, cross_products(structure, problem.rows, w, ones), structure)
     _, noise = _noise(factor, structure, 0, key)
-    return tuple(u @ T.T + n for u, T, n in zip(split_modes(u_mode, structure), factor.factors, noise))
+    b = tuple(u @ T.T + n for u, T, n in zip(split_modes(u_mode, structure), factor.factors, noise))
+    return b, ok
 
 
 @jit
-def _effects_chunk(keys, thetas, betas, u_modes, problem):
+def _effects_chunk(keys, thetas, betas, problem):
     gather = row_gather(problem.structure, problem.rows)
-    return jax.vmap(lambda k, th, be, u: _effects_at(k, th, be, u, problem, gather))(keys, thetas, betas,
-                                                                                       u_modes), None
+    b, ok = jax.vmap(lambda k, th, be: _effects_at(k, th, be, problem, gather))(keys, thetas, betas)
+    return (b, ok), None
 
 
-def draw_effects(key, theta, beta, u_mode, problem):
-    """b per term (draws × levels × q) for draws of θ, β and PIRLS's modes (leading axis: draws)."""
+def draw_effects(key, theta, beta, problem):
+    """b per term (draws × levels × q) for draws of θ and β (leading axis: draws), and whether PIRLS converged at
+    each draw."""
     keys = jax.random.split(key, theta.shape[0])
-    b, _ = _in_chunks(lambda k, th, be, u: _effects_chunk(k, th, be, u, problem), keys, jnp.asarray(theta),
-                      jnp.asarray(beta), jnp.asarray(u_mode))
-    return b
+    (b, ok), _ = _in_chunks(lambda k, th, be: _effects_chunk(k, th, be, problem), keys, jnp.asarray(theta),
+                            jnp.asarray(beta))
+    return b, ok
 
 
 def sample_laplace(model, mcmc_options: dict, hyper, family: str, link: str, key):
     """Run NUTS on `laplace_model` and return the ``Posterior`` (options: ``_bayes.sample``'s, checked there)."""
-    from numpyro.infer import MCMC, NUTS
-
     from ..fit._glmm import glmm_problem
+    from ._chains import run_nuts
     from ._posterior import Posterior
 
-    problem = glmm_problem(model)
+    problem = dataclasses.replace(glmm_problem(model), pirls_tol=SAMPLER_PIRLS_TOL)
     qs = model.qs
     o = dict(mcmc_options)
     dense_mass = o["dense_mass"]
     if dense_mass is None:
         dense_mass = problem.p + sum(q * (q + 1) // 2 for q in qs) <= 60
-    kernel = NUTS(functools.partial(laplace_model, qs=qs), target_accept_prob=o["target_accept"],
-                  max_tree_depth=o["max_tree_depth"], dense_mass=dense_mass)
-    mcmc = MCMC(kernel, num_warmup=o["warmup"], num_samples=o["draws"], num_chains=o["chains"],
-                chain_method=o["chain_method"], progress_bar=o["progress_bar"], jit_model_args=True)
     key_mcmc, key_b = jax.random.split(key)
-    mcmc.run(key_mcmc, problem, hyper, extra_fields=("diverging", "num_steps"))
-    samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
-    diverging = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["diverging"])
-    failed = int(np.sum(~samples["pirls_ok"]))
-    if failed:
-        warnings.warn(f"PIRLS did not converge at {failed} of the {samples['pirls_ok'].size} draws: the Laplace "
-                      "deviance there is approximate", RuntimeWarning, stacklevel=3)
+    run = run_nuts(functools.partial(laplace_model, qs=qs), (problem, hyper), key_mcmc, chains=o["chains"],
+                   warmup=o["warmup"], draws=o["draws"], target_accept=o["target_accept"],
+                   max_tree_depth=o["max_tree_depth"], dense_mass=dense_mass, chain_method=o["chain_method"],
+                   sites_model=functools.partial(laplace_model, qs=qs, likelihood=False))
+    samples = run.samples
     chains, draws = samples["beta"].shape[:2]
     flat = lambda a: jnp.asarray(a.reshape((chains * draws,) + a.shape[2:]))  # noqa: E731
-    b_flat = draw_effects(key_b, flat(samples["theta"]), flat(samples["beta"]), flat(samples["u_mode"]), problem)
+    b_flat, ok = draw_effects(key_b, flat(samples["theta"]), flat(samples["beta"]), problem)
+    failed = int(np.sum(~np.asarray(ok)))
+    if failed:
+        warnings.warn(f"PIRLS did not converge at {failed} of the {ok.size} draws: the Laplace "
+                      "deviance there is approximate", RuntimeWarning, stacklevel=3)
     b = [np.asarray(x).reshape((chains, draws) + x.shape[1:]) for x in b_flat]
     sd = [samples[f"sd_{k}"] for k in range(len(qs))]
     cor = [np.einsum("...ij,...kj->...ik", samples[f"L_{k}"], samples[f"L_{k}"]) if q > 1 else None
            for k, q in enumerate(qs)]
     return Posterior(model, beta=samples["beta"], theta=samples["theta"], sigma=None, sd=sd, cor=cor, b=b,
-                     diverging=diverging, family=family, link=link, hyper=hyper, mcmc=mcmc)
+                     diverging=run.diverging, family=family, link=link, hyper=hyper, mcmc=run)

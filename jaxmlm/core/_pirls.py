@@ -92,6 +92,10 @@ class GlmmProblem(eqx.Module):
     # dispersion families: "observed" (exact Laplace, glmmTMB) or "fisher" (lme4's glmer.nb) weights in log det,
     # or "plugin" (lme4's Gamma / inverse Gaussian glmer objective, see the module docstring)
     laplace_weights: str = eqx.field(static=True, default="observed")
+    # PIRLS's tolerance (relative change of the penalized deviance) where a Newton step follows it: the fits keep
+    # lme4's strict one; a sampler, whose draws move the deviance by units, may stop one iteration sooner (the
+    # Newton step after it leaves value and gradient the same to rounding)
+    pirls_tol: float = eqx.field(static=True, default=1e-11)
 
     @property
     def p(self) -> int:
@@ -403,7 +407,7 @@ def _pirls_mode(theta, beta, problem: GlmmProblem, phi, gather, u_start=None):
     phi_fixed = None if phi is None else jax.lax.stop_gradient(phi)
     u_start = None if u_start is None else jax.lax.stop_gradient(u_start)
     _, u_star, _, ok, it = _pirls_flat(jax.lax.stop_gradient(theta), jax.lax.stop_gradient(beta), problem, gather,
-                                       phi=phi_fixed, u_start=u_start)
+                                       tol=problem.pirls_tol, phi=phi_fixed, u_start=u_start)
     return jax.lax.stop_gradient(u_star), ok, it
 
 

@@ -1,0 +1,144 @@
+"""NUTS chains as one compiled program each, run vectorized, one after another, or side by side on the cores.
+
+NumPyro's `MCMC` driver re-initializes and, with `chain_method="sequential"`, compiles its sampling loop again for
+every chain, and its vectorized chains wait at each draw for the chain with the longest trajectory. Here the
+NumPyro model is turned into its potential once (`numpyro.infer.util.initialize_model`, every chain's start drawn
+by NumPyro's default strategy), and one chain — NumPyro's NUTS kernel (its functional `hmc` interface, with its
+step-size and mass-matrix adaptation), warmup and draws in one loop that keeps the draws only — is one program:
+
+* "vectorized": the chain program vmapped over chains, one call (an accelerator's choice);
+* "sequential": the chain program compiled once, the chains run one after another;
+* "parallel": the chain program compiled once before any chain starts, the chains run in threads, as many at a
+  time as the machine has cores (or devices): XLA runs without Python's lock, so on a CPU each core samples its
+  own chain and no chain waits for another's trajectory.
+
+The constrained values of every draw (NumPyro's postprocessing: the deterministic sites) are formed afterwards,
+vectorized over draws in chunks, by the model given as `sites_model` (a model that skips an expensive likelihood
+whose deterministic sites are not needed may be passed).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._compile import carry_effort, jit
+
+__all__ = ["CHAIN_METHODS", "ChainRun", "run_nuts"]
+
+CHAIN_METHODS = ("vectorized", "sequential", "parallel")
+_SITE_CHUNK = 512  # draws per call of the postprocessing program
+
+
+@dataclasses.dataclass
+class ChainRun:
+    """The draws of a run, chains first: `samples` (constrained sites), `diverging` and `num_steps` (chains ×
+    draws). `get_samples` / `get_extra_fields` read them as NumPyro's MCMC does."""
+
+    samples: dict
+    diverging: np.ndarray
+    num_steps: np.ndarray
+    chain_method: str
+
+    def get_samples(self, group_by_chain: bool = False) -> dict:
+        if group_by_chain:
+            return dict(self.samples)
+        return {k: v.reshape((-1,) + v.shape[2:]) for k, v in self.samples.items()}
+
+    def get_extra_fields(self, group_by_chain: bool = False) -> dict:
+        fields = dict(diverging=self.diverging, num_steps=self.num_steps)
+        return fields if group_by_chain else {k: v.reshape(-1) for k, v in fields.items()}
+
+
+def _workers(chains: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    on_cpu = jax.default_backend() == "cpu"
+    return max(1, min(chains, cores if on_cpu else jax.local_device_count()))
+
+
+def _chain_program(init_kernel, sample_kernel, warmup: int, draws: int, kernel_options: dict):
+    """One chain from its key and start: adaptation during `warmup` iterations, then `draws` kept draws (the
+    unconstrained coordinates, divergence and leapfrog steps). One loop over all iterations, each writing its
+    slot of the draws (warmup iterations write slot 0, which the first kept draw overwrites), so the NUTS kernel
+    appears once in the program."""
+
+    def one_chain(key, z, args):
+        state = init_kernel(z, warmup, model_args=args, rng_key=key, **kernel_options)
+        kept = (jax.tree.map(lambda x: jnp.zeros((draws,) + x.shape, x.dtype), state.z),
+                jnp.zeros((draws,), bool), jnp.zeros((draws,), jnp.int32))
+
+        def body(i, carry):
+            s, kept = carry
+            s = sample_kernel(s, model_args=args)
+            slot = jnp.maximum(i - warmup, 0)
+            new = (s.z, s.diverging, s.num_steps.astype(jnp.int32))
+            return s, jax.tree.map(lambda buffer, value: buffer.at[slot].set(value), kept, new)
+
+        return jax.lax.fori_loop(0, warmup + draws, body, (state, kept))[1]
+
+    return one_chain
+
+
+def run_nuts(model, args: tuple, key, *, chains: int, warmup: int, draws: int, target_accept: float = 0.8,
+             max_tree_depth: int = 10, dense_mass: bool = False, chain_method: str = "parallel",
+             sites_model=None) -> ChainRun:
+    """NUTS on the NumPyro `model(*args)`: `chains` chains of `warmup` adaptation and `draws` kept iterations.
+    Returns the constrained sites of `sites_model` (default `model`) at every draw, chains first."""
+    from numpyro.infer.hmc import hmc
+    from numpyro.infer.util import initialize_model
+
+    if chain_method not in CHAIN_METHODS:
+        raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {chain_method!r}")
+    key_init, key_run = jax.random.split(key)
+    info = initialize_model(jax.random.split(key_init, chains), model, model_args=args, dynamic_args=True)
+    init_kernel, sample_kernel = hmc(potential_fn_gen=info.potential_fn, algo="NUTS")
+    options = dict(dense_mass=dense_mass, target_accept_prob=target_accept, max_tree_depth=max_tree_depth)
+    one_chain = _chain_program(init_kernel, sample_kernel, warmup, draws, options)
+    starts, keys = info.param_info.z, jax.random.split(key_run, chains)
+    start_of = lambda c: jax.tree.map(lambda x: x[c], starts)  # noqa: E731
+
+    if chain_method == "vectorized":
+        z, diverging, steps = jit(jax.vmap(one_chain, in_axes=(0, 0, None)))(keys, starts, args)
+    else:
+        program = jit(one_chain)
+        # compiled here, before any chain runs: tracing the model uses NumPyro's handler stack, which is global
+        variant = program.variant_for((keys[0], start_of(0), args), {})
+        variant.lower(keys[0], start_of(0), args).compile()
+        x64 = bool(jax.config.jax_enable_x64)
+
+        @carry_effort
+        def chain(c):
+            with jax.enable_x64(x64):
+                return jax.block_until_ready(program(keys[c], start_of(c), args))
+
+        if chain_method == "sequential":
+            outs = [chain(c) for c in range(chains)]
+        else:
+            with concurrent.futures.ThreadPoolExecutor(_workers(chains), thread_name_prefix="jaxmlm-chain") as pool:
+                outs = list(pool.map(chain, range(chains)))
+        z, diverging, steps = jax.tree.map(lambda *parts: jnp.stack(parts), *outs)
+    samples = _constrained(sites_model or model, args, z, chains, draws)
+    return ChainRun(samples=samples, diverging=np.asarray(diverging), num_steps=np.asarray(steps),
+                    chain_method=chain_method)
+
+
+def _constrained(model, args, z, chains: int, draws: int) -> dict:
+    """The model's sites (latent and deterministic, constrained) at every draw of z (chains × draws × ...)."""
+    from numpyro.infer.util import initialize_model
+
+    postprocess = initialize_model(jax.random.PRNGKey(0), model, model_args=args,
+                                   dynamic_args=True).postprocess_fn
+    flat = jax.tree.map(lambda x: x.reshape((chains * draws,) + x.shape[2:]), z)
+    program = jit(lambda zs, args: jax.vmap(postprocess(*args))(zs))
+    n = chains * draws
+    size = min(_SITE_CHUNK, n)
+    pad = -n % size
+    padded = jax.tree.map(lambda x: jnp.concatenate([x, x[:pad]]) if pad else x, flat)
+    parts = [program(jax.tree.map(lambda x: x[i:i + size], padded), args) for i in range(0, n + pad, size)]
+    sites = jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs])[:n], *parts)
+    return {k: v.reshape((chains, draws) + v.shape[1:]) for k, v in sites.items()}
