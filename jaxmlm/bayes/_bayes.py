@@ -565,7 +565,7 @@ def _split_terms(samples, data: GlmmData):
 
 def sample(model, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: int = 0, *,
            priors: dict | None = None, target_accept: float = 0.8, max_tree_depth: int = 10,
-           chain_method: str = "vectorized", dense_mass: bool | None = None, progress_bar: bool = False,
+           chain_method: str | None = None, dense_mass: bool | None = None, progress_bar: bool = False,
            prior: str = "default", centring="fit", effects: str = "sampled"):
     """Posterior draws by NUTS. Returns a ``Posterior`` (see ``_posterior.py``). prior='default' or 'rstanarm'
     (see the module docstring); ``priors`` overrides single hyperparameters of either. centring (binomial and
@@ -573,23 +573,28 @@ def sample(model, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: 
     run here), a fit of this model (its θ), or 'prior' (half the sd prior's scale). effects (binomial and Poisson
     models): 'sampled' (the random effects are NUTS coordinates) or 'laplace' (integrated out by the Laplace
     approximation, NUTS on β and the covariance parameters only, b drawn afterwards: ``_laplace.py``); for a
-    Gaussian model both mean its exact collapsed sampler."""
+    Gaussian model both mean its exact collapsed sampler. chain_method (``_chains.py``): 'parallel' (the chains
+    side by side, one per core or device), 'vectorized' (one program over all chains) or 'sequential'; None
+    (default): 'parallel' on a CPU, 'vectorized' on an accelerator. progress_bar: a line per finished chain."""
     check_prior(prior)
     check_effects(effects)
     check_centring(model, centring)
     for name, value, low in (("chains", chains, 1), ("draws", draws, 1), ("warmup", warmup, 0)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
-    if chain_method not in ("vectorized", "sequential", "parallel"):
-        raise ValueError(f"chain_method must be 'vectorized', 'sequential' or 'parallel', got {chain_method!r}")
+    if chain_method not in (None, "vectorized", "sequential", "parallel"):
+        raise ValueError(f"chain_method must be 'vectorized', 'sequential' or 'parallel' (or None: 'parallel' on "
+                         f"a CPU, 'vectorized' on an accelerator), got {chain_method!r}")
     if not 0 < target_accept < 1:
         raise ValueError(f"target_accept must lie in (0, 1), got {target_accept!r}")
     try:
-        import numpyro
-        from numpyro.infer import MCMC, NUTS
+        import numpyro  # noqa: F401
     except ImportError as exc:  # pragma: no cover - numpyro is a dependency
         raise ImportError("model.sample needs numpyro (pip install numpyro)") from exc
+    from ._chains import default_chain_method, run_nuts
     from ._posterior import Posterior
+
+    chain_method = default_chain_method() if chain_method is None else chain_method
 
     hyper = default_hyper(model, priors, prior)
     qs = model.qs
@@ -616,16 +621,12 @@ def sample(model, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: 
         n_params = d.p + sum(q * (q + 1) // 2 + t.n_levels * q for q, t in zip(qs, d.terms))
     if dense_mass is None:
         dense_mass = n_params <= 60  # a dense metric absorbs the β–intercept correlations of uncentered X
-    kernel = NUTS(kernel_model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
-                  dense_mass=dense_mass)
-    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method=chain_method,
-                progress_bar=progress_bar, jit_model_args=True)
     key = jax.random.PRNGKey(seed)
     key_mcmc, key_b = jax.random.split(key)
-    del numpyro
-    mcmc.run(key_mcmc, *args, extra_fields=("diverging", "num_steps"))
-    samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
-    diverging = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["diverging"])
+    run = run_nuts(kernel_model, args, key_mcmc, chains=chains, warmup=warmup, draws=draws,
+                   target_accept=target_accept, max_tree_depth=max_tree_depth, dense_mass=dense_mass,
+                   chain_method=chain_method, progress=progress_bar)
+    samples, diverging = run.samples, run.diverging
     beta, theta = samples["beta"], samples["theta"]
     if model.is_gaussian:
         sigma = samples["sigma"]
@@ -640,4 +641,4 @@ def sample(model, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: 
     cor = [np.einsum("...ij,...kj->...ik", samples[f"L_{k}"], samples[f"L_{k}"]) if q > 1 else None
            for k, q in enumerate(qs)]
     return Posterior(model, beta=beta, theta=theta, sigma=sigma, sd=sd, cor=cor, b=b, diverging=diverging,
-                     family=family, link=link, hyper=hyper, mcmc=mcmc)
+                     family=family, link=link, hyper=hyper, mcmc=run)

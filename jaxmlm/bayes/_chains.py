@@ -22,6 +22,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +31,7 @@ import numpy as np
 
 from .._compile import carry_effort, jit
 
-__all__ = ["CHAIN_METHODS", "ChainRun", "run_nuts"]
+__all__ = ["CHAIN_METHODS", "ChainRun", "default_chain_method", "run_nuts"]
 
 CHAIN_METHODS = ("vectorized", "sequential", "parallel")
 _SITE_CHUNK = 512  # draws per call of the postprocessing program
@@ -53,6 +55,11 @@ class ChainRun:
     def get_extra_fields(self, group_by_chain: bool = False) -> dict:
         fields = dict(diverging=self.diverging, num_steps=self.num_steps)
         return fields if group_by_chain else {k: v.reshape(-1) for k, v in fields.items()}
+
+
+def default_chain_method() -> str:
+    """'parallel' on a CPU (a chain per core), 'vectorized' on an accelerator (one wide program)."""
+    return "parallel" if jax.default_backend() == "cpu" else "vectorized"
 
 
 def _workers(chains: int) -> int:
@@ -86,9 +93,10 @@ def _chain_program(init_kernel, sample_kernel, warmup: int, draws: int, kernel_o
 
 def run_nuts(model, args: tuple, key, *, chains: int, warmup: int, draws: int, target_accept: float = 0.8,
              max_tree_depth: int = 10, dense_mass: bool = False, chain_method: str = "parallel",
-             sites_model=None) -> ChainRun:
+             sites_model=None, progress: bool = False) -> ChainRun:
     """NUTS on the NumPyro `model(*args)`: `chains` chains of `warmup` adaptation and `draws` kept iterations.
-    Returns the constrained sites of `sites_model` (default `model`) at every draw, chains first."""
+    Returns the constrained sites of `sites_model` (default `model`) at every draw, chains first. progress: a
+    line on standard error as each chain (or, vectorized, the run) finishes."""
     from numpyro.infer.hmc import hmc
     from numpyro.infer.util import initialize_model
 
@@ -102,8 +110,16 @@ def run_nuts(model, args: tuple, key, *, chains: int, warmup: int, draws: int, t
     starts, keys = info.param_info.z, jax.random.split(key_run, chains)
     start_of = lambda c: jax.tree.map(lambda x: x[c], starts)  # noqa: E731
 
+    started = time.perf_counter()
+
+    def report(what: str) -> None:
+        if progress:
+            print(f"{what} done ({time.perf_counter() - started:.1f} s)", file=sys.stderr, flush=True)
+
     if chain_method == "vectorized":
-        z, diverging, steps = jit(jax.vmap(one_chain, in_axes=(0, 0, None)))(keys, starts, args)
+        z, diverging, steps = jax.block_until_ready(jit(jax.vmap(one_chain, in_axes=(0, 0, None)))(keys, starts,
+                                                                                                    args))
+        report(f"{chains} chains")
     else:
         program = jit(one_chain)
         # compiled here, before any chain runs: tracing the model uses NumPyro's handler stack, which is global
@@ -114,7 +130,9 @@ def run_nuts(model, args: tuple, key, *, chains: int, warmup: int, draws: int, t
         @carry_effort
         def chain(c):
             with jax.enable_x64(x64):
-                return jax.block_until_ready(program(keys[c], start_of(c), args))
+                out = jax.block_until_ready(program(keys[c], start_of(c), args))
+            report(f"chain {c + 1} of {chains}")
+            return out
 
         if chain_method == "sequential":
             outs = [chain(c) for c in range(chains)]

@@ -113,7 +113,8 @@ def sample_laplace(model, mcmc_options: dict, hyper, family: str, link: str, key
     run = run_nuts(functools.partial(laplace_model, qs=qs), (problem, hyper), key_mcmc, chains=o["chains"],
                    warmup=o["warmup"], draws=o["draws"], target_accept=o["target_accept"],
                    max_tree_depth=o["max_tree_depth"], dense_mass=dense_mass, chain_method=o["chain_method"],
-                   sites_model=functools.partial(laplace_model, qs=qs, likelihood=False))
+                   sites_model=functools.partial(laplace_model, qs=qs, likelihood=False),
+                   progress=o["progress_bar"])
     samples = run.samples
     chains, draws = samples["beta"].shape[:2]
     flat = lambda a: jnp.asarray(a.reshape((chains * draws,) + a.shape[2:]))  # noqa: E731
