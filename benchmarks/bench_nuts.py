@@ -36,7 +36,13 @@ RESULTS = HERE / "results"
 
 def state_draws(source, population, draws: int = 1000):
     """Per-draw state estimates Σ N μ / Σ N (states × draws, draws in the source's order), by poststratify's
-    own pieces."""
+    own pieces (in float64, as poststratify computes them)."""
+    from jaxmlm._config import float64
+
+    return float64(_state_draws)(source, population, draws)
+
+
+def _state_draws(source, population, draws: int):
     import numpy as np
 
     from jaxmlm.bayes import _cells, _kernel

@@ -126,3 +126,22 @@ def test_sampler_pirls_tolerance_gives_the_fits_deviance_and_gradient():
             strict, sampler = value_and_grad(point, problem), value_and_grad(point, loose)
             np.testing.assert_allclose(float(sampler[0]), float(strict[0]), rtol=1e-12)
             np.testing.assert_allclose(np.asarray(sampler[1]), np.asarray(strict[1]), rtol=1e-7, atol=1e-7)
+
+
+def _impossible_model(y, prior_sd, likelihood=True):
+    import numpyro
+    import numpyro.distributions as dist
+
+    mu = numpyro.sample("mu", dist.Normal(0.0, prior_sd))
+    if likelihood:
+        numpyro.factor("nowhere", jnp.where(mu > 100.0, 0.0, -jnp.inf))
+
+
+@float64
+def test_a_start_of_non_finite_density_is_an_error_not_a_stuck_chain():
+    """With the starts taken from a cheaper model (`sites_model`), the chain program's own start is checked."""
+    y, prior_sd, _, _ = _data()
+    with pytest.raises(FloatingPointError, match="not finite"):
+        run_nuts(_impossible_model, (y, prior_sd), jax.random.PRNGKey(0), chains=2, warmup=5, draws=5,
+                 chain_method="sequential",
+                 sites_model=lambda y, s: _impossible_model(y, s, likelihood=False))

@@ -13,8 +13,9 @@ step-size and mass-matrix adaptation), warmup and draws in one loop that keeps t
   own chain and no chain waits for another's trajectory.
 
 The constrained values of every draw (NumPyro's postprocessing: the deterministic sites) are formed afterwards,
-vectorized over draws in chunks, by the model given as `sites_model` (a model that skips an expensive likelihood
-whose deterministic sites are not needed may be passed).
+vectorized over draws in chunks, by the model given as `sites_model`: a model with the same latent sites that
+skips an expensive likelihood (the Laplace sampler's priors alone). It also gives the chains' starts, so that the
+likelihood is traced and compiled only inside the chain program.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def _chain_program(init_kernel, sample_kernel, warmup: int, draws: int, kernel_o
             new = (s.z, s.diverging, s.num_steps.astype(jnp.int32))
             return s, jax.tree.map(lambda buffer, value: buffer.at[slot].set(value), kept, new)
 
-        return jax.lax.fori_loop(0, warmup + draws, body, (state, kept))[1]
+        return jax.lax.fori_loop(0, warmup + draws, body, (state, kept))[1], state.potential_energy
 
     return one_chain
 
@@ -97,14 +98,23 @@ def run_nuts(model, args: tuple, key, *, chains: int, warmup: int, draws: int, t
     """NUTS on the NumPyro `model(*args)`: `chains` chains of `warmup` adaptation and `draws` kept iterations.
     Returns the constrained sites of `sites_model` (default `model`) at every draw, chains first. progress: a
     line on standard error as each chain (or, vectorized, the run) finishes."""
+    from numpyro.distributions.transforms import biject_to
     from numpyro.infer.hmc import hmc
-    from numpyro.infer.util import initialize_model
+    from numpyro.infer.util import get_potential_fn, initialize_model
 
     if chain_method not in CHAIN_METHODS:
         raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {chain_method!r}")
     key_init, key_run = jax.random.split(key)
-    info = initialize_model(jax.random.split(key_init, chains), model, model_args=args, dynamic_args=True)
-    init_kernel, sample_kernel = hmc(potential_fn_gen=info.potential_fn, algo="NUTS")
+    info = initialize_model(jax.random.split(key_init, chains), sites_model or model, model_args=args,
+                            dynamic_args=True)
+    potential = info.potential_fn
+    if sites_model is not None:
+        # the starts and transforms from the cheaper model (the same latent sites): NumPyro's check of the start
+        # would trace and compile the expensive likelihood once more; the chain program reports its start instead
+        transforms = {name: biject_to(site["fn"].support) for name, site in info.model_trace.items()
+                      if site["type"] == "sample" and not site["is_observed"]}
+        potential = get_potential_fn(model, transforms, dynamic_args=True, model_args=args)[0]
+    init_kernel, sample_kernel = hmc(potential_fn_gen=potential, algo="NUTS")
     options = dict(dense_mass=dense_mass, target_accept_prob=target_accept, max_tree_depth=max_tree_depth)
     one_chain = _chain_program(init_kernel, sample_kernel, warmup, draws, options)
     starts, keys = info.param_info.z, jax.random.split(key_run, chains)
@@ -117,8 +127,8 @@ def run_nuts(model, args: tuple, key, *, chains: int, warmup: int, draws: int, t
             print(f"{what} done ({time.perf_counter() - started:.1f} s)", file=sys.stderr, flush=True)
 
     if chain_method == "vectorized":
-        z, diverging, steps = jax.block_until_ready(jit(jax.vmap(one_chain, in_axes=(0, 0, None)))(keys, starts,
-                                                                                                    args))
+        (z, diverging, steps), start_energy = jax.block_until_ready(
+            jit(jax.vmap(one_chain, in_axes=(0, 0, None)))(keys, starts, args))
         report(f"{chains} chains")
     else:
         program = jit(one_chain)
@@ -139,18 +149,19 @@ def run_nuts(model, args: tuple, key, *, chains: int, warmup: int, draws: int, t
         else:
             with concurrent.futures.ThreadPoolExecutor(_workers(chains), thread_name_prefix="jaxmlm-chain") as pool:
                 outs = list(pool.map(chain, range(chains)))
-        z, diverging, steps = jax.tree.map(lambda *parts: jnp.stack(parts), *outs)
-    samples = _constrained(sites_model or model, args, z, chains, draws)
+        (z, diverging, steps), start_energy = jax.tree.map(lambda *parts: jnp.stack(parts), *outs)
+    bad = np.flatnonzero(~np.isfinite(np.asarray(start_energy)))
+    if bad.size:
+        raise FloatingPointError(f"NUTS started chain(s) {', '.join(str(c + 1) for c in bad)} where the log "
+                                 "density is not finite: the draws would not move; try another seed")
+    samples = _constrained(info.postprocess_fn, args, z, chains, draws)
     return ChainRun(samples=samples, diverging=np.asarray(diverging), num_steps=np.asarray(steps),
                     chain_method=chain_method)
 
 
-def _constrained(model, args, z, chains: int, draws: int) -> dict:
-    """The model's sites (latent and deterministic, constrained) at every draw of z (chains × draws × ...)."""
-    from numpyro.infer.util import initialize_model
-
-    postprocess = initialize_model(jax.random.PRNGKey(0), model, model_args=args,
-                                   dynamic_args=True).postprocess_fn
+def _constrained(postprocess, args, z, chains: int, draws: int) -> dict:
+    """A model's sites (latent and deterministic, constrained: `postprocess`, NumPyro's) at every draw of z
+    (chains × draws × ...)."""
     flat = jax.tree.map(lambda x: x.reshape((chains * draws,) + x.shape[2:]), z)
     program = jit(lambda zs, args: jax.vmap(postprocess(*args))(zs))
     n = chains * draws
