@@ -570,7 +570,8 @@ def sample(model, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: 
     """Posterior draws by NUTS. Returns a ``Posterior`` (see ``_posterior.py``). prior='default' or 'rstanarm'
     (see the module docstring); ``priors`` overrides single hyperparameters of either. centring (binomial and
     Poisson models): where each scalar term's typical sd for its centring powers comes from, 'fit' (a point fit,
-    run here), a fit of this model (its θ), or 'prior' (half the sd prior's scale). effects (binomial and Poisson
+    run here), a fit of this model (its θ), or 'prior' (half the sd prior's scale); with effects='laplace' the
+    point fit's conditional modes are where PIRLS starts ('prior': from 0). effects (binomial and Poisson
     models): 'sampled' (the random effects are NUTS coordinates) or 'laplace' (integrated out by the Laplace
     approximation, NUTS on β and the covariance parameters only, b drawn afterwards: ``_laplace.py``); for a
     Gaussian model both mean its exact collapsed sampler. chain_method (``_chains.py``): 'parallel' (the chains
@@ -605,7 +606,7 @@ def sample(model, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed: 
         options = dict(chains=chains, draws=draws, warmup=warmup, target_accept=target_accept,
                        max_tree_depth=max_tree_depth, chain_method=chain_method, dense_mass=dense_mass,
                        progress_bar=progress_bar)
-        return sample_laplace(model, options, hyper, family, link, jax.random.PRNGKey(seed))
+        return sample_laplace(model, options, hyper, family, link, jax.random.PRNGKey(seed), centring)
     if model.is_gaussian:
         problem = model.linear_problem
         kernel_model = functools.partial(_gaussian_model, qs=qs)
