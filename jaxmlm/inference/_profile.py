@@ -231,6 +231,9 @@ def _endpoint(zeta, u_hat, step, target, lower_limit, upper_limit):
     """u with ζ(u) = target, searching outward from û (ζ(û) = 0) in steps that double; the limit if never reached."""
     direction = np.sign(target)
     limit = upper_limit if direction > 0 else lower_limit
+    # the root to 1e-8 of the first step (a standard error's scale) rather than to 1e-10 absolute: a separated
+    # GLMM's intercept has steps of ~1e5, where the absolute tolerance cost 34-50 evaluations an endpoint
+    xtol = max(1e-10, 1e-8 * abs(step))
     a, h = u_hat, step
     for _ in range(60):
         b = u_hat + direction * h
@@ -240,7 +243,7 @@ def _endpoint(zeta, u_hat, step, target, lower_limit, upper_limit):
             b = limit
         zb = zeta(b)
         if abs(zb) >= abs(target) and np.sign(zb) == direction:
-            return optimize.brentq(lambda u: zeta(u) - target, min(a, b), max(a, b), xtol=1e-10, rtol=1e-12)
+            return optimize.brentq(lambda u: zeta(u) - target, min(a, b), max(a, b), xtol=xtol, rtol=1e-12)
         a, h = b, 2 * h
     return np.nan
 
