@@ -81,15 +81,15 @@ def _noise(factor: Factor, structure, p: int, key):
 DRAW_CHUNK = 128  # draws per compiled call: one program serves any number of draws
 
 
-def _in_chunks(one_chunk, keys, *per_draw):
-    """Run one_chunk(keys_c, *per_draw_c) → (draws, mode) over fixed-size chunks of the leading (draw) axis:
+def _in_chunks(one_chunk, keys, *per_draw, size: int = DRAW_CHUNK):
+    """Run one_chunk(keys_c, *per_draw_c) → (draws, mode) over chunks of `size` draws of the leading (draw) axis:
     (the draws concatenated, the first chunk's mode). The last chunk is padded (its extra draws dropped)."""
     n = keys.shape[0]
-    pad = -n % DRAW_CHUNK
+    pad = -n % size
     keys = jnp.concatenate([keys, keys[:pad]]) if pad else keys
     per_draw = [jnp.concatenate([a, a[:pad]]) if pad else a for a in per_draw]
-    parts = [one_chunk(keys[i : i + DRAW_CHUNK], *(a[i : i + DRAW_CHUNK] for a in per_draw))
-             for i in range(0, n + pad, DRAW_CHUNK)]
+    parts = [one_chunk(keys[i : i + size], *(a[i : i + size] for a in per_draw))
+             for i in range(0, n + pad, size)]
     draws = jax.tree.map(lambda *xs: jnp.concatenate(xs)[:n], *[part[0] for part in parts])
     return draws, parts[0][1]
 

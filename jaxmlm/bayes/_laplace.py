@@ -111,12 +111,17 @@ def _effects_chunk(keys, thetas, betas, problem, u_start):
     return (b, ok), None
 
 
+# Draws per call of the effects' program: its vmapped PIRLS runs until the chunk's slowest draw has converged, so
+# small chunks waste less (on the 5,000-interview poll 2.95 ms a draw at 16 against 5.09 at 128, 4.11 at 4)
+_EFFECT_CHUNK = 16
+
+
 def draw_effects(key, theta, beta, problem, u_start=None):
     """b per term (draws × levels × q) for draws of θ and β (leading axis: draws), and whether PIRLS converged at
     each draw; PIRLS from u_start (flat modes, or None: 0), as in the sampler."""
     keys = jax.random.split(key, theta.shape[0])
     (b, ok), _ = _in_chunks(lambda k, th, be: _effects_chunk(k, th, be, problem, u_start), keys,
-                            jnp.asarray(theta), jnp.asarray(beta))
+                            jnp.asarray(theta), jnp.asarray(beta), size=_EFFECT_CHUNK)
     return b, ok
 
 
