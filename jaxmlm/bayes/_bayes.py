@@ -486,7 +486,19 @@ def _cells_reparam(model, hyper: Hyper, family: str, typical=None) -> GlmmData:
     )
 
 
-_FIT_THETA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_POINT_FITS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def point_fit(model) -> dict:
+    """One point fit per model, whatever the number of sample() calls and samplers: its θ (the centring powers'
+    typical sds) and spherical modes u (where the Laplace sampler's PIRLS starts), as float64 arrays; no
+    reference to the model is kept."""
+    kept = _POINT_FITS.get(model)
+    if kept is None:
+        fit = model.fit(warn=False)
+        kept = _POINT_FITS[model] = dict(theta=np.asarray(fit.theta, dtype=np.float64),
+                                         u=np.asarray(fit.getme("u"), dtype=np.float64))
+    return kept
 
 
 def check_centring(model, centring):
@@ -512,10 +524,8 @@ def _typical_sds(model, centring):
         return None
     if not isinstance(centring, str):
         theta = np.asarray(centring.theta, dtype=np.float64)
-    else:  # one point fit per model, whatever the number of sample() calls (θ only: no reference to the model)
-        theta = _FIT_THETA.get(model)
-        if theta is None:
-            theta = _FIT_THETA[model] = np.asarray(model.fit(warn=False).theta, dtype=np.float64)
+    else:
+        theta = point_fit(model)["theta"]
     if not np.all(np.isfinite(theta)):
         return None
     offsets = np.cumsum([0] + [q * (q + 1) // 2 for q in model.qs])

@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
-import weakref
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +44,7 @@ from ..core._blocks import cross_products, host_to_device
 from ..core._laplace_grad import laplace_deviance_fast
 from ..core._linalg import factorize
 from ..core._pirls import _zlu, laplace_deviance_from, laplace_weights, row_gather, split_modes
-from ._bayes import _fixed, _scales, tril_columnwise
+from ._bayes import _fixed, _scales, point_fit, tril_columnwise
 from ._joint import _in_chunks, _noise
 
 __all__ = ["laplace_model", "sample_laplace", "draw_effects"]
@@ -55,20 +54,15 @@ __all__ = ["laplace_model", "sample_laplace", "draw_effects"]
 SAMPLER_PIRLS_TOL = 1e-8
 
 
-_FIT_MODES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
 def point_fit_modes(model, centring):
     """Where the sampler's PIRLS starts: the spherical conditional modes u (b = Λu) of a point fit — centring
-    'fit': one glmer fit per model, run here; a fit of the model: its own — or None (from 0) for 'prior'. The
-    posterior's (θ, β) stay near the fit's, and PIRLS from its modes takes about one iteration fewer than from 0
-    to the same mode (it starts again from 0 should it get stuck)."""
+    'fit': the model's one point fit (`_bayes.point_fit`, shared with the centring powers); a fit of the model:
+    its own — or None (from 0) for 'prior'. The posterior's (θ, β) stay near the fit's, and PIRLS from its modes
+    takes about one iteration fewer than from 0 to the same mode (it starts again from 0 should it get stuck)."""
     if isinstance(centring, str):
         if centring == "prior":
             return None
-        u = _FIT_MODES.get(model)
-        if u is None:
-            u = _FIT_MODES[model] = np.asarray(model.fit(warn=False).getme("u"), dtype=np.float64)
+        u = point_fit(model)["u"]
     else:
         getme = getattr(centring, "getme", None)
         u = None if getme is None else np.asarray(getme("u"), dtype=np.float64)
