@@ -178,20 +178,24 @@ def test_laplace_options_are_checked_before_compiling(monkeypatch):
 
 @float64
 def test_pirls_starts_from_the_point_fits_modes_in_the_structures_order():
-    """centring='fit' starts the sampler's PIRLS at the fit's spherical modes (getME(fit, "u")): at the fit's (θ, β)
-    they are PIRLS's own mode, term by term in the structure's order (two crossed terms of different sizes), and
-    PIRLS from there stops at once; 'prior' starts from 0."""
+    """centring='fit' predicts the sampler's PIRLS start from the fit's spherical modes (getME(fit, "u")): at the
+    fit's (θ, β) they are PIRLS's own mode, term by term in the structure's order (two crossed terms of different
+    sizes), the prediction there is those modes, and PIRLS from there stops at once; 'prior' starts from 0."""
+    from jaxmlm.core._mode_prediction import predict_modes
     from jaxmlm.core._pirls import laplace_deviance_from
 
     frame = _binomial_data(7, n_g=9, n_h=5, cells=4)
     model = jm.Model("cbind(yes, no) ~ 1 + x + (1 | h) + (1 | g)", frame, family="binomial")
     fit = model.fit(warn=False)
-    u_fit = _laplace.point_fit_modes(model, "fit")
-    assert u_fit.shape == (9 + 5,)
+    x_fit, u_fit = _laplace.point_fit_modes(model, "fit")
+    assert u_fit.shape == (9 + 5,) and x_fit.shape == (2 + 2,)
     assert _laplace.point_fit_modes(model, "prior") is None
-    np.testing.assert_allclose(_laplace.point_fit_modes(model, fit), u_fit)
+    np.testing.assert_allclose(_laplace.point_fit_modes(model, fit)[1], u_fit)
     problem = glmm_problem(model)
+    assert _laplace.pirls_start(model, "prior", problem) is None
+    start = _laplace.pirls_start(model, fit, problem)
     x = jnp.concatenate([jnp.asarray(fit.theta), jnp.asarray(fit.fixef.to_numpy())])
+    np.testing.assert_allclose(np.asarray(predict_modes(start, x, problem)), u_fit, atol=1e-12)
     _, (u0, ok0, it0) = laplace_deviance_from(x, problem, None, 1, True)
     _, (u1, ok1, it1) = laplace_deviance_from(x, problem, jnp.asarray(u_fit), 1, True)
     np.testing.assert_allclose(np.asarray(u0), u_fit, atol=1e-6)

@@ -491,12 +491,13 @@ _POINT_FITS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def point_fit(model) -> dict:
     """One point fit per model, whatever the number of sample() calls and samplers: its θ (the centring powers'
-    typical sds) and spherical modes u (where the Laplace sampler's PIRLS starts), as float64 arrays; no
+    typical sds), β and spherical modes u (where the Laplace sampler's PIRLS starts from), as float64 arrays; no
     reference to the model is kept."""
     kept = _POINT_FITS.get(model)
     if kept is None:
         fit = model.fit(warn=False)
         kept = _POINT_FITS[model] = dict(theta=np.asarray(fit.theta, dtype=np.float64),
+                                         beta=np.asarray(fit.getme("beta"), dtype=np.float64),
                                          u=np.asarray(fit.getme("u"), dtype=np.float64))
     return kept
 
