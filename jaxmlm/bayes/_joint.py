@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core._blocks import cross_products
+from ..core._blocks import cross_products, host_to_device
 from ..core._linalg import Factor, factorize, solve_left_lower_t
 from ..core._lmm import LinearProblem, linear_estimates, make_linear_problem, profiled_deviance
 from ..core._pirls import _scoring_residual, laplace_weights, mode_at, random_part, split_x
@@ -83,14 +83,19 @@ DRAW_CHUNK = 128  # draws per compiled call: one program serves any number of dr
 
 def _in_chunks(one_chunk, keys, *per_draw, size: int = DRAW_CHUNK):
     """Run one_chunk(keys_c, *per_draw_c) → (draws, mode) over chunks of `size` draws of the leading (draw) axis:
-    (the draws concatenated, the first chunk's mode). The last chunk is padded (its extra draws dropped)."""
+    (the draws concatenated, as NumPy arrays, and the first chunk's mode). The last chunk is padded (its extra
+    draws dropped). The padding, slicing and joining are NumPy's, on the host where every caller takes the draws:
+    done eagerly in JAX, each slice and join would compile a small program per shape, and each chunk's draws leave
+    the device as soon as they are made."""
+    keys = np.asarray(keys)
+    per_draw = [np.asarray(a) for a in per_draw]
     n = keys.shape[0]
     pad = -n % size
-    keys = jnp.concatenate([keys, keys[:pad]]) if pad else keys
-    per_draw = [jnp.concatenate([a, a[:pad]]) if pad else a for a in per_draw]
-    parts = [one_chunk(keys[i : i + size], *(a[i : i + size] for a in per_draw))
-             for i in range(0, n + pad, size)]
-    draws = jax.tree.map(lambda *xs: jnp.concatenate(xs)[:n], *[part[0] for part in parts])
+    if pad:
+        wrap = np.arange(n + pad) % n
+        keys, per_draw = keys[wrap], [a[wrap] for a in per_draw]
+    parts = [one_chunk(keys[i : i + size], *(a[i : i + size] for a in per_draw)) for i in range(0, n + pad, size)]
+    draws = jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs])[:n], *[part[0] for part in parts])
     return draws, parts[0][1]
 
 
@@ -227,7 +232,7 @@ def point_fit_draws(fit, n_draws: int, seed: int, theta_uncertainty: bool = Fals
     With theta_uncertainty the draws also hold theta (S × k) and, for a linear model, sigma (S,)."""
     model = fit.model
     keys = jax.random.split(jax.random.PRNGKey(seed), n_draws)
-    theta = jnp.asarray(fit._theta)
+    theta = host_to_device(fit._theta)
     if model.is_gaussian:
         reml = fit.method == "reml"
         problem = model.linear_problem
@@ -236,10 +241,10 @@ def point_fit_draws(fit, n_draws: int, seed: int, theta_uncertainty: bool = Fals
             draws, _ = _in_chunks(lambda k, th: _lmm_theta_chunk(k, th, problem, reml), keys, thetas)
             return dict(draws, theta=thetas), _lmm_mode(theta, problem, reml)
         return _in_chunks(lambda k: _lmm_chunk(k, theta, problem, reml), keys)
-    beta_hat, b_hat = jnp.asarray(fit._beta), tuple(jnp.asarray(b) for b in fit._b)
+    beta_hat, b_hat = host_to_device(fit._beta), tuple(host_to_device(b) for b in fit._b)
     if theta_uncertainty:
         return _glmm_theta_draws(fit, keys, n_draws, seed), dict(beta=beta_hat, b=b_hat)
-    weights, X = jnp.asarray(fit.extra["working_weights"]), jnp.asarray(model.design.X)
+    weights, X = host_to_device(fit.extra["working_weights"]), host_to_device(model.design.X)
     factor = _fisher_factor(theta, model.structure, model.rows, weights, X)
     draws, _ = _in_chunks(lambda k: _glmm_chunk(k, factor, model.structure, beta_hat, b_hat), keys)
     return draws, dict(beta=beta_hat, b=b_hat)

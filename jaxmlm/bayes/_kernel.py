@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..core._blocks import host_to_device
 from ._cells import Cells
 from .._compile import jit
 
@@ -63,9 +64,12 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(0, int(np.ceil(np.log2(max(n, 1)))))
 
 
-def _pad_rows(a: jax.Array, rows: int) -> jax.Array:
+def _pad_rows(a, rows: int) -> jax.Array:
+    """The cell array padded with zero rows to `rows`, on the device (padded on the host: an eager join would
+    compile a program per shape)."""
+    a = np.asarray(a)
     pad = rows - a.shape[0]
-    return a if pad == 0 else jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)], axis=0)
+    return host_to_device(a if pad == 0 else np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)], axis=0))
 
 
 def _inverse_link(family, eta):
@@ -107,7 +111,7 @@ def group_draws(cells: Cells, beta, b_terms, family, totals, chunk_cells: int, c
     # padded (the extra groups stay empty) so that tables by state, by state × age or overall share a program
     n_groups = max(_MIN_GROUPS, _next_power_of_two(int(totals.shape[0])))
     rows = -(-cells.weight.shape[0] // chunk_cells) * chunk_cells
-    cells = jax.tree.map(lambda a: _pad_rows(jnp.asarray(a), rows), cells)
+    cells = jax.tree.map(lambda a: _pad_rows(a, rows), cells)
     n_draws = beta.shape[0]
     pad = -n_draws % chunk_draws
     beta = np.concatenate([beta, np.repeat(beta[:1], pad, axis=0)]) if pad else beta
@@ -115,7 +119,7 @@ def group_draws(cells: Cells, beta, b_terms, family, totals, chunk_cells: int, c
     parts = []
     for i in range(0, n_draws + pad, chunk_draws):
         sl = slice(i, i + chunk_draws)
-        parts.append(_draw_chunk_sums(cells, jnp.asarray(beta[sl]), tuple(jnp.asarray(b[sl]) for b in b_terms),
+        parts.append(_draw_chunk_sums(cells, host_to_device(beta[sl]), tuple(host_to_device(b[sl]) for b in b_terms),
                                       family, n_groups, chunk_cells))
     sums = np.concatenate([np.asarray(part) for part in parts], axis=1)[: totals.shape[0], :n_draws]
     return sums / np.asarray(totals)[:, None]
