@@ -150,3 +150,30 @@ def test_a_start_of_non_finite_density_is_an_error_not_a_stuck_chain():
         run_nuts(_impossible_model, (y, prior_sd), jax.random.PRNGKey(0), chains=2, warmup=5, draws=5,
                  chain_method="sequential",
                  sites_model=lambda y, s: _impossible_model(y, s, likelihood=False))
+
+
+def test_an_interrupt_returns_at_once_and_cancels_the_chains_not_started(monkeypatch):
+    """Ctrl-C while chains run side by side: the call raises at once, without waiting for the chains running in
+    their compiled program (here: blocked until released), cancels the chains not yet started, and the next run
+    works."""
+    import threading
+
+    from jaxmlm.bayes import _chains
+
+    monkeypatch.setattr(_chains, "_workers", lambda chains: 2)
+    release, started = threading.Event(), []
+
+    def chain(c):
+        started.append(c)
+        if c == 0:
+            raise KeyboardInterrupt
+        release.wait(60)
+        return c
+
+    with pytest.raises(KeyboardInterrupt):
+        _chains._side_by_side(chain, 6)
+    returned_while_running = not release.is_set()
+    release.set()
+    assert returned_while_running
+    assert len(started) <= 3  # chain 0, the one running beside it, and at most one picked up meanwhile
+    assert _chains._side_by_side(lambda c: c * c, 4) == [0, 1, 4, 9]

@@ -147,9 +147,9 @@ def run_nuts(model, args: tuple, key, *, chains: int, warmup: int, draws: int, t
         if chain_method == "sequential":
             outs = [chain(c) for c in range(chains)]
         else:
-            with concurrent.futures.ThreadPoolExecutor(_workers(chains), thread_name_prefix="jaxmlm-chain") as pool:
-                outs = list(pool.map(chain, range(chains)))
-        (z, diverging, steps), start_energy = jax.tree.map(lambda *parts: jnp.stack(parts), *outs)
+            outs = _side_by_side(chain, chains)
+        (z, diverging, steps), start_energy = jax.tree.map(lambda *parts: np.stack([np.asarray(x) for x in parts]),
+                                                           *outs)
     bad = np.flatnonzero(~np.isfinite(np.asarray(start_energy)))
     if bad.size:
         raise FloatingPointError(f"NUTS started chain(s) {', '.join(str(c + 1) for c in bad)} where the log "
@@ -159,15 +159,31 @@ def run_nuts(model, args: tuple, key, *, chains: int, warmup: int, draws: int, t
                     chain_method=chain_method)
 
 
+def _side_by_side(chain, chains: int) -> list:
+    """chain(c) for every chain, in threads (`_workers`). Interrupted (Ctrl-C) or failed, the chains not yet started
+    are cancelled and the call returns at once: the running ones cannot be stopped inside their compiled program,
+    so they finish in the background and their draws are dropped, the process left usable."""
+    pool = concurrent.futures.ThreadPoolExecutor(_workers(chains), thread_name_prefix="jaxmlm-chain")
+    try:
+        futures = [pool.submit(chain, c) for c in range(chains)]
+        outs = [future.result() for future in futures]
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return outs
+
+
 def _constrained(postprocess, args, z, chains: int, draws: int) -> dict:
     """A model's sites (latent and deterministic, constrained: `postprocess`, NumPyro's) at every draw of z
-    (chains × draws × ...)."""
-    flat = jax.tree.map(lambda x: x.reshape((chains * draws,) + x.shape[2:]), z)
+    (chains × draws × ...). The draws are chunked on the host (eager slices and joins in JAX compile a program
+    per shape and site)."""
+    flat = jax.tree.map(lambda x: np.asarray(x).reshape((chains * draws,) + x.shape[2:]), z)
     program = jit(lambda zs, args: jax.vmap(postprocess(*args))(zs))
     n = chains * draws
     size = min(_SITE_CHUNK, n)
     pad = -n % size
-    padded = jax.tree.map(lambda x: jnp.concatenate([x, x[:pad]]) if pad else x, flat)
+    padded = jax.tree.map(lambda x: x[np.arange(n + pad) % n] if pad else x, flat)
     parts = [program(jax.tree.map(lambda x: x[i:i + size], padded), args) for i in range(0, n + pad, size)]
     sites = jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs])[:n], *parts)
     return {k: v.reshape((chains, draws) + v.shape[1:]) for k, v in sites.items()}
