@@ -144,8 +144,8 @@ def draw_effects(key, theta, beta, problem, start=None):
     """b per term (draws × levels × q) for draws of θ and β (leading axis: draws), and whether PIRLS converged at
     each draw; PIRLS from `start`'s prediction (`pirls_start`; None: 0), as in the sampler."""
     keys = jax.random.split(key, theta.shape[0])
-    (b, ok), _ = _in_chunks(lambda k, th, be: _effects_chunk(k, th, be, problem, start), keys,
-                            jnp.asarray(theta), jnp.asarray(beta), size=_EFFECT_CHUNK)
+    (b, ok), _ = _in_chunks(lambda k, th, be: _effects_chunk(k, th, be, problem, start), keys, theta, beta,
+                            size=_EFFECT_CHUNK)
     return b, ok
 
 
@@ -171,7 +171,7 @@ def sample_laplace(model, mcmc_options: dict, hyper, family: str, link: str, key
                    progress=o["progress_bar"])
     samples = run.samples
     chains, draws = samples["beta"].shape[:2]
-    flat = lambda a: jnp.asarray(a.reshape((chains * draws,) + a.shape[2:]))  # noqa: E731
+    flat = lambda a: np.asarray(a).reshape((chains * draws,) + a.shape[2:])  # noqa: E731
     b_flat, ok = draw_effects(key_b, flat(samples["theta"]), flat(samples["beta"]), problem, start)
     failed = int(np.sum(~np.asarray(ok)))
     if failed:

@@ -24,7 +24,7 @@ import pandas as pd
 
 from .._config import float64
 from .._errors import DataError, JaxmlmError
-from ..core._linalg import _tril_index
+from ..core._covariance import theta_to_matrices
 from ..formula._design import to_pandas
 from . import _cells, _joint, _kernel
 
@@ -75,17 +75,10 @@ def _posterior_factors(post) -> list:
 
 
 def _scaled_factors(theta: np.ndarray, qs, scale: np.ndarray) -> list:
-    """scale × T_k per draw from θ per draw (rows of theta), lme4's layout (`_linalg.theta_to_factors` in NumPy:
-    a few numbers per draw, which eager JAX would compile a program per operation for)."""
-    theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
+    """scale × T_k per draw from θ per draw (rows of theta), lme4's layout (in NumPy: a few numbers per draw, for
+    which eager JAX would compile a program per operation)."""
     scale = np.asarray(scale, dtype=np.float64)[:, None, None]
-    out, pos = [], 0
-    for q in qs:
-        k = q * (q + 1) // 2
-        padded = np.concatenate([theta[:, pos : pos + k], np.zeros((theta.shape[0], 1))], axis=1)
-        out.append(padded[:, _tril_index(q)] * scale)
-        pos += k
-    return out
+    return [T * scale for T in theta_to_matrices(np.atleast_2d(theta), qs)]
 
 
 def _source_draws(source, draws: int, seed: int, theta_uncertainty: bool, responses) -> _Draws:

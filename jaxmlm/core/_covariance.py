@@ -36,12 +36,13 @@ def theta_diagonal_mask(qs) -> np.ndarray:
 
 
 def theta_to_matrices(theta, qs) -> list[np.ndarray]:
+    """θ (lme4's layout) → the lower-triangular T_k, (q, q) each; a batch of θ (..., k) gives (..., q, q)."""
     theta = np.asarray(theta, dtype=np.float64)
     out, pos = [], 0
     for q in qs:
-        T = np.zeros((q, q))
+        T = np.zeros(theta.shape[:-1] + (q, q))
         for r, c in _tril_positions(q):
-            T[r, c] = theta[pos]
+            T[..., r, c] = theta[..., pos]
             pos += 1
         out.append(T)
     return out
