@@ -124,7 +124,7 @@ def test_sampler_pirls_tolerance_gives_the_fits_deviance_and_gradient():
         loose = dataclasses.replace(problem, pirls_tol=SAMPLER_PIRLS_TOL)
         prediction = pirls_start(model, "fit", problem)
         x = jnp.asarray(x, dtype=jnp.float64)
-        for scale in (1.0, 0.5, 1.7):
+        for scale in (0.5, 1.7):
             point = x * jnp.asarray([scale] * problem.structure.n_theta + [1.0] * problem.p)
             strict = value_and_grad(point, problem, None)
             for start in (None, predict_modes(prediction, point, problem)):
