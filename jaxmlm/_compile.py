@@ -47,8 +47,6 @@ def _outside_trace(args, kwargs) -> bool:
 EFFORTS: dict[str, dict | None] = {
     "auto": None,  # per call: "fast" on small arguments (AUTO_FAST_ELEMENTS), else "default" ("lean" if once)
     "default": None,  # XLA's own choice
-    # level 0 for LLVM, and XLA's elemental emitters for fused loops (its MLIR fusion emitters cost a pass
-    # pipeline per fusion that only pays on long runs)
     # level 0 for LLVM, XLA's elemental emitters for fused loops (its MLIR fusion emitters cost a pass pipeline
     # per fusion that only pays on long runs), LLVM's code generated in one piece on one thread, and XLA's plain
     # instruction scheduler: splitting a small module for parallel code generation, and ordering its work for
