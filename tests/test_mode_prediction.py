@@ -40,9 +40,13 @@ def fitted():
         return problem, x_hat, np.asarray(fit.getme("u"))
 
 
+# PIRLS as one program (called at 13 points): run eagerly, each operation around its loop compiles on its own
+_pirls_modes = jax.jit(lambda theta, beta, problem: flat_modes(pirls(theta, beta, problem)[1]))
+
+
 def _modes(problem, x):
     nt = problem.structure.n_theta
-    return np.asarray(flat_modes(pirls(jnp.asarray(x[:nt]), jnp.asarray(x[nt:]), problem)[1]))
+    return np.asarray(_pirls_modes(jnp.asarray(x[:nt]), jnp.asarray(x[nt:]), problem))
 
 
 def test_the_derivatives_are_those_of_pirls_modes(fitted):
