@@ -34,17 +34,17 @@ def spd():
 
 def test_tail_terms_value_gradient_and_hessian_match_a_generic_cholesky(spd):
     f = lambda S: tail_log_terms(S, M_Z, P)  # noqa: E731
-    np.testing.assert_allclose(f(spd), _generic(spd), rtol=1e-13)
+    np.testing.assert_allclose(jax.jit(f)(spd), jax.jit(_generic)(spd), rtol=1e-13)
     w = jnp.array([1.0, 0.7, 30.0])  # weights like the ML/REML combination
-    g = jax.grad(lambda S: w @ f(S))(spd)
-    g0 = jax.grad(lambda S: w @ _generic(S))(spd)
+    g = jax.jit(jax.grad(lambda S: w @ f(S)))(spd)  # compiled: eagerly each operation compiles on its own
+    g0 = jax.jit(jax.grad(lambda S: w @ _generic(S)))(spd)
     # the generic rule returns a non-symmetric cotangent; both agree on symmetric directions
     sym = lambda G: 0.5 * (G + G.T)  # noqa: E731
     np.testing.assert_allclose(sym(g), sym(g0), rtol=1e-10, atol=1e-12)
     direction = jnp.asarray(np.random.default_rng(4).standard_normal(spd.shape))
     direction = direction + direction.T
-    h = jax.jvp(jax.grad(lambda S: w @ f(S)), (spd,), (direction,))[1]
-    h0 = jax.jvp(jax.grad(lambda S: w @ _generic(S)), (spd,), (direction,))[1]
+    h = jax.jit(lambda S, d: jax.jvp(jax.grad(lambda S: w @ f(S)), (S,), (d,))[1])(spd, direction)
+    h0 = jax.jit(lambda S, d: jax.jvp(jax.grad(lambda S: w @ _generic(S)), (S,), (d,))[1])(spd, direction)
     np.testing.assert_allclose(sym(h), sym(h0), rtol=1e-9, atol=1e-11)
 
 
@@ -53,14 +53,14 @@ def test_tail_terms_read_the_lower_triangle_only(spd):
     values nor their first and second derivatives along symmetric directions."""
     garbage = jnp.asarray(np.triu(np.random.default_rng(5).standard_normal(spd.shape), 1))
     w = jnp.array([1.0, 0.7, 30.0])
-    f = lambda S: w @ tail_log_terms(S, M_Z, P)  # noqa: E731
+    f = jax.jit(lambda S: w @ tail_log_terms(S, M_Z, P))
     np.testing.assert_allclose(f(spd + garbage), f(spd), rtol=1e-14)
-    g, g_bad = jax.grad(f)(spd), jax.grad(f)(spd + garbage)
+    g, g_bad = jax.jit(jax.grad(f))(spd), jax.jit(jax.grad(f))(spd + garbage)
     np.testing.assert_allclose(g_bad, g, rtol=1e-12, atol=1e-14)
     assert np.all(np.triu(np.asarray(g), 1) == 0)  # the gradient lives on the lower triangle too
     direction = jnp.asarray(np.tril(np.random.default_rng(6).standard_normal(spd.shape)))
-    h = jax.jvp(jax.grad(f), (spd,), (direction,))[1]
-    h_bad = jax.jvp(jax.grad(f), (spd + garbage,), (direction + garbage,))[1]
+    hvp = jax.jit(lambda S, d: jax.jvp(jax.grad(f), (S,), (d,))[1])
+    h, h_bad = hvp(spd, direction), hvp(spd + garbage, direction + garbage)
     np.testing.assert_allclose(h_bad, h, rtol=1e-10, atol=1e-12)
 
 
