@@ -126,8 +126,7 @@ print(json.dumps(results))
 
 def _import_code(subpackage: str) -> str:
     modules = sorted(p.stem for p in (PACKAGE / subpackage).glob("*.py") if p.stem != "__init__")
-    code = "; ".join(f"import jaxmlm.{subpackage}.{m}" for m in modules) or f"import jaxmlm.{subpackage}"
-    return code
+    return "; ".join(f"import jaxmlm.{subpackage}.{m}" for m in modules) or f"import jaxmlm.{subpackage}"
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +151,7 @@ def test_the_fresh_import_check_sees_a_failing_import(fresh_imports):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("subpackage", SUBPACKAGES)
-def test_each_subpackage_imports_in_a_fresh_interpreter(subpackage, fresh_imports):
+def test_each_subpackage_imports_with_no_other_jaxmlm_module_loaded(subpackage, fresh_imports):
     status, message = fresh_imports[subpackage]
     assert status == 0, message
 
