@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -174,21 +173,46 @@ def child(name: str, scale: str, out: str) -> None:
     pathlib.Path(out).write_text(json.dumps(record, default=float))
 
 
-def run_one(name: str, scale: str, limit_s: float, env: dict) -> dict:
+def _child_process(name: str, scale: str, out: str, log: str) -> None:
+    """A workload's process: its output and errors go to `log` (the parent keeps the last lines of a failure)."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    child(name, scale, out)
+
+
+# Every workload runs in a process of its own, forked from a server process that has imported JAX and jaxmlm
+# once (without touching a device: no backend is started there), so that each workload pays neither a new
+# interpreter nor JAX's import; its memory, the accelerator's included, goes back when it ends.
+_PRELOAD = ["numpy", "pandas", "scipy.linalg", "jax", "jaxmlm", "benchmarks.workloads", "benchmarks.device_run"]
+
+
+def _processes():
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)
+    return context
+
+
+def run_one(name: str, scale: str, limit_s: float, processes) -> dict:
+    from benchmarks import device_run  # the target by its module's name, as the forked process imports it
+
     with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "record.json")
-        cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--child", name, "--scale", scale, "--out", out]
+        out, log = os.path.join(tmp, "record.json"), os.path.join(tmp, "log.txt")
         start = time.perf_counter()
-        try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=max(limit_s, 1.0))
-        except subprocess.TimeoutExpired:
-            return dict(workload=name, scale=scale, status="timeout", limit_s=limit_s,
-                        wall_s=time.perf_counter() - start)
+        proc = processes.Process(target=device_run._child_process, args=(name, scale, out, log))
+        proc.start()
+        proc.join(max(limit_s, 1.0))
         wall = time.perf_counter() - start
-        if proc.returncode != 0 or not os.path.exists(out):
-            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-12:]
-            return dict(workload=name, scale=scale, status="failed", returncode=proc.returncode, wall_s=wall,
-                        error="\n".join(tail))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+            return dict(workload=name, scale=scale, status="timeout", limit_s=limit_s, wall_s=wall)
+        if proc.exitcode != 0 or not os.path.exists(out):
+            text = pathlib.Path(log).read_text(errors="replace") if os.path.exists(log) else ""
+            return dict(workload=name, scale=scale, status="failed", returncode=proc.exitcode, wall_s=wall,
+                        error="\n".join(text.strip().splitlines()[-12:]))
         record = json.loads(pathlib.Path(out).read_text())
         record["wall_s"] = wall
         return record
@@ -200,23 +224,19 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="device_results.jsonl")
     parser.add_argument("--budget", type=float, default=480.0, help="seconds for all workloads together")
     parser.add_argument("--only", default="", help="comma-separated workload names")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
-        child(args.child, args.scale, args.out)
-        return 0
     names = [n for n in args.only.split(",") if n] or list(WORKLOADS)
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
         parser.error(f"unknown workload(s) {unknown}; known: {', '.join(WORKLOADS)}")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # the direct ml-32m tail alone is ~57 GB
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # the direct ml-32m tail alone is ~57 GB
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    processes = _processes()
     deadline = time.perf_counter() + args.budget
     share_left = sum(WORKLOADS[n][1] for n in names)
     with open(args.out, "w") as results:
         # the backend, read in a child: JAX in this process would hold the accelerator's memory all along
-        info = run_one("_environment", args.scale, 120.0, env)
+        info = run_one("_environment", args.scale, 120.0, processes)
         results.write(json.dumps(info, default=float) + "\n")
         results.flush()
         print(f"backend: {info.get('backend')} {info.get('devices')}", flush=True)
@@ -224,7 +244,7 @@ def main(argv=None) -> int:
             left = deadline - time.perf_counter()
             limit = left * WORKLOADS[name][1] / share_left  # the time that earlier workloads left goes on
             share_left -= WORKLOADS[name][1]
-            record = run_one(name, args.scale, limit, env)
+            record = run_one(name, args.scale, limit, processes)
             results.write(json.dumps(record, default=float) + "\n")
             results.flush()
             print(f"{name}: {record['status']} ({record.get('wall_s', 0.0):.1f} s) objective "

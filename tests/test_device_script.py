@@ -2,8 +2,9 @@
 that the accelerator run cannot fail for a trivial reason when a device is at hand.
 
 The tiny scale runs the code of the small and the full scale (the same runners, the same size keys: checked
-below) on fewer rows, groups, responses and datasets; a fresh interpreter and its compiles per workload are the
-cost either way, and the small sizes cost nearly twice the CPU time (their iterative fit most)."""
+below) on fewer rows, groups, responses and datasets; each workload's compiles are the cost either way (its process is
+forked from one that has imported JAX and jaxmlm), and the small sizes cost nearly twice the CPU time (their
+iterative fit most)."""
 
 import json
 import math
@@ -52,3 +53,13 @@ def test_device_script_refuses_unknown_workload(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "device_run.py"), "--only", "nope",
                            "--out", str(tmp_path / "r.jsonl")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown workload" in proc.stderr
+
+
+def test_a_failing_workload_is_recorded_with_its_error(tmp_path):
+    """A workload that raises gives a 'failed' record with the last lines of its traceback; the run goes on."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import device_run
+
+    record = device_run.run_one("no_such_workload", "tiny", 120.0, device_run._processes())
+    assert record["status"] == "failed" and record["returncode"] != 0
+    assert "KeyError: 'no_such_workload'" in record["error"]
