@@ -72,6 +72,16 @@ def pytest_configure(config):
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # every entry, however small
 
 
+def run_cache_reader_env() -> dict:
+    """Environment variables under which a test's subprocess reads the run's shared cache and never writes it
+    (its writes would not be atomic: only the tests' own processes replace JAX's writer, `_atomic_cache_writes`):
+    every entry takes less than the threshold to compile. Empty when the run has no shared cache."""
+    path = os.environ.get(_RUN_CACHE_VAR)
+    if not path or not os.path.isdir(path):
+        return {}
+    return {"JAX_COMPILATION_CACHE_DIR": path, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1e9"}
+
+
 def _atomic_cache_writes():
     """JAX writes an entry in place: the other worker could read it half-written, and JAX's warning about the
     bad entry would fail a test that turns warnings into errors. Entries appear whole instead (a temporary file,

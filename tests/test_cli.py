@@ -1,10 +1,12 @@
 """The jaxmlm command line: once as a user runs it (a subprocess on a CSV file), the rest through main()."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+from conftest import run_cache_reader_env
 
 import jaxmlm as jm
 from jaxmlm.cli import main
@@ -13,7 +15,9 @@ FORMULA = "Reaction ~ Days + (Days | Subject)"
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "jaxmlm.cli", *args], capture_output=True, text=True, timeout=300)
+    env = dict(os.environ, **run_cache_reader_env())  # programs the run compiled already
+    return subprocess.run([sys.executable, "-m", "jaxmlm.cli", *args], capture_output=True, text=True, timeout=300,
+                          env=env)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_cache_reader_env
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -42,7 +43,7 @@ def test_readme_has_python_blocks():
 @pytest.mark.slow
 def test_every_readme_snippet_runs(tmp_path):
     blocks = readme_blocks(README.read_text())
-    env = dict(os.environ, MPLBACKEND="Agg")
+    env = dict(os.environ, MPLBACKEND="Agg", **run_cache_reader_env())  # programs the run compiled already
     result = subprocess.run([sys.executable, "-c", _DRIVER], input=json.dumps(blocks), capture_output=True,
                             text=True, cwd=tmp_path, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
