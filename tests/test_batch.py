@@ -56,7 +56,8 @@ def test_sleepstudy_columns_equal_single_fits(sleep):
     _check_columns(batch, formula, data, "Reaction", Y, True, [0, 3])
     too_few = np.full((180, 1), np.nan)
     too_few[:2, 0] = 1.0
-    out = model.fit_batch(too_few, chunk_size=CHUNK)  # nothing to fit: NaN and not converged, no error
+    with pytest.warns(jm.ConvergenceWarning, match="too few observed rows"):
+        out = model.fit_batch(too_few, chunk_size=CHUNK)  # nothing to fit: NaN and not converged, no error
     assert not out.converged[0] and np.isnan(out.objective[0])
 
 
