@@ -29,6 +29,8 @@ import weakref
 import jax
 import numpy as np
 
+from . import _program_store
+
 __all__ = ["EFFORTS", "carry_effort", "compile_ahead", "compile_effort", "compiled_programs", "current_effort", "jit",
            "release_programs"]
 
@@ -148,13 +150,14 @@ _calls = [0]
 
 def compiled_programs() -> int:
     """How many compiled programs jaxmlm's own jitted functions hold now."""
-    return sum(getattr(v, "_cache_size", lambda: 0)() for v in _all_variants)
+    return sum(getattr(v, "_cache_size", lambda: 0)() for v in _all_variants) + _program_store.size()
 
 
 def release_programs() -> None:
     """Drops every compiled program of jaxmlm's own functions (the user's programs are left alone)."""
     for variant in _all_variants:
         variant.clear_cache()
+    _program_store.clear()
 
 
 def _bound_programs() -> None:
@@ -197,12 +200,28 @@ def jit(fn=None, /, *, once: bool = False, **jit_kwargs):
     _rebuilders.append(lambda: variants.update(_variants(fn, jit_kwargs)))
     default = variants["default"]
     large = "lean" if once else "default"
+    name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}"
+    static_positions, static_names = _static_arguments(fn, jit_kwargs)
+    # the store keys a program by its function's name (jaxmlm's sources are hashed into the key): only a
+    # module-level jaxmlm function, whose name says what it computes (a lambda or a closure does not)
+    storable = _program_store.nameable(fn)
 
-    def variant_for(args, kwargs):
+    def effort_for(args, kwargs) -> str:
         effort = _scoped.get() or _environment_effort()
         if effort == "auto":
             effort = "fast" if _small(args, kwargs) else large
-        return variants[effort]
+        return effort
+
+    def variant_for(args, kwargs):
+        return variants[effort_for(args, kwargs)]
+
+    def stored(effort, args, kwargs):
+        """The call's executable from `_program_store` (loaded, or compiled and kept), or None."""
+        try:
+            return _program_store.lookup(name, effort, EFFORTS[effort], variants[effort], args, kwargs,
+                                         static_positions, static_names)
+        except Exception:  # noqa: BLE001  (an unknown compile option, an error of the call: jax.jit says it)
+            return None
 
     # a host optimizer calls these programs a few dozen times per fit: the wrapper does the least it can per call
     @functools.wraps(fn)
@@ -210,9 +229,20 @@ def jit(fn=None, /, *, once: bool = False, **jit_kwargs):
         _calls[0] += 1
         if _calls[0] % CHECK_EVERY == 0:
             _bound_programs()
-        variant = variant_for(args, kwargs)
+        effort = effort_for(args, kwargs)
+        variant = variants[effort]
         # inside another program's trace the call is inlined there, and JAX refuses compiler options on it
-        if variant is default or not _outside_trace(args, kwargs):
+        if not _outside_trace(args, kwargs):
+            return default(*args, **kwargs)
+        if storable and _program_store.active():
+            hit = stored(effort, args, kwargs)
+            if hit is not None:
+                executable, dynamic_args, dynamic_kwargs = hit
+                try:
+                    return executable(*dynamic_args, **dynamic_kwargs)
+                except (TypeError, ValueError):  # arguments it refuses (a static field equal but not ==)
+                    pass
+        if variant is default:
             return default(*args, **kwargs)
         try:
             return variant(*args, **kwargs)
@@ -223,7 +253,26 @@ def jit(fn=None, /, *, once: bool = False, **jit_kwargs):
 
     call.variants = variants
     call.variant_for = variant_for
+    call.stored = (lambda args, kwargs: stored(effort_for(args, kwargs), args, kwargs)) if storable else None
     return call
+
+
+def _static_arguments(fn, jit_kwargs) -> tuple[frozenset, frozenset]:
+    """The positions and names of `fn`'s static arguments (jax.jit's static_argnums and static_argnames, each
+    completed from the signature), which a compiled executable does not take."""
+    import inspect
+
+    numbers = jit_kwargs.get("static_argnums") or ()
+    names = jit_kwargs.get("static_argnames") or ()
+    numbers = {numbers} if isinstance(numbers, int) else set(numbers)
+    names = {names} if isinstance(names, str) else set(names)
+    try:
+        parameters = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):  # pragma: no cover
+        parameters = []
+    numbers |= {i for i, p in enumerate(parameters) if p in names}
+    names |= {parameters[i] for i in numbers if i < len(parameters)}
+    return frozenset(numbers), frozenset(names)
 
 
 _ahead = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxmlm-compile")
@@ -243,9 +292,13 @@ def compile_ahead(program, *args, **kwargs) -> concurrent.futures.Future:
         return done
     variant = choose(args, kwargs)
     x64 = bool(jax.config.jax_enable_x64)
+    store = _program_store.active() and getattr(program, "stored", None)
+    effort = current_effort()
 
     def work():
-        with jax.enable_x64(x64):
+        with jax.enable_x64(x64), compile_effort(effort):
+            if store and store(args, kwargs) is not None:  # loaded or compiled into the store's memory
+                return
             variant.lower(*args, **kwargs).compile()
 
     return _ahead.submit(work)

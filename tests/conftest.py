@@ -118,6 +118,12 @@ def pytest_unconfigure(config):
         shutil.rmtree(_own_cache_dir.pop(), ignore_errors=True)
         os.environ.pop(_RUN_CACHE_VAR, None)
 
+# The run's shared cache is for XLA's executables only: jaxmlm's program store (`_program_store`, which keeps
+# compiled programs beside JAX's cache so that a new process skips tracing) is tested on its own, in
+# tests/test_program_store.py; in the workers it would only write entries that the other worker, fitting other
+# models, seldom reads (a whole run with it on: the same tests passing, 2-3% more CPU).
+os.environ.setdefault("JAXMLM_PROGRAM_STORE", "0")
+
 # The suite compiles far more than it runs: jaxmlm's programs at XLA's lowest optimization level (its own
 # compile option, not XLA_FLAGS) halve the compile time; tests/test_compile.py checks that both efforts agree.
 os.environ.setdefault("JAXMLM_COMPILE", "fast")

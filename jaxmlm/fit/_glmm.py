@@ -117,6 +117,7 @@ def _value_and_grad(x, problem, nodes, weights, u_start=None):
 
 _value_and_grad.variants = _value_and_grad_program.variants  # the compiled program's, for `compile_ahead`
 _value_and_grad.variant_for = _value_and_grad_program.variant_for
+_value_and_grad.stored = _value_and_grad_program.stored
 
 
 class Modes:

@@ -1,0 +1,386 @@
+"""Compiled programs kept beside JAX's persistent compilation cache, so that a new process skips tracing too.
+
+JAX's persistent cache stores XLA's executables keyed by the lowered module: a new process still traces and lowers
+every program before it can look one up, and for a small fit (sleepstudy) that is most of the first call
+(benchmarks/results/first_fit.md). Where the user has turned that cache on (`enable_compilation_cache`,
+JAXMLM_CACHE_DIR, or JAX's own `jax_compilation_cache_dir`), jaxmlm also keeps each of its programs, serialized
+after compiling, under `<cache dir>/jaxmlm-programs/`, keyed by everything the program depends on: the function,
+the compile effort, the argument tree (static fields and static arguments included, pickled) and the arguments'
+shapes and dtypes, JAX's tracing configuration, XLA_FLAGS, the backend, and the versions of JAX, jaxlib and
+jaxmlm's own sources. A later process with the same key loads the executable and runs it: no tracing, lowering or
+compiling.
+
+What is never stored: a program with host callbacks or side effects (compiled once, it is kept for the process
+only), a lambda or closure (its name does not say what it computes), and, running through `jax.jit` as usual, a
+call whose arguments live on several devices or another device than the default, or whose argument tree holds a
+function or class from outside jaxmlm, JAX, equinox, NumPy and the standard library (a user's family or link,
+whose source could change between sessions under the same name). A damaged, unreadable or read-only store never
+stops a call: the program is compiled again. JAXMLM_PROGRAM_STORE=0 turns the store off.
+
+Loading an entry unpickles it, as JAX's own executable cache loads code: the store is as trusted as the cache
+directory itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import io
+import os
+import pathlib
+import pickle
+import threading
+import weakref
+
+import jax
+import numpy as np
+
+__all__ = ["active", "nameable", "lookup", "clear", "size", "STORE_DIRNAME"]
+
+STORE_DIRNAME = "jaxmlm-programs"
+_FORMAT = 1  # bumped when an entry's layout changes
+_ENV_VAR = "JAXMLM_PROGRAM_STORE"
+
+
+class _Unstorable(Exception):
+    """The program runs through jax.jit: its arguments cannot be keyed, or its executable cannot be stored."""
+
+
+def _cache_dir() -> str | None:
+    if os.environ.get(_ENV_VAR, "1") == "0":
+        return None
+    if not getattr(jax.config, "jax_enable_compilation_cache", True):
+        return None
+    return getattr(jax.config, "jax_compilation_cache_dir", None) or None
+
+
+def nameable(fn) -> bool:
+    """Whether `fn`'s module and qualified name identify what it computes: a module-level function of jaxmlm (the
+    key hashes jaxmlm's sources), not a lambda, a closure or a function defined inside another."""
+    module, qualname = getattr(fn, "__module__", None) or "", getattr(fn, "__qualname__", None) or "<"
+    return (module == "jaxmlm" or module.startswith("jaxmlm.")) and "<" not in qualname and \
+        getattr(fn, "__closure__", None) is None
+
+
+def active() -> bool:
+    """Whether calls go through the store: JAX's persistent cache is on and JAXMLM_PROGRAM_STORE is not 0."""
+    return _cache_dir() is not None
+
+
+# ---------------------------------------------------------------------------------------------- in memory
+# (function, effort, the arguments' signature) -> the loaded executable, or None for "runs through jax.jit".
+# Objects other than arrays and plain values (a problem's Module) enter a signature by identity, with a weak
+# reference checked on every hit, so that an entry never serves another object that reuses a freed id.
+# Where a signature is new (a new problem object of a known shape), the key finds the executable already loaded:
+# key -> executable, so that an entry is read from disk once per process.
+_loaded: dict[tuple, tuple] = {}
+_by_key: dict[str, object] = {}
+_lock = threading.Lock()
+_SIGNATURES_KEPT = 4096
+
+
+def clear() -> None:
+    """Drops every loaded executable (the files stay)."""
+    with _lock:
+        _loaded.clear()
+        _by_key.clear()
+
+
+def size() -> int:
+    """How many executables are loaded in this process."""
+    return len(_by_key)
+
+
+def _remember(signature, executable, refs) -> None:
+    with _lock:
+        if len(_loaded) >= _SIGNATURES_KEPT:  # signatures of objects freed since
+            for stale in [s for s, (_, r) in _loaded.items() if any(ref() is None for ref in r)]:
+                del _loaded[stale]
+            if len(_loaded) >= _SIGNATURES_KEPT:
+                _loaded.clear()
+        _loaded[signature] = (executable, refs)
+
+
+def _signature(obj, refs: list, dynamic: bool):
+    """A hashable description of `obj` that equals another's only where both trace to the same program: arrays
+    by shape and dtype, dynamic Python numbers by type, static values by value, containers element by element,
+    any other object by identity (its weak reference appended to refs)."""
+    kind = type(obj)
+    if obj is None or kind is str:
+        return obj
+    if kind in (bool, int, float, complex):
+        return (kind,) if dynamic else (kind, obj)
+    if kind in (tuple, list):
+        return (kind, tuple(_signature(o, refs, dynamic) for o in obj))
+    if kind is dict:
+        return (dict, tuple((k, _signature(v, refs, dynamic)) for k, v in sorted(obj.items())))
+    if kind is np.ndarray or isinstance(obj, np.generic):
+        return ("np", obj.shape, obj.dtype.str)
+    if isinstance(obj, jax.Array):
+        return ("jax", obj.shape, obj.dtype.str, bool(getattr(obj, "weak_type", False)))
+    try:
+        refs.append(weakref.ref(obj))
+    except TypeError:
+        raise _Unstorable from None
+    return ("id", kind, id(obj))
+
+
+def _split_static(args: tuple, kwargs: dict, static_positions: frozenset, static_names: frozenset):
+    dyn_args = tuple(a for i, a in enumerate(args) if i not in static_positions)
+    static_args = tuple((i, a) for i, a in enumerate(args) if i in static_positions)
+    dyn_kwargs = {k: v for k, v in kwargs.items() if k not in static_names}
+    static_kwargs = {k: v for k, v in kwargs.items() if k in static_names}
+    return dyn_args, dyn_kwargs, static_args, static_kwargs
+
+
+# ---------------------------------------------------------------------------------------------- the key
+_ALLOWED_ROOTS = frozenset({"jaxmlm", "jax", "jaxlib", "equinox", "numpy", "builtins", "collections", "functools",
+                            "operator", "math", "dataclasses", "enum", "types", "copyreg", "_operator",
+                            "_functools", "ml_dtypes"})
+
+
+# Sentinels compared by identity when a tree is rebuilt (equinox's unflatten tests `aux[0] is not MISSING`): an
+# entry's output tree names them, and loading it gives back this process's objects.
+def _sentinels() -> dict:
+    import dataclasses
+
+    from equinox._module import _flatten
+
+    return {"equinox.MISSING": _flatten.MISSING, "dataclasses.MISSING": dataclasses.MISSING}
+
+
+class _TreePickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        for name, sentinel in _sentinels().items():
+            if obj is sentinel:
+                return name
+        return None
+
+
+class _TreeUnpickler(pickle.Unpickler):
+    def persistent_load(self, name):
+        return _sentinels()[name]
+
+
+def _dump_tree(tree) -> bytes:
+    with io.BytesIO() as buffer:
+        _TreePickler(buffer, protocol=4).dump(tree)
+        return buffer.getvalue()
+
+
+class _KeyPickler(_TreePickler):
+    """Pickles the static content of a key; refuses functions and classes from outside the allowed libraries."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, (type, type(len), type(_cache_dir))) or callable(obj) and hasattr(obj, "__qualname__"):
+            module = getattr(obj, "__module__", None) or ""
+            if module.split(".")[0] not in _ALLOWED_ROOTS:
+                raise _Unstorable
+        return NotImplemented
+
+
+def _pickled(obj) -> bytes:
+    with io.BytesIO() as buffer:
+        try:
+            _KeyPickler(buffer, protocol=4).dump(obj)
+        except _Unstorable:
+            raise
+        except Exception:  # noqa: BLE001  (anything that does not pickle is simply not stored)
+            raise _Unstorable from None
+        return buffer.getvalue()
+
+
+_environment: list = []
+
+
+def _environment_digest() -> bytes:
+    """The versions and sources the programs come from, hashed once per process."""
+    if not _environment:
+        import jaxlib
+
+        digest = hashlib.sha256()
+        for part in (jax.__version__, getattr(jaxlib, "__version__", ""), os.environ.get("XLA_FLAGS", "")):
+            digest.update(part.encode() + b"\0")
+        root = pathlib.Path(__file__).resolve().parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+        _environment.append(digest.digest())
+    return _environment[0]
+
+
+def _trace_configuration() -> str:
+    try:
+        from jax._src.config import trace_context
+    except ImportError:  # pragma: no cover
+        return repr(bool(jax.config.jax_enable_x64))
+    # plain settings by value; an object among them (the empty axis environment outside any trace) by its type,
+    # as its repr holds an address
+    plain = (type(None), bool, int, float, str, tuple, enum.Enum)
+    return repr([v if isinstance(v, plain) else type(v).__name__ for v in trace_context()])
+
+
+def _device_check(leaves) -> None:
+    default = jax.devices()[0]
+    for leaf in leaves:
+        if isinstance(leaf, jax.Array):
+            devices = leaf.sharding.device_set
+            if len(devices) != 1 or next(iter(devices)) != default:
+                raise _Unstorable
+
+
+def _key(name: str, effort: str, options, treedef, leaves, static_args, static_kwargs) -> str:
+    device = jax.devices()[0]
+    digest = hashlib.sha256()
+    digest.update(_environment_digest())
+    for part in (str(_FORMAT), name, effort, repr(sorted((options or {}).items())), _trace_configuration(),
+                 jax.default_backend(), str(device.device_kind), str(jax.device_count())):
+        digest.update(part.encode() + b"\0")
+    digest.update(_pickled(treedef))
+    digest.update(_pickled((static_args, sorted(static_kwargs.items()))))
+    for leaf in leaves:
+        if isinstance(leaf, (np.ndarray, np.generic, jax.Array)):
+            weak = bool(getattr(leaf, "weak_type", False))
+            digest.update(f"{leaf.shape}|{leaf.dtype.str}|{weak};".encode())
+        else:  # a Python number: traced as a weakly typed scalar of its kind
+            digest.update(f"{type(leaf).__name__};".encode())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- load or compile
+def _read(path: pathlib.Path, treedef):
+    """The stored executable at path, called with trees of `treedef` (this process's: the key holds its pickle,
+    so the stored one is the same), or None."""
+    from jax.experimental import serialize_executable
+
+    try:
+        _prepare_backend()
+        with open(path, "rb") as fh:
+            fmt, executable, out_tree = pickle.load(fh)
+        if fmt != _FORMAT:
+            return None
+        out_tree = _TreeUnpickler(io.BytesIO(out_tree)).load()
+        return serialize_executable.deserialize_and_load(executable, treedef, out_tree)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception:  # noqa: BLE001  (a missing, partial or damaged entry is compiled again)
+        return None
+
+
+def _storable(compiled) -> bool:
+    unloaded = getattr(compiled._executable, "_unloaded_executable", None)
+    if unloaded is None:
+        return False
+    if getattr(unloaded, "host_callbacks", None) or getattr(unloaded, "ordered_effects", None) or \
+            getattr(unloaded, "unordered_effects", None):
+        return False
+    return not getattr(getattr(compiled, "_params", None), "const_args", None)
+
+
+def _write(path: pathlib.Path, compiled) -> None:
+    from jax.experimental import serialize_executable
+
+    try:
+        executable, _, out_tree = serialize_executable.serialize(compiled)
+        payload = pickle.dumps((_FORMAT, executable, _dump_tree(out_tree)), protocol=4)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+        partial.write_bytes(payload)
+        os.replace(partial, path)  # whole or not at all: a reader never sees half an entry
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception:  # noqa: BLE001  (a read-only or full directory: the program still runs)
+        return
+
+
+def lookup(name: str, effort: str, options, variant, args: tuple, kwargs: dict, static_positions: frozenset,
+           static_names: frozenset):
+    """(executable, dynamic args, dynamic kwargs) for this call of `variant` (the jitted function of `effort`),
+    or None where it runs through jax.jit. Loads the stored executable, or compiles, stores and keeps it."""
+    refs: list = []
+    dyn_args, dyn_kwargs, static_args, static_kwargs = _split_static(args, kwargs, static_positions, static_names)
+    try:
+        signature = (name, effort, bool(jax.config.jax_enable_x64),
+                     _signature(dyn_args, refs, True), _signature(dyn_kwargs, refs, True),
+                     _signature(static_args, refs, False), _signature(sorted(static_kwargs.items()), refs, False))
+    except (_Unstorable, TypeError):
+        return None
+    entry = _loaded.get(signature)
+    if entry is not None and all(ref() is not None for ref in entry[1]):
+        return None if entry[0] is None else (entry[0], dyn_args, dyn_kwargs)
+    executable = _load_or_compile(name, effort, options, variant, args, kwargs, dyn_args, dyn_kwargs, static_args,
+                                  static_kwargs)
+    _remember(signature, executable, refs)
+    return None if executable is None else (executable, dyn_args, dyn_kwargs)
+
+
+def _load_or_compile(name, effort, options, variant, args, kwargs, dyn_args, dyn_kwargs, static_args,
+                     static_kwargs):
+    directory = _cache_dir()
+    if directory is None:
+        return None
+    leaves, treedef = jax.tree_util.tree_flatten((dyn_args, dyn_kwargs))
+    try:
+        _device_check(leaves)
+        key = _key(name, effort, options, treedef, leaves, static_args, static_kwargs)
+    except _Unstorable:
+        return None
+    executable = _by_key.get(key)
+    if executable is not None:
+        return executable
+    path = pathlib.Path(directory) / STORE_DIRNAME / f"{key}.bin"
+    executable = _read(path, treedef) if path.exists() else None
+    if executable is None:
+        lowered = variant.lower(*args, **kwargs)
+        executable, fresh = _compile_counting_hits(lowered)
+        if _storable(executable) and _known_targets(lowered):  # else kept for this process only
+            if not fresh:
+                executable, fresh = _compile_counting_hits(lowered, _FRESH_COMPILE)
+            if fresh:
+                _write(path, executable)
+    with _lock:
+        _by_key[key] = executable
+    return executable
+
+
+# An executable that JAX's persistent cache gave back serializes without its kernels on XLA:CPU (the loaded copy
+# fails with "Function ... not found"): only a fresh compile is written. Where the cache holds the program (the
+# store turned on later, or jaxmlm's sources changed and the program did not), it is compiled once more with an
+# option at its default value, which makes another cache key and changes nothing in the code.
+_FRESH_COMPILE = {"xla_cpu_enable_fast_math": False}
+_hits = threading.local()
+_listening: list = []
+
+
+def _count_hit(event: str, **_) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        _hits.count = getattr(_hits, "count", 0) + 1
+
+
+def _compile_counting_hits(lowered, options=None):
+    """(executable, compiled afresh: not read from JAX's persistent cache)."""
+    if not _listening:
+        with _lock:
+            if not _listening:
+                jax.monitoring.register_event_listener(_count_hit)
+                _listening.append(True)
+    before = getattr(_hits, "count", 0)
+    executable = lowered.compile() if options is None else lowered.compile(compiler_options=options)
+    return executable, getattr(_hits, "count", 0) == before
+
+
+def _known_targets(lowered) -> bool:
+    """Whether every custom call of the program is one a new process has ready before running a loaded
+    executable: JAX registers its CPU LAPACK kernels only when a program using them is first lowered, which a
+    loaded executable skips (`_prepare_backend` registers them)."""
+    import re
+
+    targets = set(re.findall(r"custom_call @([A-Za-z0-9_.]+)", lowered.as_text()))
+    return all(t.startswith("lapack_") for t in targets)
+
+
+def _prepare_backend() -> None:
+    """What lowering would have set up: JAX's CPU LAPACK kernels (as `jax.export` does for a deserialized call)."""
+    if jax.default_backend() == "cpu":
+        from jax._src.lax import linalg
+
+        linalg.initialize_lapack()

@@ -1,0 +1,191 @@
+"""The program store (`jaxmlm._program_store`): a new process with the persistent cache filled runs jaxmlm's
+programs without tracing, lowering or compiling them, with the same numbers to the bit; a damaged entry is
+compiled again; what cannot be keyed safely (lambdas, closures, a user's functions in the arguments, host
+callbacks) is never stored."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxmlm as jm
+from jaxmlm import _compile, _program_store
+
+# Fits sleepstudy (ML, REML) and cbpp's binomial GLMM in a new process on the cache directory argv[1]; with argv[2]
+# "reference" the first fits run with the store off. Prints the estimates (bit patterns) and the names of the
+# programs JAX traced.
+_CHILD = r"""
+import json, os, sys
+import jax.monitoring as monitoring
+traced = []
+monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **kw: traced.append(kw.get("fun_name")) if event.endswith("jaxpr_trace_duration") else None)
+import numpy as np
+import jaxmlm as jm
+
+def fits():
+    sleep, cbpp = jm.datasets.load("sleepstudy"), jm.datasets.load("cbpp")
+    out = []
+    for reml in (False, True):
+        fit = jm.lmer("Reaction ~ Days + (Days | Subject)", sleep, REML=reml)
+        out.append([fit.objective, *fit.theta, *fit.fixef, fit.sigma, *np.ravel(fit.vcov)])
+    fit = jm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial")
+    out.append([fit.objective, *fit.theta, *fit.fixef, *np.ravel(fit.vcov)])
+    return [[float(v).hex() for v in row] for row in out]
+
+jm.enable_compilation_cache(sys.argv[1])
+result = {}
+if sys.argv[2] == "reference":
+    os.environ["JAXMLM_PROGRAM_STORE"] = "0"
+    result["reference"] = fits()
+    result["traced_reference"] = sorted(set(traced))
+    os.environ["JAXMLM_PROGRAM_STORE"] = "1"
+result["fits"] = fits()
+result["traced"] = sorted(set(traced))
+print(json.dumps(result))
+"""
+
+_STORED_PROGRAMS = {"_statistics_and_split", "deviance_and_gradient", "linear_estimates", "_start_beta",
+                    "_value_and_grad", "_state_from"}
+
+
+def _child(cache_dir, mode):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAXMLM_CACHE", "JAX_COMPILATION_CACHE"))}
+    env.pop("JAXMLM_PROGRAM_STORE", None)
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(cache_dir), mode], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_filled_store_skips_tracing_with_the_same_numbers(tmp_path):
+    first = _child(tmp_path, "reference")
+    # the store's executables (compiled and written by this process) give the plain jit's numbers, to the bit
+    assert first["fits"] == first["reference"]
+    assert _STORED_PROGRAMS <= set(first["traced_reference"])
+    store = tmp_path / _program_store.STORE_DIRNAME
+    entries = sorted(store.glob("*.bin"))
+    assert len(entries) >= 6
+
+    second = _child(tmp_path, "fits")
+    assert second["fits"] == first["reference"]
+    assert not (_STORED_PROGRAMS & set(second["traced"])), second["traced"]
+
+    # damaged entries (cut short, overwritten) are compiled again and rewritten; the numbers stay
+    for i, entry in enumerate(entries):
+        entry.write_bytes(b"" if i % 2 else b"not an executable")
+    third = _child(tmp_path, "fits")
+    assert third["fits"] == first["reference"]
+    assert all(entry.stat().st_size > 100 for entry in entries)
+
+
+def test_only_module_level_jaxmlm_functions_are_keyed_by_name():
+    from jaxmlm.core import _lmm
+
+    assert _program_store.nameable(_lmm.deviance_and_gradient.__wrapped__)
+    assert not _program_store.nameable(lambda x: x)
+    scale = 2.0
+
+    def closure(x):
+        return scale * x
+
+    assert not _program_store.nameable(closure)
+    assert not _program_store.nameable(test_only_module_level_jaxmlm_functions_are_keyed_by_name)
+
+
+class _UsersLink:  # a class of the user's (here, of this test module)
+    def __call__(self, eta):
+        return eta
+
+
+def test_a_users_function_or_class_in_the_arguments_is_never_stored():
+    with pytest.raises(_program_store._Unstorable):
+        _program_store._pickled((1, _UsersLink()))
+    with pytest.raises(_program_store._Unstorable):
+        _program_store._pickled({"link": test_a_users_function_or_class_in_the_arguments_is_never_stored})
+    with pytest.raises(_program_store._Unstorable):
+        _program_store._pickled(lambda x: x)  # not picklable at all
+    # jaxmlm's own families and NumPy's arrays are content the key can hold
+    assert _program_store._pickled((jm.families.binomial(), np.arange(3), jnp.float64)) != b""
+
+
+def _store_in(tmp_path, monkeypatch):
+    monkeypatch.setattr(_program_store, "_cache_dir", lambda: str(tmp_path))
+    monkeypatch.setenv("JAXMLM_PROGRAM_STORE", "1")
+    _program_store.clear()
+    return tmp_path / _program_store.STORE_DIRNAME
+
+
+def test_static_arguments_shapes_and_efforts_have_their_own_entries(tmp_path, monkeypatch):
+    from jaxmlm.core import _lmm
+
+    store = _store_in(tmp_path, monkeypatch)
+    with jax.enable_x64(True):
+        model = jm.Model("Reaction ~ Days + (Days | Subject)", jm.datasets.load("sleepstudy"))
+        model.linear_problem  # noqa: B018  (forms the statistics and their split form)
+        problem = model._evaluation_problem
+        theta = np.array([0.9, 0.1, 0.3])
+        values = {}
+        for reml in (False, True):
+            for effort in ("fast", "default"):
+                with jm.compile_effort(effort):
+                    values[reml, effort] = _lmm.deviance_and_gradient(theta, problem, reml)
+        entries = {p.name for p in store.glob("*.bin")}
+        assert len(entries) >= 4  # ML and REML, each with two efforts (and the statistics' program)
+        for (reml, _), (value, grad) in values.items():
+            plain_value, plain_grad = jax.jit(jax.value_and_grad(_lmm.profiled_deviance),
+                                              static_argnums=2)(jnp.asarray(theta), problem, reml)
+            np.testing.assert_allclose(float(value), float(plain_value), rtol=1e-12)
+            np.testing.assert_allclose(np.asarray(grad), np.asarray(plain_grad), rtol=1e-9, atol=1e-9)
+        # another model's problem (other shapes) is another program; the same problem again is not
+        before = len(list(store.glob("*.bin")))
+        other = jm.Model("Reaction ~ Days + (1 | Subject)", jm.datasets.load("sleepstudy"))
+        other.linear_problem  # noqa: B018
+        _lmm.deviance_value(theta, problem, False)
+        _lmm.deviance_value(theta[:1], other._evaluation_problem, False)
+        _lmm.deviance_value(theta + 0.1, problem, False)
+        assert len(list(store.glob("*.bin"))) == before + 3  # two programs, and the other model's statistics
+    _program_store.clear()
+
+
+def test_host_callbacks_and_closures_stay_out_of_the_store(tmp_path, monkeypatch):
+    store = _store_in(tmp_path, monkeypatch)
+    with jax.enable_x64(True):
+        through_host = _compile.jit(_callback_program)
+        out = through_host(np.ones(3))
+        np.testing.assert_array_equal(np.asarray(out), 2.0 * np.ones(3))
+        closure = _compile.jit(lambda x: x + 1.0)
+        np.testing.assert_array_equal(np.asarray(closure(np.ones(2))), 2.0 * np.ones(2))
+    assert not store.exists() or not list(store.glob("*.bin"))
+    _program_store.clear()
+
+
+def _double_on_host(x):
+    return np.asarray(x) * 2.0
+
+
+def _callback_program(x):
+    return jax.pure_callback(_double_on_host, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+
+
+_callback_program.__module__ = "jaxmlm.tests_only"  # as if jaxmlm's own: the host callback keeps it out
+
+
+def test_an_unwritable_store_never_stops_a_call(tmp_path, monkeypatch):
+    from jaxmlm.core import _lmm
+
+    blocker = tmp_path / _program_store.STORE_DIRNAME
+    blocker.write_text("a file where the store's directory would be")
+    _store_in(tmp_path, monkeypatch)
+    with jax.enable_x64(True):
+        model = jm.Model("Reaction ~ Days + (Days | Subject)", jm.datasets.load("sleepstudy"))
+        model.linear_problem  # noqa: B018
+        value, _ = _lmm.deviance_and_gradient(np.array([0.9, 0.1, 0.3]), model._evaluation_problem, False)
+    assert np.isfinite(float(value)) and blocker.is_file()
+    _program_store.clear()
