@@ -189,3 +189,23 @@ def test_an_unwritable_store_never_stops_a_call(tmp_path, monkeypatch):
         value, _ = _lmm.deviance_and_gradient(np.array([0.9, 0.1, 0.3]), model._evaluation_problem, False)
     assert np.isfinite(float(value)) and blocker.is_file()
     _program_store.clear()
+
+
+def test_fits_from_several_threads_share_the_store(tmp_path, monkeypatch):
+    """Threads compiling and loading the same programs at once: each fit as alone, every entry whole."""
+    import concurrent.futures
+
+    store = _store_in(tmp_path, monkeypatch)
+    sleep = jm.datasets.load("sleepstudy")
+
+    def fit(reml):
+        out = jm.lmer("Reaction ~ Days + (Days | Subject)", sleep, REML=reml)
+        return (out.objective, *out.theta, *out.fixef)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(fit, [False, True, False, True]))
+    alone = {reml: fit(reml) for reml in (False, True)}
+    assert together == [alone[False], alone[True], alone[False], alone[True]]
+    entries = list(store.glob("*.bin"))
+    assert entries and not list(store.glob(".*.partial"))
+    _program_store.clear()
