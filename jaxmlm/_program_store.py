@@ -233,6 +233,7 @@ def _key(name: str, effort: str, options, treedef, leaves, static_args, static_k
     digest = hashlib.sha256()
     digest.update(_environment_digest())
     for part in (str(_FORMAT), name, effort, repr(sorted((options or {}).items())), _trace_configuration(),
+                 f"x64={bool(jax.config.jax_enable_x64)}",
                  jax.default_backend(), str(device.device_kind), str(jax.device_count())):
         digest.update(part.encode() + b"\0")
     digest.update(_pickled(treedef))
