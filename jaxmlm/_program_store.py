@@ -6,9 +6,9 @@ every program before it can look one up, and for a small fit (sleepstudy) that i
 JAXMLM_CACHE_DIR, or JAX's own `jax_compilation_cache_dir`), jaxmlm also keeps each of its programs, serialized
 after compiling, under `<cache dir>/jaxmlm-programs/`, keyed by everything the program depends on: the function,
 the compile effort, the argument tree (static fields and static arguments included, pickled) and the arguments'
-shapes and dtypes, JAX's tracing configuration, XLA_FLAGS, the backend, and the versions of JAX, jaxlib and
-jaxmlm's own sources. A later process with the same key loads the executable and runs it: no tracing, lowering or
-compiling.
+shapes and dtypes, JAX's tracing configuration, XLA_FLAGS, the backend, the host's processor and its instruction
+sets, and the versions of JAX, jaxlib and jaxmlm's own sources. A later process with the same key loads the
+executable and runs it: no tracing, lowering or compiling.
 
 What is never stored: a program with host callbacks or side effects (compiled once, it is kept for the process
 only), a lambda or closure (its name does not say what it computes), and, running through `jax.jit` as usual, a
@@ -199,13 +199,29 @@ def _environment_digest() -> bytes:
         import jaxlib
 
         digest = hashlib.sha256()
-        for part in (jax.__version__, getattr(jaxlib, "__version__", ""), os.environ.get("XLA_FLAGS", "")):
+        for part in (jax.__version__, getattr(jaxlib, "__version__", ""), os.environ.get("XLA_FLAGS", ""),
+                     _processor()):
             digest.update(part.encode() + b"\0")
         root = pathlib.Path(__file__).resolve().parent
         for path in sorted(root.rglob("*.py")):
             digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
         _environment.append(digest.digest())
     return _environment[0]
+
+
+def _processor() -> str:
+    """The host's processor and its instruction set extensions: XLA:CPU compiles for the machine it runs on, and a
+    cache directory shared between machines (a network home) must not hand one's code to another."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return platform.machine() + ":" + line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine() + ":" + platform.processor()
 
 
 def _trace_configuration() -> str:
