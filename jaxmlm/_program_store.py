@@ -7,7 +7,7 @@ JAXMLM_CACHE_DIR, or JAX's own `jax_compilation_cache_dir`), jaxmlm also keeps e
 after compiling, under `<cache dir>/jaxmlm-programs/`, keyed by everything the program depends on: the function,
 the compile effort, the argument tree (static fields and static arguments included, pickled) and the arguments'
 shapes and dtypes, JAX's tracing configuration, XLA_FLAGS, the backend, the host's processor and its instruction
-sets, and the versions of JAX, jaxlib and jaxmlm's own sources. A later process with the same key loads the
+sets, and the versions of JAX, jaxlib, equinox, NumPy and jaxmlm's own sources. A later process with the same key loads the
 executable and runs it: no tracing, lowering or compiling.
 
 What is never stored: a program with host callbacks or side effects (compiled once, it is kept for the process
@@ -196,11 +196,12 @@ _environment: list = []
 def _environment_digest() -> bytes:
     """The versions and sources the programs come from, hashed once per process."""
     if not _environment:
+        import equinox
         import jaxlib
 
         digest = hashlib.sha256()
-        for part in (jax.__version__, getattr(jaxlib, "__version__", ""), os.environ.get("XLA_FLAGS", ""),
-                     _processor()):
+        for part in (jax.__version__, getattr(jaxlib, "__version__", ""), getattr(equinox, "__version__", ""),
+                     np.__version__, os.environ.get("XLA_FLAGS", ""), _processor()):
             digest.update(part.encode() + b"\0")
         root = pathlib.Path(__file__).resolve().parent
         for path in sorted(root.rglob("*.py")):
