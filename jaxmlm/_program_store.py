@@ -7,8 +7,8 @@ JAXMLM_CACHE_DIR, or JAX's own `jax_compilation_cache_dir`), jaxmlm also keeps e
 after compiling, under `<cache dir>/jaxmlm-programs/`, keyed by everything the program depends on: the function,
 the compile effort, the argument tree (static fields and static arguments included, pickled) and the arguments'
 shapes and dtypes, JAX's tracing configuration, XLA_FLAGS, the backend, the host's processor and its instruction
-sets, and the versions of JAX, jaxlib, equinox, NumPy and jaxmlm's own sources. A later process with the same key loads the
-executable and runs it: no tracing, lowering or compiling.
+sets, and the versions of JAX, jaxlib, equinox, NumPy and jaxmlm's own sources. A later process with the same
+key loads the executable and runs it: no tracing, lowering or compiling.
 
 What is never stored: a program with host callbacks or side effects (compiled once, it is kept for the process
 only), a lambda or closure (its name does not say what it computes), and, running through `jax.jit` as usual, a
