@@ -116,18 +116,21 @@ def test_sampler_pirls_tolerance_gives_the_fits_deviance_and_gradient():
 
     cases = [("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, [0.6, -1.4, -1.0, -1.1, -1.6]),
              ("y ~ x + (1 | g) + (1 | h)", pd.DataFrame(crossed), [0.8, 0.5, 0.1, 0.3])]
+    # PIRLS "from 0" is a start of zeros, so that both starts run one compiled program per tolerance
     value_and_grad = jax.jit(lambda z, problem, start: jax.value_and_grad(
         lambda zz: laplace_deviance_fast(zz, problem, start, 1))(z))
+    predicted = jax.jit(predict_modes)
     for formula, frame, x in cases:
         model = jm.Model(formula, frame, family="binomial")
         problem = glmm_problem(model)
         loose = dataclasses.replace(problem, pirls_tol=SAMPLER_PIRLS_TOL)
         prediction = pirls_start(model, "fit", problem)
+        zeros = jnp.zeros(sum(l * q for l, q in zip(problem.structure.n_levels, problem.structure.qs)))
         x = jnp.asarray(x, dtype=jnp.float64)
         for scale in (0.5, 1.7):
             point = x * jnp.asarray([scale] * problem.structure.n_theta + [1.0] * problem.p)
-            strict = value_and_grad(point, problem, None)
-            for start in (None, predict_modes(prediction, point, problem)):
+            strict = value_and_grad(point, problem, zeros)
+            for start in (zeros, predicted(prediction, point, problem)):
                 sampler = value_and_grad(point, loose, start)
                 np.testing.assert_allclose(float(sampler[0]), float(strict[0]), rtol=1e-12)
                 np.testing.assert_allclose(np.asarray(sampler[1]), np.asarray(strict[1]), rtol=1e-7, atol=1e-7)
