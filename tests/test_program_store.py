@@ -209,3 +209,27 @@ def test_fits_from_several_threads_share_the_store(tmp_path, monkeypatch):
     entries = list(store.glob("*.bin"))
     assert entries and not list(store.glob(".*.partial"))
     _program_store.clear()
+
+
+def test_the_key_changes_with_what_the_program_depends_on(monkeypatch):
+    """jaxmlm's sources (and the versions hashed with them), float64's setting, JAX's tracing configuration and
+    the effort's options each give another key; the same inputs, the same key."""
+    leaves, treedef = jax.tree_util.tree_flatten(((np.zeros(3), 1.0), {}))
+
+    def key(effort="fast", options=None):
+        return _program_store._key("jaxmlm.core._lmm.deviance_and_gradient", effort,
+                                   _compile.EFFORTS["fast"] if options is None else options, treedef, leaves,
+                                   ((2, False),), {})
+
+    with jax.enable_x64(True):
+        base = key()
+        assert key() == base
+        assert key("default", {}) != base
+        with jax.default_matmul_precision("highest"):
+            assert key() != base
+        monkeypatch.setattr(_program_store, "_environment", [b"other sources"])
+        assert key() != base
+        monkeypatch.undo()
+        assert key() == base
+    with jax.enable_x64(False):
+        assert key() != base
