@@ -278,7 +278,7 @@ def _dispersion_start(model, problem, start):
         if not np.isfinite(d) or d <= 0:
             raise ValueError(f"start['dispersion'] must be a positive number, got {start['dispersion']!r}")
         return d
-    beta, _, _ = _start_beta(jnp.zeros(model.n_theta), problem, jnp.asarray(1.0))
+    beta, _, _ = _start_beta(np.zeros(model.n_theta), problem, np.float64(1.0))
     beta = np.where(np.isfinite(np.asarray(beta)), np.asarray(beta), 0.0)
     mu = np.asarray(_glm_mean(jnp.asarray(beta), problem))
     d = model.design
@@ -290,7 +290,8 @@ def _start(model, problem, start) -> np.ndarray:
     nd = problem.n_dispersion
     theta0, beta0 = model.theta_start(), None
     phi0 = _dispersion_start(model, problem, start)
-    phi = None if phi0 is None else jnp.asarray(phi0)
+    # NumPy arguments: `jnp.asarray` would compile a copy program of its own (a first fit's time)
+    phi = None if phi0 is None else np.float64(phi0)
     if start is not None:
         if isinstance(start, dict):
             theta0 = np.asarray(start.get("theta", theta0), dtype=np.float64)
@@ -308,10 +309,10 @@ def _start(model, problem, start) -> np.ndarray:
         if theta0.shape != (nt,) or (beta0 is not None and beta0.shape != (p,)):
             raise ValueError(f"start needs θ of length {nt} and β of length {p}")
     if beta0 is None:
-        beta, _, ok = _start_beta(jnp.asarray(theta0), problem, phi)
+        beta, _, ok = _start_beta(np.asarray(theta0, dtype=np.float64), problem, phi)
         beta0 = np.asarray(beta)
         if not bool(ok) or not np.all(np.isfinite(beta0)):
-            beta, _, _ = _start_beta(jnp.zeros_like(jnp.asarray(theta0)), problem, phi)  # plain GLM
+            beta, _, _ = _start_beta(np.zeros(nt), problem, phi)  # plain GLM
             beta0 = np.where(np.isfinite(np.asarray(beta)), np.asarray(beta), 0.0)
     tail = [np.log([phi0])] if nd else []
     return np.concatenate([theta0, beta0] + tail)
