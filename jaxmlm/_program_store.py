@@ -10,8 +10,9 @@ shapes and dtypes, JAX's tracing configuration, XLA_FLAGS, the backend, the host
 sets, and the versions of JAX, jaxlib, equinox, NumPy and jaxmlm's own sources. A later process with the same
 key loads the executable and runs it: no tracing, lowering or compiling.
 
-What is never stored: a program with host callbacks or side effects (compiled once, it is kept for the process
-only), a lambda or closure (its name does not say what it computes), and, running through `jax.jit` as usual, a
+What is never stored: a program on a backend other than XLA:CPU (only its serialized executables are known to
+keep their kernels), a program with host callbacks or side effects (compiled once, such a program is kept for the
+process only), a lambda or closure (its name does not say what it computes), and, running through `jax.jit` as usual, a
 call whose arguments live on several devices or another device than the default, or whose argument tree holds a
 function or class from outside jaxmlm, JAX, equinox, NumPy and the standard library (a user's family or link,
 whose source could change between sessions under the same name). A damaged, unreadable or read-only store never
@@ -294,15 +295,11 @@ def _storable(compiled) -> bool:
     return not getattr(getattr(compiled, "_params", None), "const_args", None)
 
 
-def _write(path: pathlib.Path, compiled) -> None:
-    from jax.experimental import serialize_executable
-
+def _write(path: pathlib.Path, entry: bytes) -> None:
     try:
-        executable, _, out_tree = serialize_executable.serialize(compiled)
-        payload = pickle.dumps((_FORMAT, executable, _dump_tree(out_tree)), protocol=4)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-        partial.write_bytes(payload)
+        partial.write_bytes(entry)
         os.replace(partial, path)  # whole or not at all: a reader never sees half an entry
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -349,41 +346,45 @@ def _load_or_compile(name, effort, options, variant, args, kwargs, dyn_args, dyn
     executable = _read(path, treedef) if path.exists() else None
     if executable is None:
         lowered = variant.lower(*args, **kwargs)
-        executable, fresh = _compile_counting_hits(lowered)
+        executable = lowered.compile()
         if _storable(executable) and _known_targets(lowered):  # else kept for this process only
-            if not fresh:
-                executable, fresh = _compile_counting_hits(lowered, _FRESH_COMPILE)
-            if fresh:
-                _write(path, executable)
+            entry = _whole_entry(executable)
+            if entry is None:  # a copy JAX read back from its cache: compiled afresh, once, for the store
+                entry = _whole_entry(lowered.compile(compiler_options=_FRESH_COMPILE))
+            if entry is not None:
+                _write(path, entry)
     with _lock:
         _by_key[key] = executable
     return executable
 
 
-# An executable that JAX's persistent cache gave back serializes without its kernels on XLA:CPU (the loaded copy
-# fails with "Function ... not found"): only a fresh compile is written. Where the cache holds the program (the
-# store turned on later, or jaxmlm's sources changed and the program did not), it is compiled once more with an
-# option at its default value, which makes another cache key and changes nothing in the code.
+# An executable that JAX's persistent cache gave back (then, or earlier in the process through JAX's in-memory
+# cache of compiles) serializes on XLA:CPU without its kernels, the object code that a fresh compile carries: a
+# copy loaded later fails with "Function ... not found". So an entry is written only with that object code in
+# it. Where the executable at hand lacks it, the program is compiled once more with an option at its default
+# value, which makes another key for both of JAX's caches and changes nothing in the code; if that copy lacks it
+# too (JAX's cache holds that one as well), the program is not stored.
 _FRESH_COMPILE = {"xla_cpu_enable_fast_math": False}
-_hits = threading.local()
-_listening: list = []
+_OBJECT_CODE = b"\x7fELF"
 
 
-def _count_hit(event: str, **_) -> None:
-    if event == "/jax/compilation_cache/cache_hits":
-        _hits.count = getattr(_hits, "count", 0) + 1
+def _whole_entry(compiled) -> bytes | None:
+    """The store's entry for `compiled`: its serialized executable, with its kernels' object code, and its output
+    tree; None where the serialization lacks the object code, or is not XLA:CPU's (another backend's copies
+    are not known to keep theirs)."""
+    from jax.experimental import serialize_executable
 
-
-def _compile_counting_hits(lowered, options=None):
-    """(executable, compiled afresh: not read from JAX's persistent cache)."""
-    if not _listening:
-        with _lock:
-            if not _listening:
-                jax.monitoring.register_event_listener(_count_hit)
-                _listening.append(True)
-    before = getattr(_hits, "count", 0)
-    executable = lowered.compile() if options is None else lowered.compile(compiler_options=options)
-    return executable, getattr(_hits, "count", 0) == before
+    if jax.default_backend() != "cpu":
+        return None
+    try:
+        executable, _, out_tree = serialize_executable.serialize(compiled)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception:  # noqa: BLE001  (not serializable: kept for this process only)
+        return None
+    if _OBJECT_CODE not in executable:
+        return None
+    return pickle.dumps((_FORMAT, executable, _dump_tree(out_tree)), protocol=4)
 
 
 def _known_targets(lowered) -> bool:
