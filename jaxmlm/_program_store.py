@@ -11,12 +11,13 @@ sets, and the versions of JAX, jaxlib, equinox, NumPy and jaxmlm's own sources. 
 key loads the executable and runs it: no tracing, lowering or compiling.
 
 What is never stored: a program on a backend other than XLA:CPU (only its serialized executables are known to
-keep their kernels), a program with host callbacks or side effects (compiled once, such a program is kept for the
-process only), a lambda or closure (its name does not say what it computes), and, running through `jax.jit` as usual, a
-call whose arguments live on several devices or another device than the default, or whose argument tree holds a
-function or class from outside jaxmlm, JAX, equinox, NumPy and the standard library (a user's family or link,
-whose source could change between sessions under the same name). A damaged, unreadable or read-only store never
-stops a call: the program is compiled again. JAXMLM_PROGRAM_STORE=0 turns the store off.
+keep their kernels; there every call runs through `jax.jit`, as without the store), a program with host
+callbacks or side effects (compiled once, such a program is kept for the process only), a lambda or closure (its
+name does not say what it computes), and, running through `jax.jit` as usual, a call whose arguments live on
+several devices or another device than the default, or whose argument tree holds a function or class from
+outside jaxmlm, JAX, equinox, NumPy and the standard library (a user's family or link, whose source could change
+between sessions under the same name). A damaged, unreadable or read-only store never stops a call: the program
+is compiled again. JAXMLM_PROGRAM_STORE=0 turns the store off.
 
 Loading an entry unpickles it, as JAX's own executable cache loads code: the store is as trusted as the cache
 directory itself.
@@ -25,6 +26,7 @@ directory itself.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import io
 import os
@@ -142,6 +144,7 @@ _ALLOWED_ROOTS = frozenset({"jaxmlm", "jax", "jaxlib", "equinox", "numpy", "buil
 
 # Sentinels compared by identity when a tree is rebuilt (equinox's unflatten tests `aux[0] is not MISSING`): an
 # entry's output tree names them, and loading it gives back this process's objects.
+@functools.cache
 def _sentinels() -> dict:
     import dataclasses
 
@@ -331,7 +334,7 @@ def lookup(name: str, effort: str, options, variant, args: tuple, kwargs: dict, 
 def _load_or_compile(name, effort, options, variant, args, kwargs, dyn_args, dyn_kwargs, static_args,
                      static_kwargs):
     directory = _cache_dir()
-    if directory is None:
+    if directory is None or jax.default_backend() != "cpu":  # other backends: jax.jit's own path (module doc)
         return None
     leaves, treedef = jax.tree_util.tree_flatten((dyn_args, dyn_kwargs))
     try:
@@ -370,12 +373,9 @@ _OBJECT_CODE = b"\x7fELF"
 
 def _whole_entry(compiled) -> bytes | None:
     """The store's entry for `compiled`: its serialized executable, with its kernels' object code, and its output
-    tree; None where the serialization lacks the object code, or is not XLA:CPU's (another backend's copies
-    are not known to keep theirs)."""
+    tree; None where the serialization lacks the object code."""
     from jax.experimental import serialize_executable
 
-    if jax.default_backend() != "cpu":
-        return None
     try:
         executable, _, out_tree = serialize_executable.serialize(compiled)
     except (KeyboardInterrupt, SystemExit):
@@ -399,7 +399,6 @@ def _known_targets(lowered) -> bool:
 
 def _prepare_backend() -> None:
     """What lowering would have set up: JAX's CPU LAPACK kernels (as `jax.export` does for a deserialized call)."""
-    if jax.default_backend() == "cpu":
-        from jax._src.lax import linalg
+    from jax._src.lax import linalg
 
-        linalg.initialize_lapack()
+    linalg.initialize_lapack()
