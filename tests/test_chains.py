@@ -103,7 +103,7 @@ def test_sampler_pirls_tolerance_gives_the_fits_deviance_and_gradient():
     from jaxmlm.bayes._laplace import SAMPLER_PIRLS_TOL, pirls_start
     from jaxmlm.core._mode_prediction import predict_modes
     from jaxmlm.core._laplace_grad import laplace_deviance_fast
-    from jaxmlm.fit._glmm import glmm_problem
+    from jaxmlm.fit._glmm import _n_modes, glmm_problem
 
     cbpp = jm.datasets.load("cbpp")
     rng = np.random.default_rng(3)
@@ -125,7 +125,7 @@ def test_sampler_pirls_tolerance_gives_the_fits_deviance_and_gradient():
         problem = glmm_problem(model)
         loose = dataclasses.replace(problem, pirls_tol=SAMPLER_PIRLS_TOL)
         prediction = pirls_start(model, "fit", problem)
-        zeros = jnp.zeros(sum(l * q for l, q in zip(problem.structure.n_levels, problem.structure.qs)))
+        zeros = jnp.zeros(_n_modes(problem.structure))
         x = jnp.asarray(x, dtype=jnp.float64)
         for scale in (0.5, 1.7):
             point = x * jnp.asarray([scale] * problem.structure.n_theta + [1.0] * problem.p)
