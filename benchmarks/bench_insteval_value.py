@@ -142,8 +142,7 @@ class _Phases:
         self.evaluations = 0
         self._patches = []
         self._wrap(_model.Model, "_build_structure", "structure", method=True)
-        self._wrap(_model, "make_linear_problem", "statistics")
-        self._wrap(_model, "split_problem", "split")
+        self._wrap(_model, "make_linear_problems", "statistics")
         self._wrap(_linear, "linear_estimates", "estimates")
         self._wrap(_linear, "_derivatives", "check")
         self._wrap(_linear, "deviance_value", "values", count=True)
