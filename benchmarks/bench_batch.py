@@ -12,6 +12,7 @@ workload and engine: workload, engine, cold_s (first call, compile included), wa
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 
@@ -19,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 import jaxmlm as jm
+
+os.environ.setdefault("JAXMLM_PROGRAM_STORE", "0")  # cold = compiled in this process (benchmarks/__init__.py)
 
 FORMULA = "Reaction ~ Days + (Days | Subject)"
 

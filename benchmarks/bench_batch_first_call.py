@@ -23,6 +23,8 @@ import warnings
 
 import numpy as np
 
+os.environ.setdefault("JAXMLM_PROGRAM_STORE", "0")  # cold = compiled in this process (benchmarks/__init__.py)
+
 WORKLOADS = ("sleepstudy_2000", "dyestuff_100k", "ar1_3", "missing_200")
 
 

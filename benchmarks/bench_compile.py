@@ -28,6 +28,8 @@ import sys
 import time
 from collections import defaultdict
 
+os.environ.setdefault("JAXMLM_PROGRAM_STORE", "0")  # cold = compiled in this process (benchmarks/__init__.py)
+
 _PATTERNS = {
     "trace": re.compile(r"Finished tracing \+? ?(\S+) for jit in ([\d.e-]+) sec"),
     "lower": re.compile(r"Finished jaxpr to MLIR module conversion jit\((\S+)\) in ([\d.e-]+) sec"),

@@ -76,7 +76,8 @@ def child(cache_dir: str) -> dict:
 
 
 def _spawn(cache_dir: str, source: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("JAXMLM_CACHE_DIR", "JAXMLM_NO_CACHE")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("JAXMLM_CACHE_DIR", "JAXMLM_NO_CACHE", "JAXMLM_PROGRAM_STORE")}  # the store beside cache_dir
     env["PYTHONPATH"] = os.pathsep.join([source] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", cache_dir], env=env,
                          capture_output=True, text=True, check=True)

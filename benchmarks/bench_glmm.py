@@ -23,6 +23,8 @@ import pandas as pd
 
 import jaxmlm as jm
 
+os.environ.setdefault("JAXMLM_PROGRAM_STORE", "0")  # cold = compiled in this process (benchmarks/__init__.py)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CROSSED_CSV = os.path.join(os.path.dirname(HERE), "tests", "reference", "glmm_crossed.csv")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -25,6 +26,8 @@ import warnings
 
 import numpy as np
 import pandas as pd
+
+os.environ.setdefault("JAXMLM_PROGRAM_STORE", "0")  # cold = compiled in this process (benchmarks/__init__.py)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FORMULA = "y ~ x + (x | g)"

@@ -16,12 +16,15 @@ Run alone (`python benchmarks/bench_inference.py`, prints a markdown table) or c
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
 import warnings
 
 import jaxmlm as jm
+
+os.environ.setdefault("JAXMLM_PROGRAM_STORE", "0")  # cold = compiled in this process (benchmarks/__init__.py)
 
 SLEEP = "Reaction ~ Days + (Days | Subject)"
 CBPP = "cbind(incidence, size - incidence) ~ period + (1 | herd)"

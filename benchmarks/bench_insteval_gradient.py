@@ -13,10 +13,13 @@ has the numbers.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
 import numpy as np
+
+os.environ.setdefault("JAXMLM_PROGRAM_STORE", "0")  # cold = compiled in this process (benchmarks/__init__.py)
 
 FORMULA = "y ~ service + (1 | s) + (1 | d) + (1 | dept)"
 

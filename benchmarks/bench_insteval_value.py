@@ -16,10 +16,13 @@ single timings vary several-fold. benchmarks/results/insteval_value.md has the n
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
 import numpy as np
+
+os.environ.setdefault("JAXMLM_PROGRAM_STORE", "0")  # cold = compiled in this process (benchmarks/__init__.py)
 
 FORMULA = "y ~ service + (1 | s) + (1 | d) + (1 | dept)"
 

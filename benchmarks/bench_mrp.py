@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 
+os.environ.setdefault("JAXMLM_PROGRAM_STORE", "0")  # cold = compiled in this process (benchmarks/__init__.py)
+
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 _R_SCRIPT = r"""

@@ -27,6 +27,8 @@ import numpy as np
 import jaxmlm as jm
 from jaxmlm.inference._power import clopper_pearson
 
+os.environ.setdefault("JAXMLM_PROGRAM_STORE", "0")  # cold = compiled in this process (benchmarks/__init__.py)
+
 FORMULA = "Reaction ~ Days + (Days | Subject)"
 N_SIM = 1000
 EFFECT = 3.0

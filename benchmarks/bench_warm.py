@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+os.environ.setdefault("JAXMLM_PROGRAM_STORE", "0")  # cold = compiled in this process (benchmarks/__init__.py)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 

@@ -87,8 +87,9 @@ def run_engine(engine: str, w, workdir: str, csv_path: str | None, timeout: floa
         cmd = ["Rscript", script, csv_path, w.formula, engine, w.method, factors, out]
     else:
         cmd = [sys.executable, "-m", "benchmarks.run", "--child", engine, w.name, "--out", out]
-    if engine == "jaxmlm":
+    if engine == "jaxmlm":  # the cold process fills an empty cache (and the program store beside it), the next reads it
         env["JAXMLM_CACHE_DIR"] = tempfile.mkdtemp(prefix="xla-", dir=workdir)
+        env["JAXMLM_PROGRAM_STORE"] = "1"
     rc, peak, wall = _spawn(cmd, env, timeout, log)
     row["peak_gib"] = peak / 2**30
     if rc is None:

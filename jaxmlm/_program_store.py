@@ -1,14 +1,20 @@
-"""Compiled programs kept beside JAX's persistent compilation cache, so that a new process skips tracing too.
+"""Compiled programs kept on disk, so that a new process skips tracing, lowering and compiling them.
 
 JAX's persistent cache stores XLA's executables keyed by the lowered module: a new process still traces and lowers
 every program before it can look one up, and for a small fit (sleepstudy) that is most of the first call
-(benchmarks/results/first_fit.md). Where the user has turned that cache on (`enable_compilation_cache`,
-JAXMLM_CACHE_DIR, or JAX's own `jax_compilation_cache_dir`), jaxmlm also keeps each of its programs, serialized
-after compiling, under `<cache dir>/jaxmlm-programs/`, keyed by everything the program depends on: the function,
-the compile effort, the argument tree (static fields and static arguments included, pickled) and the arguments'
-shapes and dtypes, JAX's tracing configuration, XLA_FLAGS, the backend, the host's processor and its instruction
-sets, and the versions of JAX, jaxlib, equinox, NumPy and jaxmlm's own sources. A later process with the same
-key loads the executable and runs it: no tracing, lowering or compiling.
+(benchmarks/results/first_fit.md). jaxmlm keeps each of its own programs, serialized after compiling, keyed by
+everything the program depends on: the function, the compile effort, the argument tree (static fields and static
+arguments included, pickled) and the arguments' shapes and dtypes, JAX's tracing configuration, XLA_FLAGS, the
+backend, the host's processor and its instruction sets, and the versions of JAX, jaxlib, equinox, NumPy and
+jaxmlm's own sources. A later process with the same key loads the executable and runs it.
+
+Where: beside JAX's persistent cache when the user has turned it on (`enable_compilation_cache`,
+JAXMLM_CACHE_DIR, or JAX's own `jax_compilation_cache_dir`), under `<cache dir>/jaxmlm-programs/`; otherwise in
+jaxmlm's own cache directory, `$XDG_CACHE_HOME/jaxmlm/jaxmlm-programs/` (`~/.cache/...` without XDG_CACHE_HOME),
+so that a user's second session fits without compiling whether or not JAX's cache is on. JAX's settings are never
+changed. The directory is kept under JAXMLM_PROGRAM_STORE_MAX_MB megabytes (default 1024): after a write that
+takes it over, the entries used least recently are removed. JAXMLM_PROGRAM_STORE=0, JAXMLM_NO_CACHE=1 or JAX's
+`jax_enable_compilation_cache` set to False turn the store off.
 
 What is never stored: a program on a backend other than XLA:CPU (only its serialized executables are known to
 keep their kernels; there every call runs through `jax.jit`, as without the store), a program with host
@@ -17,7 +23,7 @@ name does not say what it computes), and, running through `jax.jit` as usual, a 
 several devices or another device than the default, or whose argument tree holds a function or class from
 outside jaxmlm, JAX, equinox, NumPy and the standard library (a user's family or link, whose source could change
 between sessions under the same name). A damaged, unreadable or read-only store never stops a call: the program
-is compiled again. JAXMLM_PROGRAM_STORE=0 turns the store off.
+is compiled again.
 
 Loading an entry unpickles it, as JAX's own executable cache loads code: the store is as trusted as the cache
 directory itself.
@@ -43,6 +49,7 @@ __all__ = ["active", "nameable", "lookup", "clear", "size", "STORE_DIRNAME"]
 STORE_DIRNAME = "jaxmlm-programs"
 _FORMAT = 1  # bumped when an entry's layout changes
 _ENV_VAR = "JAXMLM_PROGRAM_STORE"
+_DEFAULT_MAX_MB = 1024
 
 
 class _Unstorable(Exception):
@@ -50,11 +57,25 @@ class _Unstorable(Exception):
 
 
 def _cache_dir() -> str | None:
-    if os.environ.get(_ENV_VAR, "1") == "0":
+    """The directory the store lives in (its entries under STORE_DIRNAME), or None when the store is off."""
+    if os.environ.get(_ENV_VAR, "1") == "0" or os.environ.get("JAXMLM_NO_CACHE"):
         return None
     if not getattr(jax.config, "jax_enable_compilation_cache", True):
         return None
-    return getattr(jax.config, "jax_compilation_cache_dir", None) or None
+    return getattr(jax.config, "jax_compilation_cache_dir", None) or _default_dir()
+
+
+def _default_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "jaxmlm")
+
+
+def _capacity_bytes() -> int:
+    try:
+        megabytes = float(os.environ.get("JAXMLM_PROGRAM_STORE_MAX_MB", _DEFAULT_MAX_MB))
+    except ValueError:
+        megabytes = _DEFAULT_MAX_MB
+    return int(max(megabytes, 0.0) * 2**20)
 
 
 def nameable(fn) -> bool:
@@ -66,7 +87,7 @@ def nameable(fn) -> bool:
 
 
 def active() -> bool:
-    """Whether calls go through the store: JAX's persistent cache is on and JAXMLM_PROGRAM_STORE is not 0."""
+    """Whether calls go through the store (it is not turned off: module docstring)."""
     return _cache_dir() is not None
 
 
@@ -87,6 +108,7 @@ def clear() -> None:
     with _lock:
         _loaded.clear()
         _by_key.clear()
+        _keys.clear()
 
 
 def size() -> int:
@@ -268,6 +290,32 @@ def _key(name: str, effort: str, options, treedef, leaves, static_args, static_k
     return digest.hexdigest()
 
 
+# A new problem object of a known layout (each fit builds its own) needs its key again: the key's pickles cost
+# a few hundred microseconds per program, so keys are kept by what they hash (the tree's layout compared as JAX
+# compares it for its own jit cache).
+_keys: dict = {}
+_KEYS_KEPT = 4096
+
+
+def _known_key(name: str, effort: str, options, treedef, leaves, static_args, static_kwargs) -> str:
+    try:
+        memo = (name, effort, repr(sorted((options or {}).items())), _trace_configuration(),
+                bool(jax.config.jax_enable_x64), treedef, static_args, tuple(sorted(static_kwargs.items())),
+                tuple((leaf.shape, leaf.dtype.str, bool(getattr(leaf, "weak_type", False)))
+                      if isinstance(leaf, (np.ndarray, np.generic, jax.Array)) else type(leaf).__name__
+                      for leaf in leaves))
+        key = _keys.get(memo)
+    except TypeError:  # an unhashable static value: the key from its pickle alone
+        return _key(name, effort, options, treedef, leaves, static_args, static_kwargs)
+    if key is None:
+        key = _key(name, effort, options, treedef, leaves, static_args, static_kwargs)
+        with _lock:
+            if len(_keys) >= _KEYS_KEPT:
+                _keys.clear()
+            _keys[memo] = key
+    return key
+
+
 # ---------------------------------------------------------------------------------------------- load or compile
 def _read(path: pathlib.Path, treedef):
     """The stored executable at path, called with trees of `treedef` (this process's: the key holds its pickle,
@@ -281,11 +329,16 @@ def _read(path: pathlib.Path, treedef):
         if fmt != _FORMAT:
             return None
         out_tree = _TreeUnpickler(io.BytesIO(out_tree)).load()
-        return serialize_executable.deserialize_and_load(executable, treedef, out_tree)
+        loaded = serialize_executable.deserialize_and_load(executable, treedef, out_tree)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception:  # noqa: BLE001  (a missing, partial or damaged entry is compiled again)
         return None
+    try:
+        os.utime(path)  # used now: the last entry `_prune` would remove
+    except OSError:
+        pass
+    return loaded
 
 
 def _storable(compiled) -> bool:
@@ -308,6 +361,32 @@ def _write(path: pathlib.Path, entry: bytes) -> None:
         raise
     except Exception:  # noqa: BLE001  (a read-only or full directory: the program still runs)
         return
+    _prune(path.parent, _capacity_bytes())
+
+
+def _prune(directory: pathlib.Path, capacity: int) -> None:
+    """Removes the entries used least recently (by modification time: a read touches its entry) until the
+    directory holds at most 80% of `capacity` bytes, when it holds more than `capacity`."""
+    entries = []
+    try:
+        with os.scandir(directory) as listing:
+            for entry in listing:
+                if entry.name.endswith(".bin"):
+                    info = entry.stat()
+                    entries.append((info.st_mtime, info.st_size, entry.path))
+    except OSError:
+        return
+    total = sum(size for _, size, _ in entries)
+    if total <= capacity:
+        return
+    for _, size, path in sorted(entries):
+        if total <= 0.8 * capacity:
+            break
+        try:
+            os.remove(path)
+            total -= size
+        except OSError:  # removed by another process already, or not ours to remove
+            pass
 
 
 def lookup(name: str, effort: str, options, variant, args: tuple, kwargs: dict, static_positions: frozenset,
@@ -339,7 +418,7 @@ def _load_or_compile(name, effort, options, variant, args, kwargs, dyn_args, dyn
     leaves, treedef = jax.tree_util.tree_flatten((dyn_args, dyn_kwargs))
     try:
         _device_check(leaves)
-        key = _key(name, effort, options, treedef, leaves, static_args, static_kwargs)
+        key = _known_key(name, effort, options, treedef, leaves, static_args, static_kwargs)
     except _Unstorable:
         return None
     executable = _by_key.get(key)

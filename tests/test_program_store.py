@@ -240,3 +240,91 @@ def test_the_key_changes_with_what_the_program_depends_on(monkeypatch):
         assert key() == base
     with jax.enable_x64(False):
         assert key() != base
+    # the keys kept for new problem objects of a known layout are the same keys, and follow the configuration
+    with jax.enable_x64(True):
+        def known():
+            return _program_store._known_key("jaxmlm.core._lmm.deviance_and_gradient", "fast",
+                                             _compile.EFFORTS["fast"], treedef, leaves, ((2, False),), {})
+
+        assert known() == known() == key()
+        with jax.default_matmul_precision("highest"):
+            assert known() == key() != base
+
+
+def _traced_programs():
+    import jax.monitoring as monitoring
+
+    traced: list = []
+    monitoring.register_event_duration_secs_listener(
+        lambda event, duration, **kw: traced.append(kw.get("fun_name")) if event.endswith("jaxpr_trace_duration")
+        else None)
+    return traced
+
+
+def test_without_jaxs_cache_the_store_is_in_jaxmlms_cache_directory(tmp_path, monkeypatch):
+    """No persistent cache set: the store lives in $XDG_CACHE_HOME/jaxmlm (JAX's settings untouched), a later
+    lookup loads the fit's programs from there with the same numbers; JAXMLM_PROGRAM_STORE=0, JAXMLM_NO_CACHE and
+    JAX's own switch turn it off; with JAX's cache set it sits beside it."""
+    for name in ("JAXMLM_PROGRAM_STORE", "JAXMLM_NO_CACHE", "JAXMLM_PROGRAM_STORE_MAX_MB"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    jax_dir = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", None)
+    try:
+        _program_store.clear()
+        assert _program_store._cache_dir() == str(tmp_path / "jaxmlm") and _program_store.active()
+        sleep = jm.datasets.load("sleepstudy")
+        first = jm.lmer("Reaction ~ Days + (Days | Subject)", sleep, REML=False)
+        store = tmp_path / "jaxmlm" / _program_store.STORE_DIRNAME
+        assert len(list(store.glob("*.bin"))) >= 3
+        _program_store.clear()  # as a new process: the loaded executables dropped, the files kept
+        traced = _traced_programs()
+        again = jm.lmer("Reaction ~ Days + (Days | Subject)", sleep, REML=False)
+        assert (again.objective, *again.theta, *again.fixef) == (first.objective, *first.theta, *first.fixef)
+        assert not {"deviance_and_gradient", "linear_estimates", "_statistics_and_split"} & set(traced), traced
+        assert jax.config.jax_compilation_cache_dir is None  # nothing of JAX's was set
+        monkeypatch.setenv("JAXMLM_NO_CACHE", "1")
+        assert _program_store._cache_dir() is None
+        monkeypatch.delenv("JAXMLM_NO_CACHE")
+        monkeypatch.setenv("JAXMLM_PROGRAM_STORE", "0")
+        assert not _program_store.active()
+        monkeypatch.delenv("JAXMLM_PROGRAM_STORE")
+        jax.config.update("jax_enable_compilation_cache", False)
+        try:
+            assert _program_store._cache_dir() is None
+        finally:
+            jax.config.update("jax_enable_compilation_cache", True)
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla"))
+        assert _program_store._cache_dir() == str(tmp_path / "xla")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", jax_dir)
+        _program_store.clear()
+
+
+def test_the_store_keeps_under_its_size_by_removing_the_least_recently_used(tmp_path, monkeypatch):
+    store = tmp_path / _program_store.STORE_DIRNAME
+    store.mkdir()
+    for i in range(10):  # 10 entries of 100 kB, entry 0 the oldest
+        path = store / f"{i}.bin"
+        path.write_bytes(b"x" * 100_000)
+        os.utime(path, (1_000 + i, 1_000 + i))
+    os.utime(store / "0.bin", (5_000, 5_000))  # read lately: kept
+    (store / ".unrelated.partial").write_bytes(b"x" * 500_000)  # not an entry: never counted or removed
+    _program_store._prune(store, 1_000_000)
+    assert len(list(store.glob("*.bin"))) == 10  # at the limit: nothing removed
+    _program_store._prune(store, 900_000)  # over it: down to 80% of it (720 kB), the least recently used first
+    assert sorted(p.name for p in store.glob("*.bin")) == ["0.bin", "4.bin", "5.bin", "6.bin", "7.bin", "8.bin",
+                                                            "9.bin"]
+    assert (store / ".unrelated.partial").exists()
+    monkeypatch.setenv("JAXMLM_PROGRAM_STORE_MAX_MB", "0.5")
+    assert _program_store._capacity_bytes() == 2**19
+    monkeypatch.setenv("JAXMLM_PROGRAM_STORE_MAX_MB", "a lot")
+    assert _program_store._capacity_bytes() == _program_store._DEFAULT_MAX_MB * 2**20
+    # a store filled by fits stays within its size (rows of their own: programs that nothing has compiled before,
+    # so that JAX's cache holds no copy of them without their kernels)
+    monkeypatch.setenv("JAXMLM_PROGRAM_STORE_MAX_MB", "0.3")
+    fits = _store_in(tmp_path / "fits", monkeypatch)
+    jm.lmer("Reaction ~ Days + (Days | Subject)", jm.datasets.load("sleepstudy").iloc[:130], REML=True)
+    sizes = [p.stat().st_size for p in fits.glob("*.bin")]
+    assert sizes and sum(sizes) <= 0.3 * 2**20
+    _program_store.clear()

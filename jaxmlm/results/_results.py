@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._compile import jit
 from .._config import float64_methods
 from ..core._covariance import term_covariances, theta_diagonal_mask, theta_to_matrices, varcorr_frame
 
@@ -256,7 +257,13 @@ class MixedModelResult:
 
     def _inverse_link(self, eta: np.ndarray) -> np.ndarray:
         fam = self.family
-        return np.asarray(fam.linkinv(eta)) if hasattr(fam, "linkinv") else eta
+        if not hasattr(fam, "linkinv"):
+            return eta
+        eta = np.asarray(eta, dtype=np.float64)
+        try:
+            return np.asarray(_inverse_link_program(eta, family=fam))
+        except TypeError:  # a family that cannot be a static argument (unhashable): its operations one by one
+            return np.asarray(fam.linkinv(eta))
 
     def linear_predictor(self) -> np.ndarray:
         d = self.design
@@ -503,3 +510,11 @@ class MixedModelResult:
         from ..inference._bootstrap import bootstrap
 
         return bootstrap(self, n, seed, **kwargs)
+
+
+@jit(static_argnames=("family",))
+def _inverse_link_program(eta, family):
+    """The family's inverse link as one program of jaxmlm's (kept by the program store: a later session's fitted
+    values compile nothing; eagerly, each of its JAX operations would compile on its own)."""
+    return family.linkinv(eta)
+
