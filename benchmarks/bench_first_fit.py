@@ -14,9 +14,11 @@ in wall seconds and in CPU seconds of the process (all threads; less disturbed b
 machine than wall time). The table gives the median over the runs and the median of `first fit` = import +
 model + fit, next to the load average when the runs began.
 
-    python benchmarks/bench_first_fit.py [--runs 5] [--json out.json] [--source CHECKOUT]
+    python benchmarks/bench_first_fit.py [--runs 5] [--json out.json] [--source CHECKOUT] [--store-only]
 
 --source times another checkout's jaxmlm (a `git worktree` of an older commit, for a before/after).
+--store-only leaves JAX's persistent cache off: the processes keep and read jaxmlm's programs in the program
+store's default place (XDG_CACHE_HOME pointed at the run's directory), as a user who has set nothing.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ def _since(start):
     return dict(wall=wall - start[0], cpu=cpu - start[1])
 
 
-def child(cache_dir: str) -> dict:
+def child(cache_dir: str, store_only: bool = False) -> dict:
     """One first fit in this (new) process."""
+    os.environ["JAXMLM_PROGRAM_STORE"] = "1"  # what this benchmark times (benchmarks/__init__.py turns it off)
     import jaxmlm as jm
 
     data = jm.datasets.load("sleepstudy")  # pandas: the user's, before the fit
@@ -58,7 +61,8 @@ def child(cache_dir: str) -> dict:
 
     from jaxmlm.fit import _model  # noqa: F401 (what the first jm.lmer imports)
     parts = dict(import_=_since(t))
-    jm.enable_compilation_cache(cache_dir)
+    if not store_only:
+        jm.enable_compilation_cache(cache_dir)
     log = _CompileLog()
     logger = logging.getLogger("jax")
     logger.addHandler(log)
@@ -75,11 +79,14 @@ def child(cache_dir: str) -> dict:
     return dict(parts=parts, programs=programs, objective=float(fit.objective))
 
 
-def _spawn(cache_dir: str, source: str) -> dict:
+def _spawn(cache_dir: str, source: str, store_only: bool = False) -> dict:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("JAXMLM_CACHE_DIR", "JAXMLM_NO_CACHE", "JAXMLM_PROGRAM_STORE")}  # the store beside cache_dir
+           if k not in ("JAXMLM_CACHE_DIR", "JAXMLM_NO_CACHE")}
     env["PYTHONPATH"] = os.pathsep.join([source] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", cache_dir], env=env,
+    if store_only:
+        env["XDG_CACHE_HOME"] = cache_dir
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", cache_dir]
+                         + (["--store-only"] if store_only else []), env=env,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -123,10 +130,11 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", help="also write the runs and their summary here")
     parser.add_argument("--source", default=ROOT, help="the checkout whose jaxmlm is timed (default: this one)")
+    parser.add_argument("--store-only", action="store_true", help="JAX's persistent cache off (module docstring)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child)))
+        print(json.dumps(child(args.child, args.store_only)))
         return
     import compileall
 
@@ -138,8 +146,8 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="jaxmlm-first-fit-") as root:
         for i in range(args.runs):
             cache_dir = os.path.join(root, str(i))
-            empty.append(_spawn(cache_dir, args.source))
-            filled.append(_spawn(cache_dir, args.source))
+            empty.append(_spawn(cache_dir, args.source, args.store_only))
+            filled.append(_spawn(cache_dir, args.source, args.store_only))
     objectives = {r["objective"] for r in empty + filled}
     if len(objectives) != 1:
         raise RuntimeError(f"the fits disagree: objectives {sorted(objectives)}")
