@@ -21,7 +21,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 
 from . import _levelwise as lw
 from ._callback import float64_callback
@@ -192,6 +191,8 @@ def _host_lapack(n: int) -> bool:
 
 
 def _potri(L) -> np.ndarray:
+    import scipy.linalg  # here: a fit that never inverts a large tail on the host does not pay its import
+
     L = np.array(L)  # a writable copy for LAPACK to overwrite
     (potri,) = scipy.linalg.get_lapack_funcs(("potri",), (L,))
     inv, info = potri(L, lower=True, overwrite_c=True)
