@@ -352,14 +352,18 @@ def _storable(compiled) -> bool:
 
 
 def _write(path: pathlib.Path, entry: bytes) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
         partial.write_bytes(entry)
         os.replace(partial, path)  # whole or not at all: a reader never sees half an entry
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception:  # noqa: BLE001  (a read-only or full directory: the program still runs)
+        try:
+            partial.unlink(missing_ok=True)  # what a full disk let through
+        except OSError:
+            pass
         return
     _prune(path.parent, _capacity_bytes())
 
