@@ -47,7 +47,7 @@ import numpy as np
 __all__ = ["active", "nameable", "lookup", "clear", "size", "STORE_DIRNAME"]
 
 STORE_DIRNAME = "jaxmlm-programs"
-_FORMAT = 1  # bumped when an entry's layout changes
+_FORMAT = 2  # bumped when an entry's layout changes
 _ENV_VAR = "JAXMLM_PROGRAM_STORE"
 _DEFAULT_MAX_MB = 1024
 
@@ -323,11 +323,13 @@ def _read(path: pathlib.Path, treedef):
     from jax.experimental import serialize_executable
 
     try:
-        _prepare_backend()
         with open(path, "rb") as fh:
-            fmt, executable, out_tree = pickle.load(fh)
-        if fmt != _FORMAT:
+            entry = pickle.load(fh)
+        if entry[0] != _FORMAT:
             return None
+        _, executable, out_tree, uses_lapack = entry
+        if uses_lapack:
+            _prepare_backend()
         out_tree = _TreeUnpickler(io.BytesIO(out_tree)).load()
         loaded = serialize_executable.deserialize_and_load(executable, treedef, out_tree)
     except (KeyboardInterrupt, SystemExit):
@@ -433,10 +435,12 @@ def _load_or_compile(name, effort, options, variant, args, kwargs, dyn_args, dyn
     if executable is None:
         lowered = variant.lower(*args, **kwargs)
         executable = lowered.compile()
-        if _storable(executable) and _known_targets(lowered):  # else kept for this process only
-            entry = _whole_entry(executable)
+        targets = _custom_call_targets(lowered) if _storable(executable) else None
+        if targets is not None and all(t.startswith("lapack_") for t in targets):  # else kept for this process only
+            uses_lapack = bool(targets)
+            entry = _whole_entry(executable, uses_lapack)
             if entry is None:  # a copy JAX read back from its cache: compiled afresh, once, for the store
-                entry = _whole_entry(lowered.compile(compiler_options=_FRESH_COMPILE))
+                entry = _whole_entry(lowered.compile(compiler_options=_FRESH_COMPILE), uses_lapack)
             if entry is not None:
                 _write(path, entry)
     with _lock:
@@ -454,9 +458,9 @@ _FRESH_COMPILE = {"xla_cpu_enable_fast_math": False}
 _OBJECT_CODE = b"\x7fELF"
 
 
-def _whole_entry(compiled) -> bytes | None:
-    """The store's entry for `compiled`: its serialized executable, with its kernels' object code, and its output
-    tree; None where the serialization lacks the object code."""
+def _whole_entry(compiled, uses_lapack: bool) -> bytes | None:
+    """The store's entry for `compiled`: its serialized executable, with its kernels' object code, its output
+    tree and whether it calls LAPACK; None where the serialization lacks the object code."""
     from jax.experimental import serialize_executable
 
     try:
@@ -467,17 +471,17 @@ def _whole_entry(compiled) -> bytes | None:
         return None
     if _OBJECT_CODE not in executable:
         return None
-    return pickle.dumps((_FORMAT, executable, _dump_tree(out_tree)), protocol=4)
+    return pickle.dumps((_FORMAT, executable, _dump_tree(out_tree), uses_lapack), protocol=4)
 
 
-def _known_targets(lowered) -> bool:
-    """Whether every custom call of the program is one a new process has ready before running a loaded
+def _custom_call_targets(lowered) -> set:
+    """The program's custom calls. Only LAPACK's are ones a new process can have ready before running a loaded
     executable: JAX registers its CPU LAPACK kernels only when a program using them is first lowered, which a
-    loaded executable skips (`_prepare_backend` registers them)."""
+    loaded executable skips (`_prepare_backend` registers them, for the entries that call them: registering
+    imports SciPy's LAPACK wrappers)."""
     import re
 
-    targets = set(re.findall(r"custom_call @([A-Za-z0-9_.]+)", lowered.as_text()))
-    return all(t.startswith("lapack_") for t in targets)
+    return set(re.findall(r"custom_call @([A-Za-z0-9_.]+)", lowered.as_text()))
 
 
 def _prepare_backend() -> None:

@@ -27,6 +27,7 @@ traced = []
 monitoring.register_event_duration_secs_listener(
     lambda event, duration, **kw: traced.append(kw.get("fun_name")) if event.endswith("jaxpr_trace_duration") else None)
 import numpy as np
+import pandas as pd
 import jaxmlm as jm
 
 def fits():
@@ -37,6 +38,13 @@ def fits():
         out.append([fit.objective, *fit.theta, *fit.fixef, fit.sigma, *np.ravel(fit.vcov)])
     fit = jm.glmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial")
     out.append([fit.objective, *fit.theta, *fit.fixef, *np.ravel(fit.vcov)])
+    # crossed, with a tail of 23 columns: programs that call LAPACK (the small tails above are unrolled)
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 30, 400), rng.integers(0, 20, 400)
+    frame = pd.DataFrame({"a": pd.Categorical(a), "b": pd.Categorical(b), "x": rng.standard_normal(400)})
+    frame["y"] = frame.x + rng.standard_normal(30)[a] + rng.standard_normal(20)[b] + rng.standard_normal(400)
+    fit = jm.lmer("y ~ x + (1 | a) + (1 | b)", frame, REML=False)
+    out.append([fit.objective, *fit.theta, *fit.fixef])
     return [[float(v).hex() for v in row] for row in out]
 
 jm.enable_compilation_cache(sys.argv[1])
@@ -78,6 +86,10 @@ def test_a_filled_store_skips_tracing_with_the_same_numbers(tmp_path):
     store = tmp_path / _program_store.STORE_DIRNAME
     entries = sorted(store.glob("*.bin"))
     assert len(entries) >= 6
+    # the crossed model's programs call LAPACK (registered before they load), the others do not
+    import pickle
+
+    assert {pickle.loads(entry.read_bytes())[3] for entry in entries} == {True, False}
 
     second = _child(tmp_path, "fits")
     assert second["fits"] == first["reference"]

@@ -36,6 +36,60 @@ __all__ = ["Factor", "theta_to_factors", "factorize", "eliminate_prefix", "tail_
 # (`_problem`) never takes the callback.
 _HOST_LAPACK_MIN = 512
 
+# Dense matrices this small (the tail of a model without crossed terms holds only its fixed effects and the
+# response) are factored, inverted and solved by unrolled formulas (`_levelwise`'s, O(n³) traced operations),
+# not by LAPACK: a program without LAPACK's custom calls never needs its kernels, which jaxlib registers through
+# SciPy's LAPACK wrappers (their import is a fifth of a second of a first fit), and at these sizes a call's
+# overhead exceeds its arithmetic.
+SMALL_DENSE = lw.UNROLL_MAX
+
+
+def _small(n: int) -> bool:
+    return n <= SMALL_DENSE
+
+
+def _small_cholesky(S: jax.Array) -> jax.Array:
+    """The lower Cholesky factor of the symmetric matrix whose lower triangle is S's (n ≤ SMALL_DENSE, leading
+    batch axes allowed), zeros above; NaN everywhere when S is not positive definite, as LAPACK's is in jax."""
+    n = S.shape[-1]
+    if n == 0:
+        return S
+    L = lw.cholesky([[S[..., i, j] for j in range(n)] for i in range(n)])
+    out = _stack_lower(L, n)
+    diag = jnp.diagonal(out, axis1=-2, axis2=-1)
+    ok = jnp.all((diag > 0) & jnp.isfinite(diag), axis=-1)
+    return jnp.where(ok[..., None, None], out, jnp.nan)
+
+
+def _stack_lower(L, n: int) -> jax.Array:
+    zero = jnp.zeros_like(L[0][0])
+    return jnp.stack([jnp.stack([L[i][j] if j <= i else zero for j in range(n)], axis=-1) for i in range(n)],
+                     axis=-2)
+
+
+def _small_lower_inverse(L: jax.Array) -> jax.Array:
+    """L⁻¹ of a lower triangular L (n ≤ SMALL_DENSE) by forward substitution against I, unrolled."""
+    n = L.shape[-1]
+    if n == 0:
+        return L
+    X = [[None] * n for _ in range(n)]
+    for i in range(n):
+        X[i][i] = 1.0 / L[..., i, i]
+        for j in range(i):
+            s = L[..., i, j] * X[j][j]
+            for k in range(j + 1, i):
+                s = s + L[..., i, k] * X[k][j]
+            X[i][j] = -s * X[i][i]
+    return _stack_lower(X, n)
+
+
+def lower_inverse(L: jax.Array) -> jax.Array:
+    """L⁻¹ of a lower triangular L: unrolled for small n, else one triangular solve against I."""
+    n = L.shape[-1]
+    if _small(n):
+        return _small_lower_inverse(L)
+    return jax.lax.linalg.triangular_solve(L, jnp.eye(n, dtype=L.dtype), left_side=True, lower=True)
+
 
 def theta_to_factors(theta: jax.Array, qs: tuple[int, ...]) -> list[jax.Array]:
     """θ (per term, lower triangle column-major, lme4's layout) → list of q×q lower-triangular T_k."""
@@ -172,8 +226,7 @@ class Factor(eqx.Module):
 
     def fixed_inverse(self, m_z: int, p: int) -> jax.Array:
         """L_X⁻¹, L_X the fixed effects' diagonal block of the tail: L_X⁻ᵀ L_X⁻¹ = (R_Xᵀ R_X)⁻¹ is vcov(β) / σ²."""
-        L_xx = self.tail[m_z : m_z + p, m_z : m_z + p]
-        return jax.scipy.linalg.solve_triangular(L_xx, jnp.eye(p, dtype=L_xx.dtype), lower=True)
+        return lower_inverse(self.tail[m_z : m_z + p, m_z : m_z + p])
 
     def logdet_z(self, m_z: int) -> jax.Array:
         """log det(ΛᵀZᵀWZΛ + I) = 2 Σ log diag of the Z part of L."""
@@ -213,11 +266,18 @@ def symmetric_from_lower(M: jax.Array) -> jax.Array:
     return Ml + jnp.tril(Ml, -1).T
 
 
-@jax.custom_jvp
 def cholesky_of_lower(S: jax.Array) -> jax.Array:
-    """The Cholesky factor of the symmetric matrix whose lower triangle is S's, reading S's lower triangle only
-    (on the CPU by `_potrf_row_major`). Its derivative mirrors the tangent first (the generic rule takes the
-    tangent whole, as if symmetric)."""
+    """The Cholesky factor of the symmetric matrix whose lower triangle is S's, reading S's lower triangle only:
+    unrolled for small matrices (differentiated as written), else LAPACK's (`_dense_cholesky_of_lower`)."""
+    if _small(S.shape[-1]):
+        return _small_cholesky(S)
+    return _dense_cholesky_of_lower(S)
+
+
+@jax.custom_jvp
+def _dense_cholesky_of_lower(S: jax.Array) -> jax.Array:
+    """`cholesky_of_lower` by LAPACK (on the CPU by `_potrf_row_major`). Its derivative mirrors the tangent first
+    (the generic rule takes the tangent whole, as if symmetric)."""
     return jax.lax.platform_dependent(S, cpu=_potrf_row_major, default=_lax_cholesky)
 
 
@@ -246,7 +306,7 @@ def _potrf_row_major(S: jax.Array) -> jax.Array:
     return jnp.where((info == 0)[..., None, None], jnp.where(below, L, 0.0), jnp.nan)
 
 
-@cholesky_of_lower.defjvp
+@_dense_cholesky_of_lower.defjvp
 def _cholesky_of_lower_jvp(primals, tangents):
     (S,), (dS,) = primals, tangents
     return jax.jvp(jnp.linalg.cholesky, (symmetric_from_lower(S),), (symmetric_from_lower(dS),))
@@ -268,7 +328,7 @@ def inverse_from_cholesky(L: jax.Array, host_lapack: bool = True) -> jax.Array:
     n = L.shape[-1]
     if host_lapack and _host_lapack(n):
         return lower(float64_callback(_potri, L.shape, L).astype(L.dtype))
-    Linv = jax.lax.linalg.triangular_solve(L, jnp.eye(n, dtype=L.dtype), left_side=True, lower=True)
+    Linv = lower_inverse(L)
     return lower(Linv.T @ Linv)
 
 
@@ -286,6 +346,8 @@ def factorize(theta: jax.Array, blocks: Blocks, structure: Structure) -> Factor:
     prefix, S = eliminate_prefix(theta, blocks, structure)
     # mirrored, not read as a lower triangle only: callers differentiate through the generic Cholesky (GLMMs),
     # whose rule wants a symmetric tangent
+    if _small(S.shape[-1]):
+        return prefix._replace_tail(_small_cholesky(symmetric_from_lower(S)))
     return prefix._replace_tail(jnp.linalg.cholesky(symmetric_from_lower(S)))
 
 
@@ -544,10 +606,14 @@ def _thin_log_term_solves(L: jax.Array, m_z: int):
     sides) and u = L⁻ᵀ e_last: what the X block's and log r²'s derivatives need besides S_zz⁻¹."""
     m = L.shape[0]
     Lb = L[: m - 1, : m - 1]
-    E_x = jnp.eye(m - 1, dtype=L.dtype)[:, m_z:]
-    Bt = jax.lax.linalg.triangular_solve(Lb, E_x, left_side=True, lower=True, transpose_a=True)
-    u_head = -jax.lax.linalg.triangular_solve(Lb, L[-1, : m - 1][:, None], left_side=True, lower=True,
-                                              transpose_a=True)[:, 0]
+    if _small(m - 1):  # Lb⁻ᵀ by the unrolled inverse
+        Lb_inv_t = _small_lower_inverse(Lb).T
+        Bt, u_head = Lb_inv_t[:, m_z:], -(Lb_inv_t @ L[-1, : m - 1])
+    else:
+        E_x = jnp.eye(m - 1, dtype=L.dtype)[:, m_z:]
+        Bt = jax.lax.linalg.triangular_solve(Lb, E_x, left_side=True, lower=True, transpose_a=True)
+        u_head = -jax.lax.linalg.triangular_solve(Lb, L[-1, : m - 1][:, None], left_side=True, lower=True,
+                                                  transpose_a=True)[:, 0]
     return Bt, jnp.concatenate([u_head, jnp.ones((1,), L.dtype)]) / L[-1, -1]
 
 
@@ -555,7 +621,10 @@ def _solve_tail(factor: Factor, structure: Structure, n_fixed: int):
     """The tail's back substitution: (the tail terms' spherical modes, flat (m_z,), and β)."""
     m_z = structure.m_z
     tail = factor.tail
-    x_tail = jax.scipy.linalg.solve_triangular(tail[:-1, :-1], tail[-1, :-1], lower=True, trans="T")
+    if _small(tail.shape[0] - 1):
+        x_tail = _small_lower_inverse(tail[:-1, :-1]).T @ tail[-1, :-1]
+    else:
+        x_tail = jax.scipy.linalg.solve_triangular(tail[:-1, :-1], tail[-1, :-1], lower=True, trans="T")
     return x_tail[:m_z], x_tail[m_z : m_z + n_fixed]
 
 
