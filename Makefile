@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/python examples/demo.py
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m pip install -q -e ".[bench]"

@@ -80,6 +80,7 @@ def test_state_from_search_modes_equals_the_state_by_its_own_pirls():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.filterwarnings("ignore::jaxmlm.SingularFitWarning")  # (1 | period) is singular on cbpp
 def test_a_fit_compiles_the_state_program_ahead_once(caplog):
     """The search's and the state's programs are compiled by the worker, once: the shapes it compiles for are the
     calls' (a wrong shape would fail there and leave the compile to the call)."""
